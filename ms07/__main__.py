@@ -1,0 +1,4 @@
+from ms07.cli import main
+
+if __name__ == "__main__":
+    main()

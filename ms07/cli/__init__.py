@@ -1,0 +1,80 @@
+"""The ``ms07`` command line. Wires the sub-apps; no logic lives here."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from typer.core import TyperGroup
+
+from ms07 import __version__
+from ms07.cli import common
+from ms07.errors import Ms07Error
+
+
+class Ms07Group(TyperGroup):
+    """Turns every ms07 error into one line on stderr and its exit code, for the real
+    console script and for tests driving the app with CliRunner alike."""
+
+    def invoke(self, ctx: typer.Context) -> object:  # type: ignore[override]
+        try:
+            return super().invoke(ctx)
+        except Ms07Error as exc:
+            typer.echo(f"error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+
+
+app = typer.Typer(
+    name="ms07",
+    cls=Ms07Group,
+    help="MS07 Distributor: the delivery engine and its on-call toolkit.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"ms07 {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    config: str = common.CONFIG_OPTION,
+    log_level: str = typer.Option(
+        None, "--log-level", envvar="MS07_LOG_LEVEL", help="DEBUG, INFO, WARNING, ERROR [env: MS07_LOG_LEVEL]"
+    ),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Show the version and exit."
+    ),
+) -> None:
+    """MS07 Distributor: the delivery engine and its on-call toolkit."""
+    ctx.obj = common.State(config=config, log_level=log_level)
+
+
+def _register() -> None:
+    from ms07.cli import db, embedded, queue, run
+
+    app.command("run")(run.run)
+    app.add_typer(db.app, name="db")
+    app.add_typer(queue.app, name="queue")
+    app.add_typer(embedded.app, name="embedded")
+
+
+_register()
+
+
+def main() -> None:
+    """Console entry point: every ms07 error is one line on stderr and an exit code."""
+    try:
+        app()
+    except Ms07Error as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        sys.exit(130)

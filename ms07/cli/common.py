@@ -1,0 +1,71 @@
+"""What every command shares: settings, the consoles, output helpers (hatch style)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
+from functools import cached_property
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from ms07.config import Settings, load_settings
+
+T = TypeVar("T")
+
+CONFIG_OPTION = typer.Option(
+    None, "--config", "-c", envvar="MS07_CONFIG", help="YAML config file [env: MS07_CONFIG]"
+)
+
+
+class State:
+    """Per-invocation state: where the config is, the settings (loaded on first use)."""
+
+    def __init__(self, config: str | None = None, log_level: str | None = None) -> None:
+        self.config = config
+        self.log_level = log_level
+        self.console = Console(highlight=False, soft_wrap=False)
+        self.err = Console(stderr=True, highlight=False)
+
+    @cached_property
+    def settings(self) -> Settings:
+        overrides: dict[str, Any] = {}
+        if self.log_level:
+            overrides["log_level"] = self.log_level
+        return load_settings(self.config, **overrides)
+
+
+def state(ctx: typer.Context) -> State:
+    obj = ctx.find_root().obj
+    if not isinstance(obj, State):
+        obj = State()
+        ctx.find_root().obj = obj
+    return obj
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+def with_runtime(settings: Settings, fn: Callable[[Any], Awaitable[T]], **kwargs: Any) -> T:
+    """Run ``fn(runtime)`` in a fresh loop with a Runtime that is closed afterwards."""
+    from ms07.runtime import Runtime
+
+    async def main() -> T:
+        async with Runtime(settings, **kwargs) as rt:
+            return await fn(rt)
+
+    return asyncio.run(main())
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, default=str, indent=2, sort_keys=False) + "\n")
+    sys.stdout.flush()
+
+
+def no_color() -> bool:
+    return bool(os.environ.get("NO_COLOR"))

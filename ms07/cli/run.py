@@ -1,0 +1,37 @@
+"""``ms07 run``: the delivery engine."""
+
+from __future__ import annotations
+
+import typer
+
+from ms07.cli import common
+
+
+def run(
+    ctx: typer.Context,
+    concurrency: int = typer.Option(
+        None, "--concurrency", "-n", envvar="MS07_CONCURRENCY", help="Deliveries in flight [env: MS07_CONCURRENCY]"
+    ),
+    http_port: int = typer.Option(
+        None, "--http-port", envvar="MS07_HTTP_PORT", help="Port of the health/metrics/API server [env: MS07_HTTP_PORT]"
+    ),
+    log_format: str = typer.Option(
+        None, "--log-format", envvar="MS07_LOG_FORMAT", help="json (default) or console [env: MS07_LOG_FORMAT]"
+    ),
+) -> None:
+    """Run the delivery engine until SIGTERM/SIGINT (uses the embedded servers when no URLs are set)."""
+    import dataclasses
+
+    from ms07.engine.daemon import run_engine
+
+    st = common.state(ctx)
+    settings = st.settings
+    service = settings.service
+    if concurrency:
+        service = dataclasses.replace(service, concurrency=concurrency)
+    if http_port is not None:
+        service = dataclasses.replace(service, http_port=http_port)
+    settings = dataclasses.replace(settings, service=service)
+    if log_format:
+        settings = dataclasses.replace(settings, log_format=log_format)
+    raise typer.Exit(run_engine(settings))

@@ -1,0 +1,628 @@
+"""Settings: a YAML file (``--config`` / ``MS07_CONFIG``) overlaid by ``MS07_*`` variables.
+
+Everything is validated at load. A bad file gives one ``ConfigError`` line that names the
+key and, where the YAML parser knows it, the file and line. Secrets never live in the
+settings: they are *references* (``token_env`` / ``token_file``) resolved at use time by
+:func:`resolve_secret`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from ms07.errors import ConfigError
+
+ENV_PREFIX = "MS07_"
+AUTH_TYPES = ("none", "bearer", "api_key", "basic", "oauth2_client_credentials")
+
+
+# --------------------------------------------------------------------------- sections
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    max_connections: int = 50
+    max_keepalive_connections: int = 20
+    keepalive_expiry: float = 30.0
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    max_items: int = 100
+    max_wait_ms: int = 50
+    max_concurrent: int = 10
+
+
+@dataclass(frozen=True)
+class SigningConfig:
+    secret_env: str | None = None
+    secret_file: str | None = None
+    previous_secret_env: str | None = None
+    previous_secret_file: str | None = None
+
+
+@dataclass(frozen=True)
+class RateLimitConfig:
+    per_second: float = 0.0
+    burst: int | None = None
+
+
+@dataclass(frozen=True)
+class CircuitBreakerConfig:
+    failure_threshold: int = 5
+    recovery_timeout: float = 60.0
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    type: str = "none"
+    token_env: str | None = None
+    token_file: str | None = None
+    header: str | None = None
+    value_env: str | None = None
+    value_file: str | None = None
+    username: str | None = None
+    password_env: str | None = None
+    password_file: str | None = None
+    token_url: str | None = None
+    client_id: str | None = None
+    client_secret_env: str | None = None
+    client_secret_file: str | None = None
+    scope: str | None = None
+    audience: str | None = None
+    token_auth_method: str = "client_secret_basic"
+    refresh_margin_seconds: float = 30.0
+
+    def redacted(self) -> dict[str, Any]:
+        """The auth reference as shown to humans: names of env vars and files, no values."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+@dataclass(frozen=True)
+class DestinationConfig:
+    name: str
+    url: str
+    health_url: str | None = None
+    enabled: bool = True
+    method: str = "POST"
+    headers: dict[str, str] = field(default_factory=dict)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    pool: PoolConfig = field(default_factory=PoolConfig)
+    batch: BatchConfig | None = None
+    signing: SigningConfig | None = None
+    rate_limit: RateLimitConfig | None = None
+    timeout_seconds: float | None = None
+    connect_timeout_seconds: float | None = None
+    max_attempts: int | None = None
+    retry_base_delay_seconds: float | None = None
+    retry_backoff_multiplier: float | None = None
+    max_retry_delay: float | None = None
+    max_payload_bytes: int | None = None
+    circuit_breaker: dict[str, float] = field(default_factory=dict)
+
+    def public(self) -> dict[str, Any]:
+        """The configuration as stored in ``destinations.configuration``: no secret values."""
+        data = dataclasses.asdict(self)
+        data["auth"] = self.auth.redacted()
+        return data
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    http_port: int = 8080
+    http_host: str = "0.0.0.0"
+    drain_grace_seconds: float = 30.0
+    concurrency: int = 64
+    heartbeat_interval_seconds: float = 10.0
+    heartbeat_ttl_seconds: int = 60
+    health_check_interval_seconds: float = 30.0
+    debug_memory: bool = False
+    api_token_file: str | None = None
+    worker_id: str | None = None
+
+
+@dataclass(frozen=True)
+class DistributionConfig:
+    timeout_seconds: float = 60.0
+    connect_timeout_seconds: float = 10.0
+    retry_base_delay_seconds: float = 1.0
+    retry_backoff_multiplier: float = 2.0
+    max_retry_delay: float = 300.0
+    max_attempts: int = 5
+    max_payload_bytes: int = 10 * 1024 * 1024
+    stream_threshold_bytes: int = 1024 * 1024
+    claim_idle_seconds: float = 90.0
+    max_deliveries: int = 3
+    reconcile_interval_seconds: float = 60.0
+    reconcile_after_seconds: float = 300.0
+    scheduler_interval_seconds: float = 0.5
+    read_batch: int = 200
+    default_priority: str = "default"
+    priorities: list[str] = field(default_factory=lambda: ["default"])
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    threshold_mb: float = 1024.0
+    check_interval_seconds: float = 5.0
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    deny_private: bool = False
+    allow_cidrs: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class DiagnoseConfig:
+    stuck_after_minutes: float = 30.0
+    stale_health_minutes: float = 10.0
+    stale_worker_minutes: float = 5.0
+    p95_threshold_ms: float = 500.0
+    probe_timeout_seconds: float = 3.0
+    rss_growth_warning_percent: float = 20.0
+    token_expiry_warning_hours: float = 24.0
+
+
+@dataclass(frozen=True)
+class EscalationConfig:
+    alertmanager_url: str | None = None
+    min_severity: str = "critical"
+    priorities: dict[str, str] = field(
+        default_factory=lambda: {"critical": "P1", "warning": "P3", "info": "P4"}
+    )
+    teams: dict[str, str] = field(
+        default_factory=lambda: {
+            "timeouts": "sre",
+            "latency": "sre",
+            "auth": "backend",
+            "queue": "backend",
+            "memory": "sre",
+            "health": "devops",
+        }
+    )
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of ms07, validated. Build with :func:`load_settings`."""
+
+    service: ServiceConfig = field(default_factory=ServiceConfig)
+    distribution: DistributionConfig = field(default_factory=DistributionConfig)
+    circuit_breaker: CircuitBreakerConfig = field(default_factory=CircuitBreakerConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    diagnose: DiagnoseConfig = field(default_factory=DiagnoseConfig)
+    escalation: EscalationConfig = field(default_factory=EscalationConfig)
+    destinations: list[DestinationConfig] = field(default_factory=list)
+    # Connection and process settings, normally from the environment.
+    database_url: str | None = None
+    redis_url: str | None = None
+    state_dir: str | None = None
+    log_level: str = "INFO"
+    log_format: str = "json"
+    k8s_namespace: str = "default"
+    k8s_deployment: str = "ms07-distributor"
+    k8s_label_selector: str | None = None
+    health_url: str | None = None
+    source: str | None = None
+
+    def destination(self, name: str) -> DestinationConfig:
+        for dest in self.destinations:
+            if dest.name == name:
+                return dest
+        raise ConfigError(f"unknown destination {name!r}")
+
+    @property
+    def destination_names(self) -> list[str]:
+        return [d.name for d in self.destinations]
+
+    def api_token(self) -> str | None:
+        """The bearer token guarding /health and /api, from MS07_API_TOKEN or a file."""
+        token = os.environ.get("MS07_API_TOKEN")
+        if token:
+            return token
+        if self.service.api_token_file:
+            return _read_secret_file(self.service.api_token_file, "service.api_token_file")
+        return None
+
+    def resolved_state_dir(self) -> Path:
+        if self.state_dir:
+            return Path(self.state_dir).expanduser()
+        base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+        return Path(base) / "ms07"
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+# --------------------------------------------------------------------------- secrets
+
+
+def _read_secret_file(path: str, key: str) -> str:
+    try:
+        return Path(path).expanduser().read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"{key}: cannot read secret file {path}: {exc.strerror}") from None
+
+
+def resolve_secret(env: str | None, file: str | None, what: str) -> str | None:
+    """Read a secret named by an env var or a mounted file. Never logs or returns the name
+    of a missing secret's value; a reference that resolves to nothing is a ConfigError."""
+    if env:
+        value = os.environ.get(env)
+        if value:
+            return value
+        if not file:
+            raise ConfigError(f"{what}: environment variable {env} is not set")
+    if file:
+        return _read_secret_file(file, what)
+    return None
+
+
+# --------------------------------------------------------------------------- loading
+
+
+class _LineLoader(yaml.SafeLoader):
+    """A SafeLoader that remembers the line of every mapping key."""
+
+
+def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    mapping: dict[Any, Any] = {}
+    lines: dict[Any, int] = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if not isinstance(key, str | int | float | bool) and key is not None:
+            raise ConfigError(f"unhashable key at line {key_node.start_mark.line + 1}")
+        if key in mapping:
+            raise ConfigError(f"duplicate key {key!r} at line {key_node.start_mark.line + 1}")
+        mapping[key] = loader.construct_object(value_node, deep=True)
+        lines[key] = key_node.start_mark.line + 1
+    return _Mapping(mapping, lines)
+
+
+class _Mapping(dict):  # type: ignore[type-arg]
+    """A dict that knows the source line of each of its keys."""
+
+    def __init__(self, data: dict[Any, Any], lines: dict[Any, int]) -> None:
+        super().__init__(data)
+        self.lines = lines
+
+
+_LineLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+    _construct_mapping,  # type: ignore[arg-type]
+)
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """Parse YAML with line-aware mappings; errors become one ConfigError line."""
+    try:
+        return yaml.load(text, Loader=_LineLoader)  # noqa: S506 - SafeLoader subclass
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{source}:{where} invalid YAML: {problem}") from None
+
+
+class _Converter:
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.lines: dict[str, int] = {}
+
+    def fail(self, path: str, message: str, line: int | None) -> typing.NoReturn:
+        where = f" (line {line})" if line else ""
+        raise ConfigError(f"{self.source}: {path}: {message}{where}")
+
+    def convert(self, tp: Any, value: Any, path: str, line: int | None) -> Any:
+        origin = typing.get_origin(tp)
+        args = typing.get_args(tp)
+        if origin in (typing.Union, types.UnionType):
+            if value is None and type(None) in args:
+                return None
+            inner = [a for a in args if a is not type(None)]
+            return self.convert(inner[0], value, path, line)
+        if dataclasses.is_dataclass(tp):
+            return self.dataclass(tp, value, path, line)
+        if origin is list:
+            if not isinstance(value, list):
+                self.fail(path, f"expected a list, got {_describe(value)}", line)
+            return [self.convert(args[0], v, f"{path}[{i}]", line) for i, v in enumerate(value)]
+        if origin is dict:
+            if not isinstance(value, dict):
+                self.fail(path, f"expected a mapping, got {_describe(value)}", line)
+            lines = getattr(value, "lines", {})
+            return {
+                str(k): self.convert(args[1], v, f"{path}.{k}", lines.get(k, line))
+                for k, v in value.items()
+            }
+        if tp is bool:
+            if isinstance(value, bool):
+                return value
+            self.fail(path, f"expected true or false, got {_describe(value)}", line)
+        if tp is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                self.fail(path, f"expected an integer, got {_describe(value)}", line)
+            return value
+        if tp is float:
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                self.fail(path, f"expected a number, got {_describe(value)}", line)
+            return float(value)
+        if tp is str:
+            if isinstance(value, bool) or not isinstance(value, str | int | float):
+                self.fail(path, f"expected a string, got {_describe(value)}", line)
+            return str(value)
+        raise TypeError(f"unsupported settings type {tp!r}")  # pragma: no cover
+
+    def dataclass(self, cls: Any, value: Any, path: str, line: int | None) -> Any:
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            self.fail(path or "<top>", f"expected a mapping, got {_describe(value)}", line)
+        hints = typing.get_type_hints(cls)
+        names = {f.name for f in dataclasses.fields(cls)}
+        lines = getattr(value, "lines", {})
+        kwargs: dict[str, Any] = {}
+        for key, item in value.items():
+            key_path = f"{path}.{key}" if path else str(key)
+            key_line = lines.get(key, line)
+            if key_line:
+                self.lines[key_path] = key_line
+            if key not in names:
+                self.fail(key_path, "unknown key", key_line)
+            kwargs[key] = self.convert(hints[key], item, key_path, key_line)
+        for f in dataclasses.fields(cls):
+            if (
+                f.default is dataclasses.MISSING
+                and f.default_factory is dataclasses.MISSING
+                and f.name not in kwargs
+            ):
+                self.fail(f"{path}.{f.name}" if path else f.name, "is required", line)
+        return cls(**kwargs)
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return repr(value)
+
+
+_ENV_TOP = {
+    "MS07_DATABASE_URL": "database_url",
+    "MS07_REDIS_URL": "redis_url",
+    "MS07_STATE_DIR": "state_dir",
+    "MS07_LOG_LEVEL": "log_level",
+    "MS07_LOG_FORMAT": "log_format",
+    "MS07_K8S_NAMESPACE": "k8s_namespace",
+    "MS07_K8S_DEPLOYMENT": "k8s_deployment",
+    "MS07_K8S_LABEL_SELECTOR": "k8s_label_selector",
+    "MS07_HEALTH_URL": "health_url",
+}
+_ENV_SECTION = {"MS07_HTTP_PORT": ("service", "http_port")}
+_ENV_IGNORED = {"MS07_CONFIG", "MS07_API_TOKEN"}
+
+
+def _env_overlay(data: dict[str, Any], environ: typing.Mapping[str, str]) -> None:
+    """Apply MS07_* variables. ``MS07_SECTION__KEY`` sets any scalar of a section."""
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name in _ENV_IGNORED or value == "":
+            continue
+        if name in _ENV_TOP:
+            data[_ENV_TOP[name]] = value
+        elif name in _ENV_SECTION:
+            section, key = _ENV_SECTION[name]
+            data.setdefault(section, {})
+            data[section] = dict(data[section] or {})
+            data[section][key] = _scalar(value)
+        elif "__" in name:
+            section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
+            if section not in {f.name for f in dataclasses.fields(Settings)}:
+                continue
+            current = data.get(section) or {}
+            if not isinstance(current, dict):
+                continue
+            current = dict(current)
+            current[key] = _scalar(value)
+            data[section] = current
+
+
+def _scalar(value: str) -> Any:
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+    return parsed if isinstance(parsed, str | int | float | bool) else value
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None,
+    environ: typing.Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Load and validate settings. ``path`` defaults to ``$MS07_CONFIG``; no file is fine."""
+    environ = os.environ if environ is None else environ
+    path = path or environ.get("MS07_CONFIG") or None
+    data: dict[str, Any] = {}
+    source = "environment"
+    if path:
+        source = str(path)
+        try:
+            text = Path(path).expanduser().read_text()
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        loaded = parse_yaml(text, source)
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{source}: the top level must be a mapping")
+        data = loaded
+    _env_overlay(data, environ)
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    converter = _Converter(source)
+    settings = converter.dataclass(Settings, data, "", None)
+    settings = dataclasses.replace(settings, source=source)
+    validate(settings, source, converter.lines)
+    return settings
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check_url(url: str, what: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{what}: {redact_url(url)!r} is not an http(s) URL")
+    if parts.username or parts.password:
+        raise ConfigError(f"{what}: credentials in the URL are not allowed; use auth")
+
+
+def validate(settings: Settings, source: str, lines: dict[str, int] | None = None) -> None:
+    """Cross-field rules the types alone cannot express."""
+    lines = lines or {}
+    index = {d.name: i for i, d in enumerate(settings.destinations)}
+
+    def fail(key: str, message: str) -> typing.NoReturn:
+        # Find the line of the key, or of its closest parent the parser saw.
+        parts = key.split(".")
+        if parts[0] == "destinations" and len(parts) > 1 and parts[1] in index:
+            parts = [f"destinations[{index[parts[1]]}]", *parts[2:]]
+        line = None
+        while parts and line is None:
+            line = lines.get(".".join(parts))
+            parts.pop()
+        where = f" (line {line})" if line else ""
+        raise ConfigError(f"{source}: {key}: {message}{where}")
+
+    dist = settings.distribution
+    if dist.timeout_seconds <= 0:
+        fail("distribution.timeout_seconds", "must be positive")
+    if dist.claim_idle_seconds <= dist.timeout_seconds:
+        fail(
+            "distribution.claim_idle_seconds",
+            f"must exceed timeout_seconds ({dist.timeout_seconds:g}) or a slow delivery "
+            "is handed to a second worker while the first still runs",
+        )
+    for dest in settings.destinations:
+        eff = dest.timeout_seconds or dist.timeout_seconds
+        if dist.claim_idle_seconds <= eff:
+            fail(
+                f"destinations.{dest.name}.timeout_seconds",
+                f"{eff:g}s is not below distribution.claim_idle_seconds "
+                f"({dist.claim_idle_seconds:g})",
+            )
+    if dist.max_attempts < 1:
+        fail("distribution.max_attempts", "must be at least 1")
+    if dist.retry_backoff_multiplier < 1:
+        fail("distribution.retry_backoff_multiplier", "must be at least 1")
+    if dist.max_payload_bytes <= 0:
+        fail("distribution.max_payload_bytes", "must be positive")
+    if dist.default_priority not in dist.priorities:
+        fail("distribution.default_priority", f"must be one of {dist.priorities}")
+    for p in dist.priorities:
+        if not p or not p.replace("-", "").replace("_", "").isalnum():
+            fail("distribution.priorities", f"{p!r} is not a valid queue name")
+    if not 1 <= settings.service.concurrency <= 10000:
+        fail("service.concurrency", "must be between 1 and 10000")
+    if not 0 <= settings.service.http_port <= 65535:
+        fail("service.http_port", "must be a TCP port")
+    if settings.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        fail("log_level", f"{settings.log_level!r} is not a log level")
+    if settings.log_format not in ("json", "console"):
+        fail("log_format", "must be json or console")
+    for cidr in settings.network.allow_cidrs:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            fail("network.allow_cidrs", f"{cidr!r} is not a CIDR range")
+    seen: set[str] = set()
+    for dest in settings.destinations:
+        key = f"destinations.{dest.name}"
+        if not dest.name or not all(c.isalnum() or c in "-_." for c in dest.name):
+            fail("destinations", f"{dest.name!r} is not a valid destination name")
+        if dest.name in seen:
+            fail("destinations", f"destination {dest.name!r} is defined twice")
+        seen.add(dest.name)
+        _check_url(dest.url, f"{key}.url")
+        if dest.health_url:
+            _check_url(dest.health_url, f"{key}.health_url")
+        if dest.method.upper() not in ("POST", "PUT", "PATCH"):
+            fail(f"{key}.method", "must be POST, PUT or PATCH")
+        _validate_auth(dest, fail)
+        if dest.batch and not (1 <= dest.batch.max_items <= 10000):
+            fail(f"{key}.batch.max_items", "must be between 1 and 10000")
+        if dest.batch and dest.batch.max_concurrent < 1:
+            fail(f"{key}.batch.max_concurrent", "must be at least 1")
+        if dest.signing and not (dest.signing.secret_env or dest.signing.secret_file):
+            fail(f"{key}.signing", "needs secret_env or secret_file")
+        if dest.rate_limit and dest.rate_limit.per_second <= 0:
+            fail(f"{key}.rate_limit.per_second", "must be positive")
+        if dest.pool.max_connections < 1:
+            fail(f"{key}.pool.max_connections", "must be at least 1")
+        unknown_cb = set(dest.circuit_breaker) - {"failure_threshold", "recovery_timeout"}
+        if unknown_cb:
+            fail(f"{key}.circuit_breaker.{sorted(unknown_cb)[0]}", "unknown key")
+        for header in dest.headers:
+            if header.lower() in ("authorization", "idempotency-key"):
+                fail(f"{key}.headers.{header}", "is set by ms07; use auth instead")
+
+
+def _validate_auth(dest: DestinationConfig, fail: typing.Callable[[str, str], Any]) -> None:
+    auth = dest.auth
+    key = f"destinations.{dest.name}.auth"
+    if auth.type not in AUTH_TYPES:
+        fail(f"{key}.type", f"must be one of {', '.join(AUTH_TYPES)}")
+    need: dict[str, list[tuple[str, ...]]] = {
+        "bearer": [("token_env", "token_file")],
+        "api_key": [("header",), ("value_env", "value_file")],
+        "basic": [("username",), ("password_env", "password_file")],
+        "oauth2_client_credentials": [
+            ("token_url",),
+            ("client_id",),
+            ("client_secret_env", "client_secret_file"),
+        ],
+    }
+    for group in need.get(auth.type, []):
+        if not any(getattr(auth, k) for k in group):
+            fail(f"{key}.{group[0]}", f"is required for auth type {auth.type}")
+    if auth.type == "oauth2_client_credentials" and auth.token_url:
+        _check_url(auth.token_url, f"{key}.token_url")
+    if auth.token_auth_method not in ("client_secret_basic", "client_secret_post"):
+        fail(f"{key}.token_auth_method", "must be client_secret_basic or client_secret_post")
+
+
+def redact_url(url: str) -> str:
+    """A URL with its userinfo password replaced by ``***`` (for logs and errors)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<invalid url>"
+    if parts.password is None and "password=" not in (parts.query or ""):
+        return url
+    netloc = parts.netloc
+    if parts.password is not None:
+        user = parts.username or ""
+        host = netloc.rsplit("@", 1)[1]
+        netloc = f"{user}:***@{host}"
+    query = "&".join(
+        ("password=***" if q.startswith("password=") else q) for q in parts.query.split("&")
+    ) if parts.query else ""
+    return parts._replace(netloc=netloc, query=query).geturl()

@@ -1,0 +1,1 @@
+"""The delivery engine: ``Engine`` and its parts."""

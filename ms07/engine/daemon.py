@@ -1,0 +1,33 @@
+"""``ms07 run``: the process around the engine (signals, logs, exit codes)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+from ms07 import logs
+from ms07.config import Settings
+from ms07.engine.engine import Engine
+
+log = logs.get("daemon")
+
+
+async def _main(settings: Settings) -> int:
+    engine = Engine(settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, engine.request_stop, sig.name)
+    try:
+        _ = engine.runtime.database_url, engine.runtime.redis_url
+        for name, url in engine.runtime.embedded_used.items():
+            log.info(f"using embedded {name}", url=url, state_dir=str(settings.resolved_state_dir()))
+        return await engine.serve()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+def run_engine(settings: Settings) -> int:
+    """Run until SIGTERM/SIGINT; 0 after a clean drain, 75 after the memory guard."""
+    logs.configure(settings.log_level, settings.log_format)
+    return asyncio.run(_main(settings))

@@ -1,0 +1,537 @@
+"""The engine: one object with an explicit lifecycle (``start`` -> loops -> ``stop``).
+
+Inside one process:
+
+- the *reader* takes entries from the consumer group while fewer than ``concurrency``
+  are held, claims their jobs in Postgres (one UPDATE for the whole read), and starts a
+  delivery task for each;
+- the *committer* group-commits outcomes: attempt rows and job updates in one
+  transaction, **then** acks (XACK + XDEL) or defers (delayed set) in Redis. A slot is
+  freed only once its entry is acked, so memory is bounded by ``concurrency``;
+- upkeep loops (``ms07/engine/upkeep.py``): retry scheduler, reclaimer, reconciler,
+  heartbeats, health probes, metrics, memory guard.
+
+Every loop survives its own exceptions; Postgres or Redis going away makes the engine
+wait and resume by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import socket
+import time
+import uuid
+from collections import defaultdict, deque
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from redis.exceptions import RedisError
+
+from ms07 import __version__, keys, logs
+from ms07.config import Settings
+from ms07.engine import crash
+from ms07.engine.breaker import CircuitBreaker
+from ms07.engine.delivery import AttemptResult, DestinationClient, ErrorCode
+from ms07.engine.retry import RetryPolicy
+from ms07.metrics import Metrics
+from ms07.queue import Entry, InvalidMessage, parse_entry
+from ms07.runtime import Runtime
+from ms07.store import destinations as dest_store
+from ms07.store import jobs
+
+log = logs.get("DistributionWorker")
+
+EXIT_OK = 0
+EXIT_MEMORY_GUARD = 75  # EX_TEMPFAIL: the orchestrator should restart this process
+MAX_RETRY_AFTER = 3600.0
+
+
+@dataclass(slots=True)
+class Held:
+    """An entry this worker holds, from read until its outcome is acked."""
+
+    entry: Entry
+    job: jobs.ClaimedJob | None = None
+    since: float = 0.0
+
+
+class Backoff:
+    def __init__(self, base: float = 0.1, cap: float = 5.0) -> None:
+        self.base, self.cap, self.n = base, cap, 0
+
+    def next(self) -> float:
+        self.n += 1
+        return min(self.cap, self.base * 2 ** (self.n - 1))
+
+    def reset(self) -> None:
+        self.n = 0
+
+
+def _utc() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Engine:
+    """The delivery engine. ``await engine.start()`` ... ``await engine.stop()``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        runtime: Runtime | None = None,
+        worker_id: str | None = None,
+        http_port: int | None = None,
+    ) -> None:
+        self.settings = settings
+        self.dist = settings.distribution
+        self.runtime = runtime or Runtime(settings, pool_size=8)
+        self._owns_runtime = runtime is None
+        self.worker_id = worker_id or settings.service.worker_id or (
+            f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        )
+        self.concurrency = settings.service.concurrency
+        self.http_port = settings.service.http_port if http_port is None else http_port
+        self.metrics = Metrics()
+        self.clients: dict[str, DestinationClient] = {}
+        self.breakers: dict[str, CircuitBreaker] = {}
+        self.policies: dict[str, RetryPolicy] = {}
+        self.started_at = _utc()
+        self.exit_code = EXIT_OK
+        self.delivered = 0
+        self.failed = 0
+        self.ready = False
+        self.draining = False
+        self._held: dict[tuple[str, str], Held] = {}
+        self._outbox: list[tuple[Held, jobs.Outcome]] = []
+        self._outbox_event = asyncio.Event()
+        self._capacity = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._stop_requested = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._stopping = False
+        self._started = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._loops: list[asyncio.Task[Any]] = []
+        self._reader: asyncio.Task[Any] | None = None
+        self._committer: asyncio.Task[Any] | None = None
+        self.circuit_updates: list[tuple[str, str]] = []
+        self.recent_latency: dict[str, deque[float]] = defaultdict(lambda: deque(maxlen=1000))
+        self.server: Any = None
+        self.queue: Any = None
+        self.pool: Any = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._held)
+
+    async def start(self) -> None:
+        """Connect, migrate, sync destinations, open clients, start every loop."""
+        if self._started:
+            return
+        self._started = True
+        from ms07.engine import auth, signing, ssrf, upkeep
+        from ms07.engine.ratelimit import RateLimiter
+
+        self.pool = await self.runtime.pool()
+        self.queue = await self.runtime.queue()
+        await self.queue.ensure_groups()
+        async with self.pool.connection() as conn:
+            await dest_store.sync_destinations(conn, self.settings.destinations)
+        for dest in self.settings.destinations:
+            cb = {**{"failure_threshold": self.settings.circuit_breaker.failure_threshold,
+                     "recovery_timeout": self.settings.circuit_breaker.recovery_timeout},
+                  **dest.circuit_breaker}
+            self.breakers[dest.name] = CircuitBreaker(
+                dest.name, int(cb["failure_threshold"]), float(cb["recovery_timeout"]), self._on_circuit
+            )
+            self.policies[dest.name] = RetryPolicy.for_destination(self.dist, dest)
+            client = DestinationClient(
+                dest,
+                self.dist,
+                auth=auth.provider_for(dest, self),
+                signer=signing.signer_for(dest),
+                resolver=ssrf.resolver_for(self.settings.network),
+            )
+            if dest.rate_limit is not None:
+                client.limiter = RateLimiter(self.queue.redis, dest.name, dest.rate_limit.per_second,
+                                             dest.rate_limit.burst)
+            await client.open()
+            self.clients[dest.name] = client
+            self.metrics.circuit_state.labels(dest.name).set(0)
+        self.metrics.memory_threshold.set(self.settings.memory.threshold_mb * 1024 * 1024)
+        self._capacity.set()
+        self._idle.set()
+        self._committer = asyncio.create_task(self._commit_loop(), name="committer")
+        self._reader = asyncio.create_task(self._read_loop(), name="reader")
+        self._loops = upkeep.start_loops(self)
+        if self.http_port is not None and self.http_port >= 0:
+            from ms07.engine.server import start_server
+
+            self.server = await start_server(self, self.settings.service.http_host, self.http_port)
+            self.http_port = self.server.port
+        self.ready = True
+        log.info(
+            "engine started",
+            worker_id=self.worker_id,
+            concurrency=self.concurrency,
+            destinations=len(self.clients),
+            http_port=self.http_port,
+            version=__version__,
+        )
+
+    def request_stop(self, reason: str = "requested", exit_code: int = EXIT_OK) -> None:
+        """Ask the engine to drain and stop (signal handlers, memory guard)."""
+        if not self._stop_requested.is_set():
+            log.info("stop requested", reason=reason)
+            self.exit_code = exit_code
+            self.draining = True
+            self.metrics.draining.set(1)
+            self._stop_requested.set()
+
+    async def wait_stop_requested(self) -> None:
+        await self._stop_requested.wait()
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop reading, finish in-flight work within the grace period, commit, ack, close.
+        Idempotent. What does not finish stays pending for another worker."""
+        if self._stopping:
+            await self._stopped.wait()
+            return
+        self._stopping = True
+        self.draining = True
+        self.ready = False
+        self.metrics.draining.set(1)
+        grace = self.settings.service.drain_grace_seconds if grace is None else grace
+        self._capacity.set()
+        if self._reader is not None:
+            try:
+                await asyncio.wait_for(self._reader, timeout=max(grace, 3.0))
+            except (TimeoutError, asyncio.CancelledError):
+                self._reader.cancel()
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout=grace)
+        except TimeoutError:
+            unfinished = [t for t in self._tasks if not t.done()]
+            log.warning("grace period over; leaving deliveries pending for another worker", count=len(unfinished))
+            for task in unfinished:
+                task.cancel()
+            await asyncio.gather(*unfinished, return_exceptions=True)
+        await self._drain_outbox(timeout=max(5.0, grace))
+        for task in [*self._loops, self._committer]:
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(*[t for t in [*self._loops, self._committer] if t], return_exceptions=True)
+        from ms07.engine import upkeep
+
+        await upkeep.farewell(self)
+        if self.server is not None:
+            await self.server.close()
+        for client in self.clients.values():
+            await client.close()
+        if self._owns_runtime:
+            await self.runtime.aclose()
+        log.info("engine stopped", worker_id=self.worker_id, delivered=self.delivered, failed=self.failed)
+        self._stopped.set()
+
+    async def _drain_outbox(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while (self._outbox or self._held) and time.monotonic() < deadline:
+            self._outbox_event.set()
+            await asyncio.sleep(0.02)
+
+    async def serve(self) -> int:
+        """start(), wait for a stop request, stop(); the process exit code."""
+        await self.start()
+        await self._stop_requested.wait()
+        await self.stop()
+        return self.exit_code
+
+    # ------------------------------------------------------------------ reading
+
+    async def _read_loop(self) -> None:
+        backoff = Backoff()
+        while not self._stopping and not self._stop_requested.is_set():
+            free = self.concurrency - len(self._held)
+            if free <= 0:
+                self._capacity.clear()
+                await self._capacity.wait()
+                continue
+            try:
+                entries = await self.queue.read(self.worker_id, min(free, self.dist.read_batch), 1000)
+            except (RedisError, OSError) as exc:
+                delay = backoff.next()
+                log.warning("cannot read the queue; retrying", error=str(exc)[:200], retry_in=delay)
+                await asyncio.sleep(delay)
+                continue
+            backoff.reset()
+            if entries:
+                await self.dispatch(entries)
+
+    def _hold(self, entries: list[Entry]) -> None:
+        now = time.monotonic()
+        for e in entries:
+            self._held[(e.queue, e.entry_id)] = Held(e, None, now)
+        self._idle.clear()
+
+    async def dispatch(self, entries: list[Entry]) -> None:
+        """Claim the jobs of these entries and start their deliveries."""
+        self._hold(entries)
+        valid: list[tuple[Entry, str]] = []
+        for e in entries:
+            try:
+                valid.append((e, parse_entry(e.fields)))
+            except InvalidMessage as exc:
+                self._finish_without_job(e, None, ErrorCode.INVALID_MESSAGE, str(exc))
+        if not valid:
+            return
+        ids = [did for _, did in valid]
+        claimed = await self._with_db(lambda c: jobs.claim_jobs(c, ids, self.dist.claim_idle_seconds))
+        missing = [did for did in ids if claimed is not None and did not in claimed]
+        statuses = await self._with_db(lambda c: jobs.job_statuses(c, missing)) if missing else {}
+        if claimed is None or statuses is None:
+            # Stopping while Postgres is down: the entries stay pending for a reclaim.
+            self._release([self._held[(e.queue, e.entry_id)] for e, _ in valid])
+            return
+        taken: set[str] = set()
+        for e, did in valid:
+            job = claimed.get(did)
+            if job is not None and did not in taken:
+                taken.add(did)
+                self._held[(e.queue, e.entry_id)].job = job
+                task = asyncio.create_task(self._deliver(e, job))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            elif did not in statuses and did not in claimed:
+                self._finish_without_job(e, did, ErrorCode.MESSAGE_NOT_FOUND, "no job with this id in Postgres")
+            else:
+                # Done already, or held by another live worker: this entry is a duplicate.
+                self._enqueue_outcome(self._held[(e.queue, e.entry_id)], None)
+
+    async def _with_db(self, fn: Any) -> Any:
+        """Run ``fn(conn)`` until Postgres answers; None if the engine stops meanwhile."""
+        backoff = Backoff()
+        while True:
+            try:
+                async with self.pool.connection() as conn:
+                    return await fn(conn)
+            except (psycopg.OperationalError, psycopg.InterfaceError, OSError) as exc:
+                if self._stopping:
+                    return None
+                delay = backoff.next()
+                log.warning("PostgreSQL unavailable; waiting", error=str(exc)[:200], retry_in=delay)
+                await asyncio.sleep(delay)
+            except Exception as exc:  # a pool timeout while Postgres restarts
+                if type(exc).__name__ != "PoolTimeout" or self._stopping:
+                    raise
+                await asyncio.sleep(backoff.next())
+
+    # ------------------------------------------------------------------ delivering
+
+    async def _deliver(self, entry: Entry, job: jobs.ClaimedJob) -> None:
+        held = self._held[(entry.queue, entry.entry_id)]
+        try:
+            outcome = await self.deliver(job)
+        except asyncio.CancelledError:
+            breaker = self.breakers.get(job.destination)
+            if breaker:
+                breaker.release()
+            raise
+        except Exception:
+            log.exception("delivery crashed; the entry stays pending", distribution_id=job.distribution_id)
+            self._release([held])
+            return
+        self._enqueue_outcome(held, outcome)
+
+    async def deliver(self, job: jobs.ClaimedJob) -> jobs.Outcome:
+        """Make the HTTP attempt(s) for one claimed job and decide what happens next."""
+        client = self.clients.get(job.destination)
+        if client is None:
+            return self._outcome(job, "failed", ErrorCode.UNKNOWN_DESTINATION,
+                                 f"destination {job.destination!r} is not configured on this worker")
+        breaker = self.breakers[job.destination]
+        if not breaker.allow():
+            self.metrics.errors.labels(job.destination, ErrorCode.CIRCUIT_OPEN).inc()
+            return self._outcome(job, "retrying", ErrorCode.CIRCUIT_OPEN, "circuit open; deferred",
+                                 next_in=breaker.retry_in())
+        limiter = getattr(client, "limiter", None)
+        if limiter is not None:
+            await limiter.acquire()
+        attempt = job.attempts + 1
+        result = await client.send(job.distribution_id, attempt, job.payload, job.content_type)
+        crash.point("after_http")
+        rows = [self._row(attempt, result)]
+        self._observe(job.destination, result)
+        if result.auth_failure and client.auth is not None and client.auth.refreshable:
+            # The token may have been revoked or rotated: refresh once and try again.
+            await client.auth.invalidate(result.auth_generation)
+            attempt += 1
+            result = await client.send(job.distribution_id, attempt, job.payload, job.content_type)
+            rows.append(self._row(attempt, result))
+            self._observe(job.destination, result)
+        if result.success or not result.retryable or result.auth_failure:
+            breaker.success()  # the destination answered
+        else:
+            breaker.failure()
+        return self._decide(job, attempt, result, rows)
+
+    def _observe(self, destination: str, result: AttemptResult) -> None:
+        self.metrics.attempts.labels("success" if result.success else "failed", destination).inc()
+        self.metrics.latency.labels(destination).observe(result.latency)
+        self.recent_latency[destination].append(result.latency)
+        if result.error_code:
+            self.metrics.errors.labels(destination, result.error_code).inc()
+
+    @staticmethod
+    def _row(attempt: int, r: AttemptResult) -> jobs.AttemptRow:
+        return jobs.AttemptRow(attempt, r.started_at, r.completed_at, r.success, r.http_status,
+                               r.error_code, r.error_message)
+
+    def _decide(self, job: jobs.ClaimedJob, attempt: int, result: AttemptResult,
+                rows: list[jobs.AttemptRow]) -> jobs.Outcome:
+        if result.success:
+            return jobs.Outcome(job.distribution_id, job.destination, "delivered", self.worker_id, rows)
+        if not result.retryable:
+            return self._outcome(job, "failed", result.error_code, result.error_message, rows=rows)
+        if attempt >= job.max_attempts:
+            return self._outcome(job, "dead", result.error_code,
+                                 f"retries exhausted after {attempt} attempts: {result.error_message}", rows=rows)
+        policy = self.policies.get(job.destination) or RetryPolicy.for_destination(self.dist, None)
+        delay = policy.delay(attempt)
+        if result.retry_after is not None:
+            delay = max(delay, min(result.retry_after, MAX_RETRY_AFTER))
+        return self._outcome(job, "retrying", result.error_code, result.error_message, rows=rows, next_in=delay)
+
+    def _outcome(self, job: jobs.ClaimedJob, status: str, code: str | None, message: str | None, *,
+                 rows: list[jobs.AttemptRow] | None = None, next_in: float | None = None) -> jobs.Outcome:
+        next_at = _utc() + dt.timedelta(seconds=next_in) if next_in is not None else None
+        return jobs.Outcome(job.distribution_id, job.destination, status, self.worker_id, rows or [],
+                            code, message, next_at)
+
+    def _finish_without_job(self, entry: Entry, did: str | None, code: str, reason: str) -> None:
+        """An entry with no job to deliver (invalid, unknown id): straight to the DLQ."""
+        log.warning("entry parked in the DLQ", error_code=code, distribution_id=did, entry_id=entry.entry_id,
+                    reason=reason)
+        held = self._held[(entry.queue, entry.entry_id)]
+        fake = jobs.Outcome(did or "", entry.fields.get("destination", ""), "dead", self.worker_id, [], code, reason)
+        self._enqueue_outcome(held, fake, record=False)
+
+    def _on_circuit(self, name: str, state: str) -> None:
+        from ms07.metrics import CIRCUIT_VALUES
+
+        self.metrics.circuit_state.labels(name).set(CIRCUIT_VALUES[state])
+        log.warning("circuit breaker changed state", destination=name, state=state)
+        self.circuit_updates.append((name, state))
+
+    # ------------------------------------------------------------------ committing
+
+    def _enqueue_outcome(self, held: Held, outcome: jobs.Outcome | None, record: bool = True) -> None:
+        if outcome is not None and not record:
+            outcome = jobs.Outcome(outcome.distribution_id, outcome.destination, outcome.status,
+                                   outcome.worker_id, [], outcome.error_code, outcome.error_message, None)
+            held.job = None  # no row to write
+        self._outbox.append((held, outcome))  # type: ignore[arg-type]
+        self._outbox_event.set()
+
+    async def _commit_loop(self) -> None:
+        while True:
+            await self._outbox_event.wait()
+            self._outbox_event.clear()
+            if not self._outbox:
+                continue
+            batch, self._outbox = self._outbox, []
+            try:
+                await self._commit(batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("commit failed unexpectedly; entries stay pending", count=len(batch))
+                self._release([h for h, _ in batch])
+
+    async def _commit(self, batch: list[tuple[Held, jobs.Outcome | None]]) -> None:
+        """Outcome in Postgres first, then ack/defer/DLQ in Redis, then free the slots."""
+        to_write = [o for h, o in batch if o is not None and h.job is not None]
+        if to_write:
+            done = await self._with_db(lambda c: jobs.record_outcomes(c, to_write))
+            if done is None and self._stopping:
+                self._release([h for h, _ in batch])
+                return
+        crash.point("after_commit")
+        acks: dict[str, list[str]] = defaultdict(list)
+        defers: dict[str, list[tuple[str, str, float]]] = defaultdict(list)
+        dlq: list[dict[str, str]] = []
+        for held, outcome in batch:
+            e = held.entry
+            if outcome is not None and outcome.status == "retrying" and outcome.next_attempt_at:
+                defers[e.queue].append((e.entry_id, outcome.distribution_id, outcome.next_attempt_at.timestamp()))
+                continue
+            acks[e.queue].append(e.entry_id)
+            if outcome is not None and outcome.status in ("failed", "dead"):
+                dlq.append({
+                    "distribution_id": outcome.distribution_id,
+                    "destination": outcome.destination,
+                    "reason": "permanent_failure" if outcome.status == "failed" else (
+                        "max_retries_exceeded" if held.job is not None else "unprocessable_entry"),
+                    "error_code": outcome.error_code or "",
+                    "last_error": (outcome.error_message or "")[:500],
+                    "entry_id": e.entry_id,
+                    "queue": e.queue,
+                })
+        backoff = Backoff()
+        while True:
+            try:
+                await self.queue.to_dlq(dlq)
+                dlq = []
+                for q, items in defers.items():
+                    await self.queue.defer(q, items)
+                defers = {}
+                for q, ids in acks.items():
+                    await self.queue.ack(q, ids)
+                break
+            except (RedisError, OSError) as exc:
+                if self._stopping and backoff.n > 20:
+                    log.error("Redis unavailable at shutdown; entries stay pending", error=str(exc)[:200])
+                    break
+                delay = backoff.next()
+                log.warning("Redis unavailable; retrying ack", error=str(exc)[:200], retry_in=delay)
+                await asyncio.sleep(delay)
+        self._account(batch)
+        self._release([h for h, _ in batch])
+
+    def _account(self, batch: list[tuple[Held, jobs.Outcome | None]]) -> None:
+        m = self.metrics
+        now = _utc()
+        for held, outcome in batch:
+            if outcome is None or held.job is None:
+                continue
+            if outcome.status == "delivered":
+                self.delivered += 1
+                m.requests.labels("success").inc()
+                m.end_to_end.observe((now - held.job.created_at).total_seconds())
+            elif outcome.status in ("failed", "dead"):
+                self.failed += 1
+                m.requests.labels("failed").inc()
+                log.error("distribution parked in the DLQ", distribution_id=outcome.distribution_id,
+                          destination=outcome.destination, error_code=outcome.error_code,
+                          correlation_id=held.job.correlation_id, last_error=outcome.error_message,
+                          attempt=held.job.attempts + len(outcome.attempts),
+                          total_attempts=held.job.max_attempts)
+            elif log.enabled(10):
+                log.debug("delivery will be retried", distribution_id=outcome.distribution_id,
+                          destination=outcome.destination, error_code=outcome.error_code,
+                          next_attempt_at=outcome.next_attempt_at)
+
+    def _release(self, helds: list[Held]) -> None:
+        for h in helds:
+            self._held.pop((h.entry.queue, h.entry.entry_id), None)
+        self.metrics.in_flight.set(len(self._held))
+        self._capacity.set()
+        if not self._held:
+            self._idle.set()
+
+    def held_entries(self) -> list[Held]:
+        return list(self._held.values())

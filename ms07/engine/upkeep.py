@@ -1,0 +1,331 @@
+"""The engine's upkeep loops. Each runs forever, logs what goes wrong and goes on.
+
+- scheduler: due retries from the delayed sets back to their streams (Lua, replica-safe);
+- reclaimer: entries idle past ``claim_idle_seconds`` taken from dead consumers; poison
+  (delivered more than ``max_deliveries`` times) parked; long deliveries kept alive;
+- reconciler: open jobs Postgres holds that Redis lost are enqueued again (one replica
+  at a time, under a Redis lock);
+- heartbeat: ``worker:heartbeat:<id>`` with a TTL and a ``worker_heartbeats`` row;
+- health probes, queue metrics, the memory guard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import psutil
+
+from ms07 import __version__, keys, logs
+from ms07.engine import crash
+from ms07.engine.delivery import ErrorCode
+from ms07.store import destinations as dest_store
+from ms07.store import heartbeats, jobs
+
+if TYPE_CHECKING:
+    from ms07.engine.engine import Engine
+
+log = logs.get("upkeep")
+_process = psutil.Process()
+
+
+def rss_bytes() -> int:
+    return int(_process.memory_info().rss)
+
+
+def start_loops(engine: Engine) -> list[asyncio.Task[Any]]:
+    s = engine.settings
+    d = s.distribution
+    loops: list[tuple[str, float, Callable[[Engine], Awaitable[Any]]]] = [
+        ("scheduler", d.scheduler_interval_seconds, move_due),
+        ("reclaimer", max(0.5, min(d.claim_idle_seconds / 3, 15.0)), reclaim),
+        ("reconciler", d.reconcile_interval_seconds, reconcile),
+        ("heartbeat", s.service.heartbeat_interval_seconds, heartbeat),
+        ("health", s.service.health_check_interval_seconds, probe_health),
+        ("metrics", 5.0, refresh_metrics),
+        ("memory", s.memory.check_interval_seconds, memory_guard),
+        ("circuits", 1.0, publish_circuits),
+    ]
+    return [asyncio.create_task(_forever(engine, *spec), name=spec[0]) for spec in loops]
+
+
+async def _forever(engine: Engine, name: str, interval: float, fn: Callable[[Engine], Awaitable[Any]]) -> None:
+    component = logs.get(name)
+    while True:
+        try:
+            await fn(engine)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            component.warning(f"{name} pass failed; will retry", error=f"{type(exc).__name__}: {exc}"[:300])
+        await asyncio.sleep(interval)
+
+
+# ---------------------------------------------------------------------- scheduler
+
+
+async def move_due(engine: Engine) -> None:
+    for q in engine.queue.priorities:
+        while True:
+            crash.point("scheduler_move")
+            moved = await engine.queue.move_due(q, limit=500)
+            if moved < 500:
+                break
+
+
+# ---------------------------------------------------------------------- reclaimer
+
+
+async def reclaim(engine: Engine) -> None:
+    if engine.draining:
+        return
+    d = engine.dist
+    await keep_alive(engine)
+    for q in engine.queue.priorities:
+        free = engine.concurrency - engine.in_flight
+        if free <= 0:
+            return
+        result = await engine.queue.reclaim(
+            q, engine.worker_id, int(d.claim_idle_seconds * 1000), d.max_deliveries, count=min(free, 100)
+        )
+        if result.vanished:
+            log.warning(
+                "pending entries vanished from the stream; the reconciler will re-enqueue their jobs",
+                count=len(result.vanished),
+                queue=q,
+            )
+        if result.poison:
+            await park_poison(engine, result.poison)
+        if result.entries:
+            engine.metrics.reclaimed.inc(len(result.entries))
+            log.info("reclaimed entries from a dead consumer", count=len(result.entries), queue=q)
+            await engine.dispatch(result.entries)
+
+
+async def park_poison(engine: Engine, entries: list[Any]) -> None:
+    """Entries that killed their worker on every try: job dead, DLQ entry, ack."""
+    from ms07.queue import InvalidMessage, parse_entry
+
+    reason = f"delivered {engine.dist.max_deliveries + 1} times without an outcome (poison)"
+    ids: list[str] = []
+    records = []
+    for e in entries:
+        try:
+            did = parse_entry(e.fields)
+        except InvalidMessage:
+            did = ""
+        if did:
+            ids.append(did)
+        records.append({
+            "distribution_id": did,
+            "destination": e.fields.get("destination", ""),
+            "reason": "poison",
+            "error_code": ErrorCode.POISON_MESSAGE,
+            "last_error": reason,
+            "entry_id": e.entry_id,
+            "queue": e.queue,
+        })
+    async with engine.pool.connection() as conn:
+        await jobs.park_jobs(conn, ids, ErrorCode.POISON_MESSAGE, reason)
+    await engine.queue.to_dlq(records)
+    by_queue: dict[str, list[str]] = {}
+    for e in entries:
+        by_queue.setdefault(e.queue, []).append(e.entry_id)
+    for q, eids in by_queue.items():
+        await engine.queue.ack(q, eids)
+    engine.metrics.requests.labels("failed").inc(len(ids))
+    log.error("poison entries parked in the DLQ", count=len(entries), error_code=ErrorCode.POISON_MESSAGE)
+
+
+async def keep_alive(engine: Engine) -> None:
+    """Deliveries running longer than half the claim idle time: reset their idle time and
+    lease so no other worker takes them over while they still run."""
+    horizon = time.monotonic() - engine.dist.claim_idle_seconds / 2
+    old = [h for h in engine.held_entries() if h.since < horizon and h.job is not None]
+    if not old:
+        return
+    by_queue: dict[str, list[str]] = {}
+    for h in old:
+        by_queue.setdefault(h.entry.queue, []).append(h.entry.entry_id)
+        h.since = time.monotonic()
+    for q, eids in by_queue.items():
+        await engine.queue.touch(q, engine.worker_id, eids)
+    async with engine.pool.connection() as conn:
+        await conn.execute(
+            "UPDATE distribution_jobs SET started_at = now() WHERE distribution_id = ANY(%s::uuid[]) "
+            "AND status = 'processing'",
+            ([h.job.distribution_id for h in old if h.job],),
+        )
+
+
+# ---------------------------------------------------------------------- reconciler
+
+
+async def reconcile(engine: Engine, older_than: float | None = None) -> int:
+    """Enqueue again the open jobs Redis no longer holds. Returns how many."""
+    redis = engine.queue.redis
+    token = f"{engine.worker_id}:{time.time()}"
+    lock_ttl = max(30, int(engine.dist.reconcile_interval_seconds * 2))
+    if not await redis.set(keys.RECONCILER_LOCK, token, nx=True, ex=lock_ttl):
+        return 0
+    try:
+        return await requeue_lost(engine.pool, engine.queue, older_than or engine.dist.reconcile_after_seconds)
+    finally:
+        if await redis.get(keys.RECONCILER_LOCK) == token:
+            await redis.delete(keys.RECONCILER_LOCK)
+
+
+async def requeue_lost(pool: Any, queue: Any, older_than: float, limit: int = 5000) -> int:
+    """The repair itself, shared with ``recover requeue-from-db``."""
+    async with pool.connection() as conn:
+        candidates = await jobs.open_jobs_older_than(conn, older_than, limit)
+    if not candidates:
+        return 0
+    present = await queue.contains([c[0] for c in candidates])
+    lost = [c for c in candidates if c[0] not in present]
+    if not lost:
+        return 0
+    async with pool.connection() as conn:
+        await jobs.touch_jobs(conn, [c[0] for c in lost])
+    await queue.enqueue((prio if prio in queue.priorities else queue.priorities[0], did, dest)
+                        for did, dest, prio, _ in lost)
+    log.warning("re-enqueued jobs that Redis had lost", count=len(lost))
+    return len(lost)
+
+
+# ---------------------------------------------------------------------- heartbeat
+
+
+async def heartbeat(engine: Engine, status: str | None = None) -> None:
+    status = status or ("draining" if engine.draining else "active")
+    rss = rss_bytes()
+    payload = {
+        "worker_id": engine.worker_id,
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "status": status,
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "in_flight": engine.in_flight,
+        "rss_bytes": rss,
+        "version": __version__,
+    }
+    ttl = engine.settings.service.heartbeat_ttl_seconds
+    if status == "stopped":
+        await engine.queue.redis.delete(keys.heartbeat(engine.worker_id))
+    else:
+        await engine.queue.redis.setex(keys.heartbeat(engine.worker_id), ttl, json.dumps(payload))
+    async with engine.pool.connection() as conn:
+        await heartbeats.beat(
+            conn,
+            worker_id=engine.worker_id,
+            host=payload["host"],
+            pid=payload["pid"],
+            started_at=engine.started_at,
+            status=status,
+            in_flight=engine.in_flight,
+            rss_bytes=rss,
+            version=__version__,
+            delivered=engine.delivered,
+            failed=engine.failed,
+        )
+
+
+async def farewell(engine: Engine) -> None:
+    """Last heartbeat as ``stopped``; leave the group if holding nothing."""
+    try:
+        await heartbeat(engine, status="stopped")
+        for q in engine.queue.priorities:
+            consumers = await engine.queue.redis.xinfo_consumers(keys.stream(q), keys.GROUP)
+            mine = [c for c in consumers if c["name"] == engine.worker_id]
+            # Deleting a consumer that still has pending entries would lose them.
+            if mine and int(mine[0].get("pending", 0)) == 0:
+                await engine.queue.redis.xgroup_delconsumer(keys.stream(q), keys.GROUP, engine.worker_id)
+    except Exception as exc:
+        log.warning("could not say goodbye", error=str(exc)[:200])
+
+
+# ---------------------------------------------------------------------- health probes
+
+
+async def probe_health(engine: Engine) -> None:
+    from ms07.probe import probe_http
+
+    targets = [c for c in engine.clients.values() if c.config.health_url]
+    if not targets:
+        return
+    timeout = min(5.0, engine.settings.diagnose.probe_timeout_seconds * 2)
+    results = await asyncio.gather(
+        *(probe_http(c.config.health_url, timeout=timeout, auth=c.auth) for c in targets),  # type: ignore[arg-type]
+        return_exceptions=True,
+    )
+    async with engine.pool.connection() as conn:
+        for client, result in zip(targets, results, strict=True):
+            if isinstance(result, BaseException):
+                healthy, latency, error = False, None, f"{type(result).__name__}: {result}"[:300]
+            else:
+                healthy, latency, error = result.healthy, result.latency_ms, result.error
+            await dest_store.set_health(conn, client.name, "healthy" if healthy else "unhealthy", latency, error)
+            engine.metrics.destination_healthy.labels(client.name).set(1 if healthy else 0)
+
+
+# ---------------------------------------------------------------------- metrics, memory
+
+
+async def refresh_metrics(engine: Engine) -> None:
+    m = engine.metrics
+    m.rss.set(rss_bytes())
+    m.in_flight.set(engine.in_flight)
+    stats = await engine.queue.stats()
+    for q, info in stats["queues"].items():
+        m.queue_depth.labels(q).set(info["length"])
+        m.pending.labels(q).set(info["pending"])
+        m.delayed.labels(q).set(info["delayed"])
+    m.dlq_size.set(stats["dlq"])
+    live = 0
+    async for _ in engine.queue.redis.scan_iter(match=keys.HEARTBEAT_PATTERN, count=500):
+        live += 1
+    m.active_workers.set(live)
+    for name, client in engine.clients.items():
+        expiry = getattr(client.auth, "expires_in", None) if client.auth else None
+        if callable(expiry):
+            value = expiry()
+            if value is not None:
+                m.token_expiry.labels(name).set(value)
+
+
+async def memory_guard(engine: Engine) -> None:
+    from ms07.engine.engine import EXIT_MEMORY_GUARD
+
+    rss = rss_bytes()
+    limit = engine.settings.memory.threshold_mb * 1024 * 1024
+    if rss > limit and not engine.draining:
+        log.warning(
+            "memory threshold exceeded; draining and exiting for a restart",
+            rss_mb=round(rss / 1048576, 1),
+            threshold_mb=engine.settings.memory.threshold_mb,
+        )
+        engine.request_stop("memory guard", EXIT_MEMORY_GUARD)
+
+
+async def publish_circuits(engine: Engine) -> None:
+    """Circuit transitions to Redis (read by every process) and the destinations row."""
+    if not engine.circuit_updates:
+        return
+    updates, engine.circuit_updates = engine.circuit_updates, []
+    latest = dict(updates)
+    for name, state in latest.items():
+        breaker = engine.breakers[name]
+        await engine.queue.redis.hset(
+            keys.circuit(name),
+            mapping={"state": state, "worker_id": engine.worker_id, "changed_at": time.time(),
+                     "failures": breaker.failures},
+        )
+        await engine.queue.redis.expire(keys.circuit(name), 3600)
+    async with engine.pool.connection() as conn:
+        for name, state in latest.items():
+            await dest_store.set_circuit(conn, name, state)

@@ -1,0 +1,101 @@
+"""The async resources a command or the engine needs, opened lazily in one event loop.
+
+``Runtime`` resolves where PostgreSQL and Redis are (the settings, else the embedded
+servers), opens the pool and the Redis client on first use, and closes what it opened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import psycopg
+import redis.asyncio as aioredis
+from psycopg_pool import AsyncConnectionPool
+
+from ms07 import embedded
+from ms07.config import Settings
+from ms07.queue import Queue, open_redis
+from ms07.store import db
+
+
+class Runtime:
+    def __init__(self, settings: Settings, *, pool_size: int = 4, migrate: bool = True) -> None:
+        self.settings = settings
+        self.pool_size = pool_size
+        self.auto_migrate = migrate
+        self._database_url = settings.database_url
+        self._redis_url = settings.redis_url
+        self._pool: AsyncConnectionPool | None = None
+        self._redis: aioredis.Redis | None = None
+        self._queue: Queue | None = None
+        self.embedded_used: dict[str, str] = {}
+
+    # ------------------------------------------------------------------ where
+
+    @property
+    def database_url(self) -> str:
+        if not self._database_url:
+            self._database_url = embedded.start_postgres(self.settings.resolved_state_dir())
+            self.embedded_used["postgres"] = self._database_url
+        return self._database_url
+
+    @property
+    def redis_url(self) -> str:
+        if not self._redis_url:
+            self._redis_url = embedded.start_redis(self.settings.resolved_state_dir())
+            self.embedded_used["redis"] = self._redis_url
+        return self._redis_url
+
+    # ------------------------------------------------------------------ PostgreSQL
+
+    async def pool(self) -> AsyncConnectionPool:
+        if self._pool is None:
+            url = self.database_url
+            if self.auto_migrate:
+                await self.migrate()
+            self._pool = await db.open_pool(url, min_size=1, max_size=self.pool_size)
+        return self._pool
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        pool = await self.pool()
+        async with pool.connection() as conn:
+            yield conn
+
+    async def migrate(self) -> list[str]:
+        conn = await db.connect(self.database_url)
+        try:
+            return await db.migrate(conn)
+        finally:
+            await conn.close()
+
+    # ------------------------------------------------------------------ Redis
+
+    async def redis(self) -> aioredis.Redis:
+        if self._redis is None:
+            self._redis = await open_redis(self.redis_url)
+        return self._redis
+
+    async def queue(self) -> Queue:
+        if self._queue is None:
+            self._queue = Queue(await self.redis(), self.settings.distribution.priorities)
+        return self._queue
+
+    # ------------------------------------------------------------------ close
+
+    async def aclose(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+        if self._redis is not None:
+            await self._redis.aclose()
+            self._redis = None
+            self._queue = None
+
+    async def __aenter__(self) -> Runtime:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

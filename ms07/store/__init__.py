@@ -1,0 +1,1 @@
+"""PostgreSQL, the system of record: migrations and data access (parameterized SQL only)."""

@@ -1,0 +1,355 @@
+"""Jobs and attempts: the life of a distribution as Postgres records it.
+
+Writes happen in batches (one statement for many jobs, ``COPY`` for attempt rows) so the
+database is not what limits delivery.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+OPEN_STATUSES = ("queued", "retrying", "processing")
+PARKED_STATUSES = ("failed", "dead")
+TERMINAL_STATUSES = ("delivered", "failed", "dead")
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    distribution_id: str
+    destination: str
+    payload: bytes
+    content_type: str = "application/json"
+    correlation_id: str | None = None
+    priority: str = "default"
+    idempotency_key: str | None = None
+    max_attempts: int = 5
+
+
+@dataclass(slots=True)
+class ClaimedJob:
+    """A job this worker now holds, as read back by :func:`claim_jobs`."""
+
+    distribution_id: str
+    destination: str
+    payload: bytes
+    content_type: str
+    attempts: int
+    max_attempts: int
+    correlation_id: str | None
+    priority: str
+    created_at: dt.datetime
+
+
+@dataclass(slots=True)
+class AttemptRow:
+    """One HTTP attempt: a row of ``distribution_attempts``."""
+
+    attempt: int
+    started_at: dt.datetime
+    completed_at: dt.datetime
+    success: bool
+    http_status: int | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What one processing of a job led to; written by :func:`record_outcomes`.
+
+    ``attempts`` holds every HTTP request made (none when an open circuit deferred the
+    job; two when a 401 led to a token refresh and a second request).
+    """
+
+    distribution_id: str
+    destination: str
+    status: str  # delivered | retrying | failed | dead
+    worker_id: str
+    attempts: list[AttemptRow] = field(default_factory=list)
+    error_code: str | None = None
+    error_message: str | None = None
+    next_attempt_at: dt.datetime | None = None
+
+
+async def insert_jobs(
+    conn: psycopg.AsyncConnection[Any], jobs: Sequence[NewJob]
+) -> tuple[list[NewJob], dict[tuple[str, str], str]]:
+    """Insert new jobs in one transaction.
+
+    Returns the jobs actually inserted and, for jobs whose (idempotency_key, destination)
+    already existed, a map to the existing distribution id.
+    """
+    existing: dict[tuple[str, str], str] = {}
+    keyed = [j for j in jobs if j.idempotency_key]
+    if keyed:
+        cur = await conn.execute(
+            """SELECT idempotency_key, destination_name, distribution_id::text
+                 FROM distribution_jobs
+                WHERE (idempotency_key, destination_name) IN
+                      (SELECT * FROM unnest(%s::text[], %s::text[]))""",
+            ([j.idempotency_key for j in keyed], [j.destination for j in keyed]),
+        )
+        for key, dest, did in await cur.fetchall():
+            existing[(key, dest)] = did
+    fresh = [j for j in jobs if not j.idempotency_key or (j.idempotency_key, j.destination) not in existing]
+    if fresh:
+        await conn.execute(
+            """INSERT INTO distribution_jobs
+                   (distribution_id, destination_name, correlation_id, priority, payload,
+                    content_type, idempotency_key, max_attempts, status)
+               SELECT id, dest, corr, prio, payload, ctype, ikey, maxa, 'queued'
+                 FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::text[], %s::bytea[],
+                             %s::text[], %s::text[], %s::int[])
+                      AS t(id, dest, corr, prio, payload, ctype, ikey, maxa)""",
+            (
+                [j.distribution_id for j in fresh],
+                [j.destination for j in fresh],
+                [j.correlation_id for j in fresh],
+                [j.priority for j in fresh],
+                [j.payload for j in fresh],
+                [j.content_type for j in fresh],
+                [j.idempotency_key for j in fresh],
+                [j.max_attempts for j in fresh],
+            ),
+        )
+    return fresh, existing
+
+
+_CLAIM = """
+UPDATE distribution_jobs
+   SET status = 'processing', started_at = now(), updated_at = now()
+ WHERE distribution_id = ANY(%s::uuid[])
+   AND (status IN ('queued', 'retrying')
+        OR (status = 'processing' AND started_at < now() - make_interval(secs => %s)))
+RETURNING distribution_id::text, destination_name, payload, content_type, attempts,
+          max_attempts, correlation_id, priority, created_at
+"""
+
+
+async def claim_jobs(
+    conn: psycopg.AsyncConnection[Any], ids: Sequence[str], lease_seconds: float
+) -> dict[str, ClaimedJob]:
+    """Mark jobs ``processing`` and read them, in one statement.
+
+    A job another worker holds (``processing`` with a lease younger than
+    ``lease_seconds``) or one already finished is not returned: its stream entry is a
+    duplicate and can be acknowledged.
+    """
+    if not ids:
+        return {}
+    cur = await conn.execute(_CLAIM, (list(ids), lease_seconds), binary=True)
+    rows = await cur.fetchall()
+    return {r[0]: ClaimedJob(*r) for r in rows}
+
+
+async def job_statuses(conn: psycopg.AsyncConnection[Any], ids: Sequence[str]) -> dict[str, str]:
+    if not ids:
+        return {}
+    cur = await conn.execute(
+        "SELECT distribution_id::text, status FROM distribution_jobs WHERE distribution_id = ANY(%s::uuid[])",
+        (list(ids),),
+    )
+    return {r[0]: r[1] for r in await cur.fetchall()}
+
+
+_UPDATE_OUTCOMES = """
+UPDATE distribution_jobs AS j
+   SET status = u.status,
+       attempts = j.attempts + u.inc,
+       next_attempt_at = u.next_at,
+       last_error_code = u.code,
+       last_error = u.err,
+       updated_at = now(),
+       completed_at = CASE WHEN u.status IN ('delivered', 'failed', 'dead') THEN now() END
+  FROM unnest(%s::uuid[], %s::text[], %s::int[], %s::timestamptz[], %s::text[], %s::text[])
+       AS u(id, status, inc, next_at, code, err)
+ WHERE j.distribution_id = u.id
+"""
+
+_ATTEMPT_COLUMNS = (
+    "distribution_id, destination_name, attempt, worker_id, status, response_status_code, "
+    "error_code, error_message, started_at, completed_at"
+)
+
+
+async def record_outcomes(conn: psycopg.AsyncConnection[Any], outcomes: Sequence[Outcome]) -> None:
+    """Write many outcomes in one transaction: attempt rows by COPY, jobs by one UPDATE."""
+    if not outcomes:
+        return
+    async with conn.transaction():
+        if any(o.attempts for o in outcomes):
+            async with conn.cursor() as cur:
+                async with cur.copy(
+                    f"COPY distribution_attempts ({_ATTEMPT_COLUMNS}) FROM STDIN"
+                ) as copy:
+                    for o in outcomes:
+                        for a in o.attempts:
+                            await copy.write_row(
+                                (
+                                    o.distribution_id,
+                                    o.destination,
+                                    a.attempt,
+                                    o.worker_id,
+                                    "success" if a.success else "failed",
+                                    a.http_status,
+                                    a.error_code,
+                                    a.error_message,
+                                    a.started_at,
+                                    a.completed_at,
+                                )
+                            )
+        await conn.execute(
+            _UPDATE_OUTCOMES,
+            (
+                [o.distribution_id for o in outcomes],
+                [o.status for o in outcomes],
+                [len(o.attempts) for o in outcomes],
+                [o.next_attempt_at for o in outcomes],
+                [o.error_code for o in outcomes],
+                [o.error_message for o in outcomes],
+            ),
+        )
+
+
+async def park_jobs(
+    conn: psycopg.AsyncConnection[Any], ids: Sequence[str], error_code: str, message: str
+) -> list[str]:
+    """Mark open jobs ``dead`` with a reason (poison, invalid). Returns the ids changed."""
+    if not ids:
+        return []
+    cur = await conn.execute(
+        """UPDATE distribution_jobs
+              SET status = 'dead', last_error_code = %s, last_error = %s,
+                  updated_at = now(), completed_at = now()
+            WHERE distribution_id = ANY(%s::uuid[]) AND status IN ('queued', 'retrying', 'processing')
+        RETURNING distribution_id::text""",
+        (error_code, message, list(ids)),
+    )
+    return [r[0] for r in await cur.fetchall()]
+
+
+async def reset_for_replay(
+    conn: psycopg.AsyncConnection[Any], ids: Sequence[str] | None
+) -> list[tuple[str, str, str]]:
+    """Put parked jobs back to ``queued`` with a fresh attempt budget.
+
+    ``ids`` None means every parked job. Returns (id, destination, priority) of each job
+    reset, for the caller to enqueue.
+    """
+    if ids is None:
+        cur = await conn.execute(
+            """UPDATE distribution_jobs
+                  SET status = 'queued', attempts = 0, next_attempt_at = NULL,
+                      updated_at = now(), completed_at = NULL
+                WHERE status IN ('failed', 'dead')
+            RETURNING distribution_id::text, destination_name, priority"""
+        )
+    else:
+        cur = await conn.execute(
+            """UPDATE distribution_jobs
+                  SET status = 'queued', attempts = 0, next_attempt_at = NULL,
+                      updated_at = now(), completed_at = NULL
+                WHERE status IN ('failed', 'dead') AND distribution_id = ANY(%s::uuid[])
+            RETURNING distribution_id::text, destination_name, priority""",
+            (list(ids),),
+        )
+    return [tuple(r) for r in await cur.fetchall()]  # type: ignore[misc]
+
+
+async def get_job(conn: psycopg.AsyncConnection[Any], distribution_id: str) -> dict[str, Any] | None:
+    """A job with its attempts, or None."""
+    async with conn.cursor(row_factory=dict_row) as cur:
+        try:
+            await cur.execute(
+                """SELECT distribution_id::text, destination_name AS destination, correlation_id,
+                          status, priority, content_type, attempts AS attempt_count, max_attempts,
+                          next_attempt_at, last_error_code, last_error, created_at, updated_at,
+                          started_at, completed_at, octet_length(payload) AS payload_bytes
+                     FROM distribution_jobs WHERE distribution_id = %s::uuid""",
+                (distribution_id,),
+            )
+        except psycopg.errors.InvalidTextRepresentation:
+            await conn.rollback()
+            return None
+        job = await cur.fetchone()
+        if job is None:
+            return None
+        await cur.execute(
+            """SELECT attempt, status, response_status_code, error_code, error_message,
+                      worker_id, started_at, completed_at
+                 FROM distribution_attempts WHERE distribution_id = %s::uuid
+                ORDER BY attempt, id""",
+            (distribution_id,),
+        )
+        job["attempts"] = await cur.fetchall()
+    return job
+
+
+async def open_jobs_older_than(
+    conn: psycopg.AsyncConnection[Any], seconds: float, limit: int
+) -> list[tuple[str, str, str, str]]:
+    """Open jobs untouched for ``seconds``: (id, destination, priority, status)."""
+    cur = await conn.execute(
+        """SELECT distribution_id::text, destination_name, priority, status
+             FROM distribution_jobs
+            WHERE status IN ('queued', 'retrying', 'processing')
+              AND updated_at < now() - make_interval(secs => %s)
+            ORDER BY updated_at
+            LIMIT %s""",
+        (seconds, limit),
+    )
+    return [tuple(r) for r in await cur.fetchall()]  # type: ignore[misc]
+
+
+async def touch_jobs(conn: psycopg.AsyncConnection[Any], ids: Iterable[str]) -> None:
+    await conn.execute(
+        "UPDATE distribution_jobs SET updated_at = now() WHERE distribution_id = ANY(%s::uuid[])",
+        (list(ids),),
+    )
+
+
+async def parked_jobs(
+    conn: psycopg.AsyncConnection[Any], limit: int = 100, offset: int = 0
+) -> list[dict[str, Any]]:
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            """SELECT distribution_id::text, destination_name AS destination, status, attempts,
+                      last_error_code, last_error, completed_at
+                 FROM distribution_jobs
+                WHERE status IN ('failed', 'dead')
+                ORDER BY completed_at DESC NULLS LAST
+                LIMIT %s OFFSET %s""",
+            (limit, offset),
+        )
+        return list(await cur.fetchall())
+
+
+async def count_by_status(conn: psycopg.AsyncConnection[Any]) -> dict[str, int]:
+    cur = await conn.execute("SELECT status, count(*) FROM distribution_jobs GROUP BY status")
+    return {r[0]: r[1] for r in await cur.fetchall()}
+
+
+async def purge_parked(conn: psycopg.AsyncConnection[Any], ids: Sequence[str] | None) -> int:
+    """Forget parked jobs for good (``dlq purge``): their rows stay, marked as purged errors
+    would lose history, so they are deleted with their attempts."""
+    if ids is None:
+        cur = await conn.execute(
+            "DELETE FROM distribution_jobs WHERE status IN ('failed', 'dead') RETURNING distribution_id"
+        )
+    else:
+        cur = await conn.execute(
+            """DELETE FROM distribution_jobs
+                WHERE status IN ('failed', 'dead') AND distribution_id = ANY(%s::uuid[])
+            RETURNING distribution_id""",
+            (list(ids),),
+        )
+    gone = [r[0] for r in await cur.fetchall()]
+    if gone:
+        await conn.execute("DELETE FROM distribution_attempts WHERE distribution_id = ANY(%s)", (gone,))
+    return len(gone)
