@@ -57,9 +57,12 @@ def root(
 
 
 def _register() -> None:
-    from ms07.cli import db, embedded, queue, run
+    from ms07.cli import db, dlq, embedded, queue, run, submit
 
     app.command("run")(run.run)
+    app.command("submit")(submit.submit)
+    app.command("status")(submit.status)
+    app.add_typer(dlq.app, name="dlq")
     app.add_typer(db.app, name="db")
     app.add_typer(queue.app, name="queue")
     app.add_typer(embedded.app, name="embedded")

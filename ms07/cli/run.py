@@ -22,6 +22,7 @@ def run(
     """Run the delivery engine until SIGTERM/SIGINT (uses the embedded servers when no URLs are set)."""
     import dataclasses
 
+    from ms07.config import validate
     from ms07.engine.daemon import run_engine
 
     st = common.state(ctx)
@@ -34,4 +35,5 @@ def run(
     settings = dataclasses.replace(settings, service=service)
     if log_format:
         settings = dataclasses.replace(settings, log_format=log_format)
+    validate(settings, "command line")
     raise typer.Exit(run_engine(settings))

@@ -1,0 +1,73 @@
+"""The dead-letter queue: parked jobs (Postgres ``failed``/``dead``) and the DLQ stream.
+
+Postgres is the truth about parked *jobs*; the ``distribution:dlq`` stream also holds
+entries that never had a job (malformed, unknown id) and is what the guide's tools read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+
+from ms07.errors import UsageError
+from ms07.queue import Queue
+from ms07.store import jobs
+
+
+async def list_dlq(conn: psycopg.AsyncConnection[Any], queue: Queue, limit: int = 100) -> dict[str, Any]:
+    parked = await jobs.parked_jobs(conn, limit=limit)
+    entries = await queue.dlq_entries(count=limit * 2)
+    job_ids = {p["distribution_id"] for p in parked}
+    orphans = [
+        {"entry_id": i, **f} for i, f in entries if not f.get("distribution_id") or f.get("distribution_id") not in job_ids
+    ]
+    reasons = {f.get("distribution_id"): f.get("reason") for _, f in entries if f.get("distribution_id")}
+    for p in parked:
+        p["reason"] = reasons.get(p["distribution_id"]) or (
+            "permanent_failure" if p["status"] == "failed" else "max_retries_exceeded"
+        )
+    counts = await jobs.count_by_status(conn)
+    return {
+        "parked_jobs": parked,
+        "parked_total": counts.get("failed", 0) + counts.get("dead", 0),
+        "stream_length": int(await queue.redis.xlen("distribution:dlq")),
+        "entries_without_job": [o for o in orphans if o.get("distribution_id", "") not in reasons or not o.get("distribution_id")][:limit],
+    }
+
+
+def _check_ids(ids: Sequence[str]) -> list[str]:
+    import uuid
+
+    out = []
+    for i in ids:
+        try:
+            out.append(str(uuid.UUID(i)))
+        except ValueError:
+            raise UsageError(f"{i!r} is not a distribution id (a UUID)") from None
+    return out
+
+
+async def replay(
+    conn: psycopg.AsyncConnection[Any], queue: Queue, ids: Sequence[str] | None
+) -> list[str]:
+    """Reset parked jobs to ``queued`` with a fresh attempt budget and enqueue them."""
+    wanted = None if ids is None else _check_ids(ids)
+    async with conn.transaction():
+        reset = await jobs.reset_for_replay(conn, wanted)
+    if reset:
+        await queue.enqueue(
+            (prio if prio in queue.priorities else queue.priorities[0], did, dest) for did, dest, prio in reset
+        )
+        await queue.dlq_remove([r[0] for r in reset])
+    return [r[0] for r in reset]
+
+
+async def purge(conn: psycopg.AsyncConnection[Any], queue: Queue, ids: Sequence[str] | None) -> dict[str, int]:
+    """Forget parked jobs (and their DLQ entries) for good."""
+    wanted = None if ids is None else _check_ids(ids)
+    async with conn.transaction():
+        removed = await jobs.purge_parked(conn, wanted)
+    stream_removed = await queue.dlq_remove(wanted)
+    return {"jobs": removed, "dlq_entries": stream_removed}
