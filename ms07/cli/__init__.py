@@ -57,12 +57,16 @@ def root(
 
 
 def _register() -> None:
-    from ms07.cli import db, dlq, embedded, queue, run, submit
+    from ms07.cli import db, destinations, diagnose, dlq, embedded, queue, recover, run, runbook, submit
 
     app.command("run")(run.run)
     app.command("submit")(submit.submit)
     app.command("status")(submit.status)
     app.add_typer(dlq.app, name="dlq")
+    app.add_typer(destinations.app, name="destinations")
+    app.add_typer(diagnose.app, name="diagnose")
+    app.add_typer(recover.app, name="recover")
+    app.add_typer(runbook.app, name="runbook")
     app.add_typer(db.app, name="db")
     app.add_typer(queue.app, name="queue")
     app.add_typer(embedded.app, name="embedded")

@@ -1,0 +1,155 @@
+"""Real PostgreSQL and Redis for every test.
+
+By default one embedded PostgreSQL and one embedded Redis are started for the session
+(under a temporary state directory); ``MS07_TEST_DATABASE_URL`` / ``MS07_TEST_REDIS_URL``
+name existing servers instead. Each test gets a fresh database (a copy of a migrated
+template) and a flushed Redis.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+import redis
+
+from ms07 import embedded
+from ms07.config import Settings, load_settings
+from tests.support import Sink
+
+TEMPLATE = "ms07_test_template"
+
+
+@dataclass
+class Servers:
+    admin_url: str  # a database on the server we may CREATE DATABASE from
+    redis_url: str
+    state_dir: Path
+    embedded: bool
+
+    def database_url(self, name: str) -> str:
+        parts = urlsplit(self.admin_url)
+        return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+def _for_db(admin_url: str, name: str) -> str:
+    parts = urlsplit(admin_url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+@pytest.fixture(scope="session")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
+    state = tmp_path_factory.mktemp("state")
+    db_url = os.environ.get("MS07_TEST_DATABASE_URL")
+    redis_url = os.environ.get("MS07_TEST_REDIS_URL")
+    started = not (db_url and redis_url)
+    if not db_url:
+        db_url = embedded.start_postgres(state)
+    if not redis_url:
+        redis_url = embedded.start_redis(state)
+    s = Servers(db_url, redis_url, state, started)
+    _make_template(s)
+    try:
+        yield s
+    finally:
+        if not os.environ.get("MS07_TEST_DATABASE_URL"):
+            embedded.stop_postgres(state)
+        if not os.environ.get("MS07_TEST_REDIS_URL"):
+            embedded.stop_redis(state)
+
+
+def _make_template(s: Servers) -> None:
+    import asyncio
+
+    from ms07.store import db
+
+    with psycopg.connect(s.admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{TEMPLATE}"')
+
+    async def migrate() -> None:
+        conn = await db.connect(_for_db(s.admin_url, TEMPLATE))
+        try:
+            await db.migrate(conn)
+        finally:
+            await conn.close()
+
+    asyncio.run(migrate())
+
+
+@pytest.fixture
+def database_url(servers: Servers) -> Iterator[str]:
+    name = f"ms07_t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(servers.admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE}"')
+    try:
+        yield _for_db(servers.admin_url, name)
+    finally:
+        with psycopg.connect(servers.admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def redis_url(servers: Servers) -> Iterator[str]:
+    client = redis.Redis.from_url(servers.redis_url)
+    client.flushall()
+    client.config_set("maxmemory-policy", "noeviction")
+    client.close()
+    yield servers.redis_url
+
+
+@pytest.fixture
+def make_settings(database_url: str, redis_url: str, tmp_path: Path) -> Callable[..., Settings]:
+    """Settings for this test's database and Redis: ``make_settings(destinations=[...], distribution={...})``."""
+
+    def make(**sections: Any) -> Settings:
+        import yaml
+
+        data: dict[str, Any] = {
+            "database_url": database_url,
+            "redis_url": redis_url,
+            "state_dir": str(tmp_path / "state"),
+            "service": {"http_port": 0, "drain_grace_seconds": 5, "heartbeat_interval_seconds": 1},
+            "distribution": {"retry_base_delay_seconds": 0.05, "max_retry_delay": 0.2, "timeout_seconds": 5,
+                             "claim_idle_seconds": 8, "scheduler_interval_seconds": 0.05},
+        }
+        for key, value in sections.items():
+            if isinstance(value, dict) and isinstance(data.get(key), dict):
+                data[key] = {**data[key], **value}
+            else:
+                data[key] = value
+        path = tmp_path / f"config-{uuid.uuid4().hex[:6]}.yaml"
+        path.write_text(yaml.safe_dump({k: v for k, v in data.items()
+                                        if k not in ("database_url", "redis_url", "state_dir")}))
+        return load_settings(path, environ={}, database_url=database_url, redis_url=redis_url,
+                             state_dir=str(tmp_path / "state"))
+
+    return make
+
+
+@pytest.fixture
+async def sink() -> AsyncIterator[Sink]:
+    s = await Sink().start()
+    try:
+        yield s
+    finally:
+        await s.stop()
+
+
+@pytest.fixture
+def env_for(database_url: str, redis_url: str, tmp_path: Path) -> dict[str, str]:
+    """Environment for a CLI call or an engine subprocess on this test's servers."""
+    return {
+        "MS07_DATABASE_URL": database_url,
+        "MS07_REDIS_URL": redis_url,
+        "MS07_STATE_DIR": str(tmp_path / "state"),
+        "NO_COLOR": "1",
+        "COLUMNS": "200",
+    }

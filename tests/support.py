@@ -1,0 +1,190 @@
+"""Test helpers: real loopback destinations, polling with deadlines, engine processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from aiohttp import web
+
+Behaviour = Callable[[web.Request, int], Awaitable[web.StreamResponse]]
+
+
+async def ok(request: web.Request, n: int) -> web.StreamResponse:
+    return web.Response(text="ok")
+
+
+def status(code: int, headers: dict[str, str] | None = None, body: str = "") -> Behaviour:
+    async def respond(request: web.Request, n: int) -> web.StreamResponse:
+        return web.Response(status=code, headers=headers or {}, text=body or f"status {code}")
+
+    return respond
+
+
+def hang(seconds: float = 30.0) -> Behaviour:
+    async def respond(request: web.Request, n: int) -> web.StreamResponse:
+        await asyncio.sleep(seconds)
+        return web.Response(text="late")
+
+    return respond
+
+
+def reset() -> Behaviour:
+    async def respond(request: web.Request, n: int) -> web.StreamResponse:
+        assert request.transport is not None
+        request.transport.abort()  # RST: the client sees a dropped connection
+        return web.Response(text="never sent")
+
+    return respond
+
+
+def fail_first(k: int, code: int = 500) -> Behaviour:
+    """Fail the first ``k`` requests with ``code``, then succeed."""
+
+    async def respond(request: web.Request, n: int) -> web.StreamResponse:
+        if n <= k:
+            return web.Response(status=code, text="not yet")
+        return web.Response(text="ok")
+
+    return respond
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    at: float
+
+
+@dataclass
+class Sink:
+    """A real HTTP server on 127.0.0.1 whose routes can be told how to answer."""
+
+    behaviours: dict[str, Behaviour] = field(default_factory=dict)
+    received: list[Received] = field(default_factory=list)
+    counts: Counter[str] = field(default_factory=Counter)
+    port: int = 0
+    _runner: web.AppRunner | None = None
+
+    def url(self, path: str = "/in") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def on(self, path: str, behaviour: Behaviour) -> Sink:
+        self.behaviours[path] = behaviour
+        return self
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        self.counts[request.path] += 1
+        n = self.counts[request.path]
+        self.received.append(Received(request.path, dict(request.headers), body, time.monotonic()))
+        behaviour = self.behaviours.get(request.path, ok)
+        return await behaviour(request, n)
+
+    async def start(self) -> Sink:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    def keys(self, path: str | None = None) -> list[str]:
+        return [r.headers.get("Idempotency-Key", "") for r in self.received if path is None or r.path == path]
+
+    def unique_keys(self, path: str | None = None) -> set[str]:
+        return set(self.keys(path))
+
+
+async def wait_for(
+    predicate: Callable[[], Any], timeout: float = 15.0, interval: float = 0.05, what: str = "condition"
+) -> Any:
+    """Poll ``predicate`` (sync or async) until truthy, or fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if asyncio.iscoroutine(last):
+            last = await last
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def destination(name: str, url: str, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "url": url, **extra}
+
+
+def write_config(path: Path, data: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+class EngineProcess:
+    """``python -m ms07 run`` in a subprocess, for crash and signal tests."""
+
+    def __init__(self, config: Path, env: dict[str, str], log: Path, extra_env: dict[str, str] | None = None) -> None:
+        self.config = config
+        self.env = {**os.environ, **env, **(extra_env or {}), "MS07_CONFIG": str(config)}
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> EngineProcess:
+        out = self.log.open("ab")
+        self.proc = subprocess.Popen(  # noqa: S603
+            [sys.executable, "-m", "ms07", "run", "--http-port", "0"],
+            env=self.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        out.close()
+        return self
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        lines = []
+        for line in self.log.read_text().splitlines():
+            try:
+                lines.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return lines
+
+    def started(self) -> bool:
+        return any(r.get("message") == "engine started" for r in self.log_lines())
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def terminate(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
+    def wait(self, timeout: float) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.poll() if self.proc else None
