@@ -78,8 +78,24 @@ def _diff(a: Any, b: Any, path: str = "") -> list[str]:
     return [] if a == b else [f"{path}: {a!r} != {b!r}"]
 
 
+@cache
+def kubectl_problem() -> str | None:
+    """Why `kubectl kustomize` cannot build these kustomizations here, or None if it can.
+
+    Components and the `labels` field need kustomize >= 4.1; kubectl reports its embedded
+    kustomize since 1.24 (Debian's kubernetes-client is 1.20, with kustomize 2)."""
+    exe = shutil.which("kubectl")
+    if exe is None:
+        return "kubectl is not installed (it builds the kustomizations)"
+    done = subprocess.run([exe, "version", "--client"], capture_output=True, text=True, timeout=30)
+    m = re.search(r"Kustomize Version: v(\d+)\.(\d+)", done.stdout)
+    if m is None or (int(m.group(1)), int(m.group(2))) < (4, 1):
+        return "kubectl's embedded kustomize is older than 4.1 (components, labels)"
+    return None
+
+
 def kubectl() -> str | None:
-    return shutil.which("kubectl")
+    return shutil.which("kubectl") if kubectl_problem() is None else None
 
 
 def kustomize_build(directory: Path) -> list[dict[str, Any]]:

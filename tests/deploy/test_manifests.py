@@ -17,6 +17,7 @@ from tests.deploy.support import (
     PRODUCTION,
     deserialize,
     kubectl,
+    kubectl_problem,
     kustomize_build,
     load_docs,
 )
@@ -325,7 +326,7 @@ def test_the_overlay_uses_every_patch_file() -> None:
     assert used == present
 
 
-needs_kubectl = pytest.mark.skipif(kubectl() is None, reason="kubectl is not installed (it builds the kustomizations)")
+needs_kubectl = pytest.mark.skipif(kubectl() is None, reason=str(kubectl_problem()))
 
 
 @needs_kubectl
@@ -355,3 +356,23 @@ def test_the_production_overlay_builds() -> None:
     scaled = _one(docs, "ScaledObject")["spec"]
     assert (scaled["minReplicaCount"], scaled["maxReplicaCount"]) == (5, 20)
     assert all(t["metadata"]["address"] != "redis:6379" for t in scaled["triggers"] if t["type"] == "redis-streams")
+
+
+def test_the_role_covers_every_permission_the_kubernetes_client_declares(base: list[dict[str, Any]]) -> None:
+    """Once ms07/recover/k8s.py exists, every ``Permission(verb, resource[, group])`` it
+    declares for its API calls must be granted by the Role."""
+    import re
+
+    from tests.deploy.support import ROOT
+
+    source = ROOT / "ms07" / "recover" / "k8s.py"
+    if not source.exists():
+        pytest.skip("ms07/recover/k8s.py is not in this tree yet")
+    declared = re.findall(
+        r'Permission\(\s*"([a-z]+)"\s*,\s*"([a-z/]+)"\s*(?:,\s*"([a-z0-9.]*)"\s*)?\)', source.read_text()
+    )
+    assert declared, "no Permission(...) declarations found: update this test to the client's API"
+    granted = _granted(deserialize(_one(base, "Role")))
+    missing = [f"{verb} {resource} ({group or 'core'})" for verb, resource, group in declared
+               if verb not in granted.get((group, resource), set())]
+    assert not missing, f"the Role lacks {missing}"
