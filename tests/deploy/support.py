@@ -29,8 +29,14 @@ GRAFANA = DEPLOY / "grafana"
 
 # The runbooks an alert may name (runbooks/<id>.yaml).
 RUNBOOK_IDS = {
-    "timeouts", "high-latency", "auth-failures", "queue-message-loss",
-    "memory-leak", "queue-full", "db-connection-loss", "worker-crash",
+    "timeouts",
+    "high-latency",
+    "auth-failures",
+    "queue-message-loss",
+    "memory-leak",
+    "queue-full",
+    "db-connection-loss",
+    "worker-crash",
 }
 RUNBOOK_BASE_URL = "https://github.com/ms07/ms07/blob/main/runbooks/"
 
@@ -57,8 +63,10 @@ def deserialize(doc: dict[str, Any]) -> Any:
     client = ApiClient()
     obj = client._ApiClient__deserialize(doc, model_name(doc))  # type: ignore[attr-defined]
     back = client.sanitize_for_serialization(obj)
-    assert back == doc, f"{doc['kind']} {doc['metadata'].get('name')}: fields the API does not know: " + \
-        repr(_diff(doc, back))
+    assert back == doc, (
+        f"{doc['kind']} {doc['metadata'].get('name')}: fields the API does not know: "
+        + repr(_diff(doc, back))
+    )
     return obj
 
 
@@ -74,7 +82,11 @@ def _diff(a: Any, b: Any, path: str = "") -> list[str]:
                 out += _diff(a[k], b[k], f"{path}.{k}")
         return out
     if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-        return [d for i, (x, y) in enumerate(zip(a, b, strict=True)) for d in _diff(x, y, f"{path}[{i}]")]
+        return [
+            d
+            for i, (x, y) in enumerate(zip(a, b, strict=True))
+            for d in _diff(x, y, f"{path}[{i}]")
+        ]
     return [] if a == b else [f"{path}: {a!r} != {b!r}"]
 
 
@@ -101,7 +113,9 @@ def kubectl() -> str | None:
 def kustomize_build(directory: Path) -> list[dict[str, Any]]:
     exe = kubectl()
     assert exe is not None
-    done = subprocess.run([exe, "kustomize", str(directory)], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [exe, "kustomize", str(directory)], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     return [d for d in yaml.safe_load_all(done.stdout) if d is not None]
 
@@ -139,8 +153,21 @@ def exported_metrics() -> dict[str, frozenset[str]]:
 TARGET_LABELS = {"instance", "job", "pod", "namespace", "container", "service", "endpoint", "node"}
 
 _KEYWORDS = {
-    "and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right",
-    "offset", "bool", "inf", "nan", "start", "end",
+    "and",
+    "or",
+    "unless",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "offset",
+    "bool",
+    "inf",
+    "nan",
+    "start",
+    "end",
 }
 _STRING = re.compile(r'"(?:\\.|[^"\\])*"|\'(?:\\.|[^\'\\])*\'|`[^`]*`')
 _GRAFANA_VAR = re.compile(r"\$\{[^}]*\}|\$\w+")
@@ -175,7 +202,7 @@ def scan(expr: str) -> Query:
         before = text[m.start() - 1] if m.start() else " "
         if before.isalnum() or before in "._":  # 1e3, 5m, 0.5
             continue
-        if text[m.end():].lstrip().startswith("("):  # a function call
+        if text[m.end() :].lstrip().startswith("("):  # a function call
             continue
         if m.group(0).lower() in _KEYWORDS:
             continue
@@ -187,14 +214,18 @@ def check_query(expr: str) -> list[str]:
     """Problems of one expression against what the engine exports (empty: fine)."""
     exported = exported_metrics()
     q = scan(expr)
-    problems = [f"{name} is not exported by the engine" for name in sorted(q.metrics - set(exported))]
+    problems = [
+        f"{name} is not exported by the engine" for name in sorted(q.metrics - set(exported))
+    ]
     if not q.metrics:
         problems.append("names no metric")
     for name, labels in q.matchers.items():
         known = exported.get(name, frozenset())
         problems += [f"{name} has no label {label!r}" for label in sorted(labels - known)]
     known_labels = set().union(*(exported.get(n, frozenset()) for n in q.metrics)) | TARGET_LABELS
-    problems += [f"grouping by unknown label {label!r}" for label in sorted(q.grouping - known_labels)]
+    problems += [
+        f"grouping by unknown label {label!r}" for label in sorted(q.grouping - known_labels)
+    ]
     return problems
 
 

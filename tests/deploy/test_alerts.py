@@ -87,7 +87,7 @@ def test_labels_and_annotations(rule: dict[str, Any]) -> None:
     assert notes["summary"] and notes["description"]
     url = notes["runbook_url"]
     assert url.startswith(RUNBOOK_BASE_URL) and url.endswith(".yaml")
-    assert url[len(RUNBOOK_BASE_URL):-len(".yaml")] in RUNBOOK_IDS
+    assert url[len(RUNBOOK_BASE_URL) : -len(".yaml")] in RUNBOOK_IDS
 
 
 def test_every_alert_has_tests_that_fire_it_and_that_do_not() -> None:
@@ -107,5 +107,7 @@ def test_the_runbooks_alerts_link_to_exist() -> None:
     present = {p.stem for p in (ROOT / "runbooks").glob("*.yaml")}
     if not present:
         pytest.skip("runbooks/ holds no runbook yet; the links are checked once it does")
-    linked = {r["annotations"]["runbook_url"][len(RUNBOOK_BASE_URL):-len(".yaml")] for r in _rules()}
+    linked = {
+        r["annotations"]["runbook_url"][len(RUNBOOK_BASE_URL) : -len(".yaml")] for r in _rules()
+    }
     assert linked <= present, f"alerts link to missing runbooks: {sorted(linked - present)}"

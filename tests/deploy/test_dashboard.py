@@ -34,7 +34,12 @@ USE = {
     "zenia_distribution_destination_healthy",
 }
 # Grafana's variables, replaced by something PromQL accepts for the syntax check.
-GRAFANA_VARS = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "1h", "$destination": ".*"}
+GRAFANA_VARS = {
+    "$__rate_interval": "5m",
+    "$__interval": "1m",
+    "$__range": "1h",
+    "$destination": ".*",
+}
 
 
 def _dashboard() -> dict[str, Any]:
@@ -60,7 +65,9 @@ def test_panels_are_well_formed() -> None:
     for panel in _panels():
         assert panel["targets"], f"{panel['title']} has no query"
         assert panel["datasource"]["uid"] == "${datasource}"
-        assert [t["refId"] for t in panel["targets"]] == [chr(65 + i) for i in range(len(panel["targets"]))]
+        assert [t["refId"] for t in panel["targets"]] == [
+            chr(65 + i) for i in range(len(panel["targets"]))
+        ]
 
 
 @pytest.mark.parametrize("title,expr", _queries(), ids=[f"{i}" for i in range(len(_queries()))])
@@ -82,12 +89,16 @@ def test_red_and_use_are_covered() -> None:
     used = set().union(*(scan(expr).metrics for _, expr in _queries()))
     assert RED - used == set()
     assert USE - used == set()
-    latency = [expr for _, expr in _queries() if "zenia_distribution_latency_seconds_bucket" in expr]
+    latency = [
+        expr for _, expr in _queries() if "zenia_distribution_latency_seconds_bucket" in expr
+    ]
     for q in ("0.5", "0.95", "0.99"):
         assert any(f"histogram_quantile({q}," in e and "destination" in e for e in latency)
 
 
-@pytest.mark.skipif(promtool() is None, reason="promtool is not installed (Debian: apt-get install prometheus)")
+@pytest.mark.skipif(
+    promtool() is None, reason="promtool is not installed (Debian: apt-get install prometheus)"
+)
 def test_every_query_parses(tmp_path: Path) -> None:
     rules = []
     for i, (_, expr) in enumerate(_queries()):
@@ -97,5 +108,9 @@ def test_every_query_parses(tmp_path: Path) -> None:
         rules.append({"record": f"dashboard:query_{i}", "expr": expr})
     path = tmp_path / "dashboard_rules.yaml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
-    done = subprocess.run([promtool(), "check", "rules", str(path)], capture_output=True, text=True, timeout=60)  # type: ignore[list-item]
+    exe = promtool()
+    assert exe is not None
+    done = subprocess.run(
+        [exe, "check", "rules", str(path)], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stdout + done.stderr

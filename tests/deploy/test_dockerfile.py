@@ -85,11 +85,14 @@ def test_multi_stage_with_a_slim_python_311_final_stage(dockerfile: list[Stage])
     assert builder.name and any("pip wheel" in r for r in builder.all("RUN"))
 
 
-def test_the_final_stage_installs_the_builders_wheels_and_no_build_tools(dockerfile: list[Stage]) -> None:
+def test_the_final_stage_installs_the_builders_wheels_and_no_build_tools(
+    dockerfile: list[Stage],
+) -> None:
     builder, final = dockerfile[0], dockerfile[-1]
     runs = final.all("RUN")
-    assert any(f"from={builder.name}" in r and "--no-index" in r for r in runs), \
+    assert any(f"from={builder.name}" in r and "--no-index" in r for r in runs), (
         "the final stage must install only the builder's wheels (--no-index)"
+    )
     for run in runs:
         assert not PACKAGE_INSTALL.search(run), f"package manager install in the final stage: {run}"
         assert not BUILD_TOOLS.search(run), f"build tools in the final stage: {run}"
@@ -112,8 +115,11 @@ def test_the_builder_copies_everything_the_wheel_build_needs(dockerfile: list[St
 
 
 def _dockerignore():  # type: ignore[no-untyped-def]
-    rules = [r.strip() for r in (ROOT / ".dockerignore").read_text().splitlines()
-             if r.strip() and not r.strip().startswith("#")]
+    rules = [
+        r.strip()
+        for r in (ROOT / ".dockerignore").read_text().splitlines()
+        if r.strip() and not r.strip().startswith("#")
+    ]
 
     def ignored(path: str) -> bool:
         result = False

@@ -22,7 +22,10 @@ from tests.deploy.support import (
     load_docs,
 )
 
-GUIDE_RESOURCES = {"requests": {"cpu": "1000m", "memory": "2Gi"}, "limits": {"cpu": "2000m", "memory": "4Gi"}}
+GUIDE_RESOURCES = {
+    "requests": {"cpu": "1000m", "memory": "2Gi"},
+    "limits": {"cpu": "2000m", "memory": "4Gi"},
+}
 # What `ms07 recover` (and `diagnose memory`) do through the API: (group, resource) -> verbs.
 RECOVER_NEEDS = {
     ("apps", "deployments"): {"get", "list", "patch"},
@@ -46,7 +49,9 @@ def _manifest_files() -> list[Path]:
 
 
 def _one(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
-    found = [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
+    found = [
+        d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)
+    ]
     assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
     return found[0]
 
@@ -108,7 +113,9 @@ def _engine_routes() -> set[str]:
     return {r.canonical for r in app.router.resources()}
 
 
-def test_probes_hit_the_engines_health_routes_on_its_port(container: Any, settings: Settings) -> None:
+def test_probes_hit_the_engines_health_routes_on_its_port(
+    container: Any, settings: Settings
+) -> None:
     routes = _engine_routes()
     port = ServiceConfig().http_port
     assert settings.service.http_port == port
@@ -127,7 +134,9 @@ def test_probes_hit_the_engines_health_routes_on_its_port(container: Any, settin
     assert "MS07_HTTP_PORT" not in _env(container)  # one place sets the port: the config
 
 
-def test_the_grace_period_covers_prestop_and_the_drain(deployment: Any, container: Any, settings: Settings) -> None:
+def test_the_grace_period_covers_prestop_and_the_drain(
+    deployment: Any, container: Any, settings: Settings
+) -> None:
     pre_stop = container.lifecycle.pre_stop._exec.command
     assert pre_stop[0] == "sleep"
     sleep = float(pre_stop[1])
@@ -148,8 +157,9 @@ def test_resources_are_the_guides(container: Any) -> None:
 def test_memory_guard_drains_before_the_oom_killer(container: Any, settings: Settings) -> None:
     limit_mib = _mebibytes(container.resources.limits["memory"])
     threshold = settings.memory.threshold_mb
-    assert 0.5 * limit_mib <= threshold <= 0.85 * limit_mib, \
+    assert 0.5 * limit_mib <= threshold <= 0.85 * limit_mib, (
         f"memory.threshold_mb {threshold} against a {limit_mib} MiB limit"
+    )
 
 
 def _mebibytes(quantity: str) -> float:
@@ -197,7 +207,7 @@ def test_the_configmap_is_a_valid_config(settings: Settings) -> None:
 
 
 def _secret_env_names(settings: Settings) -> set[str]:
-    names: set[str] = set()
+    names: set[str | None] = set()
     for dest in settings.destinations:
         auth = dest.auth
         names |= {auth.token_env, auth.value_env, auth.password_env, auth.client_secret_env}
@@ -206,9 +216,15 @@ def _secret_env_names(settings: Settings) -> set[str]:
     return {n for n in names if n}
 
 
-def test_every_secret_the_config_names_comes_from_the_secret(container: Any, settings: Settings) -> None:
+def test_every_secret_the_config_names_comes_from_the_secret(
+    container: Any, settings: Settings
+) -> None:
     env = _env(container)
-    for name in _secret_env_names(settings) | {"MS07_API_TOKEN", "MS07_DATABASE_URL", "MS07_REDIS_URL"}:
+    for name in _secret_env_names(settings) | {
+        "MS07_API_TOKEN",
+        "MS07_DATABASE_URL",
+        "MS07_REDIS_URL",
+    }:
         assert name in env, f"{name} is not set in the Deployment"
         ref = env[name].value_from.secret_key_ref
         assert ref is not None and ref.name == "ms07-secrets", f"{name} must come from the Secret"
@@ -221,18 +237,27 @@ def test_the_secret_template_has_every_key_and_only_placeholders(container: Any)
     assert not secret.data, "use stringData placeholders, never encoded values"
     for value in secret.string_data.values():
         assert value.startswith("<REPLACE"), f"not a placeholder: {value[:12]}..."
-    wanted = {e.value_from.secret_key_ref.key for e in container.env
-              if e.value_from and e.value_from.secret_key_ref}
+    wanted = {
+        e.value_from.secret_key_ref.key
+        for e in container.env
+        if e.value_from and e.value_from.secret_key_ref
+    }
     trigger_auth = _one(load_docs(KEDA / "triggerauthentication.yaml"), "TriggerAuthentication")
     wanted |= {ref["key"] for ref in trigger_auth["spec"]["secretTargetRef"]}
-    assert wanted <= set(secret.string_data), f"missing from the template: {wanted - set(secret.string_data)}"
+    assert wanted <= set(secret.string_data), (
+        f"missing from the template: {wanted - set(secret.string_data)}"
+    )
     # Applying a kustomization must never overwrite the real Secret with placeholders.
     for directory in (BASE, KEDA, PRODUCTION):
         (kustomization,) = load_docs(directory / "kustomization.yaml")
         assert "secretGenerator" not in kustomization
         assert not [r for r in kustomization.get("resources", []) if "secret" in r]
-        assert not [d for p in directory.glob("*.yaml") for d in load_docs(p)
-                    if isinstance(d, dict) and d.get("kind") == "Secret"]
+        assert not [
+            d
+            for p in directory.glob("*.yaml")
+            for d in load_docs(p)
+            if isinstance(d, dict) and d.get("kind") == "Secret"
+        ]
 
 
 # --------------------------------------------------------------------------- RBAC
@@ -262,10 +287,12 @@ def test_the_role_grants_exactly_what_recover_needs(base: list[dict[str, Any]]) 
     assert toolbox.spec.service_account_name == subject.name
 
 
-# --------------------------------------------------------------------------- service, PDB, autoscaling
+# ----------------------------------------------------------------- service, PDB, autoscaling
 
 
-def test_service_pdb_and_hpa_select_the_deployment(base: list[dict[str, Any]], deployment: Any) -> None:
+def test_service_pdb_and_hpa_select_the_deployment(
+    base: list[dict[str, Any]], deployment: Any
+) -> None:
     labels = deployment.spec.template.metadata.labels
     assert deployment.spec.selector.match_labels.items() <= labels.items()
     assert deployment.spec.replicas is None, "the autoscaler owns the replica count"
@@ -280,7 +307,10 @@ def test_service_pdb_and_hpa_select_the_deployment(base: list[dict[str, Any]], d
     pdb = deserialize(_one(base, "PodDisruptionBudget"))
     assert pdb.spec.selector.match_labels.items() <= labels.items()
     hpa = deserialize(_one(base, "HorizontalPodAutoscaler"))
-    assert (hpa.spec.scale_target_ref.kind, hpa.spec.scale_target_ref.name) == ("Deployment", "ms07-distributor")
+    assert (hpa.spec.scale_target_ref.kind, hpa.spec.scale_target_ref.name) == (
+        "Deployment",
+        "ms07-distributor",
+    )
     (metric,) = hpa.spec.metrics
     assert metric.resource.name == "cpu" and metric.resource.target.type == "Utilization"
     assert 1 <= hpa.spec.min_replicas < hpa.spec.max_replicas
@@ -304,7 +334,9 @@ def test_keda_scales_on_the_workers_group_of_the_default_stream(settings: Settin
     held = settings.service.concurrency * settings.service.prefetch
     assert settings.service.concurrency <= int(meta["pendingEntriesCount"]) <= held
     for trigger in redis:
-        assert all(isinstance(v, str) for v in trigger["metadata"].values()), "KEDA metadata values are strings"
+        assert all(isinstance(v, str) for v in trigger["metadata"].values()), (
+            "KEDA metadata values are strings"
+        )
         assert trigger["authenticationRef"]["name"] == auth["metadata"]["name"]
 
 
@@ -334,7 +366,12 @@ def test_the_base_builds() -> None:
     docs = kustomize_build(BASE)
     for doc in docs:
         deserialize(doc)
-    assert {d["kind"] for d in docs} >= {"Deployment", "ConfigMap", "Service", "HorizontalPodAutoscaler"}
+    assert {d["kind"] for d in docs} >= {
+        "Deployment",
+        "ConfigMap",
+        "Service",
+        "HorizontalPodAutoscaler",
+    }
 
 
 @needs_kubectl
@@ -345,7 +382,9 @@ def test_the_production_overlay_builds() -> None:
             deserialize(doc)
         assert doc["metadata"]["namespace"] == "zenia"
     kinds = {d["kind"] for d in docs}
-    assert "HorizontalPodAutoscaler" not in kinds, "KEDA and an HPA must not both drive the Deployment"
+    assert "HorizontalPodAutoscaler" not in kinds, (
+        "KEDA and an HPA must not both drive the Deployment"
+    )
     assert {"ScaledObject", "TriggerAuthentication", "Deployment"} <= kinds
     (container,) = _one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
     resources = container["resources"]
@@ -355,10 +394,16 @@ def test_the_production_overlay_builds() -> None:
     assert container["image"].endswith(":0.1.0")
     scaled = _one(docs, "ScaledObject")["spec"]
     assert (scaled["minReplicaCount"], scaled["maxReplicaCount"]) == (5, 20)
-    assert all(t["metadata"]["address"] != "redis:6379" for t in scaled["triggers"] if t["type"] == "redis-streams")
+    assert all(
+        t["metadata"]["address"] != "redis:6379"
+        for t in scaled["triggers"]
+        if t["type"] == "redis-streams"
+    )
 
 
-def test_the_role_covers_every_permission_the_kubernetes_client_declares(base: list[dict[str, Any]]) -> None:
+def test_the_role_covers_every_permission_the_kubernetes_client_declares(
+    base: list[dict[str, Any]],
+) -> None:
     """Once ms07/recover/k8s.py exists, every ``Permission(verb, resource[, group])`` it
     declares for its API calls must be granted by the Role."""
     import re
@@ -369,10 +414,14 @@ def test_the_role_covers_every_permission_the_kubernetes_client_declares(base: l
     if not source.exists():
         pytest.skip("ms07/recover/k8s.py is not in this tree yet")
     declared = re.findall(
-        r'Permission\(\s*"([a-z]+)"\s*,\s*"([a-z/]+)"\s*(?:,\s*"([a-z0-9.]*)"\s*)?\)', source.read_text()
+        r'Permission\(\s*"([a-z]+)"\s*,\s*"([a-z/]+)"\s*(?:,\s*"([a-z0-9.]*)"\s*)?\)',
+        source.read_text(),
     )
     assert declared, "no Permission(...) declarations found: update this test to the client's API"
     granted = _granted(deserialize(_one(base, "Role")))
-    missing = [f"{verb} {resource} ({group or 'core'})" for verb, resource, group in declared
-               if verb not in granted.get((group, resource), set())]
+    missing = [
+        f"{verb} {resource} ({group or 'core'})"
+        for verb, resource, group in declared
+        if verb not in granted.get((group, resource), set())
+    ]
     assert not missing, f"the Role lacks {missing}"

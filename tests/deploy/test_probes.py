@@ -27,7 +27,9 @@ def _container() -> dict[str, Any]:
 
 
 @pytest.fixture
-async def engine(make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Engine]:
+async def engine(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Engine]:
     monkeypatch.setenv("MS07_API_TOKEN", TOKEN)
     engine = Engine(make_settings())
     await engine.start()
@@ -46,8 +48,12 @@ async def _readiness(port: int, token: str) -> tuple[int, str]:
     env = {**os.environ, "MS07_API_TOKEN": token}
     # Asynchronously: the engine serves from this very event loop.
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", script, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-c",
+        script,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     _, err = await asyncio.wait_for(proc.communicate(), timeout=30)
     assert proc.returncode is not None
