@@ -66,6 +66,7 @@ class Received:
     headers: dict[str, str]
     body: bytes
     at: float
+    status: int | None = None  # what the sink answered (None while it has not answered)
 
 
 @dataclass
@@ -89,9 +90,12 @@ class Sink:
         body = await request.read()
         self.counts[request.path] += 1
         n = self.counts[request.path]
-        self.received.append(Received(request.path, dict(request.headers), body, time.monotonic()))
+        received = Received(request.path, dict(request.headers), body, time.monotonic())
+        self.received.append(received)
         behaviour = self.behaviours.get(request.path, ok)
-        return await behaviour(request, n)
+        response = await behaviour(request, n)
+        received.status = response.status
+        return response
 
     async def start(self) -> Sink:
         app = web.Application(client_max_size=64 * 1024 * 1024)

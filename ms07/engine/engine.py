@@ -351,6 +351,7 @@ class Engine:
 
     async def _deliver(self, entry: Entry, job: jobs.ClaimedJob) -> None:
         held = self._held[(entry.queue, entry.entry_id)]
+        crash.on_payload(job.payload)
         try:
             outcome = await self.deliver(job)
         except asyncio.CancelledError:
@@ -383,7 +384,8 @@ class Engine:
             if not breaker.allow():
                 return self.defer_for_circuit(job)
             result = await client.send(job.distribution_id, attempt, job.payload, job.content_type)
-        crash.point("after_http")
+        if result.success:
+            crash.point("after_http")
         rows = [self.attempt_row(attempt, result)]
         self.observe(job.destination, result)
         if result.auth_failure and client.auth is not None and client.auth.refreshable:

@@ -73,8 +73,13 @@ async def _forever(engine: Engine, name: str, interval: float, fn: Callable[[Eng
 async def move_due(engine: Engine) -> None:
     for q in engine.queue.priorities:
         while True:
-            crash.point("scheduler_move")
+            if crash.armed("scheduler_move") and await engine.queue.redis.zcount(
+                keys.delayed(q), "-inf", time.time()
+            ):
+                crash.point("scheduler_move")
             moved = await engine.queue.move_due(q, limit=500)
+            if moved:
+                crash.point("scheduler_moved")
             if moved < 500:
                 break
 
