@@ -325,6 +325,12 @@ class Engine:
                 task.add_done_callback(self._tasks.discard)
             elif did not in statuses and did not in claimed:
                 self._finish_without_job(e, did, ErrorCode.MESSAGE_NOT_FOUND, "no job with this id in Postgres")
+            elif e.deliveries > 1 and statuses.get(did) == "processing":
+                # Reclaimed from a dead worker whose lease began after it read the entry
+                # (the claim lags the read, by seconds while Postgres is slow): not a
+                # duplicate. Acking it would leave the job to the reconciler; left pending,
+                # it is reclaimed again once the lease has run out.
+                self._release([self._held[(e.queue, e.entry_id)]])
             else:
                 # Done already, or held by another live worker: this entry is a duplicate.
                 self._enqueue_outcome(self._held[(e.queue, e.entry_id)], None)
