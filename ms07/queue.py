@@ -195,9 +195,16 @@ class Queue:
         return int(moved)
 
     async def reclaim(
-        self, queue: str, consumer: str, min_idle_ms: int, max_deliveries: int, count: int = 100
+        self, queue: str, consumer: str, min_idle_ms: int, max_deliveries: int, count: int = 100,
+        suspects: int | None = None,
     ) -> Reclaimed:
-        """Take over entries idle longer than ``min_idle_ms`` (their consumer died)."""
+        """Take over entries idle longer than ``min_idle_ms`` (their consumer died).
+
+        ``suspects`` caps how many *suspect* entries are taken: entries reclaimed before
+        (delivered twice or more) whose holder died again. One of them may be what kills
+        workers, so the caller can take them one at a time. None takes every one. Poison
+        entries (delivered more than ``max_deliveries`` times) are always taken, to be parked.
+        """
         stream = keys.stream(queue)
         result = Reclaimed()
         try:
@@ -212,7 +219,15 @@ class Queue:
         if not pending:
             return result
         deliveries = {p["message_id"]: int(p["times_delivered"]) for p in pending}
-        ids = list(deliveries)
+        ids = []
+        for entry_id, times in deliveries.items():
+            if 2 <= times <= max_deliveries and suspects is not None:
+                if suspects <= 0:
+                    continue
+                suspects -= 1
+            ids.append(entry_id)
+        if not ids:
+            return result
         claimed = await self.redis.xclaim(stream, keys.GROUP, consumer, min_idle_ms, ids)
         seen: set[str] = set()
         for item in claimed or []:

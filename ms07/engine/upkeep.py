@@ -43,7 +43,7 @@ def start_loops(engine: Engine) -> list[asyncio.Task[Any]]:
     d = s.distribution
     loops: list[tuple[str, float, Callable[[Engine], Awaitable[Any]]]] = [
         ("scheduler", d.scheduler_interval_seconds, move_due),
-        ("reclaimer", max(0.5, min(d.claim_idle_seconds / 3, 15.0)), reclaim),
+        ("reclaimer", reclaim_interval(engine), reclaim),
         ("reconciler", d.reconcile_interval_seconds, reconcile),
         ("heartbeat", s.service.heartbeat_interval_seconds, heartbeat),
         ("health", s.service.health_check_interval_seconds, probe_health),
@@ -87,30 +87,82 @@ async def move_due(engine: Engine) -> None:
 # ---------------------------------------------------------------------- reclaimer
 
 
+def reclaim_interval(engine: Engine) -> float:
+    return max(0.5, min(engine.dist.claim_idle_seconds / 3, 15.0))
+
+
+# worker id -> (queue, entry id) of the suspect entry that worker is trying, if any
+_suspects: dict[str, tuple[str, str]] = {}
+
+
 async def reclaim(engine: Engine) -> None:
     if engine.draining:
         return
-    d = engine.dist
     await keep_alive(engine)
     for q in engine.queue.priorities:
         free = engine.max_held - engine.in_flight
         if free <= 0:
             return
-        result = await engine.queue.reclaim(
-            q, engine.worker_id, int(d.claim_idle_seconds * 1000), d.max_deliveries, count=min(free, 100)
+        await _take_over(engine, q, await _reclaim(engine, q, free, suspects=0))
+    await reclaim_suspects(engine)
+
+
+async def _reclaim(engine: Engine, q: str, free: int, suspects: int) -> Any:
+    d = engine.dist
+    return await engine.queue.reclaim(q, engine.worker_id, int(d.claim_idle_seconds * 1000), d.max_deliveries,
+                                      count=min(free, 100), suspects=suspects)
+
+
+async def reclaim_suspects(engine: Engine) -> None:
+    """Entries whose holder died with them more than once may be what kills workers
+    (a poison entry): take them one at a time, each to its outcome, so that a poison
+    entry takes no innocent entry down with it on its way to the DLQ. Reclaimed together,
+    the whole batch a poison entry was read with died with it on every try, and was
+    parked as poison with it."""
+    deadline = time.monotonic() + reclaim_interval(engine)
+    while not engine.draining and time.monotonic() < deadline:
+        if _suspects.get(engine.worker_id) in _held_keys(engine):
+            return  # the previous one is still running
+        suspect = None
+        for q in engine.queue.priorities:
+            free = engine.max_held - engine.in_flight
+            if free <= 0:
+                return
+            result = await _reclaim(engine, q, free, suspects=1)
+            suspect = next((e for e in result.entries if e.deliveries > 2), None)
+            await _take_over(engine, q, result, alone=suspect)
+            if suspect is not None:
+                break
+        if suspect is None:
+            return
+        _suspects[engine.worker_id] = (suspect.queue, suspect.entry_id)
+        while (suspect.queue, suspect.entry_id) in _held_keys(engine) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+
+
+def _held_keys(engine: Engine) -> set[tuple[str, str]]:
+    return {(h.entry.queue, h.entry.entry_id) for h in engine.held_entries()}
+
+
+async def _take_over(engine: Engine, q: str, result: Any, alone: Any = None) -> None:
+    if result.vanished:
+        log.warning(
+            "pending entries vanished from the stream; the reconciler will re-enqueue their jobs",
+            count=len(result.vanished),
+            queue=q,
         )
-        if result.vanished:
-            log.warning(
-                "pending entries vanished from the stream; the reconciler will re-enqueue their jobs",
-                count=len(result.vanished),
-                queue=q,
-            )
-        if result.poison:
-            await park_poison(engine, result.poison)
-        if result.entries:
-            engine.metrics.reclaimed.inc(len(result.entries))
-            log.info("reclaimed entries from a dead consumer", count=len(result.entries), queue=q)
-            await engine.dispatch(result.entries)
+    if result.poison:
+        await park_poison(engine, result.poison)
+    if result.entries:
+        engine.metrics.reclaimed.inc(len(result.entries))
+        log.info("reclaimed entries from a dead consumer", count=len(result.entries), queue=q)
+        others = [e for e in result.entries if e is not alone]
+        if others:
+            await engine.dispatch(others)
+        if alone is not None:
+            log.warning("trying alone an entry whose worker died with it before",
+                        entry_id=alone.entry_id, queue=q, deliveries=alone.deliveries)
+            await engine.dispatch([alone])
 
 
 async def park_poison(engine: Engine, entries: list[Any]) -> None:

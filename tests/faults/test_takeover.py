@@ -3,12 +3,15 @@ worker that tries them."""
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 import psycopg
 import pytest
 
 from ms07 import keys
-from tests.faults.harness import FAST, submit_many, wait_settled
-from tests.support import Sink, destination, wait_for
+from tests.faults.harness import FAST, REPORT, engine_config, exit_code, ledger, submit_many, wait_settled
+from tests.support import EngineProcess, Sink, destination, wait_for
 
 pytestmark = pytest.mark.faults
 
@@ -39,3 +42,54 @@ async def test_reclaimed_entry_whose_lease_started_late_is_still_delivered(make_
     await start_engine(settings)
     await wait_for(lambda: did in sink.unique_keys("/in"), timeout=10, what="the job delivered after its lease")
     await wait_settled(database_url, [did], timeout=5)
+
+
+def _payloads(n: int) -> list[dict[str, object]]:
+    return [{"i": i} for i in range(n)]
+
+
+async def test_poison_entry_parked_after_3_reclaims_others_delivered(tmp_path: Path, sink: Sink, env_for,
+                                                                     make_settings, database_url,
+                                                                     redis_url) -> None:
+    dests = [destination("a", sink.url("/in"))]
+    config = engine_config(tmp_path, dests, concurrency=8)
+    settings = make_settings(destinations=dests)
+    # One read takes them all, the poison in the middle.
+    ids = await submit_many(settings, "a", [*_payloads(10), {"kind": "POISON-PILL"}, *_payloads(10)])
+    poison = ids[10]
+    crashes = 0
+    deadline = asyncio.get_running_loop().time() + 60
+    proc: EngineProcess | None = None
+    try:
+        while asyncio.get_running_loop().time() < deadline:
+            proc = EngineProcess(config, env_for, tmp_path / f"engine-{crashes}.log",
+                                 {"MS07_CRASH_ON_PAYLOAD": "POISON-PILL"}).start()
+            while proc.returncode is None and not await _settled(database_url, ids):
+                await asyncio.sleep(0.1)
+            if proc.returncode is None:
+                break
+            assert proc.returncode == 137
+            crashes += 1
+        else:
+            pytest.fail(f"not settled after {crashes} crashes")
+    finally:
+        if proc is not None:
+            proc.terminate()
+            await exit_code(proc)
+            proc.kill()
+    lg = await ledger("poison entry (kills every worker that tries it)", database_url, redis_url, sink, ids)
+    REPORT.append(lg)
+    lg.check()
+    assert lg.in_dlq == {poison}
+    assert lg.jobs[poison] == ("dead", "POISON_MESSAGE")
+    assert lg.dlq_stream[poison]["reason"] == "poison"
+    assert lg.dlq_stream[poison]["error_code"] == "POISON_MESSAGE"
+    assert lg.delivered == set(ids) - {poison}
+    # Read once, reclaimed three times, each time the worker died: parked on the next try.
+    assert crashes == 1 + 3
+
+
+async def _settled(database_url: str, ids: list[str]) -> bool:
+    from tests.faults.harness import settled
+
+    return await settled(database_url, ids)

@@ -105,6 +105,29 @@ async def test_reclaim_marks_poison_after_max_deliveries(queue: Queue) -> None:
     assert result.entries == []
 
 
+async def test_reclaim_takes_suspects_one_at_a_time(queue: Queue) -> None:
+    """Entries reclaimed before (a holder died with them) are taken ``suspects`` at a time;
+    first-time reclaims and poison are always taken."""
+    await queue.enqueue([("default", i, "d") for i in ("s1", "s2", "p")])
+    entries = await queue.read("w0", 10, 100)
+    poison = entries[2].entry_id
+    await queue.redis.xclaim(keys.stream("default"), keys.GROUP, "w0", 0, [poison], retrycount=4)
+    time.sleep(0.03)
+    result = await queue.reclaim("default", "w1", min_idle_ms=20, max_deliveries=3, suspects=0)
+    assert sorted(e.fields["id"] for e in result.entries) == ["s1", "s2"]
+    assert [e.fields["id"] for e in result.poison] == ["p"]  # the caller parks and acks it
+    await queue.ack("default", [poison])
+    await queue.enqueue([("default", "fresh", "d")])
+    await queue.read("w2", 10, 100)
+    time.sleep(0.03)
+    result = await queue.reclaim("default", "w3", min_idle_ms=20, max_deliveries=3, suspects=1)
+    assert sorted(e.fields["id"] for e in result.entries) == ["fresh", "s1"]
+    assert {e.fields["id"]: e.deliveries for e in result.entries} == {"fresh": 2, "s1": 3}
+    time.sleep(0.03)
+    result = await queue.reclaim("default", "w4", min_idle_ms=20, max_deliveries=3, suspects=0)
+    assert result.entries == [] and result.poison == []  # s2 waits for its turn
+
+
 async def test_reclaim_reports_entries_deleted_while_pending(queue: Queue) -> None:
     await queue.enqueue([("default", "gone", "d"), ("default", "kept", "d")])
     entries = await queue.read("w0", 10, 100)
