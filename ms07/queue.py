@@ -76,11 +76,17 @@ def describe_redis_error(exc: BaseException) -> str:
 
 
 async def open_redis(url: str, *, check: bool = True, socket_timeout: float = 10.0) -> aioredis.Redis:
-    """A client that retries dropped connections; BLOCK reads stay under socket_timeout."""
+    """A client that retries dropped connections; BLOCK reads stay under socket_timeout.
+
+    Replies are decoded with ``errors="replace"``: anyone can XADD bytes that are not
+    UTF-8, and a strict decoder raised UnicodeDecodeError out of XREADGROUP (killing the
+    engine's reader task) and out of every reclaim pass after it. Replaced, such an entry
+    parses as invalid and goes to the DLQ like any other malformed entry."""
     try:
         client = aioredis.Redis.from_url(
             url,
             decode_responses=True,
+            encoding_errors="replace",
             socket_timeout=socket_timeout,
             socket_connect_timeout=5,
             retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 3),
