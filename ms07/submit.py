@@ -53,6 +53,8 @@ def encode_payload(payload: Any) -> bytes:
         return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
     except (TypeError, ValueError) as exc:
         raise UsageError(f"payload is not JSON-serialisable: {exc}") from None
+    except RecursionError:
+        raise UsageError("payload is nested too deeply") from None
 
 
 def build_jobs(

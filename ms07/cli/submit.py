@@ -40,6 +40,8 @@ def submit(
         payload = json.loads(text)
     except json.JSONDecodeError as exc:
         raise UsageError(f"payload is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except RecursionError:
+        raise UsageError("payload is nested too deeply") from None
 
     async def go(rt):  # type: ignore[no-untyped-def]
         queue = await rt.queue()

@@ -96,6 +96,8 @@ async def submit(request: web.Request) -> web.Response:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         return _error(400, "request body is not valid JSON")
+    except RecursionError:
+        return _error(400, "request body is nested too deeply")
     if not isinstance(body, dict):
         return _error(400, "request body must be a JSON object")
     unknown = set(body) - {"destinations", "payload", "correlation_id", "priority", "idempotency_key"}
