@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import os
 import types
 import typing
@@ -312,6 +313,8 @@ def parse_yaml(text: str, source: str) -> Any:
         return yaml.load(text, Loader=_LineLoader)  # noqa: S506 - SafeLoader subclass
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: invalid YAML: nested too deeply") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
@@ -326,7 +329,7 @@ class _Converter:
 
     def fail(self, path: str, message: str, line: int | None) -> typing.NoReturn:
         where = f" (line {line})" if line else ""
-        raise ConfigError(f"{self.source}: {path}: {message}{where}")
+        raise ConfigError(_one_line(f"{self.source}: {path}: {message}{where}"))
 
     def convert(self, tp: Any, value: Any, path: str, line: int | None) -> Any:
         origin = typing.get_origin(tp)
@@ -361,6 +364,8 @@ class _Converter:
         if tp is float:
             if isinstance(value, bool) or not isinstance(value, int | float):
                 self.fail(path, f"expected a number, got {_describe(value)}", line)
+            if not math.isfinite(value):
+                self.fail(path, f"expected a finite number, got {_describe(value)}", line)
             return float(value)
         if tp is str:
             if isinstance(value, bool) or not isinstance(value, str | int | float):
@@ -393,6 +398,11 @@ class _Converter:
             ):
                 self.fail(f"{path}.{f.name}" if path else f.name, "is required", line)
         return cls(**kwargs)
+
+
+def _one_line(text: str) -> str:
+    """Keys and values from the file may hold line breaks; an error stays one line."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _describe(value: Any) -> str:
@@ -429,9 +439,10 @@ def _env_overlay(data: dict[str, Any], environ: typing.Mapping[str, str]) -> Non
             data[_ENV_TOP[name]] = value
         elif name in _ENV_SECTION:
             section, key = _ENV_SECTION[name]
-            data.setdefault(section, {})
-            data[section] = dict(data[section] or {})
-            data[section][key] = _scalar(value)
+            current = data.get(section) or {}
+            if not isinstance(current, dict):
+                continue  # the file's section is not a mapping: the loader says so
+            data[section] = {**current, key: _scalar(value)}
         elif "__" in name:
             section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
             if section not in {f.name for f in dataclasses.fields(Settings)}:
@@ -489,7 +500,11 @@ def load_settings(
 
 
 def _check_url(url: str, what: str) -> None:
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a port out of range
+    except ValueError as exc:
+        raise ConfigError(f"{what}: {redact_url(url)!r} is not a valid URL: {exc}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"{what}: {redact_url(url)!r} is not an http(s) URL")
     if parts.username or parts.password:
@@ -511,7 +526,7 @@ def validate(settings: Settings, source: str, lines: dict[str, int] | None = Non
             line = lines.get(".".join(parts))
             parts.pop()
         where = f" (line {line})" if line else ""
-        raise ConfigError(f"{source}: {key}: {message}{where}")
+        raise ConfigError(_one_line(f"{source}: {key}: {message}{where}"))
 
     dist = settings.distribution
     if dist.timeout_seconds <= 0:
