@@ -21,7 +21,8 @@ from typing import Any
 import httpx
 
 from ms07 import logs
-from ms07.config import AuthConfig, DestinationConfig, resolve_secret
+from ms07.config import AuthConfig, DestinationConfig, NetworkConfig, resolve_secret
+from ms07.engine.ssrf import refusal
 from ms07.errors import ConfigError
 
 SECRET_TTL = 30.0
@@ -31,10 +32,12 @@ log = logs.get("auth")
 class AuthError(ConfigError):
     """Credentials could not be obtained (missing secret, token endpoint refused)."""
 
-    def __init__(self, message: str, code: str = "AUTH_CONFIG_ERROR", status: int | None = None) -> None:
+    def __init__(self, message: str, code: str = "AUTH_CONFIG_ERROR", status: int | None = None,
+                 permanent: bool = False) -> None:
         super().__init__(message)
         self.code = code
         self.status = status
+        self.permanent = permanent
 
 
 class _Secret:
@@ -97,9 +100,11 @@ class OAuth2ClientCredentials:
     refreshable = True
     kind = "oauth2_client_credentials"
 
-    def __init__(self, name: str, cfg: AuthConfig, *, timeout: float = 10.0) -> None:
+    def __init__(self, name: str, cfg: AuthConfig, *, timeout: float = 10.0,
+                 network: NetworkConfig | None = None) -> None:
         self.name = name
         self.cfg = cfg
+        self.network = network
         self.secret = _Secret(cfg.client_secret_env, cfg.client_secret_file, f"destinations.{name}.auth.client_secret")
         self.timeout = timeout
         self.token: str | None = None
@@ -137,6 +142,9 @@ class OAuth2ClientCredentials:
             data["scope"] = cfg.scope
         if cfg.audience:
             data["audience"] = cfg.audience
+        refused = await refusal(self.network, cfg.token_url or "")
+        if refused is not None:
+            raise AuthError(f"token endpoint of {self.name}: {refused}", code="DESTINATION_FORBIDDEN", permanent=True)
         secret = self.secret.get()
         auth: Any = None
         if cfg.token_auth_method == "client_secret_post":
@@ -178,5 +186,6 @@ def provider_for(dest: DestinationConfig, engine: Any = None) -> Any:
     if a.type == "basic":
         return BasicAuth(a.username or "", _Secret(a.password_env, a.password_file, f"{where}.password"))
     if a.type == "oauth2_client_credentials":
-        return OAuth2ClientCredentials(dest.name, a)
+        settings = getattr(engine, "settings", None)
+        return OAuth2ClientCredentials(dest.name, a, network=getattr(settings, "network", None))
     return None

@@ -226,7 +226,8 @@ class DestinationClient:
                     retry_after, generation,
                 )
         except Ms07Error as exc:  # credentials unavailable: missing secret, token endpoint refused
-            result = self._failed(started, t0, getattr(exc, "code", ErrorCode.AUTH_CONFIG_ERROR), str(exc))
+            result = self._failed(started, t0, getattr(exc, "code", ErrorCode.AUTH_CONFIG_ERROR), str(exc),
+                                  retryable=not getattr(exc, "permanent", False))
             result.http_status = getattr(exc, "status", None)
             return result
         except (aiohttp.ConnectionTimeoutError, aiohttp.ServerTimeoutError) as exc:

@@ -53,6 +53,8 @@ def forbidden_reason(address: str, allow: list[ipaddress.IPv4Network | ipaddress
         ("link-local", real.is_link_local),
         ("multicast", real.is_multicast),
         ("unspecified", real.is_unspecified),
+        # fec0::/10, deprecated but still routed inside some networks; not "private" to Python.
+        ("site-local", getattr(real, "is_site_local", False)),
         ("reserved", real.is_reserved),
         ("private", real.is_private),
         ("not globally routable", not real.is_global),
@@ -93,3 +95,35 @@ class GuardedResolver(AbstractResolver):
 
 def resolver_for(network: NetworkConfig) -> GuardedResolver | None:
     return GuardedResolver(network) if network.deny_private else None
+
+
+async def refusal(network: NetworkConfig | None, url: str) -> str | None:
+    """Why the guard refuses ``url``, or None: for the requests the engine makes outside
+    its guarded connector (health probes and OAuth2 token fetches go through httpx).
+
+    The host's answer is checked here and resolved again by the request itself, so these
+    requests keep a DNS-rebinding window that deliveries (checked on the very addresses
+    they connect to) do not have; what they can reveal is a status code."""
+    if network is None or not network.deny_private:
+        return None
+    guard = GuardedResolver(network)
+    try:
+        literal = guard.check_literal(url)
+        if literal is not None:
+            return literal
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        try:
+            ipaddress.ip_address(host)
+            return None  # an allowed literal
+        except ValueError:
+            pass
+        try:
+            await guard.resolve(host, parts.port or 0, socket.AF_UNSPEC)
+        except ForbiddenAddress as exc:
+            return str(exc)
+        except OSError:
+            return None  # unresolvable: the request fails on its own
+        return None
+    finally:
+        await guard.close()
