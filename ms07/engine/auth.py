@@ -151,6 +151,8 @@ class OAuth2ClientCredentials:
             data.update({"client_id": cfg.client_id or "", "client_secret": secret})
         else:
             auth = httpx.BasicAuth(cfg.client_id or "", secret)
+            # The header carries the secret base64-encoded: mask that spelling too.
+            logs.register_secret(base64.b64encode(f"{cfg.client_id or ''}:{secret}".encode()).decode())
         self.fetches += 1
         try:
             async with httpx.AsyncClient(timeout=self.timeout, follow_redirects=False) as client:
@@ -161,7 +163,7 @@ class OAuth2ClientCredentials:
         if resp.status_code != 200:
             code = "AUTHENTICATION_FAILED" if resp.status_code in (400, 401, 403) else "AUTH_CONFIG_ERROR"
             raise AuthError(f"token endpoint of {self.name} answered HTTP {resp.status_code}: "
-                            f"{resp.text[:200]}", code=code, status=resp.status_code)
+                            f"{logs.redact(resp.text[:200])}", code=code, status=resp.status_code)
         try:
             body = resp.json()
             token = body["access_token"]

@@ -25,6 +25,7 @@ from ms07 import __version__
 from ms07.config import DestinationConfig, DistributionConfig
 from ms07.engine.ssrf import ForbiddenAddress
 from ms07.errors import Ms07Error
+from ms07.logs import redact
 
 
 class ErrorCode(StrEnum):
@@ -90,9 +91,12 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 def classify(status: int, body: bytes, headers: Any) -> tuple[bool, str | None, str | None, float | None]:
     """(retryable, error_code, message, retry_after) of a non-2xx response."""
     text = body[:_MAX_ERROR_BODY].decode("utf-8", "replace").strip()
-    message = f"HTTP {status}" + (f": {text}" if text else "")
+    # A receiver may quote what it was sent (the Authorization header, a client secret):
+    # the message is stored with the attempt and shown by `ms07 status`, so known secrets
+    # and credential-looking strings are masked here, as in the logs.
+    message = redact(f"HTTP {status}" + (f": {text}" if text else ""))
     if 300 <= status < 400:
-        location = headers.get("Location", "")
+        location = redact(headers.get("Location", ""))
         return False, ErrorCode.HTTP_3XX, f"HTTP {status} redirect to {location[:200]} not followed", None
     if status in (401, 403):
         return True, ErrorCode.AUTHENTICATION_FAILED, message, None
@@ -252,7 +256,8 @@ class DestinationClient:
     def _failed(
         self, started: dt.datetime, t0: float, code: str, message: str, *, retryable: bool = True
     ) -> AttemptResult:
-        return AttemptResult(False, retryable, started, _now(), time.perf_counter() - t0, None, code, message[:500])
+        return AttemptResult(False, retryable, started, _now(), time.perf_counter() - t0, None, code,
+                             redact(message)[:500])
 
 
 async def gather_close(clients: list[DestinationClient]) -> None:
