@@ -474,7 +474,11 @@ class Engine:
         self._outbox_event.set()
 
     async def _commit_loop(self) -> None:
+        from ms07.engine.upkeep import stop_swallowed_cancel
+
+        task = asyncio.current_task()
         while True:
+            stop_swallowed_cancel(task)
             await self._outbox_event.wait()
             self._outbox_event.clear()
             if not self._outbox:

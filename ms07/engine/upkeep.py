@@ -56,6 +56,7 @@ def start_loops(engine: Engine) -> list[asyncio.Task[Any]]:
 
 async def _forever(engine: Engine, name: str, interval: float, fn: Callable[[Engine], Awaitable[Any]]) -> None:
     component = logs.get(name)
+    task = asyncio.current_task()
     while True:
         try:
             await fn(engine)
@@ -64,7 +65,16 @@ async def _forever(engine: Engine, name: str, interval: float, fn: Callable[[Eng
         except Exception as exc:
             engine.loop_errors[name] += 1
             component.warning(f"{name} pass failed; will retry", error=f"{type(exc).__name__}: {exc}"[:300])
+        stop_swallowed_cancel(task)
         await asyncio.sleep(interval)
+
+
+def stop_swallowed_cancel(task: asyncio.Task[Any] | None) -> None:
+    """Honour a cancellation a library swallowed. A cancel that lands in redis-py at the
+    wrong moment can be eaten (redis-py#2028, #2551): the loop then ran on forever and
+    Engine.stop() waited for it forever. The request is still counted on the task."""
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 # ---------------------------------------------------------------------- scheduler
