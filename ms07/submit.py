@@ -78,12 +78,16 @@ def build_jobs(
             listed = ", ".join(sorted(known)) or "none configured"
             raise UnknownDestination(f"unknown destination {str(name)[:100]!r} (known: {listed})")
     prio = priority or settings.distribution.default_priority
-    if prio not in settings.distribution.priorities:
-        raise UsageError(f"unknown priority {prio!r} (known: {', '.join(settings.distribution.priorities)})")
+    if not isinstance(prio, str) or prio not in settings.distribution.priorities:
+        shown = repr(prio[:100]) if isinstance(prio, str) else f"of type {type(prio).__name__}"
+        raise UsageError(f"unknown priority {shown} (known: {', '.join(settings.distribution.priorities)})")
     if correlation_id is not None and (not isinstance(correlation_id, str) or not 0 < len(correlation_id) <= 200):
         raise UsageError("correlation_id must be a string of 1 to 200 characters")
     if idempotency_key is not None and (not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= 200):
         raise UsageError("idempotency_key must be a string of 1 to 200 characters")
+    for what, value in (("correlation_id", correlation_id), ("idempotency_key", idempotency_key)):
+        if value is not None:
+            _storable(what, value)
     correlation = correlation_id or str(uuid.uuid4())
     out = []
     for name in destinations:
@@ -106,6 +110,17 @@ def build_jobs(
             )
         )
     return out, correlation
+
+
+def _storable(what: str, value: str) -> None:
+    """PostgreSQL text holds neither NUL nor lone surrogates: refused here, the INSERT
+    failed on them (the API answered 500, the CLI printed a traceback)."""
+    if "\x00" in value:
+        raise UsageError(f"{what} must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageError(f"{what} is not valid Unicode (it holds a lone surrogate)") from None
 
 
 @dataclass

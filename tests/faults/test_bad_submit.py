@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 import redis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from ms07 import keys
@@ -26,7 +26,10 @@ json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
     max_leaves=12,
 )
-names = st.sampled_from(["a", "small", "nope", "", "A", "a ", "../a"]) | st.text(max_size=12)
+names = st.sampled_from(["a", "small", "nope", "", "A", "a ", "../a", "a\x00"]) | st.text(max_size=12)
+# Strings Postgres text columns refuse (NUL) or that need care (controls, surrogates).
+odd = st.sampled_from(["k\x00", "\x00", "a\nb", "\ud800", "\u202e", " ", "x" * 201])
+keys_ = st.text(max_size=250) | odd
 deep = st.integers(min_value=1, max_value=200_000).map(lambda n: "[" * n + "]" * n)
 
 
@@ -46,12 +49,24 @@ def body_fields() -> st.SearchStrategy[dict[str, Any]]:
         optional={
             "destinations": st.lists(names, max_size=3) | json_values,
             "payload": json_values | st.text(min_size=100, max_size=300) | nested,
-            "correlation_id": st.text(max_size=250) | json_values,
-            "priority": st.sampled_from(["default", "high", ""]) | json_values,
-            "idempotency_key": st.text(max_size=250) | json_values,
+            "correlation_id": keys_ | json_values,
+            "priority": st.sampled_from(["default", "high", "", "default\x00"]) | json_values,
+            "idempotency_key": keys_ | json_values,
             "extra": json_values,
         },
     )
+
+
+def one_bad_field() -> st.SearchStrategy[dict[str, Any]]:
+    """A valid submission with one field replaced: the bad value reaches the deep checks."""
+    valid = {"destinations": ["a"], "payload": {"x": 1}}
+    return st.one_of(
+        st.fixed_dictionaries({"destinations": st.lists(names, max_size=3) | json_values}),
+        st.fixed_dictionaries({"payload": json_values | nested | st.text(min_size=50, max_size=120)}),
+        st.fixed_dictionaries({"correlation_id": keys_ | json_values}),
+        st.fixed_dictionaries({"idempotency_key": keys_ | json_values}),
+        st.fixed_dictionaries({"priority": st.sampled_from(["default", "high", "", "default\x00"]) | json_values}),
+    ).map(lambda bad: {**valid, **bad})
 
 
 def _encode(value: Any) -> bytes:
@@ -62,6 +77,7 @@ def _encode(value: Any) -> bytes:
 
 
 bodies = st.one_of(
+    one_bad_field().map(_encode),
     body_fields().map(_encode),
     json_values.map(_encode),
     st.binary(max_size=200),
@@ -102,6 +118,9 @@ async def test_submit_api_refuses_bad_bodies_with_nothing_written(make_settings,
 
             @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
             @given(body=bodies)
+            @example(body=b'{"destinations": ["a"], "payload": 1, "correlation_id": "a\\u0000b"}')
+            @example(body=b'{"destinations": ["a"], "payload": 1, "idempotency_key": "\\ud800"}')
+            @example(body=b"[" * 100_000)
             def post(body: bytes) -> None:
                 before = _written(db, r)
                 resp = http.post(url, content=body, headers={"Content-Type": "application/json"})
@@ -129,13 +148,16 @@ async def test_submit_api_refuses_bad_bodies_with_nothing_written(make_settings,
 @given(
     data=st.one_of(json_values.map(_encode).map(bytes.decode), st.text(max_size=60), deep,
                    st.just('"\\ud800"'), st.just("[" * 5000)),
-    dests=st.lists(names, min_size=1, max_size=3),
+    dests=st.just(["a"]) | st.lists(names, min_size=1, max_size=3),
     options=st.fixed_dictionaries({}, optional={
-        "--priority": st.sampled_from(["default", "high", ""]) | st.text(max_size=10),
-        "--correlation-id": st.text(max_size=250),
-        "--idempotency-key": st.text(max_size=250),
+        "--priority": st.sampled_from(["default", "high", "", "default\x00"]) | st.text(max_size=10),
+        "--correlation-id": keys_,
+        "--idempotency-key": keys_,
     }),
 )
+@example(data="{}", dests=["a"], options={"--correlation-id": "a\x00b"})
+@example(data="{}", dests=["a"], options={"--idempotency-key": "\ud800"})
+@example(data="[" * 100_000, dests=["a"], options={})
 def test_cli_submit_refuses_bad_input_with_one_line(cli_env: dict[str, str], database_url: str, redis_url: str,
                                                     data: str, dests: list[str], options: dict[str, str]) -> None:
     args = ["submit", f"--data={data}", *[f"--destination={d}" for d in dests],
