@@ -56,6 +56,26 @@ def _token_guard(token: str | None) -> Any:
     return guard
 
 
+@web.middleware
+async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Failures answer JSON too. PostgreSQL or Redis away is a 503 the client retries (with
+    the same idempotency_key a submit retried after an unknown outcome makes no second
+    job), logged as a warning; anything else a 500 with its traceback in the log."""
+    import psycopg
+    from redis.exceptions import RedisError
+
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except (psycopg.OperationalError, psycopg.InterfaceError, RedisError, OSError) as exc:
+        log.warning("storage unavailable; request refused", path=request.path, error=str(exc)[:200])
+        return _error(503, "storage unavailable; retry later")
+    except Exception:
+        log.exception("request failed", path=request.path)
+        return _error(500, "internal error")
+
+
 async def live(request: web.Request) -> web.Response:
     return _json({"status": "alive", "timestamp": _now()})
 
@@ -170,7 +190,8 @@ class Server:
 
 
 def build_app(engine: Engine) -> web.Application:
-    app = web.Application(middlewares=[_token_guard(engine.settings.api_token())], client_max_size=MAX_BODY)
+    app = web.Application(middlewares=[_token_guard(engine.settings.api_token()), _json_errors],
+                          client_max_size=MAX_BODY)
     app[ENGINE] = engine
     memory = _MemoryDebug()
     app.add_routes([
