@@ -2,7 +2,13 @@
 
     python -m bench.sink PORT [--fail-rate 0.3] [--hang-rate 0.05] [--hang-seconds 5]
 
-GET /stats answers {"requests": n, "unique": n, "duplicates": n}; GET /keys the keys.
+A batch request (``X-Distribution-Batch-Size``) counts once for each distribution id in
+its array body. Only what the sink accepts counts: not the 500s it answers on purpose; a
+request it hangs on counts when it answers, even if the client stopped waiting (the
+receiver got it: a later retry is a duplicate).
+
+GET /stats answers {"requests": n, "unique": n, "duplicates": n}; GET /keys the accepted
+deliveries per id; GET /first the time (epoch seconds) each id was first accepted.
 """
 
 from __future__ import annotations
@@ -11,25 +17,29 @@ import argparse
 import asyncio
 import json
 import random
+import time
 
 from aiohttp import web
 
 
 def build(fail_rate: float = 0.0, hang_rate: float = 0.0, hang_seconds: float = 5.0) -> web.Application:
     seen: dict[str, int] = {}
+    first: dict[str, float] = {}
     stats = {"requests": 0}
     rng = random.Random(7)
 
     async def receive(request: web.Request) -> web.Response:
-        await request.read()
+        body = await request.read()
         roll = rng.random()
         if roll < hang_rate:
             await asyncio.sleep(hang_seconds)
         elif roll < hang_rate + fail_rate:
             return web.Response(status=500, text="chaos")
         stats["requests"] += 1
-        key = request.headers.get("Idempotency-Key", "")
-        seen[key] = seen.get(key, 0) + 1
+        now = time.time()
+        for key in _ids(request, body):
+            seen[key] = seen.get(key, 0) + 1
+            first.setdefault(key, now)
         return web.Response(text="ok")
 
     async def get_stats(request: web.Request) -> web.Response:
@@ -39,8 +49,12 @@ def build(fail_rate: float = 0.0, hang_rate: float = 0.0, hang_seconds: float = 
     async def keys(request: web.Request) -> web.Response:
         return web.Response(text=json.dumps(seen), content_type="application/json")
 
+    async def first_seen(request: web.Request) -> web.Response:
+        return web.Response(text=json.dumps(first), content_type="application/json")
+
     async def reset(request: web.Request) -> web.Response:
         seen.clear()
+        first.clear()
         stats["requests"] = 0
         return web.json_response({"ok": True})
 
@@ -48,9 +62,20 @@ def build(fail_rate: float = 0.0, hang_rate: float = 0.0, hang_seconds: float = 
     app.router.add_post("/in", receive)
     app.router.add_get("/stats", get_stats)
     app.router.add_get("/keys", keys)
+    app.router.add_get("/first", first_seen)
     app.router.add_post("/reset", reset)
     app.router.add_get("/health", get_stats)
     return app
+
+
+def _ids(request: web.Request, body: bytes) -> list[str]:
+    if "X-Distribution-Batch-Size" in request.headers:
+        try:
+            items = json.loads(body)
+        except ValueError:
+            return []
+        return [str(i.get("distribution_id")) for i in items if isinstance(i, dict)] if isinstance(items, list) else []
+    return [request.headers.get("Idempotency-Key", "")]
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 
 from ms07.runtime import Runtime
 from ms07.submit import submit
-from tests.faults.ledger import Ledger, collect, deliveries_from, open_count
+from tests.faults.ledger import Ledger, Row, collect, deliveries_from, open_count
 from tests.support import EngineProcess, Sink, wait_for, write_config
 
 # Fast failure detection: a dead worker's entries are reclaimed 2 s after their last
@@ -49,8 +49,8 @@ async def submit_many(settings: Any, destination: str, payloads: list[Any]) -> l
                     for p in payloads]
 
 
-async def exit_code(proc: EngineProcess, timeout: float = 30) -> int:
-    return await asyncio.to_thread(proc.wait, timeout)
+async def exit_code(proc: EngineProcess, seconds: float = 30) -> int:
+    return await asyncio.to_thread(proc.wait, seconds)
 
 
 async def settled(database_url: str, ids: list[str]) -> bool:
@@ -58,8 +58,8 @@ async def settled(database_url: str, ids: list[str]) -> bool:
         return await open_count(conn, ids) == 0
 
 
-async def wait_settled(database_url: str, ids: list[str], timeout: float = 40) -> None:
-    await wait_for(lambda: settled(database_url, ids), timeout=timeout, interval=0.2, what="every job settled")
+async def wait_settled(database_url: str, ids: list[str], seconds: float = 40) -> None:
+    await wait_for(lambda: settled(database_url, ids), timeout=seconds, interval=0.2, what="every job settled")
 
 
 async def ledger(name: str, database_url: str, redis_url: str, sink: Sink, submitted: list[str]) -> Ledger:
@@ -84,4 +84,4 @@ def crash_env(point: str, skip: int = 0, worker_id: str = "crash-a") -> dict[str
     return {"MS07_CRASH_AT": point, "MS07_CRASH_SKIP": str(skip), "MS07_SERVICE__WORKER_ID": worker_id}
 
 
-REPORT: list[Ledger] = []  # every ledger of this session, printed at the end (conftest)
+REPORT: list[Ledger | Row] = []  # every ledger of this session, printed at the end (conftest)

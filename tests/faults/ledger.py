@@ -164,7 +164,17 @@ class Ledger:
         assert not self.lost, f"lost {sorted(self.lost)[:10]}\n{self.summary()}"
 
 
-def table(ledgers: Iterable[Ledger]) -> str:
+@dataclass
+class Row:
+    """A ledger row read back from a report (bench/chaos.py --json)."""
+
+    data: dict[str, Any]
+
+    def row(self) -> dict[str, Any]:
+        return self.data
+
+
+def table(ledgers: Iterable[Ledger | Row]) -> str:
     """The ledgers as one Markdown table."""
     rows = [lg.row() for lg in ledgers]
     if not rows:

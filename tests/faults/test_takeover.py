@@ -10,7 +10,15 @@ import psycopg
 import pytest
 
 from ms07 import keys
-from tests.faults.harness import FAST, REPORT, engine_config, exit_code, ledger, submit_many, wait_settled
+from tests.faults.harness import (
+    FAST,
+    REPORT,
+    engine_config,
+    exit_code,
+    ledger,
+    submit_many,
+    wait_settled,
+)
 from tests.support import EngineProcess, Sink, destination, wait_for
 
 pytestmark = pytest.mark.faults
@@ -41,7 +49,7 @@ async def test_reclaimed_entry_whose_lease_started_late_is_still_delivered(make_
                            "WHERE distribution_id = %s", (did,))
     await start_engine(settings)
     await wait_for(lambda: did in sink.unique_keys("/in"), timeout=10, what="the job delivered after its lease")
-    await wait_settled(database_url, [did], timeout=5)
+    await wait_settled(database_url, [did], seconds=5)
 
 
 def _payloads(n: int) -> list[dict[str, object]]:
@@ -64,8 +72,8 @@ async def test_poison_entry_parked_after_3_reclaims_others_delivered(tmp_path: P
         while asyncio.get_running_loop().time() < deadline:
             proc = EngineProcess(config, env_for, tmp_path / f"engine-{crashes}.log",
                                  {"MS07_CRASH_ON_PAYLOAD": "POISON-PILL"}).start()
-            while proc.returncode is None and not await _settled(database_url, ids):
-                await asyncio.sleep(0.1)
+            await wait_for(lambda p=proc: p.returncode is not None or _settled(database_url, ids), timeout=30,
+                           interval=0.1, what="the worker died or the run settled")
             if proc.returncode is None:
                 break
             assert proc.returncode == 137
