@@ -147,7 +147,8 @@ class OAuth2ClientCredentials:
             raise AuthError(f"token endpoint of {self.name}: {refused}", code="DESTINATION_FORBIDDEN", permanent=True)
         secret = self.secret.get()
         auth: Any = None
-        if cfg.token_auth_method == "client_secret_post":
+        # "client_secret_post" names a token auth method; it is no secret.
+        if cfg.token_auth_method == "client_secret_post":  # nosec B105
             data.update({"client_id": cfg.client_id or "", "client_secret": secret})
         else:
             auth = httpx.BasicAuth(cfg.client_id or "", secret)

@@ -197,7 +197,8 @@ class DestinationClient:
         extra_headers: dict[str, str] | None = None,
     ) -> AttemptResult:
         """One HTTP attempt. Never raises for network trouble: the result says what happened."""
-        assert self.session is not None, "DestinationClient.open() was not awaited"
+        if self.session is None:  # not an assert: python -O would drop it
+            raise RuntimeError("DestinationClient.open() was not awaited")
         headers = self._headers(distribution_id, attempt, content_type)
         if extra_headers:
             headers.update(extra_headers)
