@@ -174,7 +174,9 @@ async def reconcile(engine: Engine, older_than: float | None = None) -> int:
     if not await redis.set(keys.RECONCILER_LOCK, token, nx=True, ex=lock_ttl):
         return 0
     try:
-        return await requeue_lost(engine.pool, engine.queue, older_than or engine.dist.reconcile_after_seconds)
+        n = await requeue_lost(engine.pool, engine.queue, older_than or engine.dist.reconcile_after_seconds)
+        engine.metrics.requeued.inc(n)
+        return n
     finally:
         if await redis.get(keys.RECONCILER_LOCK) == token:
             await redis.delete(keys.RECONCILER_LOCK)
