@@ -9,6 +9,8 @@ template) and a flushed Redis.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -45,8 +47,11 @@ def _for_db(admin_url: str, name: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
-    state = tmp_path_factory.mktemp("state")
+def servers() -> Iterator[Servers]:
+    # Not under pytest's basetemp: every pytest session chmods /tmp/pytest-of-<user> back
+    # to 0700, which locks the embedded PostgreSQL (running as its own user when we are
+    # root) out of its data directory if another session starts meanwhile.
+    state = Path(tempfile.mkdtemp(prefix="ms07-test-"))
     db_url = os.environ.get("MS07_TEST_DATABASE_URL")
     redis_url = os.environ.get("MS07_TEST_REDIS_URL")
     started = not (db_url and redis_url)
@@ -63,6 +68,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
             embedded.stop_postgres(state)
         if not os.environ.get("MS07_TEST_REDIS_URL"):
             embedded.stop_redis(state)
+        shutil.rmtree(state, ignore_errors=True)
 
 
 def _make_template(s: Servers) -> None:

@@ -2,12 +2,14 @@
 
 Inside one process:
 
-- the *reader* takes entries from the consumer group while fewer than ``concurrency``
-  are held, claims their jobs in Postgres (one UPDATE for the whole read), and starts a
-  delivery task for each;
+- the *reader* takes entries from the consumer group while fewer than ``max_held`` are
+  held, claims their jobs in Postgres (one UPDATE for the whole read), and starts a
+  delivery task for each; at most ``concurrency`` HTTP requests are in flight;
 - the *committer* group-commits outcomes: attempt rows and job updates in one
-  transaction, **then** acks (XACK + XDEL) or defers (delayed set) in Redis. A slot is
-  freed only once its entry is acked, so memory is bounded by ``concurrency``;
+  transaction, **then** acks (XACK + XDEL) or defers (delayed set) in Redis. An entry is
+  released only once acked, so memory is bounded by ``max_held`` (``concurrency`` times
+  ``service.prefetch``): the next reads and claims overlap the current deliveries and
+  commits instead of waiting for them;
 - upkeep loops (``ms07/engine/upkeep.py``): retry scheduler, reclaimer, reconciler,
   heartbeats, health probes, metrics, memory guard.
 
@@ -87,12 +89,14 @@ class Engine:
     ) -> None:
         self.settings = settings
         self.dist = settings.distribution
-        self.runtime = runtime or Runtime(settings, pool_size=8)
+        self.runtime = runtime or Runtime(settings, pool_size=8, check_connections=False)
         self._owns_runtime = runtime is None
         self.worker_id = worker_id or settings.service.worker_id or (
             f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         )
         self.concurrency = settings.service.concurrency
+        self.max_held = max(self.concurrency, int(self.concurrency * settings.service.prefetch))
+        self._http_slots = asyncio.Semaphore(self.concurrency)
         self.http_port = settings.service.http_port if http_port is None else http_port
         self.metrics = Metrics()
         self.clients: dict[str, DestinationClient] = {}
@@ -120,6 +124,7 @@ class Engine:
         self.circuit_updates: list[tuple[str, str]] = []
         self.recent_latency: dict[str, deque[float]] = defaultdict(lambda: deque(maxlen=1000))
         self.server: Any = None
+        self.submitter: Any = None
         self.queue: Any = None
         self.pool: Any = None
 
@@ -139,6 +144,9 @@ class Engine:
 
         self.pool = await self.runtime.pool()
         self.queue = await self.runtime.queue()
+        from ms07.submit import SubmitBatcher
+
+        self.submitter = SubmitBatcher(self.pool, self.queue)
         await self.queue.ensure_groups()
         async with self.pool.connection() as conn:
             await dest_store.sync_destinations(conn, self.settings.destinations)
@@ -231,6 +239,8 @@ class Engine:
         await upkeep.farewell(self)
         if self.server is not None:
             await self.server.close()
+        if self.submitter is not None:
+            await self.submitter.close()
         for client in self.clients.values():
             await client.close()
         if self._owns_runtime:
@@ -256,7 +266,7 @@ class Engine:
     async def _read_loop(self) -> None:
         backoff = Backoff()
         while not self._stopping and not self._stop_requested.is_set():
-            free = self.concurrency - len(self._held)
+            free = self.max_held - len(self._held)
             if free <= 0:
                 self._capacity.clear()
                 await self._capacity.wait()
@@ -354,15 +364,17 @@ class Engine:
             return self._outcome(job, "failed", ErrorCode.UNKNOWN_DESTINATION,
                                  f"destination {job.destination!r} is not configured on this worker")
         breaker = self.breakers[job.destination]
-        if not breaker.allow():
-            self.metrics.errors.labels(job.destination, ErrorCode.CIRCUIT_OPEN).inc()
-            return self._outcome(job, "retrying", ErrorCode.CIRCUIT_OPEN, "circuit open; deferred",
-                                 next_in=breaker.retry_in())
-        limiter = getattr(client, "limiter", None)
+        limiter = client.limiter
         if limiter is not None:
             await limiter.acquire()
         attempt = job.attempts + 1
-        result = await client.send(job.distribution_id, attempt, job.payload, job.content_type)
+        async with self._http_slots:
+            # Asked only now: while this delivery waited for a slot the circuit may have opened.
+            if not breaker.allow():
+                self.metrics.errors.labels(job.destination, ErrorCode.CIRCUIT_OPEN).inc()
+                return self._outcome(job, "retrying", ErrorCode.CIRCUIT_OPEN, "circuit open; deferred",
+                                     next_in=breaker.retry_in())
+            result = await client.send(job.distribution_id, attempt, job.payload, job.content_type)
         crash.point("after_http")
         rows = [self._row(attempt, result)]
         self._observe(job.destination, result)
@@ -370,7 +382,8 @@ class Engine:
             # The token may have been revoked or rotated: refresh once and try again.
             await client.auth.invalidate(result.auth_generation)
             attempt += 1
-            result = await client.send(job.distribution_id, attempt, job.payload, job.content_type)
+            async with self._http_slots:
+                result = await client.send(job.distribution_id, attempt, job.payload, job.content_type)
             rows.append(self._row(attempt, result))
             self._observe(job.destination, result)
         if result.success or not result.retryable or result.auth_failure:

@@ -87,7 +87,7 @@ async def reclaim(engine: Engine) -> None:
     d = engine.dist
     await keep_alive(engine)
     for q in engine.queue.priorities:
-        free = engine.concurrency - engine.in_flight
+        free = engine.max_held - engine.in_flight
         if free <= 0:
             return
         result = await engine.queue.reclaim(
