@@ -60,12 +60,14 @@ def pod_memory(namespace: str, selector: str, kubeconfig: str | None, timeout: f
         listing = core.list_namespaced_pod(namespace, label_selector=selector, _request_timeout=timeout)
         pods: dict[str, PodMemory] = {}
         for pod in listing.items:
-            p = PodMemory(pod.metadata.name, pod.status.phase or "?")
-            limits = [c.resources.limits.get("memory") for c in pod.spec.containers
+            status = pod.status or client.V1PodStatus()
+            p = PodMemory(str(pod.metadata.name if pod.metadata else "?"), status.phase or "?")
+            containers = pod.spec.containers if pod.spec else []
+            limits = [c.resources.limits.get("memory") for c in containers
                       if c.resources and c.resources.limits and c.resources.limits.get("memory")]
             if limits:
                 p.limit_bytes = float(sum(parse_quantity(x) for x in limits))
-            for cs in pod.status.container_statuses or []:
+            for cs in status.container_statuses or []:
                 p.restarts += cs.restart_count or 0
                 p.containers.append(cs.name)
                 term = cs.last_state.terminated if cs.last_state else None
@@ -76,7 +78,7 @@ def pod_memory(namespace: str, selector: str, kubeconfig: str | None, timeout: f
             pods[p.name] = p
         note = None
         try:
-            metrics = client.CustomObjectsApi(api_client).list_namespaced_custom_object(
+            metrics: Any = client.CustomObjectsApi(api_client).list_namespaced_custom_object(
                 "metrics.k8s.io", "v1beta1", namespace, "pods", label_selector=selector, _request_timeout=timeout
             )
             for item in metrics.get("items", []):

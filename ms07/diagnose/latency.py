@@ -112,8 +112,8 @@ async def check(ctx: Context) -> CheckResult:
         name = s["destination_name"]
         cfg = configs.get(name)
         remedy, command = _remedy(ctx, name, cfg, s, active, live_workers)
-        timeout_ms = effective(ctx.settings, cfg)["timeout_seconds"] * 1000 if cfg else None
-        near_timeout = timeout_ms is not None and s["p95_ms"] >= 0.8 * timeout_ms
+        timeout_ms = float(effective(ctx.settings, cfg)["timeout_seconds"]) * 1000 if cfg else 0.0
+        near_timeout = bool(timeout_ms) and s["p95_ms"] >= 0.8 * timeout_ms
         r.add("p95_high", "critical" if near_timeout else "warning",
               f"{name}: p95 {s['p95_ms']:.0f} ms > {o.p95_threshold_ms:g} ms"
               + (f" (close to its {timeout_ms / 1000:g}s timeout)" if near_timeout else ""),

@@ -68,7 +68,8 @@ async def check(ctx: Context) -> CheckResult:
             trends = {t["worker_id"]: t for t in await rows(conn, sql.RSS_TREND, {"since": o.since_seconds})}
         table = r.section(f"worker RSS (heartbeats, trend over the last {o.since_text})",
                           ["worker", "host / pid", "status", "RSS", "trend", "growth", "r2", "samples", "last beat"])
-        growing, near = [], []
+        growing: list[tuple[dict[str, Any], dict[str, Any], dict[str, float | None]]] = []
+        near: list[dict[str, Any]] = []
         for w in current:
             t = trends.get(w["worker_id"])
             age = float(w["seconds_since_update"])
@@ -79,9 +80,9 @@ async def check(ctx: Context) -> CheckResult:
                                f"{fmt_bytes(tr['per_hour'])}/h" if tr["per_hour"] is not None else "-",
                                f"{tr['growth_percent']:+.1f}%" if tr["growth_percent"] is not None else "-",
                                num(tr["r2"], 2), str(t["samples"]) if t else "0", f"{fmt_duration(age)} ago"])
-            enough = t is not None and t["samples"] >= MIN_SAMPLES and tr["span"] >= o.rss_trend_min_seconds
-            if (enough and tr["growth_percent"] is not None and tr["growth_percent"] > o.rss_growth_warning_percent
-                    and (tr["r2"] or 0) >= MIN_R2):
+            growth, span, r2 = tr["growth_percent"], tr["span"] or 0.0, tr["r2"] or 0.0
+            if (t is not None and t["samples"] >= MIN_SAMPLES and span >= o.rss_trend_min_seconds
+                    and growth is not None and growth > o.rss_growth_warning_percent and r2 >= MIN_R2):
                 growing.append((w, t, tr))
             if w["status"] != "stopped" and age <= o.stale_worker_seconds and w["rss_bytes"] >= NEAR * threshold:
                 near.append(w)

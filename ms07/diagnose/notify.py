@@ -68,7 +68,7 @@ def build_alerts(settings: Settings, report: Report, min_severity: str | None = 
 
 
 async def notify(settings: Settings, report: Report, min_severity: str | None = None,
-                 *, timeout: float = 10.0) -> Notified:
+                 *, http_timeout: float = 10.0) -> Notified:
     """Post the alerts to ``escalation.alertmanager_url``. Nothing to send: no request."""
     if not settings.escalation.alertmanager_url:
         raise NotifyError("--notify: escalation.alertmanager_url is not set in the config")
@@ -77,7 +77,7 @@ async def notify(settings: Settings, report: Report, min_severity: str | None = 
     if not alerts:
         return Notified(url, 0)
     try:
-        async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client:
+        async with httpx.AsyncClient(timeout=http_timeout, follow_redirects=False) as client:
             resp = await client.post(url, json=alerts)
     except httpx.HTTPError as exc:
         raise NotifyError(f"cannot post alerts to {redact_url(url)}: {type(exc).__name__}: {str(exc)[:200]}") from None

@@ -100,7 +100,7 @@ async def check(ctx: Context) -> CheckResult:
         redis = (await ctx.queue()).redis
         conf: dict[str, str] = {}
         for key in ("maxmemory-policy", "maxmemory", "appendonly", "appendfsync", "tcp-keepalive", "timeout"):
-            conf.update(await redis.config_get(key))
+            conf.update({str(k): str(v) for k, v in (await redis.config_get(key)).items()})
         r.details["redis_config"] = conf
         policy = conf.get("maxmemory-policy", "?")
         evidence = ", ".join(f"{k} {v}" for k, v in conf.items())
@@ -121,7 +121,8 @@ async def check(ctx: Context) -> CheckResult:
     async def workers() -> None:
         async with ctx.connection() as conn:
             found = await rows(conn, sql.WORKERS)
-        stale, gone = [], []
+        stale: list[str] = []
+        gone: list[str] = []
         for w in found:
             age = float(w["seconds_since_update"])
             if w["status"] == "stopped" or age <= o.stale_worker_seconds:

@@ -38,16 +38,16 @@ def destinations(ctx: Context, db_rows: list[dict[str, Any]]) -> list[dict[str, 
     return out
 
 
-async def _connect_only(url: str, timeout: float) -> FullProbe:
+async def _connect_only(url: str, stage_timeout: float) -> FullProbe:
     """DNS and TCP of a delivery URL (no GET: a delivery endpoint is not ours to poke)."""
     parts = urlsplit(url)
     out = FullProbe(url, parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
     t0 = time.perf_counter()
     try:
         infos = await asyncio.wait_for(
-            asyncio.get_running_loop().getaddrinfo(out.host, out.port, type=socket.SOCK_STREAM), timeout
+            asyncio.get_running_loop().getaddrinfo(out.host, out.port, type=socket.SOCK_STREAM), stage_timeout
         )
-        out.addresses = sorted({i[4][0] for i in infos})
+        out.addresses = sorted({str(i[4][0]) for i in infos})
     except Exception as exc:
         out.dns_error = "timed out" if isinstance(exc, TimeoutError) else str(exc)[:200]
         return out
@@ -55,7 +55,7 @@ async def _connect_only(url: str, timeout: float) -> FullProbe:
         out.dns_ms = round((time.perf_counter() - t0) * 1000, 2)
     t0 = time.perf_counter()
     try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(out.addresses[0], out.port), timeout)
+        _, writer = await asyncio.wait_for(asyncio.open_connection(out.addresses[0], out.port), stage_timeout)
         writer.close()
     except Exception as exc:
         out.tcp_error = "timed out" if isinstance(exc, TimeoutError) else (str(exc) or type(exc).__name__)[:200]
@@ -63,10 +63,11 @@ async def _connect_only(url: str, timeout: float) -> FullProbe:
     return out
 
 
-async def probe_all(targets: list[dict[str, Any]], timeout: float) -> list[FullProbe]:
+async def probe_all(targets: list[dict[str, Any]], stage_timeout: float) -> list[FullProbe]:
     """Every destination at once: its health URL in full, else DNS+TCP of its URL."""
     return list(await asyncio.gather(*(
-        probe_full(t["health_url"], timeout=timeout) if t["health_url"] else _connect_only(t["url"], timeout)
+        probe_full(t["health_url"], timeout=stage_timeout) if t["health_url"]
+        else _connect_only(t["url"], stage_timeout)
         for t in targets
     )))
 
@@ -78,7 +79,10 @@ def _ms(value: float | None) -> str:
 def _probe_findings(r: CheckResult, targets: list[dict[str, Any]], probes: list[FullProbe], timeout: float) -> None:
     table = r.section("live probes (DNS, TCP, HTTP)",
                       ["destination", "url", "addresses", "dns", "tcp", "http", "verdict"])
-    unreachable, hung, http_bad, http_5xx = [], [], [], []
+    unreachable: list[str] = []
+    hung: list[str] = []
+    http_bad: list[str] = []
+    http_5xx: list[str] = []
     for t, p in zip(targets, probes, strict=True):
         name = t["name"]
         http_checked = bool(t["health_url"])
