@@ -15,7 +15,7 @@ import json
 import time
 from typing import Any
 
-from ms07 import keys
+from ms07 import keys, logs
 from ms07.config import DestinationConfig, resolve_secret
 from ms07.diagnose import sql
 from ms07.diagnose.common import rows
@@ -71,6 +71,7 @@ def _secret(dest: DestinationConfig) -> tuple[str | None, str | None]:
         return None, str(exc)
     if not value:
         return None, f"destinations.{dest.name}.auth.{what}: no secret configured"
+    logs.register_secret(value)  # whatever we print next is redacted against it
     return value, None
 
 
@@ -84,6 +85,8 @@ async def check(ctx: Context) -> CheckResult:
     r = CheckResult("auth")
     o = ctx.options
     now = time.time()
+    for d in ctx.settings.destinations:
+        _secret(d)  # registered with the redactor before any error message is quoted
 
     async def failures() -> None:
         async with ctx.connection() as conn:
@@ -143,7 +146,7 @@ def _config(ctx: Context, r: CheckResult, now: float, cached: dict[str, dict[str
         value, problem = _secret(d)
         token = "-"
         if problem:
-            r.add("secret_missing", "critical", f"{d.name}: its {d.auth.type} secret cannot be read", problem,
+            r.add("secret_missing", "critical", f"{d.name}: the secret of its auth ({d.auth.type}) cannot be read", problem,
                   "set the environment variable or mount the file the reference names",
                   "ms07 diagnose auth --probe", subject=d.name)
         if d.auth.type == "bearer" and value:
@@ -153,13 +156,13 @@ def _config(ctx: Context, r: CheckResult, now: float, cached: dict[str, dict[str
             else:
                 token = f"JWT {_expiry_text(exp, now)}"
                 if exp <= now:
-                    r.add("token_expired", "critical", f"{d.name}: its bearer token expired {fmt_duration(now - exp)} ago",
+                    r.add("token_expired", "critical", f"{d.name}: its static token (a JWT) expired {fmt_duration(now - exp)} ago",
                           f"JWT exp {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(exp))} (read without "
                           f"verification); reference {_reference(d)}",
                           "issue a new token and update the secret the reference names",
                           "ms07 diagnose auth --probe", subject=d.name)
                 elif exp - now <= warn_s:
-                    r.add("token_expiring", "warning", f"{d.name}: its bearer token expires in {fmt_duration(exp - now)}",
+                    r.add("token_expiring", "warning", f"{d.name}: its static token (a JWT) expires in {fmt_duration(exp - now)}",
                           f"JWT exp {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(exp))}; warning window "
                           f"{fmt_duration(warn_s)}; reference {_reference(d)}",
                           "rotate it before it expires", "ms07 diagnose auth --probe", subject=d.name)

@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 from redis.exceptions import RedisError
 
-from ms07.config import Settings, redact_url
+from ms07.config import Settings
 from ms07.diagnose.model import CheckResult
 from ms07.diagnose.options import DiagnoseOptions
 from ms07.errors import Ms07Error
@@ -31,10 +31,14 @@ CONNECT_TIMEOUT = 8.0
 class Unavailable(Exception):
     """A dependency could not be reached (or answered with an error that says so)."""
 
-    def __init__(self, dependency: str, reason: str) -> None:
+    def __init__(self, dependency: str, reason: str, problem: str = "unreachable",
+                 remedy: str = "", command: str = "") -> None:
         super().__init__(reason)
         self.dependency = dependency
         self.reason = reason
+        self.problem = problem
+        self.remedy = remedy
+        self.command = command
 
 
 def _one_line(exc: BaseException) -> str:
@@ -85,7 +89,8 @@ class Context:
                 await conn.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
                 yield conn
         except psycopg.errors.UndefinedTable as exc:
-            raise Unavailable("postgres", f"schema not migrated ({_one_line(exc)}); run `ms07 db migrate`") from None
+            raise Unavailable("postgres", f"the schema is not migrated: {_one_line(exc)}", "has no ms07 schema",
+                              "apply the schema (ms07 run does it at start)", "ms07 db migrate") from None
         except psycopg.errors.QueryCanceled:
             raise Unavailable("postgres", f"query exceeded {STATEMENT_TIMEOUT_MS // 1000}s") from None
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
@@ -113,11 +118,6 @@ class Context:
                 raise Unavailable("redis", self._redis_error) from None
             return self._queue
 
-    def where(self, dependency: str) -> str:
-        """The redacted URL of a dependency, for evidence lines."""
-        url = self.settings.database_url if dependency == "postgres" else self.settings.redis_url
-        return redact_url(url) if url else "embedded"
-
     async def aclose(self) -> None:
         if self._owns_runtime:
             with contextlib.suppress(Exception):
@@ -138,7 +138,8 @@ async def part(result: CheckResult, name: str, fn: Callable[[], Awaitable[None]]
         return True
     except Unavailable as exc:
         remedy, command = _REMEDIES.get(exc.dependency, ("", ""))
-        result.not_checked(exc.dependency, name, exc.reason, remedy, command)
+        result.not_checked(exc.dependency, name, exc.reason, exc.remedy or remedy, exc.command or command,
+                           problem=exc.problem)
     except RedisError as exc:
         remedy, command = _REMEDIES["redis"]
         result.not_checked("redis", name, describe_redis_error(exc)[:300], remedy, command)

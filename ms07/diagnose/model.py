@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ms07.logs import redact
+
 SEVERITIES = ("info", "warning", "critical")
 HEALTHY, UNKNOWN, WARNING, CRITICAL = "healthy", "unknown", "warning", "critical"
 _RANK = {HEALTHY: 0, UNKNOWN: 1, WARNING: 2, CRITICAL: 3}
@@ -96,17 +98,20 @@ class CheckResult:
         unknown: bool = False,
         subject: str = "",
     ) -> Finding:
-        finding = Finding(f"{self.check}.{name}", severity, summary, evidence, remedy, command, unknown, subject)
+        # Evidence quotes destinations' error bodies: never let a credential through.
+        finding = Finding(f"{self.check}.{name}", severity, redact(summary), redact(evidence), remedy, command,
+                          unknown, subject)
         self.findings.append(finding)
         return finding
 
-    def not_checked(self, dependency: str, part: str, reason: str, remedy: str = "", command: str = "") -> None:
+    def not_checked(self, dependency: str, part: str, reason: str, remedy: str = "", command: str = "",
+                    *, problem: str = "unreachable") -> None:
         """Record that ``part`` could not be checked because ``dependency`` is out of reach:
         one finding per dependency, listing every part it cost."""
         parts = self._unchecked.setdefault(dependency, [])
         if part not in parts:
             parts.append(part)
-        summary = f"{dependency} unreachable; not checked: {', '.join(parts)}"
+        summary = f"{dependency} {problem}; not checked: {', '.join(parts)}"
         existing = self.finding(f"{dependency}_unavailable")
         if existing is not None:
             existing.summary = summary

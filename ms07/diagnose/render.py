@@ -8,6 +8,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ms07.diagnose.model import CheckResult, Report, Section
+from ms07.logs import redact
 
 LABELS = {"healthy": "OK", "warning": "WARNING", "critical": "CRITICAL", "unknown": "UNKNOWN"}
 STATUS_STYLE = {"healthy": "bold green", "warning": "bold yellow", "critical": "bold red", "unknown": "bold magenta"}
@@ -72,7 +73,7 @@ def section_view(section: Section) -> Table | Group:
     for col in section.columns:
         table.add_column(col, overflow="fold")
     for row in section.rows:
-        table.add_row(*[Text(str(c)) for c in row])
+        table.add_row(*[Text(redact(str(c))) for c in row])
     return table
 
 

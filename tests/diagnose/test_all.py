@@ -122,3 +122,23 @@ def test_cli_module_imports_nothing_heavy() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)  # noqa: S603
     assert out.stdout.strip() == "[]"
+
+
+async def test_database_without_schema_says_migrate(servers, redis_url, cli, config_file) -> None:
+    import uuid
+
+    import psycopg
+
+    name = f"ms07_noschema_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(servers.admin_url, autocommit=True) as c:
+        c.execute(f'CREATE DATABASE "{name}"')
+    try:
+        env = {"MS07_DATABASE_URL": servers.database_url(name), "MS07_REDIS_URL": redis_url}
+        res = await acli(cli, ["diagnose", "latency", "--json"], config=config_file(), env=env)
+        assert res.exit_code == 3
+        [f] = parse(res)["findings"]
+        assert f["id"] == "latency.postgres_unavailable" and f["command"] == "ms07 db migrate"
+        assert f["summary"] == "postgres has no ms07 schema; not checked: latency per destination"
+    finally:
+        with psycopg.connect(servers.admin_url, autocommit=True) as c:
+            c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -137,3 +137,16 @@ async def test_oauth2_cached_token_expiry_written_by_the_engine(make_settings, s
     assert table.rows[0][4].startswith("cached, expires in 29m") or table.rows[0][4].startswith("cached, expires in 30m")
     assert "client_secret_env=CLIENT_SECRET" in table.rows[0][2]
     assert result.status == "healthy"
+
+
+async def test_a_token_echoed_in_an_error_body_is_redacted(make_settings, db, cli, config_file, monkeypatch) -> None:
+    monkeypatch.setenv("ECHO_TOKEN", "tok-3f9a-very-secret")
+    db.attempts("echo", 2, status="failed", code=401, error_code="AUTHENTICATION_FAILED",
+                message="HTTP 401: token tok-3f9a-very-secret is revoked")
+    dests = [destination("echo", "http://127.0.0.1:9/in", auth={"type": "bearer", "token_env": "ECHO_TOKEN"})]
+    res = await acli(cli, ["diagnose", "auth"], config=config_file(destinations=dests),
+                     env={"ECHO_TOKEN": "tok-3f9a-very-secret"})
+    assert res.exit_code == 2
+    assert "tok-3f9a-very-secret" not in res.stdout and "token *** is revoked" in res.stdout
+    result = await run_check_async(make_settings(destinations=dests), "auth")
+    assert "tok-3f9a" not in result.finding("failures").evidence
