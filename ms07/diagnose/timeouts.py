@@ -83,15 +83,20 @@ def _probe_findings(r: CheckResult, targets: list[dict[str, Any]], probes: list[
     hung: list[str] = []
     http_bad: list[str] = []
     http_5xx: list[str] = []
+    causes: dict[str, str] = {}
     for t, p in zip(targets, probes, strict=True):
         name = t["name"]
         http_checked = bool(t["health_url"])
         if p.dns_error:
             verdict = f"DNS failed: {p.dns_error}"
             unreachable.append(f"{name}: DNS {p.host} failed ({p.dns_error})")
+            causes["dns"] = "DNS does not resolve: fix the host name or the cluster DNS"
         elif p.tcp_error:
             verdict = f"TCP failed: {p.tcp_error}"
             unreachable.append(f"{name}: TCP {p.host}:{p.port} {p.tcp_error} after {_ms(p.tcp_ms)}")
+            causes["tcp-timeout" if p.tcp_error == "timed out" else "tcp"] = (
+                "TCP connect times out: a firewall or network policy drops the traffic"
+                if p.tcp_error == "timed out" else "TCP refused: the service is down or listens on another port")
         elif not http_checked:
             verdict = "reachable (no health_url: HTTP not probed)"
         elif p.http_error == "timed out":
@@ -108,10 +113,7 @@ def _probe_findings(r: CheckResult, targets: list[dict[str, Any]], probes: list[
     r.details["probes"] = [p.as_dict() for p in probes]
     if unreachable:
         r.add("probe_unreachable", "critical", f"{len(unreachable)} destination(s) cannot be reached",
-              "; ".join(unreachable),
-              "DNS failure: fix the host name or cluster DNS; TCP refused: the service is down or on "
-              "another port; TCP timed out: a firewall or network policy drops the traffic",
-              "ms07 destinations check")
+              "; ".join(unreachable), "; ".join(causes[k] for k in sorted(causes)), "ms07 destinations check")
     if hung:
         r.add("probe_timeout", "critical", f"{len(hung)} destination(s) accept connections but do not answer",
               "; ".join(hung),

@@ -39,6 +39,7 @@ async def test_stuck_jobs_closed_port_and_hanging_destination(make_settings, sin
     assert found["timeouts.stuck_jobs"].command == "ms07 recover reclaim-pending"
     assert found["timeouts.probe_unreachable"].severity == "critical"
     assert "closed: TCP" in found["timeouts.probe_unreachable"].evidence
+    assert found["timeouts.probe_unreachable"].remedy.startswith("TCP refused")
     assert found["timeouts.probe_timeout"].severity == "critical"
     assert "hanging" in found["timeouts.probe_timeout"].evidence
     assert found["timeouts.timeout_attempts"].severity == "warning"
