@@ -20,28 +20,6 @@ SEVERITIES = {"info", "warning", "critical"}
 STATUSES = {"healthy", "warning", "critical", "unknown"}
 FINDING_KEYS = {"id", "severity", "summary", "evidence", "remedy", "command"}
 
-# The engine's heartbeat calls redis-py's SETEX, deprecated in redis-py 8: with warnings as
-# errors every heartbeat pass fails and no worker:heartbeat key is ever written. Engines
-# started by these tests must beat, so that one warning is ignored here (reported upstream).
-SETEX_DEPRECATED = "ignore:Call to deprecated setex:DeprecationWarning"
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    here = Path(__file__).parent
-    for item in items:
-        if Path(str(item.fspath)).is_relative_to(here):
-            item.add_marker(pytest.mark.filterwarnings(SETEX_DEPRECATED))
-
-
-@pytest.fixture(autouse=True)
-def no_cluster(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No test reaches a real Kubernetes cluster or the developer's kubeconfig."""
-    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-kubeconfig"))
-    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    monkeypatch.delenv("MS07_API_TOKEN", raising=False)
-    monkeypatch.delenv("MS07_HEALTH_URL", raising=False)
-
-
 def validate_check(obj: Any) -> None:
     """The contract of DESIGN section 10 for one check."""
     assert isinstance(obj, dict) and set(obj) == {"check", "status", "findings"}, obj

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from ms07.diagnose import run_checks_async
-from ms07.engine.engine import Engine
 from ms07.runtime import Runtime
 from ms07.submit import submit
 from tests.diagnose.conftest import acli, parse, validate_all
@@ -12,55 +11,51 @@ from tests.support import destination, wait_for
 
 
 async def test_healthy_system_exits_0_without_warnings(
-    make_settings, sink, cli, config_file, env_for
+    make_settings, sink, cli, config_file, start_engine
 ) -> None:
     dests = [destination("d1", sink.url("/in"), health_url=sink.url("/health"))]
     settings = make_settings(destinations=dests)
-    engine = Engine(settings)
-    await engine.start()
-    try:
-        async with Runtime(settings) as rt:
-            async with rt.connection() as conn:
-                await submit(conn, await rt.queue(), settings, ["d1"], {"hello": 1})
-        await wait_for(lambda: sink.counts["/in"] >= 1, what="the delivery")
+    engine = await start_engine(settings)
+    async with Runtime(settings) as rt:
+        async with rt.connection() as conn:
+            await submit(conn, await rt.queue(), settings, ["d1"], {"hello": 1})
+    await wait_for(lambda: sink.counts["/in"] >= 1, what="the delivery")
 
-        async def health_checked() -> bool:
-            async with Runtime(settings) as rt, rt.connection() as conn:
-                cur = await conn.execute("SELECT health_status FROM destinations WHERE name = 'd1'")
-                return (await cur.fetchone())[0] == "healthy"
+    async def health_checked() -> bool:
+        async with Runtime(settings) as rt, rt.connection() as conn:
+            cur = await conn.execute("SELECT health_status FROM destinations WHERE name = 'd1'")
+            return (await cur.fetchone())[0] == "healthy"
 
-        await wait_for(health_checked, what="the engine's first health probe")
-        await wait_for(lambda: engine.delivered >= 1, what="the outcome")
-        url = f"http://127.0.0.1:{engine.http_port}"
-        res = await acli(
-            cli, ["diagnose", "all", "--json", "--url", url], config=config_file(destinations=dests)
-        )
-        data = parse(res)
-        validate_all(data)
-        problems = [
-            (c["check"], f["id"], f["severity"])
-            for c in data["checks"]
-            for f in c["findings"]
-            if f["severity"] != "info"
-        ]
-        assert res.exit_code == 0 and data["status"] == "healthy", problems
-        assert problems == []
-        assert [c["check"] for c in data["checks"]] == [
-            "timeouts",
-            "latency",
-            "auth",
-            "queue",
-            "memory",
-            "health",
-        ]
-        text = await acli(
-            cli, ["diagnose", "all", "--url", url], config=config_file(destinations=dests)
-        )
-        assert text.exit_code == 0
-        assert text.stdout.splitlines()[0] == "OK: all 6 checks healthy"
-        report = await run_checks_async(settings)
-    finally:
-        await engine.stop()
+    await wait_for(health_checked, what="the engine's first health probe")
+    await wait_for(lambda: engine.delivered >= 1, what="the outcome")
+    url = f"http://127.0.0.1:{engine.http_port}"
+    res = await acli(
+        cli, ["diagnose", "all", "--json", "--url", url], config=config_file(destinations=dests)
+    )
+    data = parse(res)
+    validate_all(data)
+    problems = [
+        (c["check"], f["id"], f["severity"])
+        for c in data["checks"]
+        for f in c["findings"]
+        if f["severity"] != "info"
+    ]
+    assert res.exit_code == 0 and data["status"] == "healthy", problems
+    assert problems == []
+    assert [c["check"] for c in data["checks"]] == [
+        "timeouts",
+        "latency",
+        "auth",
+        "queue",
+        "memory",
+        "health",
+    ]
+    text = await acli(
+        cli, ["diagnose", "all", "--url", url], config=config_file(destinations=dests)
+    )
+    assert text.exit_code == 0
+    assert text.stdout.splitlines()[0] == "OK: all 6 checks healthy"
+    report = await run_checks_async(settings)
     assert {r.check: r.status for r in report.results}["latency"] == "healthy"
 
 

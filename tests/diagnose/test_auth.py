@@ -97,11 +97,10 @@ async def test_probe_uses_the_destination_credentials(make_settings, sink, monke
     assert all("secret" not in f.evidence for f in result.findings)
 
 
-async def test_oauth2_cached_token_expiry_written_by_the_engine(make_settings, sink, monkeypatch) -> None:
+async def test_oauth2_cached_token_expiry_written_by_the_engine(make_settings, sink, monkeypatch, start_engine) -> None:
     """The engine publishes the cached token's expiry (never the token) for diagnose auth."""
     import json as _json
 
-    from ms07.engine.engine import Engine
     from ms07.runtime import Runtime
     from ms07.submit import submit
     from tests.support import wait_for
@@ -117,21 +116,17 @@ async def test_oauth2_cached_token_expiry_written_by_the_engine(make_settings, s
         "type": "oauth2_client_credentials", "token_url": sink.url("/token"), "client_id": "ms07",
         "client_secret_env": "CLIENT_SECRET"})]
     settings = make_settings(destinations=dests)
-    engine = Engine(settings)
-    await engine.start()
-    try:
-        async with Runtime(settings) as rt:
-            async with rt.connection() as conn:
-                await submit(conn, await rt.queue(), settings, ["o"], {"n": 1})
-            redis = (await rt.queue()).redis
-            from ms07 import keys
+    await start_engine(settings)
+    async with Runtime(settings) as rt:
+        async with rt.connection() as conn:
+            await submit(conn, await rt.queue(), settings, ["o"], {"n": 1})
+        redis = (await rt.queue()).redis
+        from ms07 import keys
 
-            info = await wait_for(lambda: redis.hgetall(keys.token_info("o")), timeout=20, what="token info")
-        assert 1790 < float(info["expires_at"]) - time.time() <= 1800
-        assert "tok-" not in str(info)
-        result = await run_check_async(settings, "auth")
-    finally:
-        await engine.stop()
+        info = await wait_for(lambda: redis.hgetall(keys.token_info("o")), timeout=20, what="token info")
+    assert 1790 < float(info["expires_at"]) - time.time() <= 1800
+    assert "tok-" not in str(info)
+    result = await run_check_async(settings, "auth")
     table = next(s for s in result.sections if s.title.startswith("auth configuration"))
     assert table.rows[0][1] == "oauth2_client_credentials"
     assert table.rows[0][4].startswith("cached, expires in 29m") or table.rows[0][4].startswith("cached, expires in 30m")

@@ -3,35 +3,30 @@
 from __future__ import annotations
 
 from ms07.diagnose import DiagnoseOptions, run_check_async
-from ms07.engine.engine import Engine
 from tests.diagnose.conftest import acli, parse, validate_check
 from tests.diagnose.test_timeouts import closed_port
 from tests.support import destination, wait_for
 
 
-async def test_ready_engine_with_token(make_settings, sink, monkeypatch, cli, config_file) -> None:
+async def test_ready_engine_with_token(make_settings, sink, monkeypatch, cli, config_file, start_engine) -> None:
     monkeypatch.setenv("MS07_API_TOKEN", "api-token-2")
     settings = make_settings(destinations=[destination("d1", sink.url("/in"), health_url=sink.url("/health"))])
-    engine = Engine(settings)
-    await engine.start()
-    try:
-        url = f"http://127.0.0.1:{engine.http_port}"
-        opts = DiagnoseOptions.from_settings(settings, url=url)
-        result = await wait_for(
-            lambda: _healthy(settings, opts), timeout=20, what="a ready engine")
-        assert result.finding("ready").summary.startswith("engine ready")
-        assert result.finding("detailed").severity == "info"
-        assert any(s.title == "destinations (engine view)" and s.rows[0][0] == "d1" for s in result.sections)
-        res = await acli(cli, ["diagnose", "health", "--json", "--url", url], config=config_file(),
-                         env={"MS07_API_TOKEN": "api-token-2"})
-        assert res.exit_code == 0, res.output
-        validate_check(parse(res))
-        res = await acli(cli, ["diagnose", "health", "--json"], config=config_file(),
-                         env={"MS07_API_TOKEN": "wrong", "MS07_HEALTH_URL": url})
-        assert res.exit_code == 3
-        assert parse(res)["findings"][0]["id"] == "health.unauthorized"
-    finally:
-        await engine.stop()
+    engine = await start_engine(settings)
+    url = f"http://127.0.0.1:{engine.http_port}"
+    opts = DiagnoseOptions.from_settings(settings, url=url)
+    result = await wait_for(
+        lambda: _healthy(settings, opts), timeout=20, what="a ready engine")
+    assert result.finding("ready").summary.startswith("engine ready")
+    assert result.finding("detailed").severity == "info"
+    assert any(s.title == "destinations (engine view)" and s.rows[0][0] == "d1" for s in result.sections)
+    res = await acli(cli, ["diagnose", "health", "--json", "--url", url], config=config_file(),
+                     env={"MS07_API_TOKEN": "api-token-2"})
+    assert res.exit_code == 0, res.output
+    validate_check(parse(res))
+    res = await acli(cli, ["diagnose", "health", "--json"], config=config_file(),
+                     env={"MS07_API_TOKEN": "wrong", "MS07_HEALTH_URL": url})
+    assert res.exit_code == 3
+    assert parse(res)["findings"][0]["id"] == "health.unauthorized"
 
 
 async def _healthy(settings, opts):  # type: ignore[no-untyped-def]
@@ -39,22 +34,18 @@ async def _healthy(settings, opts):  # type: ignore[no-untyped-def]
     return result if result.status == "healthy" else None
 
 
-async def test_degraded_engine_names_the_failing_check(make_settings, monkeypatch) -> None:
+async def test_degraded_engine_names_the_failing_check(make_settings, start_engine) -> None:
     port = closed_port()
     settings = make_settings(destinations=[destination("down", f"http://127.0.0.1:{port}/in",
                                                        health_url=f"http://127.0.0.1:{port}/health")])
-    engine = Engine(settings)
-    await engine.start()
-    try:
-        opts = DiagnoseOptions.from_settings(settings, url=f"http://127.0.0.1:{engine.http_port}")
+    engine = await start_engine(settings)
+    opts = DiagnoseOptions.from_settings(settings, url=f"http://127.0.0.1:{engine.http_port}")
 
-        async def degraded():  # type: ignore[no-untyped-def]
-            r = await run_check_async(settings, "health", opts)
-            return r if r.finding("ready").severity == "warning" else None
+    async def degraded():  # type: ignore[no-untyped-def]
+        r = await run_check_async(settings, "health", opts)
+        return r if r.finding("ready").severity == "warning" else None
 
-        result = await wait_for(degraded, timeout=20, what="the engine to see the destination down")
-    finally:
-        await engine.stop()
+    result = await wait_for(degraded, timeout=20, what="the engine to see the destination down")
     ready = result.finding("ready")
     assert "destinations degraded" in ready.summary and ready.command == "ms07 diagnose timeouts"
     assert result.exit_code == 1

@@ -120,23 +120,17 @@ async def test_unreachable_cluster_is_unknown(make_settings, tmp_path) -> None:
     assert result.status == "unknown" and result.exit_code == 3
 
 
-async def test_top_allocations_from_the_engine(make_settings, monkeypatch) -> None:
-    from ms07.engine.engine import Engine
+async def test_top_allocations_from_the_engine(make_settings, monkeypatch, start_engine) -> None:
+    import tracemalloc
 
     monkeypatch.setenv("MS07_API_TOKEN", "api-token-1")
     settings = make_settings(service={"debug_memory": True})
-    engine = Engine(settings)
-    await engine.start()
-    try:
-        opts = DiagnoseOptions.from_settings(settings, url=f"http://127.0.0.1:{engine.http_port}")
-        result = await run_check_async(settings, "memory", opts)
-        monkeypatch.setenv("MS07_API_TOKEN", "wrong")
-        refused = await run_check_async(settings, "memory", opts)
-    finally:
-        await engine.stop()
-        import tracemalloc
-
-        tracemalloc.stop()
+    engine = await start_engine(settings)
+    opts = DiagnoseOptions.from_settings(settings, url=f"http://127.0.0.1:{engine.http_port}")
+    result = await run_check_async(settings, "memory", opts)
+    monkeypatch.setenv("MS07_API_TOKEN", "wrong")
+    refused = await run_check_async(settings, "memory", opts)
+    tracemalloc.stop()  # the engine's /debug/memory started it for the whole process
     f = result.finding("allocations")
     assert f.severity == "info" and f.summary.startswith("traced memory")
     assert any(s.title.startswith("top allocation sites") and s.rows for s in result.sections)
