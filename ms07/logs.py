@@ -23,7 +23,8 @@ from ms07 import SERVICE_NAME
 _TOP = ("component", "distribution_id", "destination", "error_code", "correlation_id")
 _secrets: set[str] = set()
 _PATTERNS = [
-    (re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+"), r"\1***"),
+    # A token, not prose: "Bearer" as in a header, then 8 or more token characters.
+    (re.compile(r"(\b[Bb]earer\s+)(?=[A-Za-z0-9._~+/=-]*[0-9._~+/=-])[A-Za-z0-9._~+/=-]{8,}"), r"\1***"),
     (re.compile(r"(?i)(authorization[\"']?\s*[:=]\s*[\"']?)(basic|bearer)?\s*[^\s\"',}]+"), r"\1***"),
     (re.compile(r"(?i)(password|passwd|secret|token|api_key)=([^&\s\"']+)"), r"\1=***"),
     (re.compile(r"(?i)([a-z][a-z0-9+.-]*://[^:/@\s]+:)([^@\s/]+)@"), r"\1***@"),

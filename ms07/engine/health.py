@@ -86,7 +86,7 @@ async def _workers(engine: Engine) -> tuple[str, list[dict[str, Any]]]:
     workers = []
     stale = 0
     for r in rows:
-        if r["status"] == "stopped":
+        if r["status"] in ("stopped", "dead"):
             continue
         is_stale = float(r["seconds_since_update"]) > stale_after
         stale += is_stale
