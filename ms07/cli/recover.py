@@ -1,7 +1,258 @@
-"""``ms07 recover``: the guide's recovery procedures as reviewable plans (filled in later)."""
+"""``ms07 recover``: the guide's recovery procedures as reviewed, verified, audited plans.
+
+Every command prints its plan (each step with the kubectl / redis-cli / psql line it
+stands for and its precondition checked), then asks once (default No) unless ``--yes``,
+then runs the steps, verifying and auditing each. ``--dry-run`` stops after the plan and
+changes nothing. A failed step stops the plan and prints the command that resumes it.
+Exit codes: 0 done (or dry run clean), 1 failed / blocked / not confirmed, 2 bad usage,
+130 interrupted.
+"""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
 import typer
 
+from ms07.cli import common
+from ms07.errors import UsageError
+
 app = typer.Typer(help="Recovery procedures as reviewed, verified, audited plans.", no_args_is_help=True)
+
+DRY_RUN = typer.Option(False, "--dry-run", help="Print the plan and check its preconditions; change nothing.")
+YES = typer.Option(False, "--yes", "-y", help="Run without asking (unattended).")
+FROM_STEP = typer.Option(1, "--from-step", min=1, help="Start at step N (the resume command sets it).")
+PLAN_ID = typer.Option(None, "--plan-id", help="Continue the audit trail of an earlier run (set by the resume command).")
+JSON = typer.Option(False, "--json", help="Print the result as JSON (needs --dry-run or --yes).")
+NAMESPACE = typer.Option(None, "--namespace", "-n", help="Kubernetes namespace [env: MS07_K8S_NAMESPACE]")
+DEPLOYMENT = typer.Option(None, "--deployment", help="Deployment name [env: MS07_K8S_DEPLOYMENT]")
+SELECTOR = typer.Option(None, "--selector", "-l", help="Pod label selector (default app=<deployment>) "
+                        "[env: MS07_K8S_LABEL_SELECTOR]")
+KUBECONFIG = typer.Option(None, "--kubeconfig", help="kubeconfig file (default: in-cluster, else "
+                          "~/.kube/config) [env: KUBECONFIG]")
+CONTEXT = typer.Option(None, "--context", help="kubeconfig context")
+TIMEOUT = typer.Option(300.0, "--timeout", min=1, help="Seconds each Kubernetes wait may take.")
+
+
+@dataclass
+class Run:
+    dry_run: bool
+    yes: bool
+    from_step: int
+    plan_id: str | None
+    as_json: bool
+    args: list[str] = field(default_factory=list)
+    kube: dict[str, Any] = field(default_factory=dict)
+
+
+def _args(*pairs: tuple[str, Any, Any]) -> list[str]:
+    """The options the operator set (value differs from the default), for the resume command."""
+    out: list[str] = []
+    for name, value, default in pairs:
+        for v in value if isinstance(value, list) else [value]:
+            if v is not None and v != default:
+                out += [name, str(v)]
+    return out
+
+
+def _run(dry_run: bool, yes: bool, from_step: int, plan_id: str | None, as_json: bool,
+         namespace: str | None = None, deployment: str | None = None, selector: str | None = None,
+         kubeconfig: str | None = None, context: str | None = None, timeout: float = 300.0) -> Run:
+    kube = {"namespace": namespace, "deployment": deployment, "label_selector": selector,
+            "kubeconfig": kubeconfig, "context": context}
+    args = _args(("--namespace", namespace, None), ("--deployment", deployment, None),
+                 ("--selector", selector, None), ("--kubeconfig", kubeconfig, None),
+                 ("--context", context, None), ("--timeout", timeout, 300.0))
+    return Run(dry_run, yes, from_step, plan_id, as_json, args, {k: v for k, v in kube.items() if v})
+
+
+def _drive(ctx: typer.Context, run: Run, build: Callable[[Any, list[str]], Any]) -> None:
+    """Preview -> (dry run stops) -> confirm -> execute, each phase in its own event loop so
+    that Ctrl-C at the prompt is a plain No and Ctrl-C during a step is described."""
+    from ms07.recover import plan as P
+    from ms07.recover import render
+
+    st = common.state(ctx)
+    if run.as_json and not (run.dry_run or run.yes):
+        raise UsageError("--json needs --dry-run or --yes: there is no prompt in JSON mode")
+    plan = build(st.settings, run.args)
+    if run.from_step > len(plan.steps):
+        raise UsageError(f"--from-step: this plan has {len(plan.steps)} steps")
+    console = st.console
+    reporter = P.Reporter() if run.as_json else render.RichReporter(console, len(plan.steps))
+    live: list[Any] = []
+
+    async def phase(dry: bool, fn: Callable[[Any], Any]) -> Any:
+        async with P.PlanContext(st.settings, kube_options=run.kube, reporter=reporter, dry_run=dry) as pctx:
+            pctx.plan_id = run.plan_id or ""
+            live.append(pctx)
+            return await fn(pctx)
+
+    shown = asyncio.run(phase(True, lambda c: P.preview(plan, c, from_step=run.from_step)))
+    if run.as_json and (run.dry_run or shown.status == "blocked"):
+        common.print_json(shown.to_dict())
+        raise typer.Exit(shown.exit_code)
+    if not run.as_json:
+        render.plan_table(console, shown, plan.summary)
+    if shown.status == "blocked":
+        st.err.print(f"[bold red]not run:[/] {shown.message}", highlight=False, markup=True)
+        raise typer.Exit(1)
+    if run.dry_run:
+        console.print("dry run: nothing was changed.")
+        raise typer.Exit(0)
+    if not run.yes:
+        from rich.prompt import Confirm
+
+        try:
+            confirmed = Confirm.ask(f"Run these {len(plan.steps) - run.from_step + 1} steps?", default=False,
+                                    console=console)
+        except (EOFError, KeyboardInterrupt):
+            confirmed = False
+        if not confirmed:
+            console.print("not confirmed: nothing was done.")
+            raise typer.Exit(1)
+    try:
+        result = asyncio.run(phase(False, lambda c: P.execute(plan, c, from_step=run.from_step,
+                                                                plan_id=run.plan_id)))
+    except KeyboardInterrupt:
+        if run.as_json and live:
+            common.print_json({"plan": plan.name, "plan_id": live[-1].plan_id, "status": "interrupted"})
+        raise typer.Exit(130) from None
+    if run.as_json:
+        common.print_json(result.to_dict())
+    else:
+        render.summary(console, result)
+    raise typer.Exit(result.exit_code)
+
+
+@app.command("queue-full")
+def queue_full(
+    ctx: typer.Context,
+    replicas: int = typer.Option(None, "--replicas", min=0, help="Scale back to N (default: the count before)."),
+    backup: Path = typer.Option(None, "--backup", help="Backup file (default: MS07_STATE_DIR/backups/queue-<time>.jsonl)."),
+    watch_seconds: float = typer.Option(60.0, "--watch-seconds", min=0, help="Watch the depth this long (0: skip)."),
+    idle_seconds: float = typer.Option(5.0, "--idle-seconds", min=0.1,
+                                       help="A consumer without a heartbeat idle this long has stopped."),
+    consumer_timeout: float = typer.Option(180.0, "--consumer-timeout", min=1,
+                                           help="How long to wait for the consumers to stop."),
+    dry_run: bool = DRY_RUN, yes: bool = YES, from_step: int = FROM_STEP, plan_id: str = PLAN_ID,
+    as_json: bool = JSON, namespace: str = NAMESPACE, deployment: str = DEPLOYMENT, selector: str = SELECTOR,
+    kubeconfig: str = KUBECONFIG, context: str = CONTEXT, timeout: float = TIMEOUT,
+) -> None:
+    """Queue full: scale to 0, back up every entry (verified), clear exactly those, scale back, watch.
+
+    `ms07 queue restore FILE` puts the backed-up entries back."""
+    from ms07.recover import queue_full as proc
+
+    run = _run(dry_run, yes, from_step, plan_id, as_json, namespace, deployment, selector, kubeconfig, context,
+               timeout)
+    opts = proc.Options(replicas, str(backup) if backup else None, watch_seconds, idle_seconds,
+                        consumer_timeout, timeout)
+    extra = _args(("--replicas", replicas, None), ("--backup", backup, None), ("--watch-seconds", watch_seconds, 60.0),
+                  ("--idle-seconds", idle_seconds, 5.0), ("--consumer-timeout", consumer_timeout, 180.0))
+    _drive(ctx, run, lambda s, a: proc.build(s, opts, extra + a))
+
+
+@app.command("db-connection")
+def db_connection(
+    ctx: typer.Context,
+    health_url: str = typer.Option(None, "--health-url", help="The engine's /health/ready URL [env: MS07_HEALTH_URL]"),
+    health_timeout: float = typer.Option(120.0, "--health-timeout", min=1, help="How long to wait for healthy."),
+    dry_run: bool = DRY_RUN, yes: bool = YES, from_step: int = FROM_STEP, plan_id: str = PLAN_ID,
+    as_json: bool = JSON, namespace: str = NAMESPACE, deployment: str = DEPLOYMENT, selector: str = SELECTOR,
+    kubeconfig: str = KUBECONFIG, context: str = CONTEXT, timeout: float = TIMEOUT,
+) -> None:
+    """Database connection lost: SELECT 1 timed, primary or standby, replication, then a rollout
+    restart and a wait for Ready pods and a healthy /health/ready."""
+    from ms07.recover import db_connection as proc
+
+    run = _run(dry_run, yes, from_step, plan_id, as_json, namespace, deployment, selector, kubeconfig, context,
+               timeout)
+    opts = proc.Options(health_url, health_timeout, timeout)
+    extra = _args(("--health-url", health_url, None), ("--health-timeout", health_timeout, 120.0))
+    _drive(ctx, run, lambda s, a: proc.build(s, opts, extra + a))
+
+
+@app.command("worker-crash")
+def worker_crash(
+    ctx: typer.Context,
+    pod: list[str] = typer.Option(None, "--pod", help="Pod to replace (repeatable; default: every crashed pod)."),
+    lines: int = typer.Option(50, "--lines", min=1, max=5000, help="Previous-log lines to show per pod."),
+    dry_run: bool = DRY_RUN, yes: bool = YES, from_step: int = FROM_STEP, plan_id: str = PLAN_ID,
+    as_json: bool = JSON, namespace: str = NAMESPACE, deployment: str = DEPLOYMENT, selector: str = SELECTOR,
+    kubeconfig: str = KUBECONFIG, context: str = CONTEXT, timeout: float = TIMEOUT,
+) -> None:
+    """Worker crash: pods with status and restarts, the crashed ones' previous logs, delete them
+    and wait for Ready replacements, show the new pods' first log lines."""
+    from ms07.recover import worker_crash as proc
+
+    run = _run(dry_run, yes, from_step, plan_id, as_json, namespace, deployment, selector, kubeconfig, context,
+               timeout)
+    opts = proc.Options(list(pod or []), lines, timeout)
+    extra = _args(("--pod", list(pod or []), None), ("--lines", lines, 50))
+    _drive(ctx, run, lambda s, a: proc.build(s, opts, extra + a))
+
+
+@app.command("reclaim-pending")
+def reclaim_pending(
+    ctx: typer.Context,
+    to: str = typer.Option(None, "--to", help="Give the entries to this live consumer (default: any live one)."),
+    requeue: bool = typer.Option(False, "--requeue", help="Put the entries back into the stream even if a "
+                                 "consumer is live."),
+    min_idle_ms: int = typer.Option(1000, "--min-idle-ms", min=0, help="Leave entries touched more recently."),
+    dry_run: bool = DRY_RUN, yes: bool = YES, from_step: int = FROM_STEP, plan_id: str = PLAN_ID,
+    as_json: bool = JSON,
+) -> None:
+    """Pending entries of dead consumers (no heartbeat): hand them to a live consumer or put them
+    back into the stream, then remove the dead consumers once they hold nothing."""
+    from ms07.recover import reclaim as proc
+
+    if to and requeue:
+        raise UsageError("--to and --requeue exclude each other")
+    run = _run(dry_run, yes, from_step, plan_id, as_json)
+    opts = proc.Options(to, requeue, min_idle_ms)
+    extra = _args(("--to", to, None), ("--requeue", "" if requeue else None, None),
+                  ("--min-idle-ms", min_idle_ms, 1000))
+    extra = [a for a in extra if a != ""]
+    _drive(ctx, run, lambda s, a: proc.build(s, opts, extra + a))
+
+
+@app.command("requeue-from-db")
+def requeue_from_db(
+    ctx: typer.Context,
+    older_than: float = typer.Option(30.0, "--older-than", min=0,
+                                     help="Only jobs untouched this many seconds (grace for in-flight enqueues)."),
+    dry_run: bool = DRY_RUN, yes: bool = YES, from_step: int = FROM_STEP, plan_id: str = PLAN_ID,
+    as_json: bool = JSON,
+) -> None:
+    """Enqueue again every job PostgreSQL holds as queued/retrying/processing that Redis lost."""
+    from ms07.recover import requeue as proc
+
+    run = _run(dry_run, yes, from_step, plan_id, as_json)
+    opts = proc.Options(older_than)
+    extra = _args(("--older-than", older_than, 30.0))
+    _drive(ctx, run, lambda s, a: proc.build(s, opts, extra + a))
+
+
+@app.command("scale")
+def scale(
+    ctx: typer.Context,
+    replicas: int = typer.Option(..., "--replicas", min=0, help="The replica count to scale to."),
+    consumers_timeout: float = typer.Option(60.0, "--consumers-timeout", min=0,
+                                            help="How long to wait for consumers to join (0: skip)."),
+    dry_run: bool = DRY_RUN, yes: bool = YES, from_step: int = FROM_STEP, plan_id: str = PLAN_ID,
+    as_json: bool = JSON, namespace: str = NAMESPACE, deployment: str = DEPLOYMENT, selector: str = SELECTOR,
+    kubeconfig: str = KUBECONFIG, context: str = CONTEXT, timeout: float = TIMEOUT,
+) -> None:
+    """Scale the workers horizontally: current -> N, wait for Ready, watch consumers join the group."""
+    from ms07.recover import scale as proc
+
+    run = _run(dry_run, yes, from_step, plan_id, as_json, namespace, deployment, selector, kubeconfig, context,
+               timeout)
+    opts = proc.Options(replicas, consumers_timeout, timeout)
+    extra = ["--replicas", str(replicas)] + _args(("--consumers-timeout", consumers_timeout, 60.0))
+    _drive(ctx, run, lambda s, a: proc.build(s, opts, extra + a))
