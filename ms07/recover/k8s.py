@@ -364,7 +364,7 @@ class Kube:
     async def pod_log(self, name: str, *, previous: bool = False, tail: int | None = None,
                       limit_bytes: int | None = None, container: str | None = None) -> str | None:
         """A pod's log; with ``previous`` the crashed container's (None when there is none)."""
-        kwargs: dict[str, Any] = {"previous": previous}
+        kwargs: dict[str, Any] = {"previous": True} if previous else {}
         if tail is not None:
             kwargs["tail_lines"] = tail
         if limit_bytes is not None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from rich.console import Console
@@ -39,28 +38,6 @@ def plan_table(console: Console, result: PlanResult, summary: str) -> None:
         table.add_row(str(s.index), Text(s.title), Text(s.command, style="cyan"),
                       "yes" if s.changes else "no", _check(s))
     console.print(table)
-
-
-def readable_log_line(line: str) -> str:
-    """A JSON log line as one readable line; other text as it is."""
-    try:
-        rec = json.loads(line)
-    except ValueError:
-        return line
-    if not isinstance(rec, dict):
-        return line
-    head = " ".join(str(rec[k]) for k in ("timestamp", "level", "component") if rec.get(k))
-    ctx = " ".join(f"{k}={rec[k]}" for k in ("distribution_id", "destination", "error_code") if rec.get(k))
-    text = f"{head} {rec.get('message', '')}".strip()
-    if ctx:
-        text += f" ({ctx})"
-    meta = rec.get("metadata")
-    if isinstance(meta, dict) and meta:
-        text += " " + " ".join(f"{k}={v}" for k, v in meta.items())
-    trace = rec.get("stack_trace")
-    if trace:
-        text += "\n    " + "\n    ".join(str(trace).rstrip().splitlines()[-3:])
-    return text
 
 
 class RichReporter(Reporter):
