@@ -55,7 +55,7 @@ def _args(*pairs: tuple[str, Any, Any]) -> list[str]:
     for name, value, default in pairs:
         for v in value if isinstance(value, list) else [value]:
             if v is not None and v != default:
-                out += [name, str(v)]
+                out += [name, f"{v:g}" if isinstance(v, float) else str(v)]
     return out
 
 
@@ -92,7 +92,11 @@ def _drive(ctx: typer.Context, run: Run, build: Callable[[Any, list[str]], Any])
             live.append(pctx)
             return await fn(pctx)
 
-    shown = asyncio.run(phase(True, lambda c: P.preview(plan, c, from_step=run.from_step)))
+    try:
+        shown = asyncio.run(phase(True, lambda c: P.preview(plan, c, from_step=run.from_step)))
+    except KeyboardInterrupt:
+        st.err.print("interrupted while checking the plan: nothing was done")
+        raise typer.Exit(130) from None
     if run.as_json and (run.dry_run or shown.status == "blocked"):
         common.print_json(shown.to_dict())
         raise typer.Exit(shown.exit_code)
