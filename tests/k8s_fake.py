@@ -142,15 +142,27 @@ class FakeKube:
 
     def kubeconfig(self, path: Path, token: str = "fake-token") -> Path:
         """Write a kubeconfig pointing at this server (token auth) and return its path."""
-        path.write_text(yaml.safe_dump({
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
-            "users": [{"name": "tester", "user": {"token": token}}],
-            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "tester",
-                                                      "namespace": self.namespace}}],
-            "current-context": "fake",
-        }))
+        path.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
+                    "users": [{"name": "tester", "user": {"token": token}}],
+                    "contexts": [
+                        {
+                            "name": "fake",
+                            "context": {
+                                "cluster": "fake",
+                                "user": "tester",
+                                "namespace": self.namespace,
+                            },
+                        }
+                    ],
+                    "current-context": "fake",
+                }
+            )
+        )
         return path
 
     # ------------------------------------------------------------------ test controls
@@ -160,15 +172,26 @@ class FakeKube:
         with self.lock:
             self.rules.append(Rule(method.upper(), re.compile(path_regex), status, times))
 
-    def crash(self, name: str, reason: str = "OOMKilled", exit_code: int = 137, restarts: int = 3,
-              previous_logs: str = "", waiting: str | None = "CrashLoopBackOff") -> None:
+    def crash(
+        self,
+        name: str,
+        reason: str = "OOMKilled",
+        exit_code: int = 137,
+        restarts: int = 3,
+        previous_logs: str = "",
+        waiting: str | None = "CrashLoopBackOff",
+    ) -> None:
         with self.lock:
             pod = self.pods[name]
             pod.restarts = restarts
             pod.waiting = waiting
             pod.previous_logs = previous_logs
-            pod.last_terminated = {"exitCode": exit_code, "reason": reason,
-                                   "startedAt": _ts(time.time() - 60), "finishedAt": _ts(time.time() - 5)}
+            pod.last_terminated = {
+                "exitCode": exit_code,
+                "reason": reason,
+                "startedAt": _ts(time.time() - 60),
+                "finishedAt": _ts(time.time() - 5),
+            }
 
     def pod_names(self, include_deleting: bool = False) -> list[str]:
         with self.lock:
@@ -211,7 +234,7 @@ class FakeKube:
             old = [p for p in live if p.template_hash != self.template_hash]
             for _ in range(self.replicas - len(current)):
                 current.append(self._new_pod(now))
-            for extra in sorted(current, key=lambda p: p.created)[self.replicas:]:
+            for extra in sorted(current, key=lambda p: p.created)[self.replicas :]:
                 self._delete(extra, now)
             if old and all(p.ready(now) for p in current[: self.replicas]):
                 for p in old:
@@ -230,9 +253,18 @@ class FakeKube:
 
     # ------------------------------------------------------------------ JSON shapes
 
-    def _status(self, code: int, reason: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
-        out: dict[str, Any] = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                               "message": message, "reason": reason, "code": code}
+    def _status(
+        self, code: int, reason: str, message: str, details: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": message,
+            "reason": reason,
+            "code": code,
+        }
         if details:
             out["details"] = details
         return out
@@ -242,75 +274,137 @@ class FakeKube:
         live = [p for p in self.pods.values() if p.deleting_at is None]
         ready = sum(1 for p in live if p.ready(now))
         status: dict[str, Any] = {"observedGeneration": self.observed_generation}
-        counts = {"replicas": len(live),
-                  "updatedReplicas": sum(1 for p in live if p.template_hash == self.template_hash),
-                  "readyReplicas": ready, "availableReplicas": ready}
+        counts = {
+            "replicas": len(live),
+            "updatedReplicas": sum(1 for p in live if p.template_hash == self.template_hash),
+            "readyReplicas": ready,
+            "availableReplicas": ready,
+        }
         status.update({k: v for k, v in counts.items() if v})  # the API omits zero counts
         if len(live) - ready:
             status["unavailableReplicas"] = len(live) - ready
-        status["conditions"] = [{"type": "Available", "status": "True" if ready >= self.replicas else "False",
-                                 "reason": "MinimumReplicasAvailable", "lastUpdateTime": _ts(),
-                                 "lastTransitionTime": _ts()}]
+        status["conditions"] = [
+            {
+                "type": "Available",
+                "status": "True" if ready >= self.replicas else "False",
+                "reason": "MinimumReplicasAvailable",
+                "lastUpdateTime": _ts(),
+                "lastTransitionTime": _ts(),
+            }
+        ]
         labels = {"app": self.deployment}
         template_meta: dict[str, Any] = {"labels": dict(labels)}
         if self.template_annotations:
             template_meta["annotations"] = dict(self.template_annotations)
         return {
-            "kind": "Deployment", "apiVersion": "apps/v1",
-            "metadata": {"name": self.deployment, "namespace": self.namespace, "uid": self.uid,
-                         "resourceVersion": str(1000 + self.generation), "generation": self.generation,
-                         "creationTimestamp": _ts(time.time() - 86400), "labels": labels,
-                         "annotations": {"deployment.kubernetes.io/revision": str(self.generation)}},
-            "spec": {"replicas": self.replicas, "selector": {"matchLabels": labels},
-                     "template": {"metadata": template_meta,
-                                  "spec": {"containers": [{"name": CONTAINER, "image": "ms07:1.0"}]}},
-                     "strategy": {"type": "RollingUpdate",
-                                  "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}},
-                     "revisionHistoryLimit": 10, "progressDeadlineSeconds": 600},
+            "kind": "Deployment",
+            "apiVersion": "apps/v1",
+            "metadata": {
+                "name": self.deployment,
+                "namespace": self.namespace,
+                "uid": self.uid,
+                "resourceVersion": str(1000 + self.generation),
+                "generation": self.generation,
+                "creationTimestamp": _ts(time.time() - 86400),
+                "labels": labels,
+                "annotations": {"deployment.kubernetes.io/revision": str(self.generation)},
+            },
+            "spec": {
+                "replicas": self.replicas,
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": template_meta,
+                    "spec": {"containers": [{"name": CONTAINER, "image": "ms07:1.0"}]},
+                },
+                "strategy": {
+                    "type": "RollingUpdate",
+                    "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"},
+                },
+                "revisionHistoryLimit": 10,
+                "progressDeadlineSeconds": 600,
+            },
             "status": status,
         }
 
     def _scale_json(self) -> dict[str, Any]:
         live = [p for p in self.pods.values() if p.deleting_at is None]
-        return {"kind": "Scale", "apiVersion": "autoscaling/v1",
-                "metadata": {"name": self.deployment, "namespace": self.namespace, "uid": self.uid,
-                             "resourceVersion": str(1000 + self.generation),
-                             "creationTimestamp": _ts(time.time() - 86400)},
-                "spec": {"replicas": self.replicas},
-                "status": {"replicas": len(live), "selector": f"app={self.deployment}"}}
+        return {
+            "kind": "Scale",
+            "apiVersion": "autoscaling/v1",
+            "metadata": {
+                "name": self.deployment,
+                "namespace": self.namespace,
+                "uid": self.uid,
+                "resourceVersion": str(1000 + self.generation),
+                "creationTimestamp": _ts(time.time() - 86400),
+            },
+            "spec": {"replicas": self.replicas},
+            "status": {"replicas": len(live), "selector": f"app={self.deployment}"},
+        }
 
     def _pod_json(self, pod: Pod) -> dict[str, Any]:
         now = time.monotonic()
         ready = pod.ready(now)
         state: dict[str, Any]
         if pod.waiting:
-            state = {"waiting": {"reason": pod.waiting,
-                                 "message": f"back-off restarting failed container {CONTAINER}"}}
+            state = {
+                "waiting": {
+                    "reason": pod.waiting,
+                    "message": f"back-off restarting failed container {CONTAINER}",
+                }
+            }
         else:
             state = {"running": {"startedAt": _ts(pod.created)}}
-        cstatus: dict[str, Any] = {"name": CONTAINER, "ready": ready, "restartCount": pod.restarts,
-                                   "image": "ms07:1.0", "imageID": "docker.io/library/ms07@sha256:0",
-                                   "started": pod.waiting is None, "state": state,
-                                   "lastState": {"terminated": pod.last_terminated} if pod.last_terminated else {}}
+        cstatus: dict[str, Any] = {
+            "name": CONTAINER,
+            "ready": ready,
+            "restartCount": pod.restarts,
+            "image": "ms07:1.0",
+            "imageID": "docker.io/library/ms07@sha256:0",
+            "started": pod.waiting is None,
+            "state": state,
+            "lastState": {"terminated": pod.last_terminated} if pod.last_terminated else {},
+        }
         if pod.waiting is None:
             cstatus["containerID"] = f"containerd://{pod.name}"
-        meta: dict[str, Any] = {"name": pod.name, "namespace": self.namespace, "uid": str(uuid.uuid5(uuid.NAMESPACE_DNS, pod.name)),
-                                "labels": {"app": self.deployment, "pod-template-hash": pod.template_hash},
-                                "creationTimestamp": _ts(pod.created),
-                                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
-                                                     "name": f"{self.deployment}-{pod.template_hash}",
-                                                     "uid": self.uid, "controller": True}]}
+        meta: dict[str, Any] = {
+            "name": pod.name,
+            "namespace": self.namespace,
+            "uid": str(uuid.uuid5(uuid.NAMESPACE_DNS, pod.name)),
+            "labels": {"app": self.deployment, "pod-template-hash": pod.template_hash},
+            "creationTimestamp": _ts(pod.created),
+            "ownerReferences": [
+                {
+                    "apiVersion": "apps/v1",
+                    "kind": "ReplicaSet",
+                    "name": f"{self.deployment}-{pod.template_hash}",
+                    "uid": self.uid,
+                    "controller": True,
+                }
+            ],
+        }
         if pod.deleting_at is not None:
             meta["deletionTimestamp"] = _ts()
             meta["deletionGracePeriodSeconds"] = 30
         return {
-            "kind": "Pod", "apiVersion": "v1", "metadata": meta,
-            "spec": {"containers": [{"name": CONTAINER, "image": "ms07:1.0"}], "nodeName": "node-1",
-                     "restartPolicy": "Always"},
-            "status": {"phase": "Running", "podIP": "10.0.0.1", "startTime": _ts(pod.created),
-                       "conditions": [{"type": "Ready", "status": "True" if ready else "False"},
-                                      {"type": "ContainersReady", "status": "True" if ready else "False"}],
-                       "containerStatuses": [cstatus]},
+            "kind": "Pod",
+            "apiVersion": "v1",
+            "metadata": meta,
+            "spec": {
+                "containers": [{"name": CONTAINER, "image": "ms07:1.0"}],
+                "nodeName": "node-1",
+                "restartPolicy": "Always",
+            },
+            "status": {
+                "phase": "Running",
+                "podIP": "10.0.0.1",
+                "startTime": _ts(pod.created),
+                "conditions": [
+                    {"type": "Ready", "status": "True" if ready else "False"},
+                    {"type": "ContainersReady", "status": "True" if ready else "False"},
+                ],
+                "containerStatuses": [cstatus],
+            },
         }
 
     # ------------------------------------------------------------------ HTTP
@@ -324,14 +418,23 @@ class FakeKube:
         except ValueError:
             body = raw.decode(errors="replace")
         ctype = h.headers.get("Content-Type")
-        req = Request(h.command, parts.path, parse_qs(parts.query), body, ctype, h.headers.get("Authorization"))
+        req = Request(
+            h.command,
+            parts.path,
+            parse_qs(parts.query),
+            body,
+            ctype,
+            h.headers.get("Authorization"),
+        )
         with self.lock:
             self.requests.append(req)
             self._tick()
             status, payload = self._route(req)
         data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
         h.send_response(status)
-        h.send_header("Content-Type", "text/plain" if isinstance(payload, str) else "application/json")
+        h.send_header(
+            "Content-Type", "text/plain" if isinstance(payload, str) else "application/json"
+        )
         h.send_header("Content-Length", str(len(data)))
         h.end_headers()
         h.wfile.write(data)
@@ -340,7 +443,9 @@ class FakeKube:
         ns = re.escape(self.namespace)
         dep = rf"^/apis/apps/v1/namespaces/{ns}/deployments/(?P<name>[^/]+)"
         pods = rf"^/api/v1/namespaces/{ns}/pods"
-        routes: list[tuple[str, str, str, str, Callable[[Request, dict[str, str]], tuple[int, Any]]]] = [
+        routes: list[
+            tuple[str, str, str, str, Callable[[Request, dict[str, str]], tuple[int, Any]]]
+        ] = [
             ("GET", dep + "$", "get", "deployments.apps", self._get_deployment),
             ("PATCH", dep + "$", "patch", "deployments.apps", self._patch_deployment),
             ("GET", dep + "/scale$", "get", "deployments.apps/scale", self._get_scale),
@@ -350,8 +455,13 @@ class FakeKube:
             ("GET", pods + "/(?P<name>[^/]+)$", "get", "pods", self._get_pod),
             ("DELETE", pods + "/(?P<name>[^/]+)$", "delete", "pods", self._delete_pod),
             ("GET", pods + "/(?P<name>[^/]+)/log$", "get", "pods/log", self._pod_log),
-            ("GET", rf"^/apis/metrics.k8s.io/v1beta1/namespaces/{ns}/pods$", "list",
-             "pods.metrics.k8s.io", self._metrics),
+            (
+                "GET",
+                rf"^/apis/metrics.k8s.io/v1beta1/namespaces/{ns}/pods$",
+                "list",
+                "pods.metrics.k8s.io",
+                self._metrics,
+            ),
         ]
         for method, pattern, verb, resource, handler in routes:
             m = re.match(pattern, req.path)
@@ -363,9 +473,13 @@ class FakeKube:
                         rule.times -= 1
                     return self._rule_answer(rule.status, verb, resource, m.groupdict().get("name"))
             return handler(req, m.groupdict())
-        return 404, self._status(404, "NotFound", "the server could not find the requested resource")
+        return 404, self._status(
+            404, "NotFound", "the server could not find the requested resource"
+        )
 
-    def _rule_answer(self, status: int, verb: str, resource: str, name: str | None) -> tuple[int, Any]:
+    def _rule_answer(
+        self, status: int, verb: str, resource: str, name: str | None
+    ) -> tuple[int, Any]:
         plural, _, rest = resource.partition(".")
         group, _, sub = rest.partition("/")
         if "/" in plural:
@@ -373,17 +487,31 @@ class FakeKube:
         res = f"{plural}/{sub}" if sub else plural
         obj = f'{plural}{"." + group if group else ""} "{name}" ' if name else f"{plural} "
         if status == 403:
-            msg = (f'{obj}is forbidden: User "system:serviceaccount:{self.namespace}:ms07-recover" cannot '
-                   f'{verb} resource "{res}" in API group "{group}" in the namespace "{self.namespace}"')
-            return 403, self._status(403, "Forbidden", msg, {"name": name or "", "group": group, "kind": plural})
+            msg = (
+                f'{obj}is forbidden: User "system:serviceaccount:{self.namespace}:ms07-recover" '
+                "cannot "
+                f'{verb} resource "{res}" in API group "{group}" in the namespace '
+                f'"{self.namespace}"'
+            )
+            return 403, self._status(
+                403, "Forbidden", msg, {"name": name or "", "group": group, "kind": plural}
+            )
         if status == 404:
-            return 404, self._status(404, "NotFound", f"{obj}not found", {"name": name or "", "kind": plural})
-        return status, self._status(status, "InternalError", "Internal error occurred: injected by the test")
+            return 404, self._status(
+                404, "NotFound", f"{obj}not found", {"name": name or "", "kind": plural}
+            )
+        return status, self._status(
+            status, "InternalError", "Internal error occurred: injected by the test"
+        )
 
     def _not_found(self, plural: str, group: str, name: str) -> tuple[int, Any]:
         full = f"{plural}.{group}" if group else plural
-        return 404, self._status(404, "NotFound", f'{full} "{name}" not found',
-                                 {"name": name, "group": group, "kind": plural})
+        return 404, self._status(
+            404,
+            "NotFound",
+            f'{full} "{name}" not found',
+            {"name": name, "group": group, "kind": plural},
+        )
 
     def _get_deployment(self, req: Request, m: dict[str, str]) -> tuple[int, Any]:
         if m["name"] != self.deployment:
@@ -397,9 +525,12 @@ class FakeKube:
 
     def _check_patch(self, req: Request) -> tuple[int, Any] | None:
         if req.method == "PATCH" and (req.content_type or "").split(";")[0] not in PATCH_TYPES:
-            return 415, self._status(415, "UnsupportedMediaType",
-                                     f"the body of the request was in an unknown format - accepted media "
-                                     f"types include: {', '.join(PATCH_TYPES)}")
+            return 415, self._status(
+                415,
+                "UnsupportedMediaType",
+                f"the body of the request was in an unknown format - accepted media "
+                f"types include: {', '.join(PATCH_TYPES)}",
+            )
         if not isinstance(req.body, dict):
             return 400, self._status(400, "BadRequest", "the patch is not a JSON object")
         return None
@@ -430,7 +561,9 @@ class FakeKube:
             self.replicas = spec["replicas"]
             changed = True
         annotations = ((spec.get("template") or {}).get("metadata") or {}).get("annotations") or {}
-        if annotations and any(self.template_annotations.get(k) != v for k, v in annotations.items()):
+        if annotations and any(
+            self.template_annotations.get(k) != v for k, v in annotations.items()
+        ):
             self.template_annotations.update(annotations)
             self.template_hash = uuid.uuid4().hex[:9]
             changed = True
@@ -448,8 +581,12 @@ class FakeKube:
         return list(self.pods.values())
 
     def _list_pods(self, req: Request, m: dict[str, str]) -> tuple[int, Any]:
-        return 200, {"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "5000"},
-                     "items": [self._pod_json(p) for p in self._selected(req)]}
+        return 200, {
+            "kind": "PodList",
+            "apiVersion": "v1",
+            "metadata": {"resourceVersion": "5000"},
+            "items": [self._pod_json(p) for p in self._selected(req)],
+        }
 
     def _get_pod(self, req: Request, m: dict[str, str]) -> tuple[int, Any]:
         pod = self.pods.get(m["name"])
@@ -469,13 +606,16 @@ class FakeKube:
             return self._not_found("pods", "", m["name"])
         previous = (req.query.get("previous") or ["false"])[0] == "true"
         if previous and pod.previous_logs is None:
-            return 400, self._status(400, "BadRequest",
-                                     f'previous terminated container "{CONTAINER}" in pod "{pod.name}" not found')
+            return 400, self._status(
+                400,
+                "BadRequest",
+                f'previous terminated container "{CONTAINER}" in pod "{pod.name}" not found',
+            )
         text = pod.previous_logs if previous else pod.logs
         lines = (text or "").splitlines(keepends=True)
         tail = req.query.get("tailLines")
         if tail:
-            lines = lines[-int(tail[0]):]
+            lines = lines[-int(tail[0]) :]
         out = "".join(lines)
         limit = req.query.get("limitBytes")
         if limit:
@@ -484,11 +624,29 @@ class FakeKube:
 
     def _metrics(self, req: Request, m: dict[str, str]) -> tuple[int, Any]:
         if not self.metrics_available:
-            return 404, self._status(404, "NotFound", "the server could not find the requested resource")
-        items = [{"metadata": {"name": p.name, "namespace": self.namespace, "creationTimestamp": _ts(),
-                               "labels": {"app": self.deployment}},
-                  "timestamp": _ts(), "window": "15s",
-                  "containers": [{"name": CONTAINER, "usage": {"cpu": "12m", "memory": f"{100 + i}Mi"}}]}
-                 for i, p in enumerate(self._selected(req)) if p.deleting_at is None]
-        return 200, {"kind": "PodMetricsList", "apiVersion": "metrics.k8s.io/v1beta1",
-                     "metadata": {}, "items": items}
+            return 404, self._status(
+                404, "NotFound", "the server could not find the requested resource"
+            )
+        items = [
+            {
+                "metadata": {
+                    "name": p.name,
+                    "namespace": self.namespace,
+                    "creationTimestamp": _ts(),
+                    "labels": {"app": self.deployment},
+                },
+                "timestamp": _ts(),
+                "window": "15s",
+                "containers": [
+                    {"name": CONTAINER, "usage": {"cpu": "12m", "memory": f"{100 + i}Mi"}}
+                ],
+            }
+            for i, p in enumerate(self._selected(req))
+            if p.deleting_at is None
+        ]
+        return 200, {
+            "kind": "PodMetricsList",
+            "apiVersion": "metrics.k8s.io/v1beta1",
+            "metadata": {},
+            "items": items,
+        }

@@ -14,32 +14,66 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
 from ms07.cli import common
 from ms07.errors import UsageError
 
-app = typer.Typer(help="Recovery procedures as reviewed, verified, audited plans.", no_args_is_help=True)
+app = typer.Typer(
+    help="Recovery procedures as reviewed, verified, audited plans.", no_args_is_help=True
+)
 
-DRY_RUN = typer.Option(False, "--dry-run", help="Print the plan and check its preconditions; change nothing.")
-YES = typer.Option(False, "--yes", "-y", help="Run without asking (unattended).")
-FROM_STEP = typer.Option(1, "--from-step", min=1, help="Start at step N (the resume command sets it).")
-PLAN_ID = typer.Option(None, "--plan-id", help="Continue the audit trail of an earlier run (set by the resume command).")
-JSON = typer.Option(False, "--json", help="Print the result as JSON (needs --dry-run or --yes).")
-NAMESPACE = typer.Option(None, "--namespace", "-n", help="Kubernetes namespace [env: MS07_K8S_NAMESPACE]")
-DEPLOYMENT = typer.Option(None, "--deployment", help="Deployment name [env: MS07_K8S_DEPLOYMENT]")
-SELECTOR = typer.Option(None, "--selector", "-l", help="Pod label selector (default app=<deployment>) "
-                        "[env: MS07_K8S_LABEL_SELECTOR]")
-KUBECONFIG = typer.Option(None, "--kubeconfig", help="kubeconfig file (default: in-cluster, else "
-                          "~/.kube/config) [env: KUBECONFIG]")
-CONTEXT = typer.Option(None, "--context", help="kubeconfig context")
-TIMEOUT = typer.Option(300.0, "--timeout", min=1, help="Seconds each Kubernetes wait may take.")
+DryRun = Annotated[
+    bool, typer.Option("--dry-run", help="Print the plan, check its preconditions; change nothing.")
+]
+Yes = Annotated[bool, typer.Option("--yes", "-y", help="Run without asking (unattended).")]
+FromStep = Annotated[
+    int, typer.Option("--from-step", min=1, help="Start at step N (the resume command sets it).")
+]
+PlanId = Annotated[
+    str | None,
+    typer.Option("--plan-id", help="Continue an earlier run's audit trail (set by the resume)."),
+]
+Json = Annotated[
+    bool, typer.Option("--json", help="Print the result as JSON (needs --dry-run or --yes).")
+]
+Namespace = Annotated[
+    str | None,
+    typer.Option("--namespace", "-n", help="Kubernetes namespace \\[env: MS07_K8S_NAMESPACE]"),
+]
+Deployment = Annotated[
+    str | None,
+    typer.Option("--deployment", help="Deployment name \\[env: MS07_K8S_DEPLOYMENT]"),
+]
+Selector = Annotated[
+    str | None,
+    typer.Option(
+        "--selector",
+        "-l",
+        help="Pod label selector, default app=<deployment> \\[env: MS07_K8S_LABEL_SELECTOR]",
+    ),
+]
+Kubeconfig = Annotated[
+    str | None,
+    typer.Option(
+        "--kubeconfig", help="Default: in-cluster, else ~/.kube/config \\[env: KUBECONFIG]"
+    ),
+]
+KubeContext = Annotated[
+    str | None,
+    typer.Option("--context", help="kubeconfig context"),
+]
+Timeout = Annotated[
+    float, typer.Option("--timeout", min=1, help="Seconds each Kubernetes wait may take.")
+]
 
 
 @dataclass
 class Run:
+    """The options every recover command shares, and what a resume must repeat of them."""
+
     dry_run: bool
     yes: bool
     from_step: int
@@ -48,26 +82,45 @@ class Run:
     args: list[str] = field(default_factory=list)
     kube: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def of(cls, options: dict[str, Any]) -> Run:
+        """From a command's parameters (its ``locals()``)."""
+        kube = {
+            "namespace": options.get("namespace"),
+            "deployment": options.get("deployment"),
+            "label_selector": options.get("selector"),
+            "kubeconfig": options.get("kubeconfig"),
+            "context": options.get("context"),
+        }
+        args = _args(
+            ("--namespace", kube["namespace"], None),
+            ("--deployment", kube["deployment"], None),
+            ("--selector", kube["label_selector"], None),
+            ("--kubeconfig", kube["kubeconfig"], None),
+            ("--context", kube["context"], None),
+            ("--timeout", options.get("timeout"), 300.0),
+        )
+        return cls(
+            options["dry_run"],
+            options["yes"],
+            options["from_step"],
+            options["plan_id"],
+            options["as_json"],
+            args,
+            {k: v for k, v in kube.items() if v},
+        )
+
 
 def _args(*pairs: tuple[str, Any, Any]) -> list[str]:
     """The options the operator set (value differs from the default), for the resume command."""
     out: list[str] = []
     for name, value, default in pairs:
         for v in value if isinstance(value, list) else [value]:
-            if v is not None and v != default:
+            if v is True:
+                out.append(name)
+            elif v is not None and v is not False and v != default:
                 out += [name, f"{v:g}" if isinstance(v, float) else str(v)]
     return out
-
-
-def _run(dry_run: bool, yes: bool, from_step: int, plan_id: str | None, as_json: bool,
-         namespace: str | None = None, deployment: str | None = None, selector: str | None = None,
-         kubeconfig: str | None = None, context: str | None = None, timeout: float = 300.0) -> Run:
-    kube = {"namespace": namespace, "deployment": deployment, "label_selector": selector,
-            "kubeconfig": kubeconfig, "context": context}
-    args = _args(("--namespace", namespace, None), ("--deployment", deployment, None),
-                 ("--selector", selector, None), ("--kubeconfig", kubeconfig, None),
-                 ("--context", context, None), ("--timeout", timeout, 300.0))
-    return Run(dry_run, yes, from_step, plan_id, as_json, args, {k: v for k, v in kube.items() if v})
 
 
 def _drive(ctx: typer.Context, run: Run, build: Callable[[Any, list[str]], Any]) -> None:
@@ -87,7 +140,9 @@ def _drive(ctx: typer.Context, run: Run, build: Callable[[Any, list[str]], Any])
     live: list[Any] = []
 
     async def phase(dry: bool, fn: Callable[[Any], Any]) -> Any:
-        async with P.PlanContext(st.settings, kube_options=run.kube, reporter=reporter, dry_run=dry) as pctx:
+        async with P.PlanContext(
+            st.settings, kube_options=run.kube, reporter=reporter, dry_run=dry
+        ) as pctx:
             pctx.plan_id = run.plan_id or ""
             live.append(pctx)
             return await fn(pctx)
@@ -103,7 +158,9 @@ def _drive(ctx: typer.Context, run: Run, build: Callable[[Any, list[str]], Any])
     if not run.as_json:
         render.plan_table(console, shown, plan.summary)
     if shown.status == "blocked":
-        st.err.print(f"[bold red]not run:[/] {shown.message}", highlight=False, markup=True)
+        from rich.text import Text
+
+        st.err.print(Text.assemble(("not run: ", "bold red"), shown.message))
         raise typer.Exit(1)
     if run.dry_run:
         console.print("dry run: nothing was changed.")
@@ -112,19 +169,25 @@ def _drive(ctx: typer.Context, run: Run, build: Callable[[Any, list[str]], Any])
         from rich.prompt import Confirm
 
         try:
-            confirmed = Confirm.ask(f"Run these {len(plan.steps) - run.from_step + 1} steps?", default=False,
-                                    console=console)
+            confirmed = Confirm.ask(
+                f"Run these {len(plan.steps) - run.from_step + 1} steps?",
+                default=False,
+                console=console,
+            )
         except (EOFError, KeyboardInterrupt):
             confirmed = False
         if not confirmed:
             console.print("not confirmed: nothing was done.")
             raise typer.Exit(1)
     try:
-        result = asyncio.run(phase(False, lambda c: P.execute(plan, c, from_step=run.from_step,
-                                                                plan_id=run.plan_id)))
+        result = asyncio.run(
+            phase(False, lambda c: P.execute(plan, c, from_step=run.from_step, plan_id=run.plan_id))
+        )
     except KeyboardInterrupt:
         if run.as_json and live:
-            common.print_json({"plan": plan.name, "plan_id": live[-1].plan_id, "status": "interrupted"})
+            common.print_json(
+                {"plan": plan.name, "plan_id": live[-1].plan_id, "status": "interrupted"}
+            )
         raise typer.Exit(130) from None
     if run.as_json:
         common.print_json(result.to_dict())
@@ -136,46 +199,85 @@ def _drive(ctx: typer.Context, run: Run, build: Callable[[Any, list[str]], Any])
 @app.command("queue-full")
 def queue_full(
     ctx: typer.Context,
-    replicas: int = typer.Option(None, "--replicas", min=0, help="Scale back to N (default: the count before)."),
-    backup: Path = typer.Option(None, "--backup", help="Backup file (default: MS07_STATE_DIR/backups/queue-<time>.jsonl)."),
-    watch_seconds: float = typer.Option(60.0, "--watch-seconds", min=0, help="Watch the depth this long (0: skip)."),
-    idle_seconds: float = typer.Option(5.0, "--idle-seconds", min=0.1,
-                                       help="A consumer without a heartbeat idle this long has stopped."),
-    consumer_timeout: float = typer.Option(180.0, "--consumer-timeout", min=1,
-                                           help="How long to wait for the consumers to stop."),
-    dry_run: bool = DRY_RUN, yes: bool = YES, from_step: int = FROM_STEP, plan_id: str = PLAN_ID,
-    as_json: bool = JSON, namespace: str = NAMESPACE, deployment: str = DEPLOYMENT, selector: str = SELECTOR,
-    kubeconfig: str = KUBECONFIG, context: str = CONTEXT, timeout: float = TIMEOUT,
+    replicas: Annotated[
+        int | None,
+        typer.Option("--replicas", min=0, help="Scale back to N (default: the count before)."),
+    ] = None,
+    backup: Annotated[
+        Path | None,
+        typer.Option(
+            "--backup", help="Backup file (default: STATE_DIR/backups/queue-<time>.jsonl)."
+        ),
+    ] = None,
+    watch_seconds: Annotated[
+        float, typer.Option("--watch-seconds", min=0, help="Watch the depth this long (0: skip).")
+    ] = 60.0,
+    idle_seconds: Annotated[
+        float,
+        typer.Option("--idle-seconds", min=0.1, help="Idle this long without heartbeat: stopped."),
+    ] = 5.0,
+    consumer_timeout: Annotated[
+        float, typer.Option("--consumer-timeout", min=1, help="Wait this long for them to stop.")
+    ] = 180.0,
+    dry_run: DryRun = False,
+    yes: Yes = False,
+    from_step: FromStep = 1,
+    plan_id: PlanId = None,
+    as_json: Json = False,
+    namespace: Namespace = None,
+    deployment: Deployment = None,
+    selector: Selector = None,
+    kubeconfig: Kubeconfig = None,
+    context: KubeContext = None,
+    timeout: Timeout = 300.0,
 ) -> None:
-    """Queue full: scale to 0, back up every entry (verified), clear exactly those, scale back, watch.
+    """Queue full: scale to 0, back up every entry (verified), clear exactly those, scale back.
 
-    `ms07 queue restore FILE` puts the backed-up entries back."""
+    Then watch the depth. `ms07 queue restore FILE` puts the backed-up entries back."""
     from ms07.recover import queue_full as proc
 
-    run = _run(dry_run, yes, from_step, plan_id, as_json, namespace, deployment, selector, kubeconfig, context,
-               timeout)
-    opts = proc.Options(replicas, str(backup) if backup else None, watch_seconds, idle_seconds,
-                        consumer_timeout, timeout)
-    extra = _args(("--replicas", replicas, None), ("--backup", backup, None), ("--watch-seconds", watch_seconds, 60.0),
-                  ("--idle-seconds", idle_seconds, 5.0), ("--consumer-timeout", consumer_timeout, 180.0))
+    run = Run.of(locals())
+    path = str(backup) if backup else None
+    opts = proc.Options(replicas, path, watch_seconds, idle_seconds, consumer_timeout, timeout)
+    extra = _args(
+        ("--replicas", replicas, None),
+        ("--backup", path, None),
+        ("--watch-seconds", watch_seconds, 60.0),
+        ("--idle-seconds", idle_seconds, 5.0),
+        ("--consumer-timeout", consumer_timeout, 180.0),
+    )
     _drive(ctx, run, lambda s, a: proc.build(s, opts, extra + a))
 
 
 @app.command("db-connection")
 def db_connection(
     ctx: typer.Context,
-    health_url: str = typer.Option(None, "--health-url", help="The engine's /health/ready URL [env: MS07_HEALTH_URL]"),
-    health_timeout: float = typer.Option(120.0, "--health-timeout", min=1, help="How long to wait for healthy."),
-    dry_run: bool = DRY_RUN, yes: bool = YES, from_step: int = FROM_STEP, plan_id: str = PLAN_ID,
-    as_json: bool = JSON, namespace: str = NAMESPACE, deployment: str = DEPLOYMENT, selector: str = SELECTOR,
-    kubeconfig: str = KUBECONFIG, context: str = CONTEXT, timeout: float = TIMEOUT,
+    health_url: Annotated[
+        str | None,
+        typer.Option(
+            "--health-url", help="The engine's /health/ready URL \\[env: MS07_HEALTH_URL]"
+        ),
+    ] = None,
+    health_timeout: Annotated[
+        float, typer.Option("--health-timeout", min=1, help="How long to wait for healthy.")
+    ] = 120.0,
+    dry_run: DryRun = False,
+    yes: Yes = False,
+    from_step: FromStep = 1,
+    plan_id: PlanId = None,
+    as_json: Json = False,
+    namespace: Namespace = None,
+    deployment: Deployment = None,
+    selector: Selector = None,
+    kubeconfig: Kubeconfig = None,
+    context: KubeContext = None,
+    timeout: Timeout = 300.0,
 ) -> None:
-    """Database connection lost: SELECT 1 timed, primary or standby, replication, then a rollout
-    restart and a wait for Ready pods and a healthy /health/ready."""
+    """Database connection lost: SELECT 1 timed, primary or standby, replication, then a
+    rollout restart and a wait for Ready pods and a healthy /health/ready."""
     from ms07.recover import db_connection as proc
 
-    run = _run(dry_run, yes, from_step, plan_id, as_json, namespace, deployment, selector, kubeconfig, context,
-               timeout)
+    run = Run.of(locals())
     opts = proc.Options(health_url, health_timeout, timeout)
     extra = _args(("--health-url", health_url, None), ("--health-timeout", health_timeout, 120.0))
     _drive(ctx, run, lambda s, a: proc.build(s, opts, extra + a))
@@ -184,18 +286,30 @@ def db_connection(
 @app.command("worker-crash")
 def worker_crash(
     ctx: typer.Context,
-    pod: list[str] = typer.Option(None, "--pod", help="Pod to replace (repeatable; default: every crashed pod)."),
-    lines: int = typer.Option(50, "--lines", min=1, max=5000, help="Previous-log lines to show per pod."),
-    dry_run: bool = DRY_RUN, yes: bool = YES, from_step: int = FROM_STEP, plan_id: str = PLAN_ID,
-    as_json: bool = JSON, namespace: str = NAMESPACE, deployment: str = DEPLOYMENT, selector: str = SELECTOR,
-    kubeconfig: str = KUBECONFIG, context: str = CONTEXT, timeout: float = TIMEOUT,
+    pod: Annotated[
+        list[str] | None,
+        typer.Option("--pod", help="Pod to replace (repeatable; default: every crashed pod)."),
+    ] = None,
+    lines: Annotated[
+        int, typer.Option("--lines", min=1, max=5000, help="Previous-log lines to show per pod.")
+    ] = 50,
+    dry_run: DryRun = False,
+    yes: Yes = False,
+    from_step: FromStep = 1,
+    plan_id: PlanId = None,
+    as_json: Json = False,
+    namespace: Namespace = None,
+    deployment: Deployment = None,
+    selector: Selector = None,
+    kubeconfig: Kubeconfig = None,
+    context: KubeContext = None,
+    timeout: Timeout = 300.0,
 ) -> None:
-    """Worker crash: pods with status and restarts, the crashed ones' previous logs, delete them
-    and wait for Ready replacements, show the new pods' first log lines."""
+    """Worker crash: pods with status and restarts, the crashed ones' previous logs, delete
+    them one by one and wait for Ready replacements, show the new pods' first log lines."""
     from ms07.recover import worker_crash as proc
 
-    run = _run(dry_run, yes, from_step, plan_id, as_json, namespace, deployment, selector, kubeconfig, context,
-               timeout)
+    run = Run.of(locals())
     opts = proc.Options(list(pod or []), lines, timeout)
     extra = _args(("--pod", list(pod or []), None), ("--lines", lines, 50))
     _drive(ctx, run, lambda s, a: proc.build(s, opts, extra + a))
@@ -204,39 +318,55 @@ def worker_crash(
 @app.command("reclaim-pending")
 def reclaim_pending(
     ctx: typer.Context,
-    to: str = typer.Option(None, "--to", help="Give the entries to this live consumer (default: any live one)."),
-    requeue: bool = typer.Option(False, "--requeue", help="Put the entries back into the stream even if a "
-                                 "consumer is live."),
-    min_idle_ms: int = typer.Option(1000, "--min-idle-ms", min=0, help="Leave entries touched more recently."),
-    dry_run: bool = DRY_RUN, yes: bool = YES, from_step: int = FROM_STEP, plan_id: str = PLAN_ID,
-    as_json: bool = JSON,
+    to: Annotated[
+        str | None,
+        typer.Option(
+            "--to", help="Give the entries to this live consumer (default: any live one)."
+        ),
+    ] = None,
+    requeue: Annotated[
+        bool, typer.Option("--requeue", help="Back into the stream even if a consumer is live.")
+    ] = False,
+    min_idle_ms: Annotated[
+        int, typer.Option("--min-idle-ms", min=0, help="Leave entries touched more recently.")
+    ] = 1000,
+    dry_run: DryRun = False,
+    yes: Yes = False,
+    from_step: FromStep = 1,
+    plan_id: PlanId = None,
+    as_json: Json = False,
 ) -> None:
-    """Pending entries of dead consumers (no heartbeat): hand them to a live consumer or put them
-    back into the stream, then remove the dead consumers once they hold nothing."""
+    """Pending entries of dead consumers (no heartbeat): hand them to a live consumer or put
+    them back into the stream, then remove the dead consumers once they hold nothing."""
     from ms07.recover import reclaim as proc
 
     if to and requeue:
         raise UsageError("--to and --requeue exclude each other")
-    run = _run(dry_run, yes, from_step, plan_id, as_json)
+    run = Run.of(locals())
     opts = proc.Options(to, requeue, min_idle_ms)
-    extra = _args(("--to", to, None), ("--requeue", "" if requeue else None, None),
-                  ("--min-idle-ms", min_idle_ms, 1000))
-    extra = [a for a in extra if a != ""]
+    extra = _args(
+        ("--to", to, None), ("--requeue", requeue, None), ("--min-idle-ms", min_idle_ms, 1000)
+    )
     _drive(ctx, run, lambda s, a: proc.build(s, opts, extra + a))
 
 
 @app.command("requeue-from-db")
 def requeue_from_db(
     ctx: typer.Context,
-    older_than: float = typer.Option(30.0, "--older-than", min=0,
-                                     help="Only jobs untouched this many seconds (grace for in-flight enqueues)."),
-    dry_run: bool = DRY_RUN, yes: bool = YES, from_step: int = FROM_STEP, plan_id: str = PLAN_ID,
-    as_json: bool = JSON,
+    older_than: Annotated[
+        float,
+        typer.Option("--older-than", min=0, help="Only jobs untouched this many seconds (grace)."),
+    ] = 30.0,
+    dry_run: DryRun = False,
+    yes: Yes = False,
+    from_step: FromStep = 1,
+    plan_id: PlanId = None,
+    as_json: Json = False,
 ) -> None:
     """Enqueue again every job PostgreSQL holds as queued/retrying/processing that Redis lost."""
     from ms07.recover import requeue as proc
 
-    run = _run(dry_run, yes, from_step, plan_id, as_json)
+    run = Run.of(locals())
     opts = proc.Options(older_than)
     extra = _args(("--older-than", older_than, 30.0))
     _drive(ctx, run, lambda s, a: proc.build(s, opts, extra + a))
@@ -245,18 +375,27 @@ def requeue_from_db(
 @app.command("scale")
 def scale(
     ctx: typer.Context,
-    replicas: int = typer.Option(..., "--replicas", min=0, help="The replica count to scale to."),
-    consumers_timeout: float = typer.Option(60.0, "--consumers-timeout", min=0,
-                                            help="How long to wait for consumers to join (0: skip)."),
-    dry_run: bool = DRY_RUN, yes: bool = YES, from_step: int = FROM_STEP, plan_id: str = PLAN_ID,
-    as_json: bool = JSON, namespace: str = NAMESPACE, deployment: str = DEPLOYMENT, selector: str = SELECTOR,
-    kubeconfig: str = KUBECONFIG, context: str = CONTEXT, timeout: float = TIMEOUT,
+    replicas: Annotated[int, typer.Option("--replicas", min=0, help="The replica count to reach.")],
+    consumers_timeout: Annotated[
+        float,
+        typer.Option("--consumers-timeout", min=0, help="Wait this long for consumers (0: skip)."),
+    ] = 60.0,
+    dry_run: DryRun = False,
+    yes: Yes = False,
+    from_step: FromStep = 1,
+    plan_id: PlanId = None,
+    as_json: Json = False,
+    namespace: Namespace = None,
+    deployment: Deployment = None,
+    selector: Selector = None,
+    kubeconfig: Kubeconfig = None,
+    context: KubeContext = None,
+    timeout: Timeout = 300.0,
 ) -> None:
-    """Scale the workers horizontally: current -> N, wait for Ready, watch consumers join the group."""
+    """Scale the workers horizontally: current -> N, wait for Ready, watch consumers join."""
     from ms07.recover import scale as proc
 
-    run = _run(dry_run, yes, from_step, plan_id, as_json, namespace, deployment, selector, kubeconfig, context,
-               timeout)
+    run = Run.of(locals())
     opts = proc.Options(replicas, consumers_timeout, timeout)
-    extra = ["--replicas", str(replicas)] + _args(("--consumers-timeout", consumers_timeout, 60.0))
+    extra = ["--replicas", str(replicas), *_args(("--consumers-timeout", consumers_timeout, 60.0))]
     _drive(ctx, run, lambda s, a: proc.build(s, opts, extra + a))

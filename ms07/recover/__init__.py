@@ -41,7 +41,9 @@ def build(name: str, settings: Settings, **options: Any) -> Plan:
     known = {f.name for f in dataclasses.fields(module.Options)}
     unknown = sorted(set(options) - known)
     if unknown:
-        raise UsageError(f"recover {name}: unknown option {unknown[0]!r}; known: {', '.join(sorted(known))}")
+        raise UsageError(
+            f"recover {name}: unknown option {unknown[0]!r}; known: {', '.join(sorted(known))}"
+        )
     try:
         opts = module.Options(**options)
     except TypeError as exc:
@@ -49,9 +51,18 @@ def build(name: str, settings: Settings, **options: Any) -> Plan:
     return module.build(settings, opts)
 
 
-async def run(name: str, settings: Settings, *, dry_run: bool = False, yes: bool = False,
-              from_step: int = 1, plan_id: str | None = None, reporter: Reporter | None = None,
-              kube_options: dict[str, Any] | None = None, **options: Any) -> PlanResult:
+async def run(
+    name: str,
+    settings: Settings,
+    *,
+    dry_run: bool = False,
+    yes: bool = False,
+    from_step: int = 1,
+    plan_id: str | None = None,
+    reporter: Reporter | None = None,
+    kube_options: dict[str, Any] | None = None,
+    **options: Any,
+) -> PlanResult:
     """Build and run a procedure unattended; returns the structured :class:`PlanResult`."""
     from ms07.recover.plan import PlanContext
     from ms07.recover.plan import run as run_plan
@@ -59,5 +70,9 @@ async def run(name: str, settings: Settings, *, dry_run: bool = False, yes: bool
     if not (dry_run or yes):
         raise UsageError(f"recover {name}: pass dry_run=True or yes=True (nobody can be asked)")
     plan = build(name, settings, **options)
-    async with PlanContext(settings, kube_options=kube_options, reporter=reporter, dry_run=dry_run) as ctx:
-        return await run_plan(plan, ctx, dry_run=dry_run, yes=yes, from_step=from_step, plan_id=plan_id)
+    async with PlanContext(
+        settings, kube_options=kube_options, reporter=reporter, dry_run=dry_run
+    ) as ctx:
+        return await run_plan(
+            plan, ctx, dry_run=dry_run, yes=yes, from_step=from_step, plan_id=plan_id
+        )

@@ -66,8 +66,14 @@ class AuditTrail:
             return f"not recorded in recovery_audit: {self.db_error}"
         return f"{self.db_rows} rows in recovery_audit"
 
-    async def write(self, step_index: int | None, step: str, command: str | None, outcome: str,
-                    detail: dict[str, Any]) -> None:
+    async def write(
+        self,
+        step_index: int | None,
+        step: str,
+        command: str | None,
+        outcome: str,
+        detail: dict[str, Any],
+    ) -> None:
         detail = _scrub(detail)
         command = logs.redact(command) if command else command
         in_db = await self._db(step_index, step, command, outcome, detail)
@@ -94,20 +100,36 @@ class AuditTrail:
                 raise AuditError(
                     f"cannot audit: {self.path}: {exc.strerror}; and PostgreSQL: {self.db_error}"
                 ) from None
-            self.ctx.reporter.info(f"audit file {self.path} not writable ({exc.strerror}); "
-                                   "recorded in recovery_audit only")
+            self.ctx.reporter.info(
+                f"audit file {self.path} not writable ({exc.strerror}); "
+                "recorded in recovery_audit only"
+            )
 
-    async def _db(self, step_index: int | None, step: str, command: str | None, outcome: str,
-                  detail: dict[str, Any]) -> bool:
+    async def _db(
+        self,
+        step_index: int | None,
+        step: str,
+        command: str | None,
+        outcome: str,
+        detail: dict[str, Any],
+    ) -> bool:
         if self.db_error is not None:
             return False
         from ms07.store import audit
 
         async def insert() -> None:
             async with self.ctx.runtime.connection() as conn:
-                await audit.record(conn, operator=self.operator, plan_id=self.ctx.plan_id, plan=self.plan,
-                                   step=step, outcome=outcome, step_index=step_index, command=command,
-                                   detail=detail)
+                await audit.record(
+                    conn,
+                    operator=self.operator,
+                    plan_id=self.ctx.plan_id,
+                    plan=self.plan,
+                    step=step,
+                    outcome=outcome,
+                    step_index=step_index,
+                    command=command,
+                    detail=detail,
+                )
 
         try:
             await asyncio.wait_for(insert(), DB_TIMEOUT)
@@ -116,8 +138,9 @@ class AuditTrail:
         except Exception as exc:  # PostgreSQL down is exactly when db-connection runs
             text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             self.db_error = logs.redact(text)[:200]
-            self.ctx.reporter.info(f"audit: PostgreSQL unavailable ({self.db_error}); "
-                                   f"recording in {self.path} only")
+            self.ctx.reporter.info(
+                f"audit: PostgreSQL unavailable ({self.db_error}); recording in {self.path} only"
+            )
             return False
         self.db_rows += 1
         return True

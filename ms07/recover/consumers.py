@@ -55,7 +55,7 @@ class Activity:
 async def heartbeats(redis: Any) -> list[str]:
     found = []
     async for key in redis.scan_iter(match=keys.HEARTBEAT_PATTERN, count=500):
-        found.append(key[len(keys.heartbeat("")):])
+        found.append(key[len(keys.heartbeat("")) :])
     return sorted(found)
 
 
@@ -72,8 +72,16 @@ async def activity(redis: Any, priorities: list[str], idle_threshold_ms: int) ->
             name = row["name"]
             idle = int(row.get("idle", 0))
             has_beat = name in alive
-            out.consumers.append(Consumer(q, name, int(row.get("pending", 0)), idle, has_beat,
-                                          has_beat or idle < idle_threshold_ms))
+            out.consumers.append(
+                Consumer(
+                    q,
+                    name,
+                    int(row.get("pending", 0)),
+                    idle,
+                    has_beat,
+                    has_beat or idle < idle_threshold_ms,
+                )
+            )
     return out
 
 

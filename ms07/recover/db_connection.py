@@ -19,10 +19,11 @@ from ms07.recover.plan import Check, Outcome, Plan, PlanContext, Step, StepFaile
 
 PSQL = 'psql "$MS07_DATABASE_URL"'
 DEGRADED_GRACE = 20.0
-_REPLICATION = """SELECT application_name, client_addr::text, state, sync_state,
-                         EXTRACT(EPOCH FROM replay_lag)::float AS replay_lag_seconds,
-                         pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint AS replay_lag_bytes
-                    FROM pg_stat_replication ORDER BY application_name"""
+_REPLICATION = """
+SELECT application_name, client_addr::text, state, sync_state,
+       EXTRACT(EPOCH FROM replay_lag)::float AS replay_lag_seconds,
+       pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint AS replay_lag_bytes
+  FROM pg_stat_replication ORDER BY application_name"""
 _STANDBY = """SELECT pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text,
                      EXTRACT(EPOCH FROM (now() - pg_last_xact_replay_timestamp()))::float"""
 
@@ -49,12 +50,12 @@ def url_hosts(url: str) -> list[str]:
     return [f"{h}:{p}" for h, p in zip(hosts, ports, strict=False)]
 
 
-async def probe(url: str, timeout: float = 5.0) -> dict[str, Any]:
+async def probe(url: str, connect_within: float = 5.0) -> dict[str, Any]:
     """Connect, time ``SELECT 1``, and say who answered and in which role."""
     from ms07.store import db
 
     t0 = time.perf_counter()
-    conn = await db.connect(url, timeout=timeout, autocommit=True)
+    conn = await db.connect(url, timeout=connect_within, autocommit=True)
     connect_ms = (time.perf_counter() - t0) * 1000
     try:
         t1 = time.perf_counter()
@@ -63,14 +64,22 @@ async def probe(url: str, timeout: float = 5.0) -> dict[str, Any]:
         row = await (await conn.execute("SELECT pg_is_in_recovery()")).fetchone()
         in_recovery = bool(row[0]) if row else False
         info: dict[str, Any] = {
-            "connect_ms": round(connect_ms, 2), "select_ms": round(select_ms, 2),
-            "host": conn.info.host, "port": conn.info.port, "in_recovery": in_recovery,
+            "connect_ms": round(connect_ms, 2),
+            "select_ms": round(select_ms, 2),
+            "host": conn.info.host,
+            "port": conn.info.port,
+            "in_recovery": in_recovery,
             "role": "standby" if in_recovery else "primary",
-            "server_version": conn.info.server_version, "url_hosts": url_hosts(url),
+            "server_version": conn.info.server_version,
+            "url_hosts": url_hosts(url),
         }
         if in_recovery:
             row = await (await conn.execute(_STANDBY)).fetchone()
-            info["standby"] = {"receive_lsn": row[0], "replay_lsn": row[1], "replay_delay_seconds": row[2]} if row else {}
+            info["standby"] = (
+                {"receive_lsn": row[0], "replay_lsn": row[1], "replay_delay_seconds": row[2]}
+                if row
+                else {}
+            )
         else:
             cur = await conn.execute(_REPLICATION)
             cols = [c.name for c in cur.description or []]
@@ -100,13 +109,18 @@ def build(settings: Settings, opts: Options, args: list[str] | None = None) -> P
         try:
             info = await probe(url)
         except Exception as exc:
-            raise StepFailed(f"{exc}; a rollout restart cannot help until PostgreSQL answers") from None
+            raise StepFailed(
+                f"{exc}; a rollout restart cannot help until PostgreSQL answers"
+            ) from None
         ctx.facts["db"] = info
         hosts = info["url_hosts"]
         listed = f"; the URL lists {len(hosts)} hosts: {', '.join(hosts)}" if len(hosts) > 1 else ""
-        return Outcome(f"SELECT 1 in {info['select_ms']:.1f} ms (connect {info['connect_ms']:.1f} ms), answered by "
-                       f"{info['host']}:{info['port']} as {info['role']}, PostgreSQL "
-                       f"{_version(info['server_version'])}{listed}", detail={"database": info})
+        return Outcome(
+            f"SELECT 1 in {info['select_ms']:.1f} ms (connect {info['connect_ms']:.1f} ms), "
+            f"answered by {info['host']}:{info['port']} as {info['role']}, PostgreSQL "
+            f"{_version(info['server_version'])}{listed}",
+            detail={"database": info},
+        )
 
     # ---------------------------------------------------------------- 2 role, replication
 
@@ -115,20 +129,37 @@ def build(settings: Settings, opts: Options, args: list[str] | None = None) -> P
         where = f"{info['host']}:{info['port']}"
         if info["in_recovery"]:
             raise StepFailed(
-                f"{where} answered as a standby (pg_is_in_recovery() is true): the engine needs the primary. "
-                "After a failover, point MS07_DATABASE_URL at the new primary, or list every host with "
-                "target_session_attrs=read-write")
+                f"{where} answered as a standby (pg_is_in_recovery() is true): the engine needs "
+                "the primary. "
+                "After a failover, point MS07_DATABASE_URL at the new primary, or list every host "
+                "with target_session_attrs=read-write"
+            )
         rows = info.get("replication") or []
         if not rows:
-            return Outcome(f"{where} is the primary; no standby is connected (pg_stat_replication is empty)",
-                           detail={"standbys": []})
-        ctx.reporter.table("pg_stat_replication", ["standby", "client", "state", "sync", "replay lag (s)",
-                                                   "replay lag (bytes)"],
-                           [[r["application_name"], r["client_addr"], r["state"], r["sync_state"],
-                             r["replay_lag_seconds"], r["replay_lag_bytes"]] for r in rows])
+            return Outcome(
+                f"{where} is the primary; no standby is connected (pg_stat_replication is empty)",
+                detail={"standbys": []},
+            )
+        ctx.reporter.table(
+            "pg_stat_replication",
+            ["standby", "client", "state", "sync", "replay lag (s)", "replay lag (bytes)"],
+            [
+                [
+                    r["application_name"],
+                    r["client_addr"],
+                    r["state"],
+                    r["sync_state"],
+                    r["replay_lag_seconds"],
+                    r["replay_lag_bytes"],
+                ]
+                for r in rows
+            ],
+        )
         worst = max((r["replay_lag_bytes"] or 0) for r in rows)
-        return Outcome(f"{where} is the primary with {len(rows)} standby(s); largest replay lag {worst} bytes",
-                       detail={"standbys": rows})
+        return Outcome(
+            f"{where} is the primary with {len(rows)} standby(s); largest replay lag {worst} bytes",
+            detail={"standbys": rows},
+        )
 
     # ---------------------------------------------------------------- 3 rollout restart
 
@@ -156,12 +187,16 @@ def build(settings: Settings, opts: Options, args: list[str] | None = None) -> P
 
     async def health_known(ctx: PlanContext) -> Check:
         if not health_url:
-            return Check.passed("no health URL (MS07_HEALTH_URL / --health-url): this step will be skipped")
+            return Check.passed(
+                "no health URL (MS07_HEALTH_URL / --health-url): this step will be skipped"
+            )
         return Check.passed(f"will poll {health_url}")
 
     async def healthy(ctx: PlanContext) -> Outcome:
         if not health_url:
-            return Outcome("no health URL configured (set MS07_HEALTH_URL or --health-url)", "skipped")
+            return Outcome(
+                "no health URL configured (set MS07_HEALTH_URL or --health-url)", "skipped"
+            )
         return await wait_healthy(health_url, ctx.settings.api_token(), opts.health_timeout)
 
     return Plan(
@@ -170,34 +205,57 @@ def build(settings: Settings, opts: Options, args: list[str] | None = None) -> P
         cli="ms07 recover db-connection",
         args=list(args or []),
         steps=[
-            Step("Check that PostgreSQL answers (SELECT 1, timed) and who answered",
-                 f"{PSQL} -c '\\timing on' -c 'SELECT 1' -c 'SELECT inet_server_addr(), inet_server_port(), "
-                 "pg_is_in_recovery()'", select_one, has_url, changes=False,
-                 if_interrupted="nothing was changed"),
-            Step("Check the server is the primary and its replication",
-                 f"{PSQL} -c 'SELECT pg_is_in_recovery()' -c 'SELECT application_name, client_addr, state, "
-                 "sync_state, replay_lag FROM pg_stat_replication'", replication, changes=False,
-                 if_interrupted="nothing was changed"),
-            Step("Rollout restart the deployment so every pod reconnects",
-                 lambda c: f"kubectl rollout restart {ns(c)} && kubectl rollout status {ns(c)} "
-                           f"--timeout={opts.timeout:g}s",
-                 restart, deployment_ok, restarted,
-                 if_interrupted="the rollout may be under way; the Deployment controller finishes it "
-                                "(kubectl rollout status shows it)"),
-            Step("Wait until /health/ready reports healthy",
-                 f'curl -fsS -H "Authorization: Bearer $MS07_API_TOKEN" {health_url or "<health-url>"}',
-                 healthy, health_known, changes=False, if_interrupted="nothing was changed"),
+            Step(
+                "Check that PostgreSQL answers (SELECT 1, timed) and who answered",
+                f"{PSQL} -c '\\timing on' -c 'SELECT 1' -c 'SELECT inet_server_addr(), "
+                "inet_server_port(), pg_is_in_recovery()'",
+                select_one,
+                has_url,
+                changes=False,
+                if_interrupted="nothing was changed",
+            ),
+            Step(
+                "Check the server is the primary and its replication",
+                f"{PSQL} -c 'SELECT pg_is_in_recovery()' -c 'SELECT application_name, "
+                "client_addr, state, sync_state, replay_lag FROM pg_stat_replication'",
+                replication,
+                changes=False,
+                if_interrupted="nothing was changed",
+            ),
+            Step(
+                "Rollout restart the deployment so every pod reconnects",
+                lambda c: (
+                    f"kubectl rollout restart {ns(c)} && kubectl rollout status {ns(c)} "
+                    f"--timeout={opts.timeout:g}s"
+                ),
+                restart,
+                deployment_ok,
+                restarted,
+                if_interrupted=(
+                    "the rollout may be under way; the Deployment controller finishes it "
+                    "(kubectl rollout status shows it)"
+                ),
+            ),
+            Step(
+                "Wait until /health/ready reports healthy",
+                'curl -fsS -H "Authorization: Bearer $MS07_API_TOKEN" '
+                f"{health_url or '<health-url>'}",
+                healthy,
+                health_known,
+                changes=False,
+                if_interrupted="nothing was changed",
+            ),
         ],
     )
 
 
-async def wait_healthy(url: str, token: str | None, timeout: float) -> Outcome:
+async def wait_healthy(url: str, token: str | None, within: float) -> Outcome:
     """Poll ``/health/ready`` until healthy. Not reachable at all from here (the Service is
     cluster-internal): skipped with a note, not failed."""
     import httpx
 
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     last = ""
     reached = False
     degraded_since: float | None = None
@@ -207,13 +265,18 @@ async def wait_healthy(url: str, token: str | None, timeout: float) -> Outcome:
                 resp = await client.get(url, headers=headers)
             except httpx.HTTPError as exc:
                 if not reached:
-                    return Outcome(f"not waited: {url} is not reachable from here ({type(exc).__name__}); "
-                                   "check it from inside the cluster", "skipped")
+                    return Outcome(
+                        f"not waited: {url} is not reachable from here ({type(exc).__name__}); "
+                        "check it from inside the cluster",
+                        "skipped",
+                    )
                 last = f"unreachable ({type(exc).__name__})"
             else:
                 reached = True
                 if resp.status_code == 401:
-                    raise StepFailed(f"{url} answered 401: set MS07_API_TOKEN to the engine's token")
+                    raise StepFailed(
+                        f"{url} answered 401: set MS07_API_TOKEN to the engine's token"
+                    )
                 try:
                     body = resp.json()
                 except ValueError:
@@ -222,16 +285,24 @@ async def wait_healthy(url: str, token: str | None, timeout: float) -> Outcome:
                 if resp.status_code == 200 and status == "healthy":
                     return Outcome(f"{url}: healthy", detail={"health": body})
                 checks = body.get("checks", {}) if isinstance(body, dict) else {}
-                bad = ", ".join(f"{k}={v}" for k, v in checks.items() if v != "healthy") if isinstance(checks, dict) else ""
-                last = f"HTTP {resp.status_code} {status or ''}".strip() + (f" ({bad})" if bad else "")
+                bad = (
+                    ", ".join(f"{k}={v}" for k, v in checks.items() if v != "healthy")
+                    if isinstance(checks, dict)
+                    else ""
+                )
+                last = f"HTTP {resp.status_code} {status or ''}".strip() + (
+                    f" ({bad})" if bad else ""
+                )
                 if resp.status_code == 200 and status == "degraded":
                     # Ready, but something a restart does not fix (a destination down, say):
                     # once it lasts, report it instead of waiting out the whole timeout.
                     degraded_since = degraded_since or time.monotonic()
-                    if time.monotonic() - degraded_since >= min(DEGRADED_GRACE, timeout):
-                        return Outcome(f"{url}: ready but degraded ({bad})", "warning", {"health": body})
+                    if time.monotonic() - degraded_since >= min(DEGRADED_GRACE, within):
+                        return Outcome(
+                            f"{url}: ready but degraded ({bad})", "warning", {"health": body}
+                        )
                 else:
                     degraded_since = None
             if time.monotonic() >= deadline:
-                raise StepFailed(f"{url} not healthy after {timeout:g}s: {last}")
+                raise StepFailed(f"{url} not healthy after {within:g}s: {last}")
             await asyncio.sleep(1.0)

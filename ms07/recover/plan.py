@@ -20,104 +20,66 @@ import asyncio
 import datetime as dt
 import shlex
 import time
-import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ms07.config import Settings
 from ms07.errors import Ms07Error
+from ms07.recover.model import (
+    DONE,
+    Action,
+    Check,
+    Outcome,
+    Plan,
+    PlanResult,
+    Probe,
+    Reporter,
+    Step,
+    StepFailed,
+    StepResult,
+    Text,
+    new_plan_id,
+)
 
 if TYPE_CHECKING:
     from ms07.queue import Queue
     from ms07.recover.k8s import Kube
     from ms07.runtime import Runtime
 
-DONE = ("ok", "warning", "skipped")
-
-
-@dataclass
-class Check:
-    """A precondition's or verification's verdict; ``ok=None``: only checkable when the
-    plan runs (it depends on what an earlier step does)."""
-
-    ok: bool | None
-    message: str = ""
-
-    @classmethod
-    def passed(cls, message: str = "") -> Check:
-        return cls(True, message)
-
-    @classmethod
-    def failed(cls, message: str) -> Check:
-        return cls(False, message)
-
-    @classmethod
-    def later(cls, message: str) -> Check:
-        return cls(None, message)
-
-
-@dataclass
-class Outcome:
-    """What an action did. ``status``: ok, warning (done, but look at it) or skipped."""
-
-    message: str = ""
-    status: str = "ok"
-    detail: dict[str, Any] = field(default_factory=dict)
-
-
-class StepFailed(Ms07Error):
-    """An action found it cannot go on; its message is the step's failure line."""
-
-
-Probe = Callable[["PlanContext"], Awaitable[Check]]
-Action = Callable[["PlanContext"], Awaitable[Outcome | None]]
-Text = str | Callable[["PlanContext"], str]
-
-
-@dataclass
-class Step:
-    title: str
-    command: Text
-    action: Action
-    precondition: Probe | None = None
-    verify: Probe | None = None
-    changes: bool = True  # False: reads only (shown as such to the reviewer)
-    if_interrupted: str = "its effect may be partial"
-
-
-@dataclass
-class Plan:
-    """A named procedure. ``cli`` and ``args`` rebuild the command line for a resume."""
-
-    name: str
-    summary: str
-    steps: list[Step]
-    cli: str = ""
-    args: list[str] = field(default_factory=list)
-    after: Callable[[PlanContext], list[str]] | None = None
-
-
-class Reporter:
-    """What the CLI shows while a plan runs. The default shows nothing (runbooks read the
-    structured result instead)."""
-
-    def step_started(self, step: StepResult) -> None: ...
-    def step_finished(self, step: StepResult) -> None: ...
-    def info(self, message: str) -> None: ...
-    def table(self, title: str, columns: list[str], rows: list[list[Any]]) -> None: ...
-    def lines(self, title: str, lines: list[str]) -> None: ...
-    def watch(self, title: str, sample: dict[str, Any] | None) -> None: ...
-    def interrupted(self, result: PlanResult) -> None: ...
+__all__ = [
+    "Action",
+    "Check",
+    "Outcome",
+    "Plan",
+    "PlanContext",
+    "PlanResult",
+    "Probe",
+    "Reporter",
+    "Step",
+    "StepFailed",
+    "StepResult",
+    "execute",
+    "new_plan_id",
+    "preview",
+    "resume_command",
+    "run",
+]
 
 
 class PlanContext:
     """What steps share: settings, Redis/PostgreSQL (lazy), the cluster (lazy), the
     reporter, and the facts earlier steps learned."""
 
-    def __init__(self, settings: Settings, *, runtime: Runtime | None = None, kube: Kube | None = None,
-                 kube_options: dict[str, Any] | None = None, reporter: Reporter | None = None,
-                 dry_run: bool = False) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        runtime: Runtime | None = None,
+        kube: Kube | None = None,
+        kube_options: dict[str, Any] | None = None,
+        reporter: Reporter | None = None,
+        dry_run: bool = False,
+    ) -> None:
         self.settings = settings
         self.dry_run = dry_run
         self.previewing = False
@@ -164,57 +126,6 @@ class PlanContext:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
-
-
-@dataclass
-class StepResult:
-    index: int
-    title: str
-    command: str
-    changes: bool
-    precondition: Check | None = None
-    status: str = "pending"  # pending, running, ok, warning, skipped, failed, interrupted, not run
-    message: str = ""
-    verification: str = ""
-    detail: dict[str, Any] = field(default_factory=dict)
-    started_at: str | None = None
-    duration_ms: float | None = None
-
-
-@dataclass
-class PlanResult:
-    """The structured result of a preview or a run (``to_dict`` is the ``--json`` shape)."""
-
-    plan: str
-    plan_id: str
-    operator: str
-    status: str  # dry-run, blocked, declined, completed, failed, interrupted
-    steps: list[StepResult]
-    from_step: int = 1
-    failed_step: int | None = None
-    message: str = ""
-    resume_command: str | None = None
-    state: list[str] = field(default_factory=list)
-    next_steps: list[str] = field(default_factory=list)
-    audit_file: str | None = None
-    audit_db: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.status in ("dry-run", "completed")
-
-    @property
-    def exit_code(self) -> int:
-        return {"dry-run": 0, "completed": 0, "interrupted": 130}.get(self.status, 1)
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["ok"] = self.ok
-        return data
-
-
-def new_plan_id(name: str) -> str:
-    return f"{name}-{dt.datetime.now(dt.UTC).strftime('%Y%m%dT%H%M%SZ')}-{uuid.uuid4().hex[:6]}"
 
 
 def _text(value: Text, ctx: PlanContext) -> str:
@@ -269,15 +180,23 @@ async def preview(plan: Plan, ctx: PlanContext, *, from_step: int = 1) -> PlanRe
         ctx.facts, ctx.resume = saved
         ctx.previewing = False
     blocked = [s for s in steps if s.precondition is not None and s.precondition.ok is False]
-    result = PlanResult(plan.name, ctx.plan_id or "", _operator(), "blocked" if blocked else "dry-run",
-                        steps, from_step)
+    result = PlanResult(
+        plan.name,
+        ctx.plan_id or "",
+        _operator(),
+        "blocked" if blocked else "dry-run",
+        steps,
+        from_step,
+    )
     if blocked:
         result.failed_step = blocked[0].index
         result.message = f"step {blocked[0].index} cannot run: {blocked[0].precondition.message}"  # type: ignore[union-attr]
     return result
 
 
-async def execute(plan: Plan, ctx: PlanContext, *, from_step: int = 1, plan_id: str | None = None) -> PlanResult:
+async def execute(
+    plan: Plan, ctx: PlanContext, *, from_step: int = 1, plan_id: str | None = None
+) -> PlanResult:
     """Run the steps from ``from_step`` on, auditing each; stop at the first failure."""
     from ms07.recover.audit import AuditTrail
 
@@ -285,10 +204,22 @@ async def execute(plan: Plan, ctx: PlanContext, *, from_step: int = 1, plan_id: 
         raise Ms07Error(f"--from-step must be between 1 and {len(plan.steps)}")
     ctx.plan_id = plan_id or ctx.plan_id or new_plan_id(plan.name)
     trail = AuditTrail(ctx, plan.name)
-    steps = [StepResult(i, s.title, _text(s.command, ctx), s.changes) for i, s in enumerate(plan.steps, 1)]
-    result = PlanResult(plan.name, ctx.plan_id, trail.operator, "running", steps, from_step,
-                        audit_file=str(trail.path))
-    await trail.write(None, "plan", plan.cli, "started", {"from_step": from_step, "args": plan.args})
+    steps = [
+        StepResult(i, s.title, _text(s.command, ctx), s.changes)
+        for i, s in enumerate(plan.steps, 1)
+    ]
+    result = PlanResult(
+        plan.name,
+        ctx.plan_id,
+        trail.operator,
+        "running",
+        steps,
+        from_step,
+        audit_file=str(trail.path),
+    )
+    await trail.write(
+        None, "plan", plan.cli, "started", {"from_step": from_step, "args": plan.args}
+    )
     for sr, step in zip(steps, plan.steps, strict=True):
         if sr.index < from_step:
             sr.status, sr.message = "skipped", f"done before (resuming from step {from_step})"
@@ -311,20 +242,35 @@ async def execute(plan: Plan, ctx: PlanContext, *, from_step: int = 1, plan_id: 
             result.resume_command = resume_command(plan, ctx, sr.index)
             result.message = f"step {sr.index} ({sr.title}) failed: {failure}"
             ctx.reporter.step_finished(sr)
-            await trail.write(sr.index, sr.title, sr.command, "failed",
-                              {"error": failure, "resume": result.resume_command, **sr.detail})
+            await trail.write(
+                sr.index,
+                sr.title,
+                sr.command,
+                "failed",
+                {"error": failure, "resume": result.resume_command, **sr.detail},
+            )
             break
         ctx.reporter.step_finished(sr)
-        await trail.write(sr.index, sr.title, sr.command, sr.status,
-                          {"message": sr.message, "verification": sr.verification, **sr.detail})
+        await trail.write(
+            sr.index,
+            sr.title,
+            sr.command,
+            sr.status,
+            {"message": sr.message, "verification": sr.verification, **sr.detail},
+        )
     for sr in steps:
         if sr.status == "pending":
             sr.status = "not run"
     if result.status == "running":
         result.status = "completed"
         result.next_steps = plan.after(ctx) if plan.after else []
-    await trail.write(None, "plan", plan.cli, result.status,
-                      {"failed_step": result.failed_step, "message": result.message})
+    await trail.write(
+        None,
+        "plan",
+        plan.cli,
+        result.status,
+        {"failed_step": result.failed_step, "message": result.message},
+    )
     result.audit_db = trail.db_note
     return result
 
@@ -350,8 +296,9 @@ async def _run_step(step: Step, sr: StepResult, ctx: PlanContext) -> str | None:
     return None
 
 
-async def _interrupted(plan: Plan, ctx: PlanContext, result: PlanResult, sr: StepResult, step: Step,
-                       trail: Any) -> None:
+async def _interrupted(
+    plan: Plan, ctx: PlanContext, result: PlanResult, sr: StepResult, step: Step, trail: Any
+) -> None:
     done = [s for s in result.steps if s.status in DONE and s.index >= result.from_step]
     later = [s for s in result.steps if s.index > sr.index]
     result.status = "interrupted"
@@ -366,8 +313,13 @@ async def _interrupted(plan: Plan, ctx: PlanContext, result: PlanResult, sr: Ste
     for s in later:
         s.status = "not run"
     try:
-        await trail.write(sr.index, sr.title, sr.command, "interrupted",
-                          {"state": result.state, "resume": result.resume_command})
+        await trail.write(
+            sr.index,
+            sr.title,
+            sr.command,
+            "interrupted",
+            {"state": result.state, "resume": result.resume_command},
+        )
         await trail.write(None, "plan", plan.cli, "interrupted", {"failed_step": sr.index})
     finally:
         result.audit_db = trail.db_note
@@ -378,9 +330,16 @@ def _ms(t0: float) -> float:
     return round((time.perf_counter() - t0) * 1000, 1)
 
 
-async def run(plan: Plan, ctx: PlanContext, *, dry_run: bool = False, yes: bool = False,
-              confirm: Callable[[PlanResult], bool] | None = None, from_step: int = 1,
-              plan_id: str | None = None) -> PlanResult:
+async def run(
+    plan: Plan,
+    ctx: PlanContext,
+    *,
+    dry_run: bool = False,
+    yes: bool = False,
+    confirm: Callable[[PlanResult], bool] | None = None,
+    from_step: int = 1,
+    plan_id: str | None = None,
+) -> PlanResult:
     """Preview, then (unless ``dry_run``) confirm and execute. For runbooks and tests; the
     CLI does the same in two event loops so that Ctrl-C at its prompt is a plain No."""
     shown = await preview(plan, ctx, from_step=from_step)

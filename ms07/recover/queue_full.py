@@ -26,7 +26,9 @@ PROBE_CHUNK = 1000
 @dataclass
 class Options:
     replicas: int | None = None  # scale back to this instead of the previous count
-    backup: str | None = None  # the backup file (default: MS07_STATE_DIR/backups/queue-<time>.jsonl)
+    backup: str | None = (
+        None  # the backup file (default: MS07_STATE_DIR/backups/queue-<time>.jsonl)
+    )
     watch_seconds: float = 60.0
     idle_seconds: float = 5.0  # a consumer idle this long without a heartbeat is not consuming
     consumer_timeout: float = 180.0
@@ -99,8 +101,10 @@ def build(settings: Settings, opts: Options, args: list[str] | None = None) -> P
                 shown = act.describe()
                 ctx.reporter.info(f"waiting: {shown}")
             if time.monotonic() >= deadline:
-                raise StepFailed(f"after {opts.consumer_timeout:g}s {act.describe()} (heartbeats expire "
-                                 "after their TTL; a pod outside the deployment may still consume)")
+                raise StepFailed(
+                    f"after {opts.consumer_timeout:g}s {act.describe()} (heartbeats expire "
+                    "after their TTL; a pod outside the deployment may still consume)"
+                )
             await asyncio.sleep(0.5)
 
     # ---------------------------------------------------------------- 3 backup
@@ -114,8 +118,10 @@ def build(settings: Settings, opts: Options, args: list[str] | None = None) -> P
         if ctx.previewing:
             queue = await ctx.queue()
             stats = await queue.stats()
-            return Check.passed(f"{path} is free; the queue holds {stats['total_length']} stream "
-                                f"entries and {stats['total_delayed']} delayed retries now")
+            return Check.passed(
+                f"{path} is free; the queue holds {stats['total_length']} stream "
+                f"entries and {stats['total_delayed']} delayed retries now"
+            )
         return await consumers_stopped(ctx)
 
     async def do_backup(ctx: PlanContext) -> Outcome:
@@ -123,15 +129,19 @@ def build(settings: Settings, opts: Options, args: list[str] | None = None) -> P
         result = await backup.backup(queue, path, include_delayed=True)
         ctx.facts["backup"] = result
         ctx.resume["--backup"] = str(path)
-        return Outcome(f"{result.count} entries written to {path} (sha256 {result.sha256[:12]})",
-                       detail=result.summary())
+        return Outcome(
+            f"{result.count} entries written to {path} (sha256 {result.sha256[:12]})",
+            detail=result.summary(),
+        )
 
     async def backup_verified(ctx: PlanContext) -> Check:
         written = ctx.facts["backup"]
         read = backup.verify(path)
         if (read.count, read.sha256) != (written.count, written.sha256):
-            return Check.failed(f"read back {read.count} entries / {read.sha256[:12]}, "
-                                f"wrote {written.count} / {written.sha256[:12]}")
+            return Check.failed(
+                f"read back {read.count} entries / {read.sha256[:12]}, "
+                f"wrote {written.count} / {written.sha256[:12]}"
+            )
         return Check.passed(f"read back {read.count} entries, checksum matches")
 
     # ---------------------------------------------------------------- 4 clear
@@ -140,7 +150,9 @@ def build(settings: Settings, opts: Options, args: list[str] | None = None) -> P
         if not path.exists():
             if ctx.previewing:
                 return Check.later(f"{path} is written and verified by step 3")
-            return Check.failed(f"no backup at {path}: nothing is cleared without a verified backup")
+            return Check.failed(
+                f"no backup at {path}: nothing is cleared without a verified backup"
+            )
         read = backup.verify(path)  # BackupError (count or checksum) fails the precondition
         if ctx.previewing:
             return Check.passed(f"{path} verifies ({read.count} entries)")
@@ -154,8 +166,10 @@ def build(settings: Settings, opts: Options, args: list[str] | None = None) -> P
         queue = await ctx.queue()
         removed = await backup.clear_backed_up(queue, held)
         ctx.resume["--backup"] = str(path)
-        return Outcome(f"removed {removed} of the {held.count} backed-up entries",
-                       detail={"removed": removed, "backup": str(path), "by_key": held.by_key})
+        return Outcome(
+            f"removed {removed} of the {held.count} backed-up entries",
+            detail={"removed": removed, "backup": str(path), "by_key": held.by_key},
+        )
 
     async def cleared(ctx: PlanContext) -> Check:
         held = _held(path)
@@ -164,8 +178,10 @@ def build(settings: Settings, opts: Options, args: list[str] | None = None) -> P
         if left:
             return Check.failed(f"{left} backed-up entries are still in Redis")
         depth = await queue.depth()
-        return Check.passed(f"none of the {held.count} backed-up entries is left; depth now "
-                            + ", ".join(f"{q} {n}" for q, n in depth.items()))
+        return Check.passed(
+            f"none of the {held.count} backed-up entries is left; depth now "
+            + ", ".join(f"{q} {n}" for q, n in depth.items())
+        )
 
     # ---------------------------------------------------------------- 5 scale back
 
@@ -200,9 +216,13 @@ def build(settings: Settings, opts: Options, args: list[str] | None = None) -> P
         while True:
             depth = await queue.depth()
             stats = await queue.stats()
-            sample = {"t": round(time.monotonic() - t0, 1), "depth": sum(depth.values()),
-                      "pending": stats["total_pending"], "delayed": stats["total_delayed"],
-                      "consumers": sum(len(q["consumers"]) for q in stats["queues"].values())}
+            sample = {
+                "t": round(time.monotonic() - t0, 1),
+                "depth": sum(depth.values()),
+                "pending": stats["total_pending"],
+                "delayed": stats["total_delayed"],
+                "consumers": sum(len(q["consumers"]) for q in stats["queues"].values()),
+            }
             samples.append(sample)
             ctx.reporter.watch("queue depth", sample)
             if sample["t"] >= opts.watch_seconds:
@@ -212,11 +232,17 @@ def build(settings: Settings, opts: Options, args: list[str] | None = None) -> P
         first, last = samples[0]["depth"], samples[-1]["depth"]
         status = "warning" if last > first else "ok"
         trend = "fell" if last < first else "grew" if last > first else "stayed"
-        return Outcome(f"depth {trend}: {first} -> {last} over {samples[-1]['t']:g}s", status,
-                       {"samples": samples})
+        return Outcome(
+            f"depth {trend}: {first} -> {last} over {samples[-1]['t']:g}s",
+            status,
+            {"samples": samples},
+        )
 
     def after(ctx: PlanContext) -> list[str]:
-        return [f"ms07 queue restore {path}   # puts the backed-up entries back when the workers can take them"]
+        return [
+            f"ms07 queue restore {path}   # puts the backed-up entries back when the workers can "
+            "take them"
+        ]
 
     ns = kubectl
     return Plan(
@@ -226,35 +252,77 @@ def build(settings: Settings, opts: Options, args: list[str] | None = None) -> P
         args=list(args or []),
         after=after,
         steps=[
-            Step("Scale the deployment to 0 replicas",
-                 lambda c: f"kubectl scale deployment/{c.kube.deployment} --replicas=0 {ns(c)} && "
-                           f"kubectl wait --for=delete pod -l {c.kube.selector} {ns(c)} --timeout={opts.timeout:g}s",
-                 scale_down, cluster_reachable, at_zero,
-                 if_interrupted="the deployment may be scaling down (kubectl get deployment shows where)"),
-            Step("Wait until no consumer is active (heartbeats gone, consumers idle)",
-                 f"redis-cli --scan --pattern '{keys.HEARTBEAT_PATTERN}'   # until empty; and "
-                 + "; ".join(f"redis-cli XINFO CONSUMERS {s} {keys.GROUP}" for s in streams),
-                 wait_idle, redis_reachable, consumers_stopped, changes=False,
-                 if_interrupted="nothing was changed by this step"),
-            Step("Back up every stream entry and delayed retry, verified by reading it back",
-                 f"ms07 queue backup {path}   # = redis-cli XRANGE <stream> - + and ZRANGE <delayed> 0 -1 "
-                 f"WITHSCORES for {', '.join(streams + delayed)}, every entry with its fields",
-                 do_backup, can_back_up, backup_verified,
-                 if_interrupted=f"the queue is untouched; {path}.partial may be left (delete it)"),
-            Step("Remove exactly the backed-up entries from Redis",
-                 "; ".join(f"redis-cli XACK {s} {keys.GROUP} <ids in the backup>; redis-cli XDEL {s} <ids in "
-                           "the backup>" for s in streams)
-                 + "; " + "; ".join(f"redis-cli ZREM {d} <members in the backup>" for d in delayed),
-                 clear, verified_file, cleared,
-                 if_interrupted=f"some backed-up entries may be removed, the rest not; all are in {path}"),
-            Step("Scale the deployment back",
-                 lambda c: f"kubectl scale deployment/{c.kube.deployment} --replicas={target(c) if target(c) is not None else '<previous>'} "
-                           f"{ns(c)} && kubectl rollout status deployment/{c.kube.deployment} {ns(c)}",
-                 scale_up, know_target, at_target,
-                 if_interrupted="the deployment may be scaling up (kubectl get deployment shows where)"),
-            Step("Watch the queue depth fall",
-                 "watch -n 5 " + " ".join(f"'redis-cli XLEN {s}'" for s in streams),
-                 watch, changes=False, if_interrupted="nothing was changed by this step"),
+            Step(
+                "Scale the deployment to 0 replicas",
+                lambda c: (
+                    f"kubectl scale deployment/{c.kube.deployment} --replicas=0 {ns(c)} && "
+                    f"kubectl wait --for=delete pod -l {c.kube.selector} {ns(c)} "
+                    f"--timeout={opts.timeout:g}s"
+                ),
+                scale_down,
+                cluster_reachable,
+                at_zero,
+                if_interrupted=(
+                    "the deployment may be scaling down (kubectl get deployment shows where)"
+                ),
+            ),
+            Step(
+                "Wait until no consumer is active (heartbeats gone, consumers idle)",
+                f"redis-cli --scan --pattern '{keys.HEARTBEAT_PATTERN}'   # until empty; and "
+                + "; ".join(f"redis-cli XINFO CONSUMERS {s} {keys.GROUP}" for s in streams),
+                wait_idle,
+                redis_reachable,
+                consumers_stopped,
+                changes=False,
+                if_interrupted="nothing was changed by this step",
+            ),
+            Step(
+                "Back up every stream entry and delayed retry, verified by reading it back",
+                f"ms07 queue backup {path}   # = redis-cli XRANGE <stream> - + and ZRANGE "
+                "<delayed> 0 -1 "
+                f"WITHSCORES for {', '.join(streams + delayed)}, every entry with its fields",
+                do_backup,
+                can_back_up,
+                backup_verified,
+                if_interrupted=f"the queue is untouched; {path}.partial may be left (delete it)",
+            ),
+            Step(
+                "Remove exactly the backed-up entries from Redis",
+                "; ".join(
+                    f"redis-cli XACK {s} {keys.GROUP} <ids in the backup>; redis-cli XDEL {s} "
+                    "<ids in the backup>"
+                    for s in streams
+                )
+                + "; "
+                + "; ".join(f"redis-cli ZREM {d} <members in the backup>" for d in delayed),
+                clear,
+                verified_file,
+                cleared,
+                if_interrupted=(
+                    f"some backed-up entries may be removed, the rest not; all are in {path}"
+                ),
+            ),
+            Step(
+                "Scale the deployment back",
+                lambda c: (
+                    f"kubectl scale deployment/{c.kube.deployment} "
+                    f"--replicas={target(c) if target(c) is not None else '<previous>'} "
+                    f"{ns(c)} && kubectl rollout status deployment/{c.kube.deployment} {ns(c)}"
+                ),
+                scale_up,
+                know_target,
+                at_target,
+                if_interrupted=(
+                    "the deployment may be scaling up (kubectl get deployment shows where)"
+                ),
+            ),
+            Step(
+                "Watch the queue depth fall",
+                "watch -n 5 " + " ".join(f"'redis-cli XLEN {s}'" for s in streams),
+                watch,
+                changes=False,
+                if_interrupted="nothing was changed by this step",
+            ),
         ],
     )
 

@@ -62,18 +62,35 @@ def build(settings: Settings, opts: Options, args: list[str] | None = None) -> P
         if opts.to and opts.to not in act.heartbeats:
             return Check.failed(f"--to {opts.to}: that consumer has no live heartbeat")
         held = sum(c.pending for c in act.dead)
-        return Check.passed(f"{len(act.dead)} consumer(s) without a heartbeat hold {held} pending entries")
+        return Check.passed(
+            f"{len(act.dead)} consumer(s) without a heartbeat hold {held} pending entries"
+        )
 
     async def find(ctx: PlanContext) -> Outcome:
         act = await survey(ctx)
-        ctx.reporter.table("consumers of the group", ["queue", "consumer", "pending", "idle (s)", "heartbeat", "state"],
-                           [[c.queue, c.name, c.pending, round(c.idle_ms / 1000, 1), "yes" if c.heartbeat else "no",
-                             "live" if c.live else "dead"] for c in act.consumers])
+        ctx.reporter.table(
+            "consumers of the group",
+            ["queue", "consumer", "pending", "idle (s)", "heartbeat", "state"],
+            [
+                [
+                    c.queue,
+                    c.name,
+                    c.pending,
+                    round(c.idle_ms / 1000, 1),
+                    "yes" if c.heartbeat else "no",
+                    "live" if c.live else "dead",
+                ]
+                for c in act.consumers
+            ],
+        )
         dead = act.dead
         target = ctx.facts["target"]
         how = f"to live consumer {target}" if target else "back into the stream"
-        return Outcome(f"{len(dead)} dead consumer(s) holding {sum(c.pending for c in dead)} entries; "
-                       f"they go {how}", detail=act.as_dict())
+        return Outcome(
+            f"{len(dead)} dead consumer(s) holding {sum(c.pending for c in dead)} entries; "
+            f"they go {how}",
+            detail=act.as_dict(),
+        )
 
     # ---------------------------------------------------------------- 2 take over
 
@@ -81,22 +98,32 @@ def build(settings: Settings, opts: Options, args: list[str] | None = None) -> P
         if "dead" not in ctx.facts:
             await survey(ctx)
         queue = await ctx.queue()
-        redis = queue.redis
+        redis: Any = queue.redis  # redis-py types stream replies too loosely to help here
         target = ctx.facts["target"]
         moved = requeued = vanished = 0
         for q, name in ctx.facts["dead"]:
             stream = keys.stream(q)
             while True:
-                rows = await redis.xpending_range(stream, keys.GROUP, min="-", max="+", count=BATCH,
-                                                  consumername=name, idle=opts.min_idle_ms)
+                rows = await redis.xpending_range(
+                    stream,
+                    keys.GROUP,
+                    min="-",
+                    max="+",
+                    count=BATCH,
+                    consumername=name,
+                    idle=opts.min_idle_ms,
+                )
                 ids = [r["message_id"] for r in rows]
                 if not ids:
                     break
                 if target:
-                    claimed = await redis.xclaim(stream, keys.GROUP, target, opts.min_idle_ms, ids,
-                                                 idle=claim_idle_ms)
+                    claimed = await redis.xclaim(
+                        stream, keys.GROUP, target, opts.min_idle_ms, ids, idle=claim_idle_ms
+                    )
                 else:
-                    claimed = await redis.xclaim(stream, keys.GROUP, holder(ctx), opts.min_idle_ms, ids)
+                    claimed = await redis.xclaim(
+                        stream, keys.GROUP, holder(ctx), opts.min_idle_ms, ids
+                    )
                 got = {i: f for i, f in (c for c in claimed or [] if c) if f is not None}
                 if target:
                     moved += len(got)
@@ -118,23 +145,31 @@ def build(settings: Settings, opts: Options, args: list[str] | None = None) -> P
         parts = [f"{moved} given to {target}" if target else f"{requeued} put back into the stream"]
         status = "ok"
         if vanished:
-            parts.append(f"{vanished} had no payload left (acknowledged; run `ms07 recover requeue-from-db` "
-                         "to re-enqueue their jobs)")
+            parts.append(
+                f"{vanished} had no payload left (acknowledged; run `ms07 recover requeue-from-db` "
+                "to re-enqueue their jobs)"
+            )
             status = "warning"
-        return Outcome("; ".join(parts), status, {"moved": moved, "requeued": requeued, "vanished": vanished,
-                                                  "target": target})
+        return Outcome(
+            "; ".join(parts),
+            status,
+            {"moved": moved, "requeued": requeued, "vanished": vanished, "target": target},
+        )
 
     async def nothing_held(ctx: PlanContext) -> Check:
         queue = await ctx.queue()
         left = []
         for q, name in [*ctx.facts["dead"], *((q, holder(ctx)) for q in queue.priorities)]:
-            summary = await queue.redis.xpending_range(keys.stream(q), keys.GROUP, min="-", max="+", count=1,
-                                                       consumername=name)
+            summary = await queue.redis.xpending_range(
+                keys.stream(q), keys.GROUP, min="-", max="+", count=1, consumername=name
+            )
             if summary:
                 left.append(name)
         if left:
-            return Check.failed(f"dead consumer(s) still hold entries (touched within {opts.min_idle_ms} ms; "
-                                f"run again): {', '.join(sorted(set(left)))}")
+            return Check.failed(
+                f"dead consumer(s) still hold entries (touched within {opts.min_idle_ms} ms; "
+                f"run again): {', '.join(sorted(set(left)))}"
+            )
         return Check.passed("no dead consumer holds a pending entry")
 
     # ---------------------------------------------------------------- 3 delete consumers
@@ -157,7 +192,9 @@ def build(settings: Settings, opts: Options, args: list[str] | None = None) -> P
             elif (q, name) in ctx.facts["dead"]:
                 removed.append(name)
         ctx.facts["removed"] = [(q, n) for q, n in ctx.facts["dead"] if n in removed]
-        message = f"removed {len(removed)} dead consumer(s)" + (f"; kept {', '.join(kept)}" if kept else "")
+        message = f"removed {len(removed)} dead consumer(s)" + (
+            f"; kept {', '.join(kept)}" if kept else ""
+        )
         return Outcome(message, "warning" if kept else "ok", {"removed": removed, "kept": kept})
 
     async def removed(ctx: PlanContext) -> Check:
@@ -175,14 +212,22 @@ def build(settings: Settings, opts: Options, args: list[str] | None = None) -> P
         target = c.facts.get("target")
         out = []
         for s in streams:
-            listing = f"redis-cli XPENDING {s} {keys.GROUP} IDLE {opts.min_idle_ms} - + {BATCH} <dead-consumer>"
+            listing = (
+                f"redis-cli XPENDING {s} {keys.GROUP} IDLE {opts.min_idle_ms} - + {BATCH} "
+                "<dead-consumer>"
+            )
             if target:
-                out.append(f"{listing}; redis-cli XCLAIM {s} {keys.GROUP} {target} {opts.min_idle_ms} <ids> "
-                           f"IDLE {claim_idle_ms}")
+                out.append(
+                    f"{listing}; redis-cli XCLAIM {s} {keys.GROUP} {target} {opts.min_idle_ms} "
+                    f"<ids> IDLE {claim_idle_ms}"
+                )
             else:
-                out.append(f"{listing}; redis-cli XCLAIM {s} {keys.GROUP} {holder(c)} {opts.min_idle_ms} <ids>; "
-                           f"then per entry: MULTI; XADD {s} * <fields>; XACK {s} {keys.GROUP} <id>; "
-                           f"XDEL {s} <id>; EXEC")
+                out.append(
+                    f"{listing}; redis-cli XCLAIM {s} {keys.GROUP} {holder(c)} {opts.min_idle_ms} "
+                    "<ids>; "
+                    f"then per entry: MULTI; XADD {s} * <fields>; XACK {s} {keys.GROUP} <id>; "
+                    f"XDEL {s} <id>; EXEC"
+                )
         return "; ".join(out)
 
     return Plan(
@@ -191,17 +236,39 @@ def build(settings: Settings, opts: Options, args: list[str] | None = None) -> P
         cli="ms07 recover reclaim-pending",
         args=list(args or []),
         steps=[
-            Step("Find the consumers without a live heartbeat",
-                 "; ".join(f"redis-cli XINFO CONSUMERS {s} {keys.GROUP}" for s in streams)
-                 + f"; redis-cli EXISTS {keys.heartbeat('<consumer>')}",
-                 find, reachable, changes=False, if_interrupted="nothing was changed"),
-            Step("Take over their pending entries", claim_cmd, take_over, None, nothing_held,
-                 if_interrupted="some entries may be moved already, the rest still pending; running the plan "
-                                "again finishes it (an entry moved back into the stream is never lost)"),
-            Step("Remove the dead consumers that hold nothing",
-                 "; ".join(f"redis-cli XGROUP DELCONSUMER {s} {keys.GROUP} <dead-consumer>" for s in streams)
-                 + "   # only while XPENDING shows it holds nothing (checked atomically in one script)",
-                 remove, None, removed, if_interrupted="some dead consumers may be removed, others not"),
+            Step(
+                "Find the consumers without a live heartbeat",
+                "; ".join(f"redis-cli XINFO CONSUMERS {s} {keys.GROUP}" for s in streams)
+                + f"; redis-cli EXISTS {keys.heartbeat('<consumer>')}",
+                find,
+                reachable,
+                changes=False,
+                if_interrupted="nothing was changed",
+            ),
+            Step(
+                "Take over their pending entries",
+                claim_cmd,
+                take_over,
+                None,
+                nothing_held,
+                if_interrupted=(
+                    "some entries may be moved already, the rest still pending; running the plan "
+                    "again finishes it (an entry moved back into the stream is never lost)"
+                ),
+            ),
+            Step(
+                "Remove the dead consumers that hold nothing",
+                "; ".join(
+                    f"redis-cli XGROUP DELCONSUMER {s} {keys.GROUP} <dead-consumer>"
+                    for s in streams
+                )
+                + "   # only while XPENDING shows it holds nothing (checked atomically in one "
+                "script)",
+                remove,
+                None,
+                removed,
+                if_interrupted="some dead consumers may be removed, others not",
+            ),
         ],
     )
 
@@ -214,4 +281,3 @@ async def _gone(redis: Any, stream: str, ids: list[str]) -> list[str]:
         pipe.xrange(stream, min=i, max=i, count=1)
     found = await pipe.execute()
     return [i for i, rows in zip(ids, found, strict=True) if not rows]
-

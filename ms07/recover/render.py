@@ -11,8 +11,16 @@ from rich.text import Text
 
 from ms07.recover.plan import PlanResult, Reporter, StepResult
 
-_STYLE = {"ok": "green", "warning": "yellow", "skipped": "dim", "failed": "bold red",
-          "interrupted": "bold red", "not run": "dim", "running": "cyan", "pending": "dim"}
+_STYLE = {
+    "ok": "green",
+    "warning": "yellow",
+    "skipped": "dim",
+    "failed": "bold red",
+    "interrupted": "bold red",
+    "not run": "dim",
+    "running": "cyan",
+    "pending": "dim",
+}
 
 
 def _check(step: StepResult) -> Text:
@@ -35,8 +43,13 @@ def plan_table(console: Console, result: PlanResult, summary: str) -> None:
     table.add_column("writes", justify="center")
     table.add_column("precondition", overflow="fold")
     for s in result.steps:
-        table.add_row(str(s.index), Text(s.title), Text(s.command, style="cyan"),
-                      "yes" if s.changes else "no", _check(s))
+        table.add_row(
+            str(s.index),
+            Text(s.title),
+            Text(s.command, style="cyan"),
+            "yes" if s.changes else "no",
+            _check(s),
+        )
     console.print(table)
 
 
@@ -50,15 +63,21 @@ class RichReporter(Reporter):
         self._samples: list[dict[str, Any]] = []
 
     def step_started(self, step: StepResult) -> None:
-        self.console.print(Text.assemble((f"\n[{step.index}/{self.total}] ", "bold"), (step.title, "bold")))
+        self.console.print(
+            Text.assemble((f"\n[{step.index}/{self.total}] ", "bold"), (step.title, "bold"))
+        )
         self.console.print(Text(f"  $ {step.command}", style="cyan"), overflow="fold")
 
     def step_finished(self, step: StepResult) -> None:
         style = _STYLE.get(step.status, "")
-        line = Text.assemble(("  " + step.status.upper(), style), f"  {step.message}" if step.message else "")
+        line = Text.assemble(
+            ("  " + step.status.upper(), style), f"  {step.message}" if step.message else ""
+        )
         self.console.print(line, overflow="fold")
         if step.verification:
-            self.console.print(Text(f"  verified: {step.verification}", style="dim"), overflow="fold")
+            self.console.print(
+                Text(f"  verified: {step.verification}", style="dim"), overflow="fold"
+            )
 
     def info(self, message: str) -> None:
         self.console.print(Text(f"  {message}"), overflow="fold")
@@ -81,8 +100,13 @@ class RichReporter(Reporter):
         for col in ("t (s)", "depth", "pending", "delayed", "consumers"):
             table.add_column(col, justify="right")
         for s in self._samples[-12:]:
-            table.add_row(f"{s['t']:g}", str(s["depth"]), str(s["pending"]), str(s["delayed"]),
-                          str(s["consumers"]))
+            table.add_row(
+                f"{s['t']:g}",
+                str(s["depth"]),
+                str(s["pending"]),
+                str(s["delayed"]),
+                str(s["consumers"]),
+            )
         return table
 
     def watch(self, title: str, sample: dict[str, Any] | None) -> None:
@@ -105,7 +129,9 @@ class RichReporter(Reporter):
         if self._live is not None:
             self._live.stop()
             self._live = None
-        self.console.print(Text("\nInterrupted. The system is now in this state:", style="bold red"))
+        self.console.print(
+            Text("\nInterrupted. The system is now in this state:", style="bold red")
+        )
         for line in result.state:
             self.console.print(Text(f"  - {line}"), overflow="fold")
         if result.resume_command:
@@ -118,15 +144,30 @@ def summary(console: Console, result: PlanResult) -> None:
     console.print()
     if result.status == "completed":
         warned = [s for s in result.steps if s.status == "warning"]
-        console.print(Text(f"recover {result.plan}: completed"
-                           + (f" with {len(warned)} warning(s)" if warned else ""),
-                           style="yellow" if warned else "bold green"))
+        console.print(
+            Text(
+                f"recover {result.plan}: completed"
+                + (f" with {len(warned)} warning(s)" if warned else ""),
+                style="yellow" if warned else "bold green",
+            )
+        )
     elif result.status == "failed":
-        console.print(Text(f"recover {result.plan}: {result.message}", style="bold red"), overflow="fold")
-        console.print(Text("The plan stopped there; nothing after that step ran. Fix the cause, then resume with:"))
+        console.print(
+            Text(f"recover {result.plan}: {result.message}", style="bold red"), overflow="fold"
+        )
+        console.print(
+            Text(
+                "The plan stopped there; nothing after that step ran. Fix the cause, then resume "
+                "with:"
+            )
+        )
         console.print(Text(f"  {result.resume_command}", style="cyan"), overflow="fold")
     for hint in result.next_steps:
         console.print(Text(f"next: {hint}"), overflow="fold")
     if result.audit_file:
-        console.print(Text(f"audit: plan {result.plan_id}, {result.audit_file}; {result.audit_db}", style="dim"),
-                      overflow="fold")
+        console.print(
+            Text(
+                f"audit: plan {result.plan_id}, {result.audit_file}; {result.audit_db}", style="dim"
+            ),
+            overflow="fold",
+        )

@@ -39,17 +39,23 @@ def build(settings: Settings, opts: Options, args: list[str] | None = None) -> P
 
     async def reachable(ctx: PlanContext) -> Check:
         total, lost = await lost_jobs(ctx)
-        return Check.passed(f"{total} open job(s) older than {opts.older_than:g}s; {len(lost)} not in Redis now")
+        return Check.passed(
+            f"{total} open job(s) older than {opts.older_than:g}s; {len(lost)} not in Redis now"
+        )
 
     async def find(ctx: PlanContext) -> Outcome:
         total, lost = await lost_jobs(ctx)
         ctx.facts["lost"] = [c[0] for c in lost]
         if lost:
-            ctx.reporter.table(f"jobs Redis lost (first {min(SHOWN, len(lost))} of {len(lost)})",
-                               ["distribution_id", "destination", "priority", "status"],
-                               [list(c) for c in lost[:SHOWN]])
-        return Outcome(f"{total} open job(s) older than {opts.older_than:g}s; {len(lost)} missing from Redis",
-                       detail={"open": total, "lost": len(lost), "ids": ctx.facts["lost"][:1000]})
+            ctx.reporter.table(
+                f"jobs Redis lost (first {min(SHOWN, len(lost))} of {len(lost)})",
+                ["distribution_id", "destination", "priority", "status"],
+                [list(c) for c in lost[:SHOWN]],
+            )
+        return Outcome(
+            f"{total} open job(s) older than {opts.older_than:g}s; {len(lost)} missing from Redis",
+            detail={"open": total, "lost": len(lost), "ids": ctx.facts["lost"][:1000]},
+        )
 
     async def requeue(ctx: PlanContext) -> Outcome:
         from ms07.engine.upkeep import requeue_lost
@@ -59,8 +65,12 @@ def build(settings: Settings, opts: Options, args: list[str] | None = None) -> P
         if not ctx.facts["lost"]:
             return Outcome("nothing to enqueue", "skipped")
         queue = await ctx.queue()
-        count = await requeue_lost(await ctx.runtime.pool(), queue, opts.older_than,
-                                   limit=max(5000, len(ctx.facts["lost"]) * 2))
+        count = await requeue_lost(
+            await ctx.runtime.pool(),
+            queue,
+            opts.older_than,
+            limit=max(5000, len(ctx.facts["lost"]) * 2),
+        )
         await queue.ensure_groups()
         return Outcome(f"enqueued {count} job(s) again", detail={"enqueued": count})
 
@@ -79,18 +89,33 @@ def build(settings: Settings, opts: Options, args: list[str] | None = None) -> P
         cli="ms07 recover requeue-from-db",
         args=list(args or []),
         steps=[
-            Step("Find the open jobs PostgreSQL holds that no queue stream or delayed set holds",
-                 "psql \"$MS07_DATABASE_URL\" -c \"SELECT distribution_id, destination_name, priority, status "
-                 "FROM distribution_jobs WHERE status IN ('queued','retrying','processing') AND updated_at < "
-                 f"now() - interval '{opts.older_than:g} seconds'\"   # then each id: "
-                 + "; ".join(f"redis-cli ZSCORE {keys.delayed(q)} <id>; redis-cli XRANGE {keys.stream(q)} - +"
-                             for q in priorities),
-                 find, reachable, changes=False, if_interrupted="nothing was changed"),
-            Step("Enqueue them again",
-                 f"redis-cli XADD {keys.stream('<priority>')} '*' id <distribution_id> destination <destination>"
-                 "   # for each lost job, its updated_at touched",
-                 requeue, None, back_in_redis,
-                 if_interrupted="some jobs may be enqueued, others not; running the plan again enqueues only "
-                                "what is still missing"),
+            Step(
+                "Find the open jobs PostgreSQL holds that no queue stream or delayed set holds",
+                'psql "$MS07_DATABASE_URL" -c "SELECT distribution_id, destination_name, '
+                "priority, status "
+                "FROM distribution_jobs WHERE status IN ('queued','retrying','processing') AND "
+                f"updated_at < now() - interval '{opts.older_than:g} seconds'\"   # then each id: "
+                + "; ".join(
+                    f"redis-cli ZSCORE {keys.delayed(q)} <id>; redis-cli XRANGE {keys.stream(q)} "
+                    "- +"
+                    for q in priorities
+                ),
+                find,
+                reachable,
+                changes=False,
+                if_interrupted="nothing was changed",
+            ),
+            Step(
+                "Enqueue them again",
+                f"redis-cli XADD {keys.stream('<priority>')} '*' id <distribution_id> destination "
+                "<destination>   # for each lost job, its updated_at touched",
+                requeue,
+                None,
+                back_in_redis,
+                if_interrupted=(
+                    "some jobs may be enqueued, others not; running the plan again enqueues only "
+                    "what is still missing"
+                ),
+            ),
         ],
     )

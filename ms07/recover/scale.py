@@ -41,7 +41,9 @@ def build(settings: Settings, opts: Options, args: list[str] | None = None) -> P
         if spec != n:
             await ctx.kube.scale(n)
         state = await ctx.kube.wait_replicas(n, opts.timeout)
-        return Outcome(f"{spec} -> {n} replicas, {state.ready} Ready", detail={"previous_replicas": spec})
+        return Outcome(
+            f"{spec} -> {n} replicas, {state.ready} Ready", detail={"previous_replicas": spec}
+        )
 
     async def scaled(ctx: PlanContext) -> Check:
         state = await ctx.kube.deployment_state()
@@ -55,19 +57,28 @@ def build(settings: Settings, opts: Options, args: list[str] | None = None) -> P
         deadline = time.monotonic() + opts.consumers_timeout
         counts: list[int] = []
         while True:
-            act = await consumers.activity(queue.redis, queue.priorities, int(opts.idle_seconds * 1000))
+            act = await consumers.activity(
+                queue.redis, queue.priorities, int(opts.idle_seconds * 1000)
+            )
             active = len(act.live_names())
             if not counts or counts[-1] != active:
                 counts.append(active)
                 ctx.reporter.info(f"active consumers: {active} of {n}")
             if (active >= n) if growing else (active <= n):
-                return Outcome(f"{active} consumer(s) active in group {keys.GROUP} "
-                               f"({' -> '.join(map(str, counts))})", detail={"counts": counts, **act.as_dict()})
+                return Outcome(
+                    f"{active} consumer(s) active in group {keys.GROUP} "
+                    f"({' -> '.join(map(str, counts))})",
+                    detail={"counts": counts, **act.as_dict()},
+                )
             if time.monotonic() >= deadline:
-                return Outcome(f"{active} of {n} consumers active after {opts.consumers_timeout:g}s: the pods are "
-                               "Ready but their engines have not joined the group (no engine running, or it "
-                               "cannot reach Redis: kubectl logs)", "warning",
-                               {"counts": counts, **act.as_dict()})
+                return Outcome(
+                    f"{active} of {n} consumers active after {opts.consumers_timeout:g}s: the "
+                    "pods are "
+                    "Ready but their engines have not joined the group (no engine running, or it "
+                    "cannot reach Redis: kubectl logs)",
+                    "warning",
+                    {"counts": counts, **act.as_dict()},
+                )
             await asyncio.sleep(0.5)
 
     def ns(c: PlanContext) -> str:
@@ -79,14 +90,24 @@ def build(settings: Settings, opts: Options, args: list[str] | None = None) -> P
         cli="ms07 recover scale",
         args=list(args or []),
         steps=[
-            Step(f"Scale the deployment to {n} replicas and wait until they are Ready",
-                 lambda c: f"kubectl scale {ns(c)} --replicas={n} && kubectl rollout status {ns(c)} "
-                           f"--timeout={opts.timeout:g}s",
-                 do_scale, readable, scaled,
-                 if_interrupted="the deployment may be scaling (kubectl get deployment shows where)"),
-            Step("Watch the consumers join the group",
-                 "; ".join(f"redis-cli XINFO CONSUMERS {s} {keys.GROUP}" for s in streams)
-                 + f"   # until {n} are active",
-                 join, changes=False, if_interrupted="nothing was changed"),
+            Step(
+                f"Scale the deployment to {n} replicas and wait until they are Ready",
+                lambda c: (
+                    f"kubectl scale {ns(c)} --replicas={n} && kubectl rollout status {ns(c)} "
+                    f"--timeout={opts.timeout:g}s"
+                ),
+                do_scale,
+                readable,
+                scaled,
+                if_interrupted="the deployment may be scaling (kubectl get deployment shows where)",
+            ),
+            Step(
+                "Watch the consumers join the group",
+                "; ".join(f"redis-cli XINFO CONSUMERS {s} {keys.GROUP}" for s in streams)
+                + f"   # until {n} are active",
+                join,
+                changes=False,
+                if_interrupted="nothing was changed",
+            ),
         ],
     )

@@ -37,7 +37,9 @@ def readable(line: str) -> str:
         return line
     head = " ".join(str(rec[k]) for k in ("timestamp", "level", "component") if rec.get(k))
     text = f"{head} {rec.get('message', '')}".strip()
-    ids = " ".join(f"{k}={rec[k]}" for k in ("distribution_id", "destination", "error_code") if rec.get(k))
+    ids = " ".join(
+        f"{k}={rec[k]}" for k in ("distribution_id", "destination", "error_code") if rec.get(k)
+    )
     if ids:
         text += f" ({ids})"
     meta = rec.get("metadata")
@@ -49,7 +51,11 @@ def readable(line: str) -> str:
 
 
 def _describe(p: PodInfo) -> str:
-    last = f", last {p.last_reason} exit {p.last_exit_code}" if p.last_reason or p.last_exit_code is not None else ""
+    last = (
+        f", last {p.last_reason} exit {p.last_exit_code}"
+        if p.last_reason or p.last_exit_code is not None
+        else ""
+    )
     return f"{p.name} ({p.status}{last}, {p.restarts} restarts)"
 
 
@@ -88,11 +94,32 @@ def build(settings: Settings, opts: Options, args: list[str] | None = None) -> P
         def mem(name: str) -> str:
             return ", ".join(str(u.get("memory", "")) for u in usage.get(name, {}).values()) or "-"
 
-        ctx.reporter.table(f"pods of {ctx.kube.target} ({ctx.kube.selector})",
-                           ["pod", "status", "ready", "restarts", "last termination", "exit code", "finished", "memory"],
-                           [[p.name, p.status, "yes" if p.ready else "no", p.restarts, p.last_reason or "-",
-                             p.last_exit_code if p.last_exit_code is not None else "-", p.last_finished_at or "-",
-                             mem(p.name)] for p in pods])
+        ctx.reporter.table(
+            f"pods of {ctx.kube.target} ({ctx.kube.selector})",
+            [
+                "pod",
+                "status",
+                "ready",
+                "restarts",
+                "last termination",
+                "exit code",
+                "finished",
+                "memory",
+            ],
+            [
+                [
+                    p.name,
+                    p.status,
+                    "yes" if p.ready else "no",
+                    p.restarts,
+                    p.last_reason or "-",
+                    p.last_exit_code if p.last_exit_code is not None else "-",
+                    p.last_finished_at or "-",
+                    mem(p.name),
+                ]
+                for p in pods
+            ],
+        )
         if metrics is None:
             ctx.reporter.info("pod memory: metrics.k8s.io is not available in this cluster")
         ctx.facts.pop("targets", None)
@@ -142,8 +169,10 @@ def build(settings: Settings, opts: Options, args: list[str] | None = None) -> P
             new = await ctx.kube.wait_replacement(name, before, opts.timeout)
             done[name] = new.name
             ctx.reporter.info(f"{name} deleted; {new.name} is Ready")
-        return Outcome("; ".join(f"{old} -> {new} Ready" for old, new in done.items()) or "nothing deleted",
-                       detail={"replacements": done})
+        return Outcome(
+            "; ".join(f"{old} -> {new} Ready" for old, new in done.items()) or "nothing deleted",
+            detail={"replacements": done},
+        )
 
     async def replaced(ctx: PlanContext) -> Check:
         pods = {p.name: p for p in await ctx.kube.pods()}
@@ -168,14 +197,21 @@ def build(settings: Settings, opts: Options, args: list[str] | None = None) -> P
             text = await ctx.kube.pod_log(new, limit_bytes=LOG_BYTES) or ""
             logs[new] = [readable(line) for line in text.splitlines()[: opts.first_lines]]
             ctx.reporter.lines(f"{new}: first {opts.first_lines} log lines", logs[new])
-        return Outcome(f"showed the first log lines of {len(logs)} new pod(s)", detail={"logs": logs})
+        return Outcome(
+            f"showed the first log lines of {len(logs)} new pod(s)", detail={"logs": logs}
+        )
 
     async def still_up(ctx: PlanContext) -> Check:
         pods = {p.name: p for p in await ctx.kube.pods()}
-        restarted = [n for n in ctx.facts.get("replacements", {}).values()
-                     if n not in pods or pods[n].restarts or not pods[n].ready]
+        restarted = [
+            n
+            for n in ctx.facts.get("replacements", {}).values()
+            if n not in pods or pods[n].restarts or not pods[n].ready
+        ]
         if restarted:
-            return Check.failed(f"new pod(s) not Ready or already restarting: {', '.join(restarted)}")
+            return Check.failed(
+                f"new pod(s) not Ready or already restarting: {', '.join(restarted)}"
+            )
         return Check.passed("the new pods are Ready with 0 restarts")
 
     def first_cmd(c: PlanContext) -> str:
@@ -188,22 +224,49 @@ def build(settings: Settings, opts: Options, args: list[str] | None = None) -> P
         cli="ms07 recover worker-crash",
         args=list(args or []),
         steps=[
-            Step("List the deployment's pods with status, restarts and last termination",
-                 lambda c: f"kubectl get pods -l {c.kube.selector} {ns(c)} -o wide && "
-                           f"kubectl top pods -l {c.kube.selector} {ns(c)}",
-                 list_pods, listable, changes=False, if_interrupted="nothing was changed"),
-            Step("Read the previous (crashed) container's logs",
-                 lambda c: "; ".join(f"kubectl logs {p} --previous --tail={opts.lines} {ns(c)}" for p in shown(c)),
-                 previous_logs, changes=False, if_interrupted="nothing was changed"),
-            Step("Delete each crashed pod and wait for its replacement to be Ready",
-                 lambda c: "; ".join(f"kubectl delete pod {p} {ns(c)}" for p in shown(c))
-                           + f" && kubectl wait --for=condition=Ready pod -l {c.kube.selector} {ns(c)} "
-                             f"--timeout={opts.timeout:g}s",
-                 replace, None, replaced,
-                 if_interrupted="a pod may be deleted with its replacement not Ready yet; the Deployment "
-                                "controller still creates it (kubectl get pods shows it)"),
-            Step("Show the first log lines of each new pod", first_cmd, first_lines, None, still_up,
-                 changes=False, if_interrupted="nothing was changed"),
+            Step(
+                "List the deployment's pods with status, restarts and last termination",
+                lambda c: (
+                    f"kubectl get pods -l {c.kube.selector} {ns(c)} -o wide && "
+                    f"kubectl top pods -l {c.kube.selector} {ns(c)}"
+                ),
+                list_pods,
+                listable,
+                changes=False,
+                if_interrupted="nothing was changed",
+            ),
+            Step(
+                "Read the previous (crashed) container's logs",
+                lambda c: "; ".join(
+                    f"kubectl logs {p} --previous --tail={opts.lines} {ns(c)}" for p in shown(c)
+                ),
+                previous_logs,
+                changes=False,
+                if_interrupted="nothing was changed",
+            ),
+            Step(
+                "Delete each crashed pod and wait for its replacement to be Ready",
+                lambda c: (
+                    "; ".join(f"kubectl delete pod {p} {ns(c)}" for p in shown(c))
+                    + f" && kubectl wait --for=condition=Ready pod -l {c.kube.selector} {ns(c)} "
+                    f"--timeout={opts.timeout:g}s"
+                ),
+                replace,
+                None,
+                replaced,
+                if_interrupted=(
+                    "a pod may be deleted with its replacement not Ready yet; the Deployment "
+                    "controller still creates it (kubectl get pods shows it)"
+                ),
+            ),
+            Step(
+                "Show the first log lines of each new pod",
+                first_cmd,
+                first_lines,
+                None,
+                still_up,
+                changes=False,
+                if_interrupted="nothing was changed",
+            ),
         ],
     )
-

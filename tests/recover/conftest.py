@@ -40,8 +40,12 @@ def rc(redis_url: str) -> Iterator[redis_sync.Redis]:
 
 @pytest.fixture
 def recover_env(env_for: dict[str, str], fake_kube: FakeKube) -> dict[str, str]:
-    return {**env_for, "KUBECONFIG": str(fake_kube.kubeconfig_path),  # type: ignore[attr-defined]
-            "MS07_K8S_NAMESPACE": "ms07", "USER": "oncall-tester"}
+    return {
+        **env_for,
+        "KUBECONFIG": str(fake_kube.kubeconfig_path),  # type: ignore[attr-defined]
+        "MS07_K8S_NAMESPACE": "ms07",
+        "USER": "oncall-tester",
+    }
 
 
 @pytest.fixture
@@ -57,8 +61,15 @@ def cli(recover_env: dict[str, str]) -> Callable[..., Any]:
     return invoke
 
 
-def seed(rc: redis_sync.Redis, n: int, *, queue: str = "default", delayed: int = 0,
-         pending_for: str | None = None, pending: int = 0) -> list[str]:
+def seed(
+    rc: redis_sync.Redis,
+    n: int,
+    *,
+    queue: str = "default",
+    delayed: int = 0,
+    pending_for: str | None = None,
+    pending: int = 0,
+) -> list[str]:
     """XADD n entries (like the engine's), ZADD delayed retries, and optionally let a consumer
     read ``pending`` of them so they sit in its PEL. Returns the distribution ids."""
     stream = keys.stream(queue)
@@ -83,12 +94,22 @@ def snapshot(rc: redis_sync.Redis) -> dict[str, Any]:
         kind = rc.type(key)
         if kind == "stream":
             groups = rc.xinfo_groups(key)
-            out[key] = {"entries": rc.xrange(key), "groups": [
-                {**{k: v for k, v in g.items() if k not in ("lag",)},
-                 "pel": [(p["message_id"], p["consumer"]) for p in
-                         rc.xpending_range(key, g["name"], "-", "+", 10000)],
-                 "consumers": sorted((c["name"], c["pending"]) for c in rc.xinfo_consumers(key, g["name"]))}
-                for g in groups]}
+            out[key] = {
+                "entries": rc.xrange(key),
+                "groups": [
+                    {
+                        **{k: v for k, v in g.items() if k not in ("lag",)},
+                        "pel": [
+                            (p["message_id"], p["consumer"])
+                            for p in rc.xpending_range(key, g["name"], "-", "+", 10000)
+                        ],
+                        "consumers": sorted(
+                            (c["name"], c["pending"]) for c in rc.xinfo_consumers(key, g["name"])
+                        ),
+                    }
+                    for g in groups
+                ],
+            }
         elif kind == "zset":
             out[key] = rc.zrange(key, 0, -1, withscores=True)
         elif kind == "string":
@@ -102,8 +123,10 @@ def snapshot(rc: redis_sync.Redis) -> dict[str, Any]:
 
 def audit_rows(database_url: str) -> list[dict[str, Any]]:
     with psycopg.connect(database_url) as conn:
-        cur = conn.execute("SELECT operator, plan_id, plan, step_index, step, command, outcome, detail "
-                           "FROM recovery_audit ORDER BY id")
+        cur = conn.execute(
+            "SELECT operator, plan_id, plan, step_index, step, command, outcome, detail "
+            "FROM recovery_audit ORDER BY id"
+        )
         cols = [c.name for c in cur.description or []]
         return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
 

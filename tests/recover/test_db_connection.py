@@ -27,11 +27,19 @@ def _multi_host(url: str) -> tuple[str, str]:
     return urlunsplit(parts._replace(query=urlencode(query, safe="/,"))), real
 
 
-def test_reports_primary_and_restarts_the_rollout(cli: Any, fake_kube: FakeKube, database_url: str) -> None:
+def test_reports_primary_and_restarts_the_rollout(
+    cli: Any, fake_kube: FakeKube, database_url: str
+) -> None:
     url, real = _multi_host(database_url)
     old = set(fake_kube.pod_names())
-    result = cli("recover", "db-connection", "--yes", "--health-url", "http://127.0.0.1:9/health/ready",
-                 env={"MS07_DATABASE_URL": url})
+    result = cli(
+        "recover",
+        "db-connection",
+        "--yes",
+        "--health-url",
+        "http://127.0.0.1:9/health/ready",
+        env={"MS07_DATABASE_URL": url},
+    )
     assert result.exit_code == 0, result.output
     out = " ".join(result.output.split())
     assert f"answered by {real}:" in out and "as primary" in out
@@ -41,26 +49,48 @@ def test_reports_primary_and_restarts_the_rollout(cli: Any, fake_kube: FakeKube,
 
     [patch] = fake_kube.mutations()
     assert (patch.method, patch.path, patch.content_type) == (
-        "PATCH", DEPLOYMENT, "application/strategic-merge-patch+json")
+        "PATCH",
+        DEPLOYMENT,
+        "application/strategic-merge-patch+json",
+    )
     stamp = patch.body["spec"]["template"]["metadata"]["annotations"][RESTARTED_AT]
     assert list(patch.body) == ["spec"] and stamp.endswith("Z")
     new = set(fake_kube.ready_pods())
     assert len(new) == 2 and not new & old, "every pod was replaced"
-    rows = [(r["step_index"], r["outcome"]) for r in audit_rows(database_url) if r["outcome"] != "running"]
-    assert rows == [(None, "started"), (1, "ok"), (2, "ok"), (3, "ok"), (4, "skipped"), (None, "completed")]
+    rows = [
+        (r["step_index"], r["outcome"])
+        for r in audit_rows(database_url)
+        if r["outcome"] != "running"
+    ]
+    assert rows == [
+        (None, "started"),
+        (1, "ok"),
+        (2, "ok"),
+        (3, "ok"),
+        (4, "skipped"),
+        (None, "completed"),
+    ]
 
 
 # The engine's heartbeat uses redis-py's deprecated SETEX; under this suite's warnings-as-errors
 # its heartbeat would fail and /health/ready stay "degraded" (reported to the engine's owner).
 @pytest.mark.filterwarnings("ignore:Call to deprecated setex:DeprecationWarning")
-async def test_waits_for_a_real_engine_to_be_healthy(make_settings: Any, fake_kube: FakeKube) -> None:
+async def test_waits_for_a_real_engine_to_be_healthy(
+    make_settings: Any, fake_kube: FakeKube
+) -> None:
     settings = make_settings()
     engine = Engine(settings, http_port=0)
     await engine.start()
     try:
         health = f"http://127.0.0.1:{engine.http_port}/health/ready"
-        result = await recover.run("db-connection", settings, yes=True, health_url=health, health_timeout=30,
-                                   kube_options={"kubeconfig": str(fake_kube.kubeconfig_path), "namespace": "ms07"})
+        result = await recover.run(
+            "db-connection",
+            settings,
+            yes=True,
+            health_url=health,
+            health_timeout=30,
+            kube_options={"kubeconfig": str(fake_kube.kubeconfig_path), "namespace": "ms07"},
+        )
     finally:
         await engine.stop()
     assert result.status == "completed", result.message
@@ -69,7 +99,9 @@ async def test_waits_for_a_real_engine_to_be_healthy(make_settings: Any, fake_ku
     assert result.steps[0].detail["database"]["role"] == "primary"
 
 
-def test_database_down_stops_before_the_restart(cli: Any, fake_kube: FakeKube, tmp_path: Path) -> None:
+def test_database_down_stops_before_the_restart(
+    cli: Any, fake_kube: FakeKube, tmp_path: Path
+) -> None:
     down = "postgresql://ms07:secret-pw@127.0.0.1:1/ms07"
     result = cli("recover", "db-connection", "--yes", env={"MS07_DATABASE_URL": down})
     assert result.exit_code == 1
@@ -81,7 +113,11 @@ def test_database_down_stops_before_the_restart(cli: Any, fake_kube: FakeKube, t
     assert fake_kube.mutations() == []
     lines = audit_lines(tmp_path / "state")
     assert [(x["step_index"], x["outcome"]) for x in lines] == [
-        (None, "started"), (1, "running"), (1, "failed"), (None, "failed")]
+        (None, "started"),
+        (1, "running"),
+        (1, "failed"),
+        (None, "failed"),
+    ]
     assert not any(x["recorded_in_db"] for x in lines)
     assert "secret-pw" not in (tmp_path / "state" / "audit" / "recovery.jsonl").read_text()
     assert "not recorded in recovery_audit" in out

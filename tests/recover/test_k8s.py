@@ -17,12 +17,16 @@ STRATEGIC = "application/strategic-merge-patch+json"
 
 @pytest.fixture
 def kube(fake_kube: FakeKube) -> Kube:
-    return Kube("ms07", "ms07-distributor", kubeconfig=str(fake_kube.kubeconfig_path), poll_interval=0.1)
+    return Kube(
+        "ms07", "ms07-distributor", kubeconfig=str(fake_kube.kubeconfig_path), poll_interval=0.1
+    )
 
 
 def _req(fake: FakeKube) -> list[tuple[str, str, dict[str, str], object, str | None]]:
-    return [(r.method, r.path, {k: v[0] for k, v in r.query.items()}, r.body, r.content_type)
-            for r in fake.requests]
+    return [
+        (r.method, r.path, {k: v[0] for k, v in r.query.items()}, r.body, r.content_type)
+        for r in fake.requests
+    ]
 
 
 async def test_scale_and_wait(kube: Kube, fake_kube: FakeKube) -> None:
@@ -31,12 +35,16 @@ async def test_scale_and_wait(kube: Kube, fake_kube: FakeKube) -> None:
     state = await kube.wait_replicas(3, 10)
     assert (state.replicas, state.ready, state.current) == (3, 3, 3)
     reqs = _req(fake_kube)
-    assert reqs[:2] == [("GET", f"{APPS}/scale", {}, None, None),
-                        ("PATCH", f"{APPS}/scale", {}, {"spec": {"replicas": 3}}, STRATEGIC)]
+    assert reqs[:2] == [
+        ("GET", f"{APPS}/scale", {}, None, None),
+        ("PATCH", f"{APPS}/scale", {}, {"spec": {"replicas": 3}}, STRATEGIC),
+    ]
     assert {r[:2] for r in reqs[2:]} == {("GET", APPS)}
 
 
-async def test_rollout_restart_patches_the_template_and_waits(kube: Kube, fake_kube: FakeKube) -> None:
+async def test_rollout_restart_patches_the_template_and_waits(
+    kube: Kube, fake_kube: FakeKube
+) -> None:
     before = set(fake_kube.pod_names())
     stamp = await kube.rollout_restart()
     state = await kube.wait_rollout(10)
@@ -44,7 +52,9 @@ async def test_rollout_restart_patches_the_template_and_waits(kube: Kube, fake_k
     assert not set(fake_kube.ready_pods()) & before
     patch = fake_kube.mutations()[0]
     assert (patch.method, patch.path, patch.content_type) == ("PATCH", APPS, STRATEGIC)
-    assert patch.body == {"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: stamp}}}}}
+    assert patch.body == {
+        "spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: stamp}}}}
+    }
 
 
 async def test_pods_logs_delete_and_replacement(kube: Kube, fake_kube: FakeKube) -> None:
@@ -82,15 +92,21 @@ async def test_errors_are_one_clear_line(kube: Kube, fake_kube: FakeKube) -> Non
     fake_kube.fail("DELETE", "/pods/", 403, times=1)
     with pytest.raises(KubeError) as denied:
         await kube.delete_pod(fake_kube.pod_names()[0])
-    assert str(denied.value).startswith("kubernetes: permission denied to delete pods in namespace ms07: the Role "
-                                        "needs verb 'delete' on resource 'pods' in apiGroup ''")
+    assert str(denied.value).startswith(
+        "kubernetes: permission denied to delete pods in namespace ms07: the Role "
+        "needs verb 'delete' on resource 'pods' in apiGroup ''"
+    )
     assert denied.value.exit_code == 3
     with pytest.raises(KubeNotFound) as missing:
         await kube.delete_pod("ghost")
-    assert str(missing.value) == 'kubernetes: pod ms07/ghost not found (404): pods "ghost" not found'
+    assert (
+        str(missing.value) == 'kubernetes: pod ms07/ghost not found (404): pods "ghost" not found'
+    )
     assert missing.value.exit_code == 4
     fake_kube.fail("GET", "/deployments/", 500, times=1)
-    with pytest.raises(KubeError, match=r"get deployments \(deployment ms07/ms07-distributor\) failed: HTTP 500"):
+    with pytest.raises(
+        KubeError, match=r"get deployments \(deployment ms07/ms07-distributor\) failed: HTTP 500"
+    ):
         await kube.deployment_state()
     assert "\n" not in str(denied.value) + str(missing.value)
 
@@ -101,8 +117,9 @@ async def test_wait_timeout_says_where_it_stopped(kube: Kube, fake_kube: FakeKub
         await kube.wait_replicas(2, 0.5)
 
 
-async def test_explicit_kubeconfig_wins_over_in_cluster(fake_kube: FakeKube, monkeypatch: pytest.MonkeyPatch,
-                                                        tmp_path: Path) -> None:
+async def test_explicit_kubeconfig_wins_over_in_cluster(
+    fake_kube: FakeKube, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
     monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
     monkeypatch.setenv("KUBECONFIG", str(fake_kube.kubeconfig_path))
@@ -117,15 +134,46 @@ async def test_explicit_kubeconfig_wins_over_in_cluster(fake_kube: FakeKube, mon
 
 
 def test_parse_pod_reads_the_latest_termination() -> None:
-    pod = parse_pod({
-        "metadata": {"name": "p", "creationTimestamp": "2024-01-15T10:00:00Z"},
-        "spec": {"containers": [{"name": "a"}, {"name": "b"}]},
-        "status": {"phase": "Running", "containerStatuses": [
-            {"name": "a", "ready": True, "restartCount": 1,
-             "lastState": {"terminated": {"reason": "Error", "exitCode": 1, "finishedAt": "2024-01-15T10:01:00Z"}}},
-            {"name": "b", "ready": False, "restartCount": 2, "state": {"waiting": {"reason": "CrashLoopBackOff"}},
-             "lastState": {"terminated": {"reason": "OOMKilled", "exitCode": 137,
-                                          "finishedAt": "2024-01-15T10:02:00Z"}}}]},
-    })
-    assert (pod.restarts, pod.ready, pod.last_reason, pod.last_exit_code) == (3, False, "OOMKilled", 137)
+    pod = parse_pod(
+        {
+            "metadata": {"name": "p", "creationTimestamp": "2024-01-15T10:00:00Z"},
+            "spec": {"containers": [{"name": "a"}, {"name": "b"}]},
+            "status": {
+                "phase": "Running",
+                "containerStatuses": [
+                    {
+                        "name": "a",
+                        "ready": True,
+                        "restartCount": 1,
+                        "lastState": {
+                            "terminated": {
+                                "reason": "Error",
+                                "exitCode": 1,
+                                "finishedAt": "2024-01-15T10:01:00Z",
+                            }
+                        },
+                    },
+                    {
+                        "name": "b",
+                        "ready": False,
+                        "restartCount": 2,
+                        "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                        "lastState": {
+                            "terminated": {
+                                "reason": "OOMKilled",
+                                "exitCode": 137,
+                                "finishedAt": "2024-01-15T10:02:00Z",
+                            }
+                        },
+                    },
+                ],
+            },
+        }
+    )
+    assert (pod.restarts, pod.ready, pod.last_reason, pod.last_exit_code) == (
+        3,
+        False,
+        "OOMKilled",
+        137,
+    )
     assert pod.crashed and pod.containers == ["a", "b"]

@@ -18,6 +18,7 @@ SCALE = "/apis/apps/v1/namespaces/ms07/deployments/ms07-distributor/scale"
 
 def _stop_consumers_with_pods(fake: FakeKube, rc: redis_sync.Redis) -> None:
     """A pod that goes away stops its engine, whose farewell deletes its heartbeat."""
+
     def gone(pod: str) -> None:
         for key in rc.scan_iter(f"{keys.heartbeat(pod)}*"):
             rc.delete(key)
@@ -29,8 +30,9 @@ def _fields(rc: redis_sync.Redis) -> list[dict[str, str]]:
     return sorted((f for _, f in rc.xrange(keys.stream("default"))), key=lambda f: f["id"])
 
 
-def test_queue_full_end_to_end_and_restore(cli: Any, fake_kube: FakeKube, rc: redis_sync.Redis,
-                                           database_url: str, tmp_path: Path) -> None:
+def test_queue_full_end_to_end_and_restore(
+    cli: Any, fake_kube: FakeKube, rc: redis_sync.Redis, database_url: str, tmp_path: Path
+) -> None:
     pod = fake_kube.pod_names()[0]
     consumer = f"{pod}-7-abcdef"
     seed(rc, 30, delayed=5, pending_for=consumer, pending=4)
@@ -39,7 +41,9 @@ def test_queue_full_end_to_end_and_restore(cli: Any, fake_kube: FakeKube, rc: re
     before_delayed = rc.zrange(keys.delayed("default"), 0, -1, withscores=True)
     _stop_consumers_with_pods(fake_kube, rc)
 
-    result = cli("recover", "queue-full", "--yes", "--watch-seconds", "0.5", "--idle-seconds", "0.2")
+    result = cli(
+        "recover", "queue-full", "--yes", "--watch-seconds", "0.5", "--idle-seconds", "0.2"
+    )
     assert result.exit_code == 0, result.output
 
     # Kubernetes: exactly two writes, scale to 0 then back to the previous 2, as strategic merge patches.
@@ -64,13 +68,25 @@ def test_queue_full_end_to_end_and_restore(cli: Any, fake_kube: FakeKube, rc: re
     # Audit: every step started and ended, in the table and in the JSONL file.
     rows = audit_rows(database_url)
     outcomes = [(r["step_index"], r["outcome"]) for r in rows if r["outcome"] != "running"]
-    assert outcomes == [(None, "started"), (1, "ok"), (2, "ok"), (3, "ok"), (4, "ok"), (5, "ok"), (6, "ok"),
-                        (None, "completed")]
+    assert outcomes == [
+        (None, "started"),
+        (1, "ok"),
+        (2, "ok"),
+        (3, "ok"),
+        (4, "ok"),
+        (5, "ok"),
+        (6, "ok"),
+        (None, "completed"),
+    ]
     assert {r["operator"] for r in rows} == {"oncall-tester"}
     assert len({r["plan_id"] for r in rows}) == 1
-    assert rows[1]["command"].startswith("kubectl scale deployment/ms07-distributor --replicas=0 -n ms07")
+    assert rows[1]["command"].startswith(
+        "kubectl scale deployment/ms07-distributor --replicas=0 -n ms07"
+    )
     lines = audit_lines(tmp_path / "state")
-    assert [(x["step_index"], x["outcome"]) for x in lines] == [(r["step_index"], r["outcome"]) for r in rows]
+    assert [(x["step_index"], x["outcome"]) for x in lines] == [
+        (r["step_index"], r["outcome"]) for r in rows
+    ]
     assert all(x["recorded_in_db"] for x in lines)
 
     # The way back: every entry with its fields, every delayed retry with its score.
@@ -80,8 +96,9 @@ def test_queue_full_end_to_end_and_restore(cli: Any, fake_kube: FakeKube, rc: re
     assert rc.zrange(keys.delayed("default"), 0, -1, withscores=True) == before_delayed
 
 
-def test_dry_run_changes_nothing(cli: Any, fake_kube: FakeKube, rc: redis_sync.Redis, database_url: str,
-                                 tmp_path: Path) -> None:
+def test_dry_run_changes_nothing(
+    cli: Any, fake_kube: FakeKube, rc: redis_sync.Redis, database_url: str, tmp_path: Path
+) -> None:
     pod = fake_kube.pod_names()[0]
     seed(rc, 12, delayed=3, pending_for=f"{pod}-1-aaaaaa", pending=2)
     rc.set(keys.heartbeat(f"{pod}-1-aaaaaa"), "{}", ex=60)
@@ -98,10 +115,14 @@ def test_dry_run_changes_nothing(cli: Any, fake_kube: FakeKube, rc: redis_sync.R
     assert [s["status"] for s in plan["steps"]] == ["pending"] * 6
     commands = [s["command"] for s in plan["steps"]]
     assert commands[0].startswith("kubectl scale deployment/ms07-distributor --replicas=0 -n ms07")
-    assert commands[3].startswith("redis-cli XACK distribution:queue:{default} workers <ids in the backup>")
+    assert commands[3].startswith(
+        "redis-cli XACK distribution:queue:{default} workers <ids in the backup>"
+    )
     assert commands[4].startswith("kubectl scale deployment/ms07-distributor --replicas=2 -n ms07")
     assert plan["steps"][0]["precondition"] == {
-        "ok": True, "message": "deployment ms07/ms07-distributor wants 2 replicas, 2 running"}
+        "ok": True,
+        "message": "deployment ms07/ms07-distributor wants 2 replicas, 2 running",
+    }
     assert plan["steps"][3]["precondition"]["ok"] is None  # needs the backup of step 3
 
     assert rc.dbsize() == dbsize
@@ -111,4 +132,3 @@ def test_dry_run_changes_nothing(cli: Any, fake_kube: FakeKube, rc: redis_sync.R
     assert audit_rows(database_url) == []
     assert not (tmp_path / "state" / "audit").exists()
     assert not (tmp_path / "state" / "backups").exists()
-

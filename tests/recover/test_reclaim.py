@@ -16,8 +16,9 @@ def _consumers(rc: redis_sync.Redis) -> dict[str, int]:
     return {c["name"]: c["pending"] for c in rc.xinfo_consumers(STREAM, keys.GROUP)}
 
 
-def test_requeues_everything_a_dead_consumer_held_and_removes_it(cli: Any, rc: redis_sync.Redis,
-                                                                  database_url: str) -> None:
+def test_requeues_everything_a_dead_consumer_held_and_removes_it(
+    cli: Any, rc: redis_sync.Redis, database_url: str
+) -> None:
     ids = seed(rc, 8, pending_for="ms07-distributor-x-p1-1-dead00", pending=5)
     held = [p["message_id"] for p in rc.xpending_range(STREAM, keys.GROUP, "-", "+", 10)]
     rc.xdel(STREAM, held[0])  # deleted while pending: its payload is gone (redis#6199)
@@ -34,7 +35,9 @@ def test_requeues_everything_a_dead_consumer_held_and_removes_it(cli: Any, rc: r
     lost = next(d for d in ids if d not in remaining)
     assert remaining == sorted(d for d in ids if d != lost)
     assert "1 had no payload left" in result.output
-    rows = [r for r in audit_rows(database_url) if r["step_index"] == 2 and r["outcome"] != "running"]
+    rows = [
+        r for r in audit_rows(database_url) if r["step_index"] == 2 and r["outcome"] != "running"
+    ]
     assert rows[0]["outcome"] == "warning"
     assert rows[0]["detail"]["requeued"] == 4 and rows[0]["detail"]["vanished"] == 1
 
@@ -50,7 +53,9 @@ def test_gives_entries_to_a_live_consumer_and_keeps_its_own(cli: Any, rc: redis_
     assert _consumers(rc) == {"live-worker": 5}
     assert rc.xlen(STREAM) == 6, "nothing copied: the entries changed owner"
     # Their idle time is set to claim_idle_seconds so the engine's reclaimer takes them at once.
-    idle = sorted(p["time_since_delivered"] for p in rc.xpending_range(STREAM, keys.GROUP, "-", "+", 10))
+    idle = sorted(
+        p["time_since_delivered"] for p in rc.xpending_range(STREAM, keys.GROUP, "-", "+", 10)
+    )
     assert idle[-1] >= 90_000 and idle[0] < 90_000
 
 
@@ -59,9 +64,12 @@ def test_dry_run_lists_dead_consumers_and_touches_nothing(cli: Any, rc: redis_sy
     before = rc.xpending_range(STREAM, keys.GROUP, "-", "+", 10)
     result = cli("recover", "reclaim-pending", "--dry-run", "--min-idle-ms", "0")
     assert result.exit_code == 0, result.output
-    assert "1 consumer(s) without a heartbeat hold 4 pending entries" in " ".join(result.output.split())
-    assert [p["message_id"] for p in rc.xpending_range(STREAM, keys.GROUP, "-", "+", 10)] == \
-        [p["message_id"] for p in before]
+    assert "1 consumer(s) without a heartbeat hold 4 pending entries" in " ".join(
+        result.output.split()
+    )
+    assert [p["message_id"] for p in rc.xpending_range(STREAM, keys.GROUP, "-", "+", 10)] == [
+        p["message_id"] for p in before
+    ]
     assert _consumers(rc) == {"dead-worker": 4}
 
 

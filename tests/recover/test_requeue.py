@@ -17,12 +17,19 @@ from tests.recover.conftest import audit_rows
 
 def _submit(database_url: str, redis_url: str, n: int, priority: str = "default") -> list[str]:
     """Record n jobs and enqueue them, as ``ms07 submit`` does."""
+
     async def go() -> list[str]:
-        new = [jobs.NewJob(str(uuid.uuid4()), "ms09-reporter", b"{}", priority=priority) for _ in range(n)]
+        new = [
+            jobs.NewJob(str(uuid.uuid4()), "ms09-reporter", b"{}", priority=priority)
+            for _ in range(n)
+        ]
         conn = await db.connect(database_url, autocommit=True)
         try:
-            await conn.execute("INSERT INTO destinations (name, url) VALUES ('ms09-reporter', 'http://127.0.0.1:9/') "
-                               "ON CONFLICT DO NOTHING")
+            await conn.execute(
+                "INSERT INTO destinations (name, url) VALUES ('ms09-reporter', "
+                "'http://127.0.0.1:9/') "
+                "ON CONFLICT DO NOTHING"
+            )
             await jobs.insert_jobs(conn, new)
         finally:
             await conn.close()
@@ -40,12 +47,20 @@ def _in_stream(rc: redis_sync.Redis) -> set[str]:
     return {f["id"] for _, f in rc.xrange(keys.stream("default"))}
 
 
-def test_brings_back_what_flushall_lost(cli: Any, rc: redis_sync.Redis, database_url: str,
-                                        redis_url: str) -> None:
+def test_brings_back_what_flushall_lost(
+    cli: Any, rc: redis_sync.Redis, database_url: str, redis_url: str
+) -> None:
     ids = _submit(database_url, redis_url, 25)
-    with psycopg.connect(database_url, autocommit=True) as conn:  # one delivered: not to be requeued
-        conn.execute("UPDATE distribution_jobs SET status = 'delivered' WHERE distribution_id = %s", (ids[0],))
-        conn.execute("UPDATE distribution_jobs SET status = 'retrying' WHERE distribution_id = %s", (ids[1],))
+    with psycopg.connect(
+        database_url, autocommit=True
+    ) as conn:  # one delivered: not to be requeued
+        conn.execute(
+            "UPDATE distribution_jobs SET status = 'delivered' WHERE distribution_id = %s",
+            (ids[0],),
+        )
+        conn.execute(
+            "UPDATE distribution_jobs SET status = 'retrying' WHERE distribution_id = %s", (ids[1],)
+        )
     assert _in_stream(rc) == set(ids)
     rc.flushall()
 
@@ -58,7 +73,11 @@ def test_brings_back_what_flushall_lost(cli: Any, rc: redis_sync.Redis, database
     assert result.exit_code == 0, result.output
     assert _in_stream(rc) == set(ids[1:])
     assert rc.xinfo_groups(keys.stream("default"))[0]["name"] == keys.GROUP
-    steps = [(r["step_index"], r["outcome"]) for r in audit_rows(database_url) if r["outcome"] != "running"]
+    steps = [
+        (r["step_index"], r["outcome"])
+        for r in audit_rows(database_url)
+        if r["outcome"] != "running"
+    ]
     assert steps == [(None, "started"), (1, "ok"), (2, "ok"), (None, "completed")]
 
     again = cli("recover", "requeue-from-db", "--yes", "--older-than", "0")
@@ -67,8 +86,9 @@ def test_brings_back_what_flushall_lost(cli: Any, rc: redis_sync.Redis, database
     assert rc.xlen(keys.stream("default")) == 24, "running it twice enqueues nothing twice"
 
 
-def test_grace_leaves_recent_jobs_to_the_submit_in_flight(cli: Any, rc: redis_sync.Redis, database_url: str,
-                                                          redis_url: str) -> None:
+def test_grace_leaves_recent_jobs_to_the_submit_in_flight(
+    cli: Any, rc: redis_sync.Redis, database_url: str, redis_url: str
+) -> None:
     _submit(database_url, redis_url, 3)
     rc.flushall()
     result = cli("recover", "requeue-from-db", "--yes")  # default grace: 30 s

@@ -13,7 +13,9 @@ from tests.recover.conftest import seed
 SCALE = "/apis/apps/v1/namespaces/ms07/deployments/ms07-distributor/scale"
 
 
-def test_scale_up_and_watch_consumers_join(cli: Any, fake_kube: FakeKube, rc: redis_sync.Redis) -> None:
+def test_scale_up_and_watch_consumers_join(
+    cli: Any, fake_kube: FakeKube, rc: redis_sync.Redis
+) -> None:
     seed(rc, 1)
     for pod in fake_kube.pod_names():
         rc.set(keys.heartbeat(f"{pod}-1-aaaaaa"), "{}", ex=60)
@@ -26,14 +28,17 @@ def test_scale_up_and_watch_consumers_join(cli: Any, fake_kube: FakeKube, rc: re
     result = cli("recover", "scale", "--replicas", "4", "--yes", "--consumers-timeout", "10")
     assert result.exit_code == 0, result.output
     assert [(r.method, r.path, r.body) for r in fake_kube.mutations()] == [
-        ("PATCH", SCALE, {"spec": {"replicas": 4}})]
+        ("PATCH", SCALE, {"spec": {"replicas": 4}})
+    ]
     assert len(fake_kube.ready_pods()) == 4
     out = " ".join(result.output.split())
     assert "2 -> 4 replicas, 4 Ready" in out
     assert "4 consumer(s) active in group workers" in out
 
 
-def test_no_engine_joining_is_a_warning_not_a_failure(cli: Any, fake_kube: FakeKube, rc: redis_sync.Redis) -> None:
+def test_no_engine_joining_is_a_warning_not_a_failure(
+    cli: Any, fake_kube: FakeKube, rc: redis_sync.Redis
+) -> None:
     result = cli("recover", "scale", "--replicas", "3", "--yes", "--consumers-timeout", "0.5")
     assert result.exit_code == 0, result.output
     out = " ".join(result.output.split())
