@@ -140,11 +140,12 @@ def test_from_step_beyond_the_plan_is_a_usage_error(cli: Any, fake_kube: FakeKub
 
 class Recording(P.Reporter):
     def __init__(self) -> None:
-        self.started: list[int] = []
+        self.second_step = asyncio.Event()
         self.result: P.PlanResult | None = None
 
     def step_started(self, step: P.StepResult) -> None:
-        self.started.append(step.index)
+        if step.index == 2:
+            self.second_step.set()
 
     def interrupted(self, result: P.PlanResult) -> None:
         self.result = result
@@ -167,9 +168,7 @@ async def test_ctrl_c_records_and_describes_the_state(
         kube_options={"kubeconfig": str(fake_kube.kubeconfig_path), "namespace": "ms07"},
     ) as ctx:
         task = asyncio.create_task(P.execute(plan, ctx))
-        while 2 not in reporter.started:
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(0.3)
+        await asyncio.wait_for(reporter.second_step.wait(), 30)
         task.cancel()  # what asyncio.run does on Ctrl-C
         with pytest.raises(asyncio.CancelledError):
             await task

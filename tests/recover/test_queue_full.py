@@ -46,7 +46,7 @@ def test_queue_full_end_to_end_and_restore(
     )
     assert result.exit_code == 0, result.output
 
-    # Kubernetes: exactly two writes, scale to 0 then back to the previous 2, as strategic merge patches.
+    # Kubernetes: exactly two writes, to 0 then back to the previous 2, strategic merge patches.
     writes = [(r.method, r.path, r.body, r.content_type) for r in fake_kube.mutations()]
     assert writes == [
         ("PATCH", SCALE, {"spec": {"replicas": 0}}, "application/strategic-merge-patch+json"),
