@@ -231,9 +231,11 @@ def queue_full(
     context: KubeContext = None,
     timeout: Timeout = 300.0,
 ) -> None:
-    """Queue full: scale to 0, back up every entry (verified), clear exactly those, scale back.
+    """Queue full: back up the whole queue, clear exactly what was backed up, scale back.
 
-    Then watch the depth. `ms07 queue restore FILE` puts the backed-up entries back."""
+    Scale to 0 and wait until nothing consumes; back up every stream entry and delayed retry,
+    verified; remove exactly those; scale back; watch the depth. `ms07 queue restore FILE`
+    puts the backed-up entries back."""
     from ms07.recover import queue_full as proc
 
     run = Run.of(locals())
@@ -273,8 +275,10 @@ def db_connection(
     context: KubeContext = None,
     timeout: Timeout = 300.0,
 ) -> None:
-    """Database connection lost: SELECT 1 timed, primary or standby, replication, then a
-    rollout restart and a wait for Ready pods and a healthy /health/ready."""
+    """Database connection lost: check PostgreSQL, then restart the pods so they reconnect.
+
+    SELECT 1 timed, which host answered as primary or standby, pg_stat_replication; then a
+    rollout restart, a wait for Ready pods and for a healthy /health/ready."""
     from ms07.recover import db_connection as proc
 
     run = Run.of(locals())
@@ -305,8 +309,10 @@ def worker_crash(
     context: KubeContext = None,
     timeout: Timeout = 300.0,
 ) -> None:
-    """Worker crash: pods with status and restarts, the crashed ones' previous logs, delete
-    them one by one and wait for Ready replacements, show the new pods' first log lines."""
+    """Worker crash: read why pods crashed, replace them one by one.
+
+    Pods with status, restarts and last termination; the crashed ones' previous logs; delete
+    each and wait for its Ready replacement; the new pods' first log lines."""
     from ms07.recover import worker_crash as proc
 
     run = Run.of(locals())
@@ -336,8 +342,10 @@ def reclaim_pending(
     plan_id: PlanId = None,
     as_json: Json = False,
 ) -> None:
-    """Pending entries of dead consumers (no heartbeat): hand them to a live consumer or put
-    them back into the stream, then remove the dead consumers once they hold nothing."""
+    """Pending entries of dead consumers: take them over, then remove those consumers.
+
+    Consumers without a heartbeat: their pending entries go to a live consumer or back into
+    the stream; each dead consumer is removed only while it holds nothing."""
     from ms07.recover import reclaim as proc
 
     if to and requeue:

@@ -23,6 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from redis.exceptions import ResponseError
+
 from ms07 import keys
 from ms07.config import Settings
 from ms07.recover import consumers
@@ -54,6 +56,19 @@ def build(settings: Settings, opts: Options, args: list[str] | None = None) -> P
 
     def holder(ctx: PlanContext) -> str:
         return f"ms07-recover-{ctx.plan_id or 'plan'}"
+
+    async def holders(ctx: PlanContext) -> list[tuple[str, str]]:
+        """Where this plan's own holder consumer exists (it exists only where it claimed)."""
+        queue = await ctx.queue()
+        found = []
+        for q in queue.priorities:
+            try:
+                rows = await queue.redis.xinfo_consumers(keys.stream(q), keys.GROUP)
+            except ResponseError:  # no such stream or group: nothing claimed there
+                continue
+            if any(r["name"] == holder(ctx) for r in rows):
+                found.append((q, holder(ctx)))
+        return found
 
     # ---------------------------------------------------------------- 1 find
 
@@ -159,7 +174,7 @@ def build(settings: Settings, opts: Options, args: list[str] | None = None) -> P
     async def nothing_held(ctx: PlanContext) -> Check:
         queue = await ctx.queue()
         left = []
-        for q, name in [*ctx.facts["dead"], *((q, holder(ctx)) for q in queue.priorities)]:
+        for q, name in [*ctx.facts["dead"], *await holders(ctx)]:
             summary = await queue.redis.xpending_range(
                 keys.stream(q), keys.GROUP, min="-", max="+", count=1, consumername=name
             )
@@ -180,7 +195,7 @@ def build(settings: Settings, opts: Options, args: list[str] | None = None) -> P
         queue = await ctx.queue()
         script = queue.redis.register_script(consumers.DELETE_IF_EMPTY)
         beats = set(await consumers.heartbeats(queue.redis))
-        names = [*ctx.facts["dead"], *((q, holder(ctx)) for q in queue.priorities)]
+        names = [*ctx.facts["dead"], *await holders(ctx)]
         removed, kept = [], []
         for q, name in names:
             if name in beats:

@@ -78,3 +78,23 @@ def test_a_recently_active_consumer_is_not_dead(cli: Any, rc: redis_sync.Redis) 
     result = cli("recover", "reclaim-pending", "--yes", "--min-idle-ms", "60000")
     assert result.exit_code == 0, result.output
     assert _consumers(rc) == {"just-started": 3}
+
+
+def test_priority_streams_that_do_not_exist_are_fine(
+    cli: Any, rc: redis_sync.Redis, tmp_path: Any
+) -> None:
+    config = tmp_path / "priorities.yaml"
+    config.write_text("distribution: {priorities: [high, default], default_priority: default}\n")
+    seed(rc, 3, pending_for="dead-worker", pending=3)  # only the default stream exists
+    result = cli(
+        "recover",
+        "reclaim-pending",
+        "--yes",
+        "--min-idle-ms",
+        "0",
+        env={"MS07_CONFIG": str(config)},
+    )
+    assert result.exit_code == 0, result.output
+    assert "redis-cli XINFO CONSUMERS distribution:queue:{high} workers" in result.output
+    assert rc.xpending(STREAM, keys.GROUP)["pending"] == 0
+    assert _consumers(rc) == {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import redis as redis_sync
@@ -65,3 +66,15 @@ def test_json_needs_dry_run_or_yes(cli: Any, fake_kube: FakeKube) -> None:
     assert result.exit_code == 2
     assert "--json needs --dry-run or --yes" in result.output
     assert fake_kube.requests == []
+
+
+def test_json_result_of_an_unattended_run(cli: Any, fake_kube: FakeKube) -> None:
+    result = cli(
+        "recover", "scale", "--replicas", "1", "--yes", "--json", "--consumers-timeout", "0"
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["status"] == "completed" and data["ok"] is True
+    assert [(s["index"], s["status"]) for s in data["steps"]] == [(1, "ok"), (2, "skipped")]
+    assert data["steps"][0]["verification"] == "1/1 ready, 1 updated, 1 current, 1 available"
+    assert data["plan_id"].startswith("scale-") and data["audit_db"] == "6 rows in recovery_audit"
