@@ -153,6 +153,8 @@ async def _check(probe: Probe | None, ctx: PlanContext) -> Check:
         return await probe(ctx)
     except Ms07Error as exc:
         return Check.failed(str(exc))
+    except Exception as exc:  # a check that cannot run is a failed check, not a traceback
+        return Check.failed(f"unexpected {type(exc).__name__}: {str(exc)[:300]}")
 
 
 def _operator() -> str:

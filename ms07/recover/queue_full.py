@@ -191,6 +191,10 @@ def build(settings: Settings, opts: Options, args: list[str] | None = None) -> P
             if ctx.previewing:
                 return Check.later("the count read in step 1")
             return Check.failed("the previous replica count is unknown: pass --replicas N")
+        if n == 0 and opts.replicas is None:
+            # Already at 0 before the plan (an earlier run stopped half way?): scaling
+            # "back" to 0 would leave the workers down.
+            return Check.failed("the deployment was at 0 replicas already: pass --replicas N")
         return Check.passed(f"scale back to {n}")
 
     async def scale_up(ctx: PlanContext) -> Outcome:

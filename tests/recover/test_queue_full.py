@@ -132,3 +132,22 @@ def test_dry_run_changes_nothing(
     assert audit_rows(database_url) == []
     assert not (tmp_path / "state" / "audit").exists()
     assert not (tmp_path / "state" / "backups").exists()
+
+
+def test_deployment_already_at_zero_needs_an_explicit_count(
+    cli: Any, fake_kube: FakeKube, rc: redis_sync.Redis
+) -> None:
+    assert (
+        cli("recover", "scale", "--replicas", "0", "--yes", "--consumers-timeout", "0").exit_code
+        == 0
+    )
+    result = cli("recover", "queue-full", "--yes", "--watch-seconds", "0")
+    assert result.exit_code == 1
+    assert (
+        "step 5 cannot run: the deployment was at 0 replicas already: pass --replicas N"
+        in " ".join(result.output.split())
+    )
+    assert len(fake_kube.mutations()) == 1, "blocked before anything ran"
+    ok = cli("recover", "queue-full", "--yes", "--watch-seconds", "0", "--replicas", "2")
+    assert ok.exit_code == 0, ok.output
+    assert len(fake_kube.ready_pods()) == 2
