@@ -7,9 +7,9 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pytest
+from aiohttp import web
 
 from ms07 import recover
-from ms07.engine.engine import Engine
 from ms07.recover.k8s import RESTARTED_AT
 from tests.k8s_fake import FakeKube
 from tests.recover.conftest import audit_lines, audit_rows
@@ -72,31 +72,39 @@ def test_reports_primary_and_restarts_the_rollout(
     ]
 
 
-# The engine's heartbeat uses redis-py's deprecated SETEX; under this suite's warnings-as-errors
-# its heartbeat would fail and /health/ready stay "degraded" (reported to the engine's owner).
-@pytest.mark.filterwarnings("ignore:Call to deprecated setex:DeprecationWarning")
-async def test_waits_for_a_real_engine_to_be_healthy(
-    make_settings: Any, fake_kube: FakeKube
+async def test_waits_until_health_ready_says_healthy(
+    make_settings: Any, fake_kube: FakeKube, sink: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    async def ready(request: web.Request, n: int) -> web.StreamResponse:
+        assert request.headers["Authorization"] == "Bearer the-api-token"
+        status, code = [("unhealthy", 503), ("degraded", 200), ("healthy", 200)][min(n, 3) - 1]
+        return web.json_response({"status": status, "checks": {"database": status}}, status=code)
+
+    sink.on("/health/ready", ready)
+    monkeypatch.setenv("MS07_API_TOKEN", "the-api-token")
     settings = make_settings()
-    engine = Engine(settings, http_port=0)
-    await engine.start()
-    try:
-        health = f"http://127.0.0.1:{engine.http_port}/health/ready"
-        result = await recover.run(
-            "db-connection",
-            settings,
-            yes=True,
-            health_url=health,
-            health_timeout=30,
-            kube_options={"kubeconfig": str(fake_kube.kubeconfig_path), "namespace": "ms07"},
-        )
-    finally:
-        await engine.stop()
+    kube = {"kubeconfig": str(fake_kube.kubeconfig_path), "namespace": "ms07"}
+    health = sink.url("/health/ready")
+    result = await recover.run(
+        "db-connection", settings, yes=True, health_url=health, health_timeout=30, kube_options=kube
+    )
     assert result.status == "completed", result.message
-    step = result.steps[3]
-    assert (step.status, step.message) == ("ok", f"{health}: healthy")
+    assert (result.steps[3].status, result.steps[3].message) == ("ok", f"{health}: healthy")
     assert result.steps[0].detail["database"]["role"] == "primary"
+    assert len(sink.received) == 3
+
+    sink.on("/health/ready", lambda request, n: _json(401, {"error": "unauthorized"}))
+    resumed = await recover.run(
+        "db-connection", settings, yes=True, health_url=health, from_step=4, kube_options=kube
+    )
+    assert resumed.status == "failed" and resumed.failed_step == 4
+    assert "answered 401: set MS07_API_TOKEN to the engine's token" in resumed.message
+    assert [s.status for s in resumed.steps] == ["skipped", "skipped", "skipped", "failed"]
+    assert len(fake_kube.mutations()) == 1, "the resumed run did not restart again"
+
+
+async def _json(code: int, body: dict[str, Any]) -> web.StreamResponse:
+    return web.json_response(body, status=code)
 
 
 def test_database_down_stops_before_the_restart(
