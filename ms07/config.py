@@ -123,6 +123,7 @@ class ServiceConfig:
     http_host: str = "0.0.0.0"
     drain_grace_seconds: float = 30.0
     concurrency: int = 64
+    prefetch: float = 4.0
     heartbeat_interval_seconds: float = 10.0
     heartbeat_ttl_seconds: int = 60
     health_check_interval_seconds: float = 30.0
@@ -542,6 +543,8 @@ def validate(settings: Settings, source: str, lines: dict[str, int] | None = Non
             fail("distribution.priorities", f"{p!r} is not a valid queue name")
     if not 1 <= settings.service.concurrency <= 10000:
         fail("service.concurrency", "must be between 1 and 10000")
+    if not 1 <= settings.service.prefetch <= 64:
+        fail("service.prefetch", "must be between 1 and 64")
     if not 0 <= settings.service.http_port <= 65535:
         fail("service.http_port", "must be a TCP port")
     if settings.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):

@@ -21,9 +21,11 @@ from ms07.store import db
 
 
 class Runtime:
-    def __init__(self, settings: Settings, *, pool_size: int = 4, migrate: bool = True) -> None:
+    def __init__(self, settings: Settings, *, pool_size: int = 4, migrate: bool = True,
+                 check_connections: bool = True) -> None:
         self.settings = settings
         self.pool_size = pool_size
+        self.check_connections = check_connections
         self.auto_migrate = migrate
         self._database_url = settings.database_url
         self._redis_url = settings.redis_url
@@ -55,7 +57,8 @@ class Runtime:
             url = self.database_url
             if self.auto_migrate:
                 await self.migrate()
-            self._pool = await db.open_pool(url, min_size=1, max_size=self.pool_size)
+            self._pool = await db.open_pool(url, min_size=min(2, self.pool_size), max_size=self.pool_size,
+                                            check=self.check_connections)
         return self._pool
 
     @contextlib.asynccontextmanager

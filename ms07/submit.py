@@ -7,6 +7,7 @@ refused before anything is written.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import Sequence
@@ -105,9 +106,16 @@ def build_jobs(
     return out, correlation
 
 
+@dataclass
+class Recorded:
+    fresh: list[jobs.NewJob]
+    existing: dict[tuple[str, str], tuple[str, str | None]]
+    enqueued: bool = True
+
+
 async def record_and_enqueue(
     conn: psycopg.AsyncConnection[Any], queue: Queue, new: Sequence[jobs.NewJob]
-) -> tuple[list[jobs.NewJob], dict[tuple[str, str], str], bool]:
+) -> Recorded:
     """Insert job rows (one transaction), then XADD the fresh ones."""
     async with conn.transaction():
         fresh, existing = await jobs.insert_jobs(conn, new)
@@ -122,12 +130,91 @@ async def record_and_enqueue(
                 error=str(exc)[:200],
                 count=len(fresh),
             )
-    return fresh, existing, enqueued
+    return Recorded(fresh, existing, enqueued)
 
 
-async def submit(
-    conn: psycopg.AsyncConnection[Any],
-    queue: Queue,
+class DirectRecorder:
+    """Records one submission on the caller's connection (CLI, tests)."""
+
+    def __init__(self, conn: psycopg.AsyncConnection[Any], queue: Queue) -> None:
+        self.conn, self.queue = conn, queue
+
+    async def record(self, new: Sequence[jobs.NewJob]) -> Recorded:
+        return await record_and_enqueue(self.conn, self.queue, new)
+
+
+class SubmitBatcher:
+    """Group-commits concurrent submissions (the HTTP API): the jobs of every request
+    waiting while the previous batch was written go in one INSERT, one commit and one
+    XADD pipeline, instead of a commit per request."""
+
+    def __init__(self, pool: Any, queue: Queue, max_jobs: int = 1000) -> None:
+        self.pool, self.queue, self.max_jobs = pool, queue, max_jobs
+        self._pending: list[tuple[list[jobs.NewJob], asyncio.Future[Recorded]]] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def record(self, new: Sequence[jobs.NewJob]) -> Recorded:
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="submit-batcher")
+        fut: asyncio.Future[Recorded] = asyncio.get_running_loop().create_future()
+        self._pending.append((list(new), fut))
+        self._wake.set()
+        return await fut
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                batch: list[tuple[list[jobs.NewJob], asyncio.Future[Recorded]]] = []
+                size = 0
+                while self._pending and (not batch or size + len(self._pending[0][0]) <= self.max_jobs):
+                    item = self._pending.pop(0)
+                    batch.append(item)
+                    size += len(item[0])
+                await self._flush(batch)
+
+    async def _flush(self, batch: list[tuple[list[jobs.NewJob], asyncio.Future[Recorded]]]) -> None:
+        # Two requests of one batch with the same idempotency key: the first one wins.
+        first: dict[tuple[str, str], jobs.NewJob] = {}
+        unique: list[jobs.NewJob] = []
+        for request, _ in batch:
+            for job in request:
+                if job.idempotency_key:
+                    key = (job.idempotency_key, job.destination)
+                    if key in first:
+                        continue
+                    first[key] = job
+                unique.append(job)
+        try:
+            async with self.pool.connection() as conn:
+                done = await record_and_enqueue(conn, self.queue, unique)
+        except Exception as exc:
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
+        fresh_ids = {id(j) for j in done.fresh}
+        for request, fut in batch:
+            mine = [j for j in request if id(j) in fresh_ids]
+            existing = dict(done.existing)
+            for job in request:
+                key = (job.idempotency_key or "", job.destination)
+                if id(job) not in fresh_ids and key not in existing and key in first:
+                    winner = first[key]
+                    existing[key] = (winner.distribution_id, winner.correlation_id)
+            if not fut.done():
+                fut.set_result(Recorded(mine, existing, done.enqueued))
+
+
+async def submit_with(
+    recorder: Any,
     settings: Settings,
     destinations: Sequence[str],
     payload: Any,
@@ -137,7 +224,7 @@ async def submit(
     priority: str | None = None,
     idempotency_key: str | None = None,
 ) -> Submitted:
-    """Accept one distribution for one or more destinations."""
+    """Accept one distribution for one or more destinations (one job each)."""
     body = encode_payload(payload)
     new, correlation = build_jobs(
         settings,
@@ -148,21 +235,27 @@ async def submit(
         priority=priority,
         idempotency_key=idempotency_key,
     )
-    fresh, existing, enqueued = await record_and_enqueue(conn, queue, new)
-    result = Submitted(correlation_id=correlation, enqueued=enqueued)
-    fresh_ids = {j.destination: j.distribution_id for j in fresh}
+    done = await recorder.record(new)
+    result = Submitted(correlation_id=correlation, enqueued=done.enqueued)
+    fresh_ids = {j.destination: j.distribution_id for j in done.fresh}
     for job in new:
-        did = fresh_ids.get(job.destination) or existing[(job.idempotency_key or "", job.destination)]
+        did = fresh_ids.get(job.destination)
+        if did is None:
+            did, corr = done.existing[(job.idempotency_key or "", job.destination)]
+            # A replay answers with what the first submit made, correlation included.
+            result.correlation_id = corr or result.correlation_id
         result.distributions.append({"distribution_id": did, "destination": job.destination})
-    result.replayed = bool(existing) and not fresh
-    if existing:
-        # A replay answers with what the first submit made, correlation included.
-        row = await (
-            await conn.execute(
-                "SELECT correlation_id FROM distribution_jobs WHERE distribution_id = %s::uuid",
-                (result.distributions[0]["distribution_id"],),
-            )
-        ).fetchone()
-        if row and row[0]:
-            result.correlation_id = row[0]
+    result.replayed = bool(done.existing) and not done.fresh
     return result
+
+
+async def submit(
+    conn: psycopg.AsyncConnection[Any],
+    queue: Queue,
+    settings: Settings,
+    destinations: Sequence[str],
+    payload: Any,
+    **options: Any,
+) -> Submitted:
+    """:func:`submit_with` on one connection."""
+    return await submit_with(DirectRecorder(conn, queue), settings, destinations, payload, **options)

@@ -9,6 +9,8 @@ template) and a flushed Redis.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -22,6 +24,7 @@ import redis
 
 from ms07 import embedded
 from ms07.config import Settings, load_settings
+from ms07.engine.engine import Engine
 from tests.support import Sink
 
 TEMPLATE = "ms07_test_template"
@@ -45,8 +48,11 @@ def _for_db(admin_url: str, name: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
-    state = tmp_path_factory.mktemp("state")
+def servers() -> Iterator[Servers]:
+    # Not under pytest's basetemp: every pytest session chmods /tmp/pytest-of-<user> back
+    # to 0700, which locks the embedded PostgreSQL (running as its own user when we are
+    # root) out of its data directory if another session starts meanwhile.
+    state = Path(tempfile.mkdtemp(prefix="ms07-test-"))
     db_url = os.environ.get("MS07_TEST_DATABASE_URL")
     redis_url = os.environ.get("MS07_TEST_REDIS_URL")
     started = not (db_url and redis_url)
@@ -63,6 +69,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
             embedded.stop_postgres(state)
         if not os.environ.get("MS07_TEST_REDIS_URL"):
             embedded.stop_redis(state)
+        shutil.rmtree(state, ignore_errors=True)
 
 
 def _make_template(s: Servers) -> None:
@@ -153,3 +160,43 @@ def env_for(database_url: str, redis_url: str, tmp_path: Path) -> dict[str, str]
         "NO_COLOR": "1",
         "COLUMNS": "200",
     }
+
+
+@pytest.fixture
+def captured_logs() -> Iterator[Any]:
+    """ms07's logs at DEBUG, as JSON lines in a StringIO (``.getvalue()``)."""
+    import io
+    import logging
+
+    from ms07 import logs
+
+    buffer = io.StringIO()
+    logs.configure("DEBUG", "json", stream=buffer)
+    try:
+        yield buffer
+    finally:
+        root = logging.getLogger()
+        for handler in list(root.handlers):
+            if getattr(handler, "_ms07", False):
+                root.removeHandler(handler)
+        logging.getLogger("ms07").setLevel(logging.NOTSET)
+
+
+@pytest.fixture
+async def start_engine(request: pytest.FixtureRequest) -> AsyncIterator[Callable[..., Any]]:
+    """Start in-process engines; every one is stopped at teardown, and none of their
+    upkeep loops may have failed unless the test is marked ``loop_errors_ok``."""
+    engines: list[Engine] = []
+
+    async def start(settings: Settings, **kwargs: Any) -> Engine:
+        engine = Engine(settings, **kwargs)
+        await engine.start()
+        engines.append(engine)
+        return engine
+
+    yield start
+    for engine in engines:
+        await engine.stop(grace=1)
+    if not request.node.get_closest_marker("loop_errors_ok"):
+        for engine in engines:
+            assert not engine.loop_errors, f"upkeep loops failed: {dict(engine.loop_errors)}"

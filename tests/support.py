@@ -188,3 +188,17 @@ class EngineProcess:
     @property
     def returncode(self) -> int | None:
         return self.proc.poll() if self.proc else None
+
+
+def cli(args: list[str], env: dict[str, str], input: str | None = None) -> Any:
+    """Run the ``ms07`` app like the console script does (CliRunner, no subprocess)."""
+    from typer.testing import CliRunner
+
+    from ms07.cli import app
+
+    return CliRunner().invoke(app, args, env=env, input=input)
+
+
+async def acli(args: list[str], env: dict[str, str], input: str | None = None) -> Any:
+    """``cli`` from an async test: commands run their own event loop, so use a thread."""
+    return await asyncio.to_thread(cli, args, env, input)

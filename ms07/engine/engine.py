@@ -2,12 +2,14 @@
 
 Inside one process:
 
-- the *reader* takes entries from the consumer group while fewer than ``concurrency``
-  are held, claims their jobs in Postgres (one UPDATE for the whole read), and starts a
-  delivery task for each;
+- the *reader* takes entries from the consumer group while fewer than ``max_held`` are
+  held, claims their jobs in Postgres (one UPDATE for the whole read), and starts a
+  delivery task for each; at most ``concurrency`` HTTP requests are in flight;
 - the *committer* group-commits outcomes: attempt rows and job updates in one
-  transaction, **then** acks (XACK + XDEL) or defers (delayed set) in Redis. A slot is
-  freed only once its entry is acked, so memory is bounded by ``concurrency``;
+  transaction, **then** acks (XACK + XDEL) or defers (delayed set) in Redis. An entry is
+  released only once acked, so memory is bounded by ``max_held`` (``concurrency`` times
+  ``service.prefetch``): the next reads and claims overlap the current deliveries and
+  commits instead of waiting for them;
 - upkeep loops (``ms07/engine/upkeep.py``): retry scheduler, reclaimer, reconciler,
   heartbeats, health probes, metrics, memory guard.
 
@@ -23,7 +25,7 @@ import os
 import socket
 import time
 import uuid
-from collections import defaultdict, deque
+from collections import Counter, defaultdict, deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,15 +89,19 @@ class Engine:
     ) -> None:
         self.settings = settings
         self.dist = settings.distribution
-        self.runtime = runtime or Runtime(settings, pool_size=8)
+        self.runtime = runtime or Runtime(settings, pool_size=8, check_connections=False)
         self._owns_runtime = runtime is None
         self.worker_id = worker_id or settings.service.worker_id or (
             f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         )
         self.concurrency = settings.service.concurrency
+        self.max_held = max(self.concurrency, int(self.concurrency * settings.service.prefetch))
+        self._http_slots = asyncio.Semaphore(self.concurrency)
         self.http_port = settings.service.http_port if http_port is None else http_port
         self.metrics = Metrics()
         self.clients: dict[str, DestinationClient] = {}
+        self.batchers: dict[str, Any] = {}
+        self.loop_errors: Counter[str] = Counter()
         self.breakers: dict[str, CircuitBreaker] = {}
         self.policies: dict[str, RetryPolicy] = {}
         self.started_at = _utc()
@@ -120,6 +126,7 @@ class Engine:
         self.circuit_updates: list[tuple[str, str]] = []
         self.recent_latency: dict[str, deque[float]] = defaultdict(lambda: deque(maxlen=1000))
         self.server: Any = None
+        self.submitter: Any = None
         self.queue: Any = None
         self.pool: Any = None
 
@@ -134,11 +141,14 @@ class Engine:
         if self._started:
             return
         self._started = True
-        from ms07.engine import auth, signing, ssrf, upkeep
+        from ms07.engine import auth, batching, signing, ssrf, upkeep
         from ms07.engine.ratelimit import RateLimiter
 
         self.pool = await self.runtime.pool()
         self.queue = await self.runtime.queue()
+        from ms07.submit import SubmitBatcher
+
+        self.submitter = SubmitBatcher(self.pool, self.queue)
         await self.queue.ensure_groups()
         async with self.pool.connection() as conn:
             await dest_store.sync_destinations(conn, self.settings.destinations)
@@ -162,6 +172,9 @@ class Engine:
                                              dest.rate_limit.burst)
             await client.open()
             self.clients[dest.name] = client
+            batcher = batching.batcher_for(self, client)
+            if batcher is not None:
+                self.batchers[dest.name] = batcher
             self.metrics.circuit_state.labels(dest.name).set(0)
         self.metrics.memory_threshold.set(self.settings.memory.threshold_mb * 1024 * 1024)
         self._capacity.set()
@@ -229,8 +242,12 @@ class Engine:
         from ms07.engine import upkeep
 
         await upkeep.farewell(self)
+        for batcher in self.batchers.values():
+            await batcher.close()
         if self.server is not None:
             await self.server.close()
+        if self.submitter is not None:
+            await self.submitter.close()
         for client in self.clients.values():
             await client.close()
         if self._owns_runtime:
@@ -256,7 +273,7 @@ class Engine:
     async def _read_loop(self) -> None:
         backoff = Backoff()
         while not self._stopping and not self._stop_requested.is_set():
-            free = self.concurrency - len(self._held)
+            free = self.max_held - len(self._held)
             if free <= 0:
                 self._capacity.clear()
                 await self._capacity.wait()
@@ -353,33 +370,44 @@ class Engine:
         if client is None:
             return self._outcome(job, "failed", ErrorCode.UNKNOWN_DESTINATION,
                                  f"destination {job.destination!r} is not configured on this worker")
+        batcher = self.batchers.get(job.destination)
+        if batcher is not None:
+            return await batcher.deliver(job)
         breaker = self.breakers[job.destination]
-        if not breaker.allow():
-            self.metrics.errors.labels(job.destination, ErrorCode.CIRCUIT_OPEN).inc()
-            return self._outcome(job, "retrying", ErrorCode.CIRCUIT_OPEN, "circuit open; deferred",
-                                 next_in=breaker.retry_in())
-        limiter = getattr(client, "limiter", None)
+        limiter = client.limiter
         if limiter is not None:
             await limiter.acquire()
         attempt = job.attempts + 1
-        result = await client.send(job.distribution_id, attempt, job.payload, job.content_type)
+        async with self._http_slots:
+            # Asked only now: while this delivery waited for a slot the circuit may have opened.
+            if not breaker.allow():
+                return self.defer_for_circuit(job)
+            result = await client.send(job.distribution_id, attempt, job.payload, job.content_type)
         crash.point("after_http")
-        rows = [self._row(attempt, result)]
-        self._observe(job.destination, result)
+        rows = [self.attempt_row(attempt, result)]
+        self.observe(job.destination, result)
         if result.auth_failure and client.auth is not None and client.auth.refreshable:
             # The token may have been revoked or rotated: refresh once and try again.
             await client.auth.invalidate(result.auth_generation)
             attempt += 1
-            result = await client.send(job.distribution_id, attempt, job.payload, job.content_type)
-            rows.append(self._row(attempt, result))
-            self._observe(job.destination, result)
+            async with self._http_slots:
+                result = await client.send(job.distribution_id, attempt, job.payload, job.content_type)
+            rows.append(self.attempt_row(attempt, result))
+            self.observe(job.destination, result)
         if result.success or not result.retryable or result.auth_failure:
             breaker.success()  # the destination answered
         else:
             breaker.failure()
-        return self._decide(job, attempt, result, rows)
+        return self.decide(job, attempt, result, rows)
 
-    def _observe(self, destination: str, result: AttemptResult) -> None:
+    def defer_for_circuit(self, job: jobs.ClaimedJob) -> jobs.Outcome:
+        """No request while the destination's circuit is open: back to the delayed set,
+        with no attempt counted, until the circuit lets a probe through."""
+        self.metrics.errors.labels(job.destination, ErrorCode.CIRCUIT_OPEN).inc()
+        return self._outcome(job, "retrying", ErrorCode.CIRCUIT_OPEN, "circuit open; deferred",
+                             next_in=self.breakers[job.destination].retry_in())
+
+    def observe(self, destination: str, result: AttemptResult) -> None:
         self.metrics.attempts.labels("success" if result.success else "failed", destination).inc()
         self.metrics.latency.labels(destination).observe(result.latency)
         self.recent_latency[destination].append(result.latency)
@@ -387,11 +415,11 @@ class Engine:
             self.metrics.errors.labels(destination, result.error_code).inc()
 
     @staticmethod
-    def _row(attempt: int, r: AttemptResult) -> jobs.AttemptRow:
+    def attempt_row(attempt: int, r: AttemptResult) -> jobs.AttemptRow:
         return jobs.AttemptRow(attempt, r.started_at, r.completed_at, r.success, r.http_status,
                                r.error_code, r.error_message)
 
-    def _decide(self, job: jobs.ClaimedJob, attempt: int, result: AttemptResult,
+    def decide(self, job: jobs.ClaimedJob, attempt: int, result: AttemptResult,
                 rows: list[jobs.AttemptRow]) -> jobs.Outcome:
         if result.success:
             return jobs.Outcome(job.distribution_id, job.destination, "delivered", self.worker_id, rows)

@@ -83,7 +83,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def submit(request: web.Request) -> web.Response:
-    from ms07.submit import submit as do_submit
+    from ms07.submit import submit_with
 
     engine: Engine = request.app[ENGINE]  # type: ignore[assignment]
     if engine.draining:
@@ -107,17 +107,15 @@ async def submit(request: web.Request) -> web.Response:
     if "payload" not in body:
         return _error(400, "payload is required")
     try:
-        async with engine.pool.connection() as conn:
-            result = await do_submit(
-                conn,
-                engine.queue,
-                engine.settings,
-                dests,
-                body["payload"],
-                correlation_id=body.get("correlation_id"),
-                priority=body.get("priority"),
-                idempotency_key=body.get("idempotency_key"),
-            )
+        result = await submit_with(
+            engine.submitter,
+            engine.settings,
+            dests,
+            body["payload"],
+            correlation_id=body.get("correlation_id"),
+            priority=body.get("priority"),
+            idempotency_key=body.get("idempotency_key"),
+        )
     except UsageError as exc:
         return _error(getattr(exc, "http_status", 400), str(exc))
     return _json(result.as_json(), 200 if result.replayed else 202)

@@ -62,6 +62,7 @@ async def _forever(engine: Engine, name: str, interval: float, fn: Callable[[Eng
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            engine.loop_errors[name] += 1
             component.warning(f"{name} pass failed; will retry", error=f"{type(exc).__name__}: {exc}"[:300])
         await asyncio.sleep(interval)
 
@@ -87,7 +88,7 @@ async def reclaim(engine: Engine) -> None:
     d = engine.dist
     await keep_alive(engine)
     for q in engine.queue.priorities:
-        free = engine.concurrency - engine.in_flight
+        free = engine.max_held - engine.in_flight
         if free <= 0:
             return
         result = await engine.queue.reclaim(
@@ -174,7 +175,9 @@ async def reconcile(engine: Engine, older_than: float | None = None) -> int:
     if not await redis.set(keys.RECONCILER_LOCK, token, nx=True, ex=lock_ttl):
         return 0
     try:
-        return await requeue_lost(engine.pool, engine.queue, older_than or engine.dist.reconcile_after_seconds)
+        n = await requeue_lost(engine.pool, engine.queue, older_than or engine.dist.reconcile_after_seconds)
+        engine.metrics.requeued.inc(n)
+        return n
     finally:
         if await redis.get(keys.RECONCILER_LOCK) == token:
             await redis.delete(keys.RECONCILER_LOCK)
@@ -218,7 +221,7 @@ async def heartbeat(engine: Engine, status: str | None = None) -> None:
     if status == "stopped":
         await engine.queue.redis.delete(keys.heartbeat(engine.worker_id))
     else:
-        await engine.queue.redis.setex(keys.heartbeat(engine.worker_id), ttl, json.dumps(payload))
+        await engine.queue.redis.set(keys.heartbeat(engine.worker_id), json.dumps(payload), ex=ttl)
     async with engine.pool.connection() as conn:
         await heartbeats.beat(
             conn,

@@ -35,9 +35,14 @@ async def connect(url: str, *, timeout: float = 5.0, **kwargs: Any) -> psycopg.A
 
 
 async def open_pool(
-    url: str, *, min_size: int = 1, max_size: int = 10, timeout: float = 10.0, name: str = "ms07"
+    url: str, *, min_size: int = 1, max_size: int = 10, timeout: float = 10.0, name: str = "ms07",
+    check: bool = True,
 ) -> AsyncConnectionPool:
-    """An open pool that checks connections on checkout and reconnects after a restart."""
+    """An open pool that reconnects after a restart.
+
+    ``check`` tests each connection on checkout (one extra round trip): right for
+    commands; the engine turns it off on its hot path, where a broken connection fails
+    the statement, is discarded by the pool, and the statement is retried."""
     await _probe(url, timeout)
     pool = AsyncConnectionPool(
         url,
@@ -46,7 +51,7 @@ async def open_pool(
         open=False,
         name=name,
         timeout=timeout,
-        check=AsyncConnectionPool.check_connection,
+        check=AsyncConnectionPool.check_connection if check else None,
         reconnect_timeout=3600,
         kwargs={"connect_timeout": 5, "application_name": name},
     )

@@ -79,24 +79,24 @@ class Outcome:
 
 async def insert_jobs(
     conn: psycopg.AsyncConnection[Any], jobs: Sequence[NewJob]
-) -> tuple[list[NewJob], dict[tuple[str, str], str]]:
-    """Insert new jobs in one transaction.
+) -> tuple[list[NewJob], dict[tuple[str, str], tuple[str, str | None]]]:
+    """Insert new jobs (call inside a transaction).
 
     Returns the jobs actually inserted and, for jobs whose (idempotency_key, destination)
-    already existed, a map to the existing distribution id.
+    already existed, a map to the existing (distribution id, correlation id).
     """
-    existing: dict[tuple[str, str], str] = {}
+    existing: dict[tuple[str, str], tuple[str, str | None]] = {}
     keyed = [j for j in jobs if j.idempotency_key]
     if keyed:
         cur = await conn.execute(
-            """SELECT idempotency_key, destination_name, distribution_id::text
+            """SELECT idempotency_key, destination_name, distribution_id::text, correlation_id
                  FROM distribution_jobs
                 WHERE (idempotency_key, destination_name) IN
                       (SELECT * FROM unnest(%s::text[], %s::text[]))""",
             ([j.idempotency_key for j in keyed], [j.destination for j in keyed]),
         )
-        for key, dest, did in await cur.fetchall():
-            existing[(key, dest)] = did
+        for key, dest, did, corr in await cur.fetchall():
+            existing[(key, dest)] = (did, corr)
     fresh = [j for j in jobs if not j.idempotency_key or (j.idempotency_key, j.destination) not in existing]
     if fresh:
         await conn.execute(

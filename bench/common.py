@@ -1,0 +1,242 @@
+"""Shared pieces of the benchmarks: servers, the sink process, client ceilings, CPU/RSS."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+PAYLOAD = json.dumps({"report": "x" * 990}).encode()  # ~1 KiB JSON
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float = 20.0) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=1).read()  # noqa: S310 - loopback only
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{url} did not answer")
+
+
+@contextmanager
+def sink_process(*args: str) -> Any:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "bench.sink", str(port), *args], cwd=ROOT)  # noqa: S603
+    try:
+        wait_http(f"http://127.0.0.1:{port}/stats")
+        yield port, proc
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def sink_stats(port: int) -> dict[str, int]:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=5) as r:  # noqa: S310
+        return json.loads(r.read())
+
+
+def sink_reset(port: int) -> None:
+    import urllib.request
+
+    urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/reset", method="POST"), timeout=5)  # noqa: S310
+
+
+@dataclass
+class Servers:
+    database_url: str
+    redis_url: str
+    state_dir: Path
+    owned: bool
+
+
+@contextmanager
+def servers() -> Any:
+    """Embedded PostgreSQL + Redis in a temporary state dir, unless MS07_*_URL are set."""
+    from ms07 import embedded
+
+    db = os.environ.get("MS07_DATABASE_URL")
+    rd = os.environ.get("MS07_REDIS_URL")
+    state = Path(tempfile.mkdtemp(prefix="ms07-bench-"))
+    owned = not (db and rd)
+    db = db or embedded.start_postgres(state)
+    rd = rd or embedded.start_redis(state)
+    try:
+        yield Servers(db, rd, state, owned)
+    finally:
+        if owned:
+            embedded.stop_servers(state)
+
+
+def reset_state(srv: Servers) -> None:
+    """Empty tables and Redis between runs."""
+    import psycopg
+    import redis
+
+    from ms07.store import db as store_db
+
+    async def migrate() -> None:
+        conn = await store_db.connect(srv.database_url)
+        try:
+            await store_db.migrate(conn)
+        finally:
+            await conn.close()
+
+    asyncio.run(migrate())
+    with psycopg.connect(srv.database_url, autocommit=True) as conn:
+        conn.execute("TRUNCATE distribution_jobs, distribution_attempts, worker_heartbeats, "
+                     "worker_heartbeat_samples, destinations")
+        conn.execute("VACUUM ANALYZE distribution_jobs")
+    r = redis.Redis.from_url(srv.redis_url)
+    r.flushall()
+    r.close()
+
+
+def write_config(path: Path, sink_port: int, concurrency: int, extra: str = "") -> Path:
+    path.write_text(f"""
+service: {{concurrency: {concurrency}, heartbeat_interval_seconds: 5}}
+distribution: {{timeout_seconds: 10, claim_idle_seconds: 30, read_batch: 256}}
+memory: {{threshold_mb: 4096}}
+destinations:
+  - name: sink
+    url: http://127.0.0.1:{sink_port}/in
+    pool: {{max_connections: {max(concurrency, 1)}, max_keepalive_connections: {max(concurrency, 1)}}}
+{extra}""")
+    return path
+
+
+async def fill(settings: Any, n: int, chunk: int = 1000) -> float:
+    """Insert ``n`` jobs and enqueue them in bulk; returns seconds taken."""
+    from ms07.runtime import Runtime
+    from ms07.submit import build_jobs, record_and_enqueue
+
+    t0 = time.perf_counter()
+    async with Runtime(settings, migrate=False) as rt:
+        q = await rt.queue()
+        async with rt.connection() as conn:
+            for start in range(0, n, chunk):
+                batch = []
+                for _ in range(min(chunk, n - start)):
+                    batch += build_jobs(settings, ["sink"], PAYLOAD)[0]
+                await record_and_enqueue(conn, q, batch)
+    return time.perf_counter() - t0
+
+
+def percentile(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    k = (len(values) - 1) * p
+    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (k - lo)
+
+
+async def ceiling_aiohttp(url: str, n: int, concurrency: int) -> float:
+    """Bare aiohttp: ``concurrency`` tasks posting ``n`` payloads. Returns requests/s."""
+    import aiohttp
+
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        remaining = iter(range(n))
+
+        async def worker() -> None:
+            for _ in remaining:
+                async with session.post(url, data=PAYLOAD, headers={
+                        "Content-Type": "application/json", "Idempotency-Key": str(uuid.uuid4())}) as r:
+                    await r.read()
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return n / (time.perf_counter() - t0)
+
+
+async def ceiling_httpx(url: str, n: int, concurrency: int, transport: str = "default") -> float:
+    import httpx
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    if transport == "aiohttp":
+        from httpx_aiohttp import AiohttpTransport
+
+        client = httpx.AsyncClient(transport=AiohttpTransport(), limits=limits)
+    else:
+        client = httpx.AsyncClient(limits=limits)
+    async with client:
+        remaining = iter(range(n))
+
+        async def worker() -> None:
+            for _ in remaining:
+                r = await client.post(url, content=PAYLOAD, headers={
+                    "Content-Type": "application/json", "Idempotency-Key": str(uuid.uuid4())})
+                r.read()
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return n / (time.perf_counter() - t0)
+
+
+class ProcessWatch:
+    """CPU seconds (user+sys) and peak RSS of a process tree, sampled in a thread."""
+
+    def __init__(self, pid: int) -> None:
+        self.proc = psutil.Process(pid)
+        self.peak_rss = 0
+        self.samples: list[tuple[float, int]] = []
+        self._stop = False
+        import threading
+
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._t0 = time.monotonic()
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop:
+            try:
+                rss = self.proc.memory_info().rss
+            except psutil.Error:
+                return
+            self.peak_rss = max(self.peak_rss, rss)
+            self.samples.append((time.monotonic() - self._t0, rss))
+            time.sleep(0.2)
+
+    def cpu_seconds(self) -> float:
+        t = self.proc.cpu_times()
+        return t.user + t.system
+
+    def stop(self) -> None:
+        self._stop = True
+        self._thread.join(2)
+
+
+def start_engine(config: Path, srv: Servers, http_port: int, extra_env: dict[str, str] | None = None,
+                 log: Path | None = None) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "MS07_CONFIG": str(config), "MS07_DATABASE_URL": srv.database_url,
+           "MS07_REDIS_URL": srv.redis_url, "MS07_LOG_LEVEL": "WARNING", **(extra_env or {})}
+    out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
+    proc = subprocess.Popen([sys.executable, "-m", "ms07", "run", "--http-port", str(http_port)],  # noqa: S603
+                            env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    wait_http(f"http://127.0.0.1:{http_port}/health/live", timeout=60)
+    return proc

@@ -1,0 +1,146 @@
+"""Every Redis Streams operation of the queue, against a real Redis."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from ms07 import keys
+from ms07.queue import InvalidMessage, Queue, open_redis, parse_entry
+
+
+@pytest.fixture
+async def queue(redis_url: str) -> AsyncIterator[Queue]:
+    client = await open_redis(redis_url)
+    q = Queue(client, ["high", "default"])
+    await q.ensure_groups()
+    try:
+        yield q
+    finally:
+        await client.aclose()
+
+
+def ids(n: int) -> list[str]:
+    return [str(uuid.uuid4()) for _ in range(n)]
+
+
+async def test_enqueue_read_ack_empties_stream_and_pel(queue: Queue) -> None:
+    jobs = ids(5)
+    await queue.enqueue(("default", j, "dest") for j in jobs)
+    entries = await queue.read("w1", count=10, block_ms=100)
+    assert [e.fields["id"] for e in entries] == jobs
+    stats = await queue.stats()
+    assert stats["queues"]["default"]["pending"] == 5
+    await queue.ack("default", [e.entry_id for e in entries])
+    stats = await queue.stats()
+    assert stats["queues"]["default"]["length"] == 0  # XACK + XDEL: XLEN is the backlog
+    assert stats["queues"]["default"]["pending"] == 0
+
+
+async def test_read_takes_every_priority_stream(queue: Queue) -> None:
+    await queue.enqueue([("default", "a", "d"), ("high", "b", "d")])
+    entries = await queue.read("w1", count=10, block_ms=100)
+    assert {(e.queue, e.fields["id"]) for e in entries} == {("default", "a"), ("high", "b")}
+
+
+async def test_nogroup_after_flush_recreates_group(queue: Queue) -> None:
+    await queue.redis.flushall()
+    assert await queue.read("w1", count=1, block_ms=10) == []  # NOGROUP handled
+    await queue.enqueue([("default", "x", "d")])
+    entries = await queue.read("w1", count=1, block_ms=100)
+    assert [e.fields["id"] for e in entries] == ["x"]
+
+
+async def test_defer_then_move_due_returns_entry(queue: Queue) -> None:
+    job = ids(1)[0]
+    await queue.enqueue([("default", job, "d")])
+    [entry] = await queue.read("w1", 1, 100)
+    await queue.defer("default", [(entry.entry_id, job, time.time() + 0.2)])
+    stats = await queue.stats()
+    assert stats["queues"]["default"]["length"] == 0
+    assert stats["queues"]["default"]["pending"] == 0
+    assert stats["queues"]["default"]["delayed"] == 1
+    assert await queue.move_due("default") == 0  # not due yet
+    assert await queue.move_due("default", now=time.time() + 1) == 1
+    [again] = await queue.read("w1", 1, 100)
+    assert again.fields["id"] == job
+    assert (await queue.stats())["queues"]["default"]["delayed"] == 0
+
+
+async def test_move_due_is_atomic_across_callers(queue: Queue) -> None:
+    import asyncio
+
+    await queue.schedule([("default", j, time.time() - 1) for j in ids(300)])
+    moved = await asyncio.gather(*(queue.move_due("default", limit=50) for _ in range(10)))
+    assert sum(moved) == 300
+    assert await queue.redis.xlen(keys.stream("default")) == 300  # nothing moved twice
+
+
+async def test_reclaim_after_consumer_dies(queue: Queue) -> None:
+    jobs = ids(3)
+    await queue.enqueue(("default", j, "d") for j in jobs)
+    await queue.read("dead-worker", 10, 100)  # reads, then "dies"
+    assert (await queue.reclaim("default", "w2", min_idle_ms=60_000, max_deliveries=3)).entries == []
+    time.sleep(0.06)
+    result = await queue.reclaim("default", "w2", min_idle_ms=50, max_deliveries=3)
+    assert sorted(e.fields["id"] for e in result.entries) == sorted(jobs)
+    assert all(e.deliveries == 2 for e in result.entries)
+    consumers = {c["name"]: c["pending"] for c in (await queue.stats())["queues"]["default"]["consumers"]}
+    assert consumers == {"dead-worker": 0, "w2": 3}
+
+
+async def test_reclaim_marks_poison_after_max_deliveries(queue: Queue) -> None:
+    await queue.enqueue([("default", "p", "d")])
+    await queue.read("w0", 1, 100)
+    for n in range(3):
+        time.sleep(0.03)
+        result = await queue.reclaim("default", f"w{n + 1}", min_idle_ms=20, max_deliveries=3)
+        assert len(result.entries) == 1 and not result.poison
+    time.sleep(0.03)
+    result = await queue.reclaim("default", "w9", min_idle_ms=20, max_deliveries=3)
+    assert [e.fields["id"] for e in result.poison] == ["p"]
+    assert result.entries == []
+
+
+async def test_reclaim_reports_entries_deleted_while_pending(queue: Queue) -> None:
+    await queue.enqueue([("default", "gone", "d"), ("default", "kept", "d")])
+    entries = await queue.read("w0", 10, 100)
+    await queue.redis.xdel(keys.stream("default"), entries[0].entry_id)  # the PEL still holds it
+    time.sleep(0.03)
+    result = await queue.reclaim("default", "w1", min_idle_ms=20, max_deliveries=3)
+    assert [e.fields["id"] for e in result.entries] == ["kept"]
+    assert result.vanished == [entries[0].entry_id]
+    assert (await queue.stats())["queues"]["default"]["pending"] == 1
+
+
+async def test_touch_resets_idle_time(queue: Queue) -> None:
+    await queue.enqueue([("default", "slow", "d")])
+    [entry] = await queue.read("w0", 1, 100)
+    time.sleep(0.05)
+    await queue.touch("default", "w0", [entry.entry_id])
+    assert (await queue.reclaim("default", "w1", min_idle_ms=40, max_deliveries=3)).entries == []
+
+
+async def test_contains_checks_streams_and_delayed_sets(queue: Queue) -> None:
+    a, b, c = ids(3)
+    await queue.enqueue([("high", a, "d")])
+    await queue.schedule([("default", b, time.time() + 60)])
+    assert await queue.contains([a, b, c]) == {a, b}
+
+
+async def test_dlq_roundtrip(queue: Queue) -> None:
+    await queue.to_dlq([{"distribution_id": "x", "reason": "poison"}, {"distribution_id": "y", "reason": "r"}])
+    assert [f["distribution_id"] for _, f in await queue.dlq_entries()] == ["y", "x"]
+    assert await queue.dlq_remove(["x"]) == 1
+    assert [f["distribution_id"] for _, f in await queue.dlq_entries()] == ["y"]
+
+
+def test_parse_entry() -> None:
+    did = str(uuid.uuid4())
+    assert parse_entry({"id": did}) == did
+    for bad in ({}, {"id": "nope"}, {"id": ""}, {"destination": "x"}):
+        with pytest.raises(InvalidMessage):
+            parse_entry(bad)
