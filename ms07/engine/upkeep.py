@@ -299,6 +299,15 @@ async def refresh_metrics(engine: Engine) -> None:
             value = expiry()
             if value is not None:
                 m.token_expiry.labels(name).set(value)
+        # The cached OAuth2 token's expiry (never the token) for `ms07 diagnose auth`.
+        expires_at = getattr(client.auth, "expires_at", None) if client.auth else None
+        if expires_at and getattr(client.auth, "token", None) is not None:
+            key = keys.token_info(name)
+            pipe = engine.queue.redis.pipeline(transaction=False)
+            pipe.hset(key, mapping={"expires_at": expires_at, "worker_id": engine.worker_id,
+                                    "updated_at": time.time()})
+            pipe.expire(key, max(60, int(expires_at - time.time()) + 3600))
+            await pipe.execute()
 
 
 async def memory_guard(engine: Engine) -> None:
