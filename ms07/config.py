@@ -228,7 +228,7 @@ class Settings:
     state_dir: str | None = None
     log_level: str = "INFO"
     log_format: str = "json"
-    k8s_namespace: str = "default"
+    k8s_namespace: str | None = None  # None: the pod's own namespace, else the kubeconfig context's
     k8s_deployment: str = "ms07-distributor"
     k8s_label_selector: str | None = None
     health_url: str | None = None
@@ -496,9 +496,33 @@ def load_settings(
     data.update({k: v for k, v in overrides.items() if v is not None})
     converter = _Converter(source)
     settings = converter.dataclass(Settings, data, "", None)
-    settings = dataclasses.replace(settings, source=source)
+    settings = dataclasses.replace(settings, source=source,
+                                   k8s_namespace=settings.k8s_namespace or default_k8s_namespace(environ))
     validate(settings, source, converter.lines)
     return settings
+
+
+SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+
+def default_k8s_namespace(environ: typing.Mapping[str, str]) -> str:
+    """Where ``kubectl`` would look: the pod's own namespace in a cluster, else the current
+    kubeconfig context's namespace, else ``default``. Read without importing kubernetes."""
+    if environ.get("KUBERNETES_SERVICE_HOST"):
+        try:
+            return Path(SERVICE_ACCOUNT_NAMESPACE).read_text().strip() or "default"
+        except OSError:
+            pass
+    path = (environ.get("KUBECONFIG") or str(Path.home() / ".kube" / "config")).split(os.pathsep)[0]
+    try:
+        kubeconfig = yaml.safe_load(Path(path).expanduser().read_text()) or {}
+        current = kubeconfig.get("current-context")
+        for ctx in kubeconfig.get("contexts") or []:
+            if ctx.get("name") == current:
+                return (ctx.get("context") or {}).get("namespace") or "default"
+    except (OSError, yaml.YAMLError, AttributeError, TypeError):
+        pass
+    return "default"
 
 
 # --------------------------------------------------------------------------- validation

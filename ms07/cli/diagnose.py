@@ -28,8 +28,7 @@ NOTIFY = typer.Option(
 )
 URL = typer.Option(
     None, "--url", envvar="MS07_HEALTH_URL",
-    help="Engine base URL for /health and /debug/memory (default http://127.0.0.1:<http_port>) "
-    "[env: MS07_HEALTH_URL]",
+    help="Engine base URL for /health and /debug/memory (default http://127.0.0.1:<http_port>)",
 )
 STUCK = typer.Option(None, "--stuck-after", help="Processing longer than this is stuck (config: diagnose.stuck_after_minutes, 30m).")
 STALE_HEALTH = typer.Option(None, "--stale-health", help="Health checks older than this are stale (config: 10m).")

@@ -225,7 +225,14 @@ class Engine:
         self.draining = True
         self.ready = False
         self.metrics.draining.set(1)
-        grace = self.settings.service.drain_grace_seconds if grace is None else grace
+        try:
+            await self._stop(self.settings.service.drain_grace_seconds if grace is None else grace)
+        finally:
+            # Whatever failed while closing, a second stop() must not wait forever.
+            self._stopped.set()
+        log.info("engine stopped", worker_id=self.worker_id, delivered=self.delivered, failed=self.failed)
+
+    async def _stop(self, grace: float) -> None:
         deadline = time.monotonic() + grace
 
         def left() -> float:
@@ -254,18 +261,15 @@ class Engine:
         from ms07.engine import upkeep
 
         await upkeep.farewell(self)
-        for batcher in self.batchers.values():
-            await batcher.close()
-        if self.server is not None:
-            await self.server.close()
-        if self.submitter is not None:
-            await self.submitter.close()
-        for client in self.clients.values():
-            await client.close()
+        closers = [*(b.close() for b in self.batchers.values()),
+                   *([self.server.close()] if self.server is not None else []),
+                   *([self.submitter.close()] if self.submitter is not None else []),
+                   *(c.close() for c in self.clients.values())]
+        for result in await asyncio.gather(*closers, return_exceptions=True):
+            if isinstance(result, BaseException):
+                log.warning("error while closing", error=f"{type(result).__name__}: {result}"[:200])
         if self._owns_runtime:
             await self.runtime.aclose()
-        log.info("engine stopped", worker_id=self.worker_id, delivered=self.delivered, failed=self.failed)
-        self._stopped.set()
 
     async def _drain_outbox(self, timeout: float) -> None:
         """Let the committer write and ack every outcome already known."""

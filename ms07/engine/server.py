@@ -184,7 +184,8 @@ def build_app(engine: Engine) -> web.Application:
 
 
 async def start_server(engine: Engine, host: str, port: int) -> Server:
-    runner = web.AppRunner(build_app(engine), access_log=None, handle_signals=False)
+    # A short shutdown: aiohttp would otherwise wait up to 60 s for open requests, past the drain grace.
+    runner = web.AppRunner(build_app(engine), access_log=None, handle_signals=False, shutdown_timeout=2.0)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
     await site.start()

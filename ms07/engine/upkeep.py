@@ -184,7 +184,7 @@ async def reconcile(engine: Engine, older_than: float | None = None) -> int:
             await redis.delete(keys.RECONCILER_LOCK)
 
 
-async def requeue_lost(pool: Any, queue: Any, older_than: float, limit: int = 5000) -> int:
+async def requeue_lost(pool: Any, queue: Any, older_than: float, limit: int = 100_000) -> int:
     """The repair itself, shared with ``recover requeue-from-db``."""
     async with pool.connection() as conn:
         candidates = await jobs.open_jobs_older_than(conn, older_than, limit)
