@@ -24,6 +24,7 @@ import redis
 
 from ms07 import embedded
 from ms07.config import Settings, load_settings
+from ms07.engine.engine import Engine
 from tests.support import Sink
 
 TEMPLATE = "ms07_test_template"
@@ -159,3 +160,43 @@ def env_for(database_url: str, redis_url: str, tmp_path: Path) -> dict[str, str]
         "NO_COLOR": "1",
         "COLUMNS": "200",
     }
+
+
+@pytest.fixture
+def captured_logs() -> Iterator[Any]:
+    """ms07's logs at DEBUG, as JSON lines in a StringIO (``.getvalue()``)."""
+    import io
+    import logging
+
+    from ms07 import logs
+
+    buffer = io.StringIO()
+    logs.configure("DEBUG", "json", stream=buffer)
+    try:
+        yield buffer
+    finally:
+        root = logging.getLogger()
+        for handler in list(root.handlers):
+            if getattr(handler, "_ms07", False):
+                root.removeHandler(handler)
+        logging.getLogger("ms07").setLevel(logging.NOTSET)
+
+
+@pytest.fixture
+async def start_engine(request: pytest.FixtureRequest) -> AsyncIterator[Callable[..., Any]]:
+    """Start in-process engines; every one is stopped at teardown, and none of their
+    upkeep loops may have failed unless the test is marked ``loop_errors_ok``."""
+    engines: list[Engine] = []
+
+    async def start(settings: Settings, **kwargs: Any) -> Engine:
+        engine = Engine(settings, **kwargs)
+        await engine.start()
+        engines.append(engine)
+        return engine
+
+    yield start
+    for engine in engines:
+        await engine.stop(grace=1)
+    if not request.node.get_closest_marker("loop_errors_ok"):
+        for engine in engines:
+            assert not engine.loop_errors, f"upkeep loops failed: {dict(engine.loop_errors)}"

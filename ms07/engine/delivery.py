@@ -188,10 +188,13 @@ class DestinationClient:
         content_type: str = "application/json",
         *,
         message_id: str | None = None,
+        extra_headers: dict[str, str] | None = None,
     ) -> AttemptResult:
         """One HTTP attempt. Never raises for network trouble: the result says what happened."""
         assert self.session is not None, "DestinationClient.open() was not awaited"
         headers = self._headers(distribution_id, attempt, content_type)
+        if extra_headers:
+            headers.update(extra_headers)
         started = _now()
         t0 = time.perf_counter()
         generation = None

@@ -25,7 +25,7 @@ import os
 import socket
 import time
 import uuid
-from collections import defaultdict, deque
+from collections import Counter, defaultdict, deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,6 +100,8 @@ class Engine:
         self.http_port = settings.service.http_port if http_port is None else http_port
         self.metrics = Metrics()
         self.clients: dict[str, DestinationClient] = {}
+        self.batchers: dict[str, Any] = {}
+        self.loop_errors: Counter[str] = Counter()
         self.breakers: dict[str, CircuitBreaker] = {}
         self.policies: dict[str, RetryPolicy] = {}
         self.started_at = _utc()
@@ -139,7 +141,7 @@ class Engine:
         if self._started:
             return
         self._started = True
-        from ms07.engine import auth, signing, ssrf, upkeep
+        from ms07.engine import auth, batching, signing, ssrf, upkeep
         from ms07.engine.ratelimit import RateLimiter
 
         self.pool = await self.runtime.pool()
@@ -170,6 +172,9 @@ class Engine:
                                              dest.rate_limit.burst)
             await client.open()
             self.clients[dest.name] = client
+            batcher = batching.batcher_for(self, client)
+            if batcher is not None:
+                self.batchers[dest.name] = batcher
             self.metrics.circuit_state.labels(dest.name).set(0)
         self.metrics.memory_threshold.set(self.settings.memory.threshold_mb * 1024 * 1024)
         self._capacity.set()
@@ -237,6 +242,8 @@ class Engine:
         from ms07.engine import upkeep
 
         await upkeep.farewell(self)
+        for batcher in self.batchers.values():
+            await batcher.close()
         if self.server is not None:
             await self.server.close()
         if self.submitter is not None:
@@ -364,6 +371,9 @@ class Engine:
         if client is None:
             return self._outcome(job, "failed", ErrorCode.UNKNOWN_DESTINATION,
                                  f"destination {job.destination!r} is not configured on this worker")
+        batcher = self.batchers.get(job.destination)
+        if batcher is not None:
+            return await batcher.deliver(job)
         breaker = self.breakers[job.destination]
         limiter = client.limiter
         if limiter is not None:
@@ -372,28 +382,33 @@ class Engine:
         async with self._http_slots:
             # Asked only now: while this delivery waited for a slot the circuit may have opened.
             if not breaker.allow():
-                self.metrics.errors.labels(job.destination, ErrorCode.CIRCUIT_OPEN).inc()
-                return self._outcome(job, "retrying", ErrorCode.CIRCUIT_OPEN, "circuit open; deferred",
-                                     next_in=breaker.retry_in())
+                return self.defer_for_circuit(job)
             result = await client.send(job.distribution_id, attempt, job.payload, job.content_type)
         crash.point("after_http")
-        rows = [self._row(attempt, result)]
-        self._observe(job.destination, result)
+        rows = [self.attempt_row(attempt, result)]
+        self.observe(job.destination, result)
         if result.auth_failure and client.auth is not None and client.auth.refreshable:
             # The token may have been revoked or rotated: refresh once and try again.
             await client.auth.invalidate(result.auth_generation)
             attempt += 1
             async with self._http_slots:
                 result = await client.send(job.distribution_id, attempt, job.payload, job.content_type)
-            rows.append(self._row(attempt, result))
-            self._observe(job.destination, result)
+            rows.append(self.attempt_row(attempt, result))
+            self.observe(job.destination, result)
         if result.success or not result.retryable or result.auth_failure:
             breaker.success()  # the destination answered
         else:
             breaker.failure()
-        return self._decide(job, attempt, result, rows)
+        return self.decide(job, attempt, result, rows)
 
-    def _observe(self, destination: str, result: AttemptResult) -> None:
+    def defer_for_circuit(self, job: jobs.ClaimedJob) -> jobs.Outcome:
+        """No request while the destination's circuit is open: back to the delayed set,
+        with no attempt counted, until the circuit lets a probe through."""
+        self.metrics.errors.labels(job.destination, ErrorCode.CIRCUIT_OPEN).inc()
+        return self._outcome(job, "retrying", ErrorCode.CIRCUIT_OPEN, "circuit open; deferred",
+                             next_in=self.breakers[job.destination].retry_in())
+
+    def observe(self, destination: str, result: AttemptResult) -> None:
         self.metrics.attempts.labels("success" if result.success else "failed", destination).inc()
         self.metrics.latency.labels(destination).observe(result.latency)
         self.recent_latency[destination].append(result.latency)
@@ -401,11 +416,11 @@ class Engine:
             self.metrics.errors.labels(destination, result.error_code).inc()
 
     @staticmethod
-    def _row(attempt: int, r: AttemptResult) -> jobs.AttemptRow:
+    def attempt_row(attempt: int, r: AttemptResult) -> jobs.AttemptRow:
         return jobs.AttemptRow(attempt, r.started_at, r.completed_at, r.success, r.http_status,
                                r.error_code, r.error_message)
 
-    def _decide(self, job: jobs.ClaimedJob, attempt: int, result: AttemptResult,
+    def decide(self, job: jobs.ClaimedJob, attempt: int, result: AttemptResult,
                 rows: list[jobs.AttemptRow]) -> jobs.Outcome:
         if result.success:
             return jobs.Outcome(job.distribution_id, job.destination, "delivered", self.worker_id, rows)

@@ -62,6 +62,7 @@ async def _forever(engine: Engine, name: str, interval: float, fn: Callable[[Eng
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            engine.loop_errors[name] += 1
             component.warning(f"{name} pass failed; will retry", error=f"{type(exc).__name__}: {exc}"[:300])
         await asyncio.sleep(interval)
 
@@ -220,7 +221,7 @@ async def heartbeat(engine: Engine, status: str | None = None) -> None:
     if status == "stopped":
         await engine.queue.redis.delete(keys.heartbeat(engine.worker_id))
     else:
-        await engine.queue.redis.setex(keys.heartbeat(engine.worker_id), ttl, json.dumps(payload))
+        await engine.queue.redis.set(keys.heartbeat(engine.worker_id), json.dumps(payload), ex=ttl)
     async with engine.pool.connection() as conn:
         await heartbeats.beat(
             conn,

@@ -255,3 +255,34 @@ async def test_reconciler_repairs_a_flushall(make_settings, sink: Sink, start_en
         assert engine2.metrics.requeued._value.get() == 20
     finally:
         await engine2.stop(grace=1)
+
+
+async def test_heartbeats_in_redis_and_postgres(make_settings, sink: Sink, start_engine) -> None:
+    import json
+
+    engine = await start_engine(make_settings(destinations=[{"name": "a", "url": sink.url("/in")}]))
+    raw = await wait_for(lambda: engine.queue.redis.get(keys.heartbeat(engine.worker_id)), what="heartbeat key")
+    beat = json.loads(raw)
+    assert beat["worker_id"] == engine.worker_id and beat["status"] == "active" and beat["rss_bytes"] > 0
+    assert 0 < await engine.queue.redis.ttl(keys.heartbeat(engine.worker_id)) <= 60
+
+    async def row() -> Any:
+        async with engine.pool.connection() as conn:
+            cur = await conn.execute("SELECT status, rss_bytes > 0 FROM worker_heartbeats WHERE worker_id = %s",
+                                     (engine.worker_id,))
+            return await cur.fetchone()
+
+    # The Redis key is written first, the row in the same pass just after.
+    assert await wait_for(row, what="heartbeat row") == ("active", True)
+    await engine.stop(grace=1)
+    import psycopg
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(engine.settings.redis_url)
+    try:
+        assert await client.exists(keys.heartbeat(engine.worker_id)) == 0  # gone at a clean stop
+    finally:
+        await client.aclose()
+    async with await psycopg.AsyncConnection.connect(engine.settings.database_url) as conn:
+        cur = await conn.execute("SELECT status FROM worker_heartbeats WHERE worker_id = %s", (engine.worker_id,))
+        assert await cur.fetchone() == ("stopped",)

@@ -114,6 +114,7 @@ async def test_memory_guard_exits_with_distinct_code(tmp_path, sink: Sink, env_f
     assert "memory threshold exceeded; draining and exiting for a restart" in messages
 
 
+@pytest.mark.loop_errors_ok
 async def test_postgres_restart_while_running(servers, make_settings, sink: Sink, start_engine) -> None:
     if not servers.embedded:
         pytest.skip("needs the embedded PostgreSQL to restart it")
@@ -151,6 +152,7 @@ async def _redis_down(engine: Any) -> bool:
     return False
 
 
+@pytest.mark.loop_errors_ok
 async def test_redis_restart_while_running(servers, make_settings, sink: Sink, start_engine) -> None:
     if not servers.embedded:
         pytest.skip("needs the embedded Redis to restart it")
