@@ -54,7 +54,7 @@ _SENSITIVE_KEY = re.compile(
     rf"(?i)^(?:(?:proxy-)?authorization|cookie|set-cookie|x-api-key|api-key|"
     rf"(?:[a-z0-9]+_)?(?:{_SENSITIVE_WORDS}))$"
 )
-_context: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar("ms07_log_context", default={})
+_context: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.ContextVar("ms07_log_context", default=None)
 
 
 def register_secret(value: str | None) -> None:
@@ -106,10 +106,8 @@ def safe_url(url: str | None) -> str | None:
     try:
         parts = urlsplit(url)
         netloc = parts.netloc.rsplit("@", 1)[-1]
-        query = urlencode(
-            [(k, REDACTED if _SENSITIVE_KEY.match(k) else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)],
-            safe="*",
-        )
+        pairs = parse_qsl(parts.query, keep_blank_values=True)
+        query = urlencode([(k, REDACTED if _SENSITIVE_KEY.match(k) else v) for k, v in pairs], safe="*")
         return redact(parts._replace(netloc=netloc, query=query).geturl())
     except ValueError:
         return "<invalid url>"
@@ -145,7 +143,7 @@ def iso_utc(value: dt.datetime) -> str:
 def bind(**fields: Any) -> Iterator[None]:
     """Add fields (e.g. ``correlation_id``) to every line logged inside the block,
     in this task and the tasks it starts."""
-    token = _context.set({**_context.get(), **{k: v for k, v in fields.items() if v is not None}})
+    token = _context.set({**(_context.get() or {}), **{k: v for k, v in fields.items() if v is not None}})
     try:
         yield
     finally:
@@ -153,7 +151,7 @@ def bind(**fields: Any) -> Iterator[None]:
 
 
 def _fields(record: logging.LogRecord) -> tuple[str, dict[str, Any]]:
-    fields: dict[str, Any] = {**_context.get(), **(getattr(record, "ms07", None) or {})}
+    fields: dict[str, Any] = {**(_context.get() or {}), **(getattr(record, "ms07", None) or {})}
     component = fields.pop("component", None)
     if component is None:
         component = record.name.rsplit(".", 1)[-1]

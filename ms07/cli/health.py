@@ -109,7 +109,8 @@ def _render_detailed(console: Any, r: dict[str, Any], Table: Any) -> None:  # no
         queues.add_column(col)
     for name, q in (r.get("queues") or {}).items():
         queues.add_row(name, _v(q.get("length")), _v(q.get("pending")), _v(q.get("delayed")),
-                       _v(q.get("delayed_overdue")), _v(q.get("oldest_pending_idle_ms")), str(len(q.get("consumers") or [])))
+                       _v(q.get("delayed_overdue")), _v(q.get("oldest_pending_idle_ms")),
+                       str(len(q.get("consumers") or [])))
     console.print(queues)
 
     dests = Table(title="destinations")

@@ -211,7 +211,8 @@ async def detailed(engine: Engine) -> dict[str, Any]:
     report.update({
         "worker_id": engine.worker_id,
         "uptime_seconds": round((dt.datetime.now(dt.UTC) - engine.started_at).total_seconds(), 1),
-        "process": {"rss_bytes": rss_bytes(), "memory_threshold_bytes": int(engine.settings.memory.threshold_mb * 1048576),
+        "process": {"rss_bytes": rss_bytes(),
+                    "memory_threshold_bytes": int(engine.settings.memory.threshold_mb * 1048576),
                     "in_flight": engine.in_flight, "concurrency": engine.concurrency, "max_held": engine.max_held,
                     "delivered": engine.delivered, "failed": engine.failed},
         "database": {**d["database"], "pool": _pg_pool(engine)},

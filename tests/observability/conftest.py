@@ -1,10 +1,9 @@
-"""Fixtures for the observability tests: engines, an HTTP client, captured logs and a
-Redis of our own that a test may stop (never the session's shared one)."""
+"""Fixtures for the observability tests: an HTTP client, the API token, and a Redis of
+our own that a test may stop (never the session's shared one). ``start_engine`` and
+``captured_logs`` come from tests/conftest.py."""
 
 from __future__ import annotations
 
-import io
-import logging
 import socket
 import subprocess
 import time
@@ -15,28 +14,12 @@ from typing import Any
 import httpx
 import pytest
 
-from ms07 import embedded, logs
+from ms07 import embedded
 from ms07.config import Settings
 from ms07.engine.engine import Engine
 from tests.support import Sink
 
 TOKEN = "obs-api-token-7f3a9c1d2e"
-
-
-@pytest.fixture
-async def start_engine() -> AsyncIterator[Callable[..., Any]]:
-    """Start in-process engines; every one is stopped at teardown."""
-    engines: list[Engine] = []
-
-    async def start(settings: Settings, **kwargs: Any) -> Engine:
-        engine = Engine(settings, **kwargs)
-        await engine.start()
-        engines.append(engine)
-        return engine
-
-    yield start
-    for engine in engines:
-        await engine.stop(grace=1)
 
 
 @pytest.fixture
@@ -57,21 +40,6 @@ def auth(token: str = TOKEN) -> dict[str, str]:
 def api_token(monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("MS07_API_TOKEN", TOKEN)
     return TOKEN
-
-
-@pytest.fixture
-def captured_logs() -> Iterator[io.StringIO]:
-    """ms07's JSON logs at DEBUG into a buffer for the duration of the test."""
-    buf = io.StringIO()
-    root, ms07 = logging.getLogger(), logging.getLogger("ms07")
-    levels = root.level, ms07.level
-    logs.configure("DEBUG", "json", stream=buf)
-    try:
-        yield buf
-    finally:
-        logs.unconfigure()
-        root.setLevel(levels[0])
-        ms07.setLevel(levels[1])
 
 
 @pytest.fixture
