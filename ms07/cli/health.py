@@ -71,7 +71,7 @@ def render(console: Any, result: dict[str, Any]) -> None:
     status = result["status"]
     report = result.get("report")
     if report is None:
-        console.print(f"[bold]{result['url']}[/]: [red]{status.upper()}[/] - {result.get('error')}")
+        console.print(f"[bold]{result['url']}[/]: [red]{status}[/] - {result.get('error')}")
         return
     extra = "  [red]draining[/]" if report.get("draining") else ""
     console.print(f"[bold]{result['url']}[/]: [bold]{_s(status)}[/]"

@@ -165,7 +165,8 @@ async def get_distribution(request: web.Request) -> web.Response:
         data = await distribution_status(conn, request.match_info["distribution_id"])
     if data is None:
         return _error(404, "no such distribution")
-    return _json(data)
+    # Error messages hold response bodies, and a destination may echo our credentials.
+    return _json(logs.scrub(data))
 
 
 class MemoryDebug:
