@@ -29,8 +29,9 @@ def exit_code(result: dict[str, Any]) -> int:
     return EXIT_CODES.get(result.get("status", ""), EXIT_UNKNOWN)
 
 
-async def fetch_health(  # noqa: ASYNC109 - the HTTP client's own timeout
-    url: str, token: str | None, detailed: bool = False, *, timeout: float = DEFAULT_TIMEOUT
+async def fetch_health(
+    url: str, token: str | None, detailed: bool = False, *,
+    timeout: float = DEFAULT_TIMEOUT,  # noqa: ASYNC109 - the HTTP client's own timeout
 ) -> dict[str, Any]:
     """GET the engine's health report from base ``url`` with the bearer ``token``.
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
+import asyncio
 import shutil
 import subprocess
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,7 +16,7 @@ from ms07 import keys
 from ms07.engine import upkeep
 from ms07.submit import submit
 from tests.observability.conftest import base
-from tests.support import Sink, hang, status, wait_for
+from tests.support import Sink, status, wait_for
 
 # name as the parser reports it (counters lose _total) -> type, label names
 EXPECTED = {
@@ -81,7 +80,6 @@ def settings(make_settings, sink: Sink, monkeypatch: pytest.MonkeyPatch) -> Any:
     sink.on("/token", token_endpoint)
     sink.on("/p", status(400))
     sink.on("/r", status(503))
-    sink.on("/h", hang(30))
     return make_settings(destinations=[
         {"name": "a", "url": sink.url("/a"), "health_url": sink.url("/a/health")},
         {"name": "o", "url": sink.url("/o"),
@@ -96,6 +94,13 @@ def settings(make_settings, sink: Sink, monkeypatch: pytest.MonkeyPatch) -> Any:
 async def test_every_metric_with_its_type_and_labels_and_values_that_move(
         settings, sink: Sink, start_engine, http) -> None:
     sink.on("/h/down", status(503))
+    release = asyncio.Event()
+
+    async def held(request: web.Request, n: int) -> web.StreamResponse:
+        await release.wait()
+        return web.Response(text="late")
+
+    sink.on("/h", held)
     engine = await start_engine(settings)
     await wait_for(lambda: _live_heartbeat(engine), what="heartbeat")
     _, before = await scrape(http, engine)
@@ -141,6 +146,8 @@ async def test_every_metric_with_its_type_and_labels_and_values_that_move(
     assert 3500 < value(after, "zenia_distribution_token_expiry_seconds", destination="o") <= 3600
     assert value(after, "process_resident_memory_bytes") > 0
     assert "access-token-" not in text and SECRET not in text
+    release.set()
+    await wait_for(lambda: _has(engine, delivered=8), what="the held delivery done")
 
 
 async def _has(engine: Any, **expected: int) -> bool:
@@ -170,10 +177,9 @@ async def test_promtool_check_metrics(settings, sink: Sink, start_engine, http) 
     await wait_for(lambda: _has(engine, delivered=3, failed=1), what="outcomes committed")
     await upkeep.refresh_metrics(engine)
     text, _ = await scrape(http, engine)
-    if dump := os.environ.get("MS07_TEST_METRICS_DUMP"):
-        Path(dump).write_text(text)
-    result = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True,  # noqa: S603
-                            timeout=30, check=False)
+    result = await asyncio.to_thread(
+        subprocess.run, [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30,
+        check=False)
     print(f"promtool check metrics: exit {result.returncode}, {len(text.splitlines())} lines checked",
           result.stdout, result.stderr)
     assert result.returncode == 0, result.stdout + result.stderr
