@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import email.utils
+import io
 import os
 import time
 from dataclasses import dataclass
@@ -131,6 +132,7 @@ class DestinationClient:
         self.connect_timeout = min(
             config.connect_timeout_seconds or dist.connect_timeout_seconds, self.timeout
         )
+        self.stream_threshold = dist.stream_threshold_bytes
         self.auth = auth
         self.signer = signer
         self.limiter: Any = None
@@ -206,8 +208,11 @@ class DestinationClient:
                 generation = self.auth.generation
             if self.signer is not None:
                 headers.update(self.signer.sign(message_id or distribution_id, payload))
+            # Large bodies are streamed in chunks from a BytesIO over the same buffer (no
+            # copy), so one big payload does not hold the event loop while it is written.
+            data: Any = io.BytesIO(payload) if len(payload) > self.stream_threshold else payload
             async with self.session.request(
-                self.method, self.url, data=payload, headers=headers, allow_redirects=False
+                self.method, self.url, data=data, headers=headers, allow_redirects=False
             ) as resp:
                 status = resp.status
                 if 200 <= status < 300:

@@ -48,12 +48,13 @@ def forbidden_reason(address: str, allow: list[ipaddress.IPv4Network | ipaddress
         if real.version == net.version and real in net:
             return None
     for label, test in (
+        # Most specific first: link-local and unspecified ranges are also "private".
         ("loopback", real.is_loopback),
-        ("private", real.is_private),
         ("link-local", real.is_link_local),
         ("multicast", real.is_multicast),
-        ("reserved", real.is_reserved),
         ("unspecified", real.is_unspecified),
+        ("reserved", real.is_reserved),
+        ("private", real.is_private),
         ("not globally routable", not real.is_global),
     ):
         if test:
