@@ -200,8 +200,9 @@ class MemoryDebug:
         top = snapshot.statistics("lineno")[:limit]
         diff = snapshot.compare_to(self.previous, "lineno")[:limit] if self.previous is not None else []
         current, peak = tracemalloc.get_traced_memory()
-        report = {
-            "timestamp": _now(),
+        now = _now()
+        report: dict[str, Any] = {
+            "timestamp": now,
             "previous_snapshot_at": self.previous_at,
             "traced_current_bytes": current,
             "traced_peak_bytes": peak,
@@ -210,7 +211,7 @@ class MemoryDebug:
             "diff": [{"site": str(s.traceback), "size_diff_bytes": s.size_diff, "count_diff": s.count_diff,
                       "size_bytes": s.size, "count": s.count} for s in diff],
         }
-        self.previous, self.previous_at = snapshot, report["timestamp"]
+        self.previous, self.previous_at = snapshot, now
         return report
 
     async def handle(self, request: web.Request) -> web.Response:
