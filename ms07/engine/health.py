@@ -3,7 +3,8 @@ database, redis, queue, workers and destinations, each healthy|degraded|unhealth
 
 Overall status: ``unhealthy`` (HTTP 503) when PostgreSQL or Redis does not answer, or the
 engine drains; otherwise the worst check, capped at ``degraded``: a destination that is
-down, a stale worker or a queue without its group keeps the engine serving, degraded.
+down, no live worker, a stale worker still holding pending entries, or a queue without
+its group keeps the engine serving, degraded.
 
 Every check has its own timeout (``CHECK_TIMEOUT``) and they run concurrently, so a hung
 dependency makes the report slow by at most that much, never hang.
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 HEALTHY, DEGRADED, UNHEALTHY = "healthy", "degraded", "unhealthy"
 _ORDER = {HEALTHY: 0, DEGRADED: 1, UNHEALTHY: 2}
 CHECK_TIMEOUT = 2.0
+FORGET_WORKERS_AFTER = 24 * 3600.0
 
 
 def worst(*states: str) -> str:
@@ -101,15 +103,27 @@ async def _workers(engine: Engine) -> tuple[str, list[dict[str, Any]]]:
     stale_after = engine.settings.diagnose.stale_worker_minutes * 60
     workers = []
     for r in rows:
-        if r["status"] == "stopped":
-            continue
         since = float(r["seconds_since_update"])
+        # A crashed worker's row stays 'active' for good: past a day it is history, not news.
+        if r["status"] == "stopped" or since > FORGET_WORKERS_AFTER:
+            continue
         workers.append({**r, "seconds_since_update": round(since, 1), "live": r["worker_id"] in live,
                         "stale": since > stale_after})
-    state = HEALTHY if live else DEGRADED
-    if any(w["stale"] for w in workers):
-        state = DEGRADED
-    return state, workers
+    return HEALTHY if live else DEGRADED, workers
+
+
+def _stuck_workers(workers: list[dict[str, Any]], queue_info: dict[str, Any]) -> bool:
+    """Mark stale workers still holding pending entries; True if there is one. A dead
+    worker matters while its deliveries wait for a reclaim, not once they are taken over."""
+    holding: dict[str, int] = {}
+    for q in (queue_info.get("queues") or {}).values():
+        for c in q.get("consumers") or []:
+            holding[c["name"]] = holding.get(c["name"], 0) + int(c.get("pending") or 0)
+    stuck = False
+    for w in workers:
+        w["pending"] = holding.get(w["worker_id"], 0)
+        stuck |= bool(w["stale"] and w["pending"])
+    return stuck
 
 
 def percentiles(values: list[float]) -> dict[str, float | None]:
@@ -166,6 +180,8 @@ async def readiness(engine: Engine, details: bool = False) -> dict[str, Any]:
     else:
         (qs, q_info), (ws, w_info) = (UNHEALTHY, {}), (UNHEALTHY, [])
         ds, d_info = await _destinations(engine)
+    if isinstance(q_info, dict) and _stuck_workers(w_info, q_info):
+        ws = worst(ws, DEGRADED)
     if db != HEALTHY:
         ws = UNHEALTHY
     checks = {"database": db, "redis": rd, "queue": qs, "workers": ws, "destinations": ds}

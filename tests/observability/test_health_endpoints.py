@@ -4,12 +4,13 @@ states, and the bearer token on every protected route."""
 from __future__ import annotations
 
 import re
+import uuid
 from typing import Any
 
 import httpx
 import pytest
 
-from ms07 import __version__
+from ms07 import __version__, keys
 from ms07.submit import submit
 from tests.observability.conftest import TOKEN, auth, base
 from tests.support import Sink, status, wait_for
@@ -155,6 +156,32 @@ async def test_draining_is_unhealthy(api_token, healthy_sink_settings, start_eng
                            json={"destinations": ["a"], "payload": {}})
     assert resp.status_code == 503
     assert (await http.get(f"{base(engine)}/health/live")).status_code == 200
+
+
+async def test_a_dead_worker_degrades_only_while_it_holds_entries(api_token, healthy_sink_settings, start_engine,
+                                                                  http) -> None:
+    engine = await start_engine(healthy_sink_settings("a"))
+    await _ready_when(http, engine, "healthy")
+    async with engine.pool.connection() as conn:
+        for worker, age in (("ghost", "10 minutes"), ("ancient", "2 days")):
+            await conn.execute(
+                "INSERT INTO worker_heartbeats (worker_id, host, pid, started_at, updated_at, version) "
+                "VALUES (%s, 'gone-host', 1, now() - interval '3 days', now() - %s::interval, '0.0.1')",
+                (worker, age))
+    code, body = await _get(http, f"{base(engine)}/health/ready")
+    assert (code, body["checks"]["workers"]) == (200, "healthy")  # crashed long ago, its work taken over
+
+    # The ghost still holds an entry nobody has reclaimed yet: that is worth a degraded.
+    stream = keys.stream("default")
+    pipe = engine.queue.redis.pipeline(transaction=True)  # one step, so the engine cannot read it first
+    pipe.xadd(stream, {"id": str(uuid.uuid4()), "destination": "a", "attempt": "0"})
+    pipe.xreadgroup(keys.GROUP, "ghost", {stream: ">"}, count=1)
+    await pipe.execute()
+    body = await _ready_when(http, engine, "degraded", workers="degraded")
+    code, d = await _get(http, f"{base(engine)}/health/detailed")
+    ghost = next(w for w in d["workers"] if w["worker_id"] == "ghost")
+    assert ghost["stale"] is True and ghost["live"] is False and ghost["pending"] == 1
+    assert "ancient" not in {w["worker_id"] for w in d["workers"]}
 
 
 PROTECTED = [
