@@ -173,6 +173,12 @@ class DiagnoseConfig:
     probe_timeout_seconds: float = 3.0
     rss_growth_warning_percent: float = 20.0
     token_expiry_warning_hours: float = 24.0
+    # Open jobs younger than this are not yet "lost" (the XADD follows the INSERT).
+    lost_grace_seconds: float = 120.0
+    queue_depth_warning: int = 10000
+    failure_rate_warning_percent: float = 10.0
+    # An RSS trend is judged only over at least this much history.
+    rss_trend_min_minutes: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -190,6 +196,16 @@ class EscalationConfig:
             "queue": "backend",
             "memory": "sre",
             "health": "devops",
+        }
+    )
+    # Runbook of each check, sent as the alert's ``runbook`` annotation.
+    runbooks: dict[str, str] = field(
+        default_factory=lambda: {
+            "timeouts": "timeouts",
+            "latency": "high-latency",
+            "auth": "auth-failures",
+            "queue": "queue-message-loss",
+            "memory": "memory-leak",
         }
     )
 
@@ -556,6 +572,7 @@ def validate(settings: Settings, source: str, lines: dict[str, int] | None = Non
             ipaddress.ip_network(cidr, strict=False)
         except ValueError:
             fail("network.allow_cidrs", f"{cidr!r} is not a CIDR range")
+    _validate_diagnose(settings, fail)
     seen: set[str] = set()
     for dest in settings.destinations:
         key = f"destinations.{dest.name}"
@@ -586,6 +603,23 @@ def validate(settings: Settings, source: str, lines: dict[str, int] | None = Non
         for header in dest.headers:
             if header.lower() in ("authorization", "idempotency-key"):
                 fail(f"{key}.headers.{header}", "is set by ms07; use auth instead")
+
+
+def _validate_diagnose(settings: Settings, fail: typing.Callable[[str, str], Any]) -> None:
+    for f in dataclasses.fields(DiagnoseConfig):
+        if getattr(settings.diagnose, f.name) <= 0:
+            fail(f"diagnose.{f.name}", "must be positive")
+    esc = settings.escalation
+    severities = ("info", "warning", "critical")
+    if esc.min_severity not in severities:
+        fail("escalation.min_severity", f"must be one of {', '.join(severities)}")
+    if esc.alertmanager_url:
+        _check_url(esc.alertmanager_url, "escalation.alertmanager_url")
+    for sev, prio in esc.priorities.items():
+        if sev not in severities:
+            fail(f"escalation.priorities.{sev}", f"unknown severity (one of {', '.join(severities)})")
+        if prio not in ("P1", "P2", "P3", "P4"):
+            fail(f"escalation.priorities.{sev}", f"{prio!r} is not a priority P1-P4")
 
 
 def _validate_auth(dest: DestinationConfig, fail: typing.Callable[[str, str], Any]) -> None:

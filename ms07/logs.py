@@ -40,8 +40,9 @@ _PATTERNS = [
     # "Authorization: Bearer x", 'Authorization': 'Basic x', authorization=x (headers in reprs)
     (re.compile(r"(?i)((?:proxy-)?authorization[\"']?\s*[:=]\s*[\"']?)(?:(?:basic|bearer|token|digest)\s+)?[^\s\"',}\]]+"),
      r"\1***"),
-    # a credential after its scheme; plain words ("bearer tokens") are left alone
-    (re.compile(r"(?i)\b(bearer|basic)(\s+)(?![a-z]+\b)[A-Za-z0-9._~+/=-]{6,}"), r"\1\2***"),
+    # A credential after its scheme, not prose: 8 or more token characters, one of them
+    # not a letter ("bearer tokens" and "Basic authentication" are left alone).
+    (re.compile(r"(?i)\b(bearer|basic)(\s+)(?=[A-Za-z0-9._~+/=-]*[0-9._~+/=-])[A-Za-z0-9._~+/=-]{8,}"), r"\1\2***"),
     # password=x, client_secret='x', access_token=x (query strings, libpq conninfo)
     (re.compile(rf"(?i)\b((?:[a-z0-9]+_)?(?:{_SENSITIVE_WORDS}))(\s*=\s*)(['\"])[^'\"]*\3"), r"\1\2\3***\3"),
     (re.compile(rf"(?i)\b((?:[a-z0-9]+_)?(?:{_SENSITIVE_WORDS}))(\s*=\s*)(?!\*\*\*)[^&\s\"';,]+"), r"\1\2***"),

@@ -48,6 +48,7 @@ log = logs.get("DistributionWorker")
 
 EXIT_OK = 0
 EXIT_MEMORY_GUARD = 75  # EX_TEMPFAIL: the orchestrator should restart this process
+FINAL_COMMIT_SECONDS = 5.0
 MAX_RETRY_AFTER = 3600.0
 
 
@@ -118,6 +119,7 @@ class Engine:
         self._stop_requested = asyncio.Event()
         self._stopped = asyncio.Event()
         self._stopping = False
+        self._committing = False
         self._started = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loops: list[asyncio.Task[Any]] = []
@@ -211,7 +213,11 @@ class Engine:
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop reading, finish in-flight work within the grace period, commit, ack, close.
-        Idempotent. What does not finish stays pending for another worker."""
+
+        Idempotent. Bounded: deliveries get ``grace`` seconds (``service.drain_grace_seconds``)
+        in all; what has not finished by then is cancelled and its entry stays pending for
+        another worker; the outcomes already known then get at most ``FINAL_COMMIT_SECONDS``
+        to be committed and acked."""
         if self._stopping:
             await self._stopped.wait()
             return
@@ -220,21 +226,27 @@ class Engine:
         self.ready = False
         self.metrics.draining.set(1)
         grace = self.settings.service.drain_grace_seconds if grace is None else grace
+        deadline = time.monotonic() + grace
+
+        def left() -> float:
+            return max(0.0, deadline - time.monotonic())
+
         self._capacity.set()
         if self._reader is not None:
             try:
-                await asyncio.wait_for(self._reader, timeout=max(grace, 3.0))
-            except (TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(self._reader), timeout=max(left(), 1.5))
+            except TimeoutError:
                 self._reader.cancel()
+                await asyncio.gather(self._reader, return_exceptions=True)
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout=grace)
+            await asyncio.wait_for(self._idle.wait(), timeout=left())
         except TimeoutError:
             unfinished = [t for t in self._tasks if not t.done()]
             log.warning("grace period over; leaving deliveries pending for another worker", count=len(unfinished))
             for task in unfinished:
                 task.cancel()
             await asyncio.gather(*unfinished, return_exceptions=True)
-        await self._drain_outbox(timeout=max(5.0, grace))
+        await self._drain_outbox(timeout=FINAL_COMMIT_SECONDS)
         for task in [*self._loops, self._committer]:
             if task is not None:
                 task.cancel()
@@ -256,10 +268,11 @@ class Engine:
         self._stopped.set()
 
     async def _drain_outbox(self, timeout: float) -> None:
+        """Let the committer write and ack every outcome already known."""
         deadline = time.monotonic() + timeout
-        while (self._outbox or self._held) and time.monotonic() < deadline:
+        while (self._outbox or self._committing) and time.monotonic() < deadline:
             self._outbox_event.set()
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.01)
 
     async def serve(self) -> int:
         """start(), wait for a stop request, stop(); the process exit code."""
@@ -354,9 +367,11 @@ class Engine:
         try:
             outcome = await self.deliver(job)
         except asyncio.CancelledError:
+            # Shutdown past the grace period: the entry stays pending for another worker.
             breaker = self.breakers.get(job.destination)
             if breaker:
                 breaker.release()
+            self._release([held])
             raise
         except Exception:
             log.exception("delivery crashed; the entry stays pending", distribution_id=job.distribution_id,
@@ -473,6 +488,7 @@ class Engine:
             if not self._outbox:
                 continue
             batch, self._outbox = self._outbox, []
+            self._committing = True
             try:
                 await self._commit(batch)
             except asyncio.CancelledError:
@@ -480,6 +496,8 @@ class Engine:
             except Exception:
                 log.exception("commit failed unexpectedly; entries stay pending", count=len(batch))
                 self._release([h for h, _ in batch])
+            finally:
+                self._committing = False
 
     async def _commit(self, batch: list[tuple[Held, jobs.Outcome | None]]) -> None:
         """Outcome in Postgres first, then ack/defer/DLQ in Redis, then free the slots."""

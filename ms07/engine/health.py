@@ -104,8 +104,9 @@ async def _workers(engine: Engine) -> tuple[str, list[dict[str, Any]]]:
     workers = []
     for r in rows:
         since = float(r["seconds_since_update"])
-        # A crashed worker's row stays 'active' for good: past a day it is history, not news.
-        if r["status"] == "stopped" or since > FORGET_WORKERS_AFTER:
+        # Rows of crashed workers stay until housekeeping marks them dead; past a day
+        # they are history either way.
+        if r["status"] in ("stopped", "dead") or since > FORGET_WORKERS_AFTER:
             continue
         workers.append({**r, "seconds_since_update": round(since, 1), "live": r["worker_id"] in live,
                         "stale": since > stale_after})

@@ -177,6 +177,7 @@ async def reconcile(engine: Engine, older_than: float | None = None) -> int:
     try:
         n = await requeue_lost(engine.pool, engine.queue, older_than or engine.dist.reconcile_after_seconds)
         engine.metrics.requeued.inc(n)
+        await housekeeping(engine)
         return n
     finally:
         if await redis.get(keys.RECONCILER_LOCK) == token:
@@ -190,15 +191,42 @@ async def requeue_lost(pool: Any, queue: Any, older_than: float, limit: int = 50
     if not candidates:
         return 0
     present = await queue.contains([c[0] for c in candidates])
-    lost = [c for c in candidates if c[0] not in present]
+    lost_ids = [c[0] for c in candidates if c[0] not in present]
+    if not lost_ids:
+        return 0
+    # Claim the repair in Postgres only for jobs still untouched: a job a worker deferred
+    # or finished while Redis was being scanned has a fresh updated_at and is left alone.
+    async with pool.connection() as conn:
+        claimed = set(await jobs.touch_stale_jobs(conn, lost_ids, older_than))
+    lost = [c for c in candidates if c[0] in claimed]
     if not lost:
         return 0
-    async with pool.connection() as conn:
-        await jobs.touch_jobs(conn, [c[0] for c in lost])
     await queue.enqueue((prio if prio in queue.priorities else queue.priorities[0], did, dest)
                         for did, dest, prio, _ in lost)
     log.warning("re-enqueued jobs that Redis had lost", count=len(lost))
     return len(lost)
+
+
+async def housekeeping(engine: Engine, consumer_idle_ms: int | None = None) -> None:
+    """Workers silent long enough are marked dead; consumers that died holding nothing
+    leave the group (one with pending entries stays: deleting it would lose them)."""
+    silent = max(3 * engine.settings.diagnose.stale_worker_minutes * 60, 3 * engine.dist.claim_idle_seconds)
+    async with engine.pool.connection() as conn:
+        dead = await heartbeats.mark_dead(conn, silent)
+        await heartbeats.prune(conn)
+    if dead:
+        log.warning("workers silent too long marked dead", workers=dead)
+    redis = engine.queue.redis
+    idle_ms = consumer_idle_ms if consumer_idle_ms is not None else int(
+        max(engine.dist.claim_idle_seconds, engine.settings.service.heartbeat_ttl_seconds) * 2000)
+    for q in engine.queue.priorities:
+        for c in await redis.xinfo_consumers(keys.stream(q), keys.GROUP):
+            name = c["name"]
+            if name == engine.worker_id or int(c.get("pending", 0)) or int(c.get("idle", 0)) < idle_ms:
+                continue
+            if await redis.exists(keys.heartbeat(name)):
+                continue
+            await redis.xgroup_delconsumer(keys.stream(q), keys.GROUP, name)
 
 
 # ---------------------------------------------------------------------- heartbeat
@@ -308,6 +336,15 @@ async def refresh_metrics(engine: Engine) -> None:
             value = expiry()
             if value is not None:
                 m.token_expiry.labels(name).set(value)
+        # The cached OAuth2 token's expiry (never the token) for `ms07 diagnose auth`.
+        expires_at = getattr(client.auth, "expires_at", None) if client.auth else None
+        if expires_at and getattr(client.auth, "token", None) is not None:
+            key = keys.token_info(name)
+            pipe = engine.queue.redis.pipeline(transaction=False)
+            pipe.hset(key, mapping={"expires_at": expires_at, "worker_id": engine.worker_id,
+                                    "updated_at": time.time()})
+            pipe.expire(key, max(60, int(expires_at - time.time()) + 3600))
+            await pipe.execute()
 
 
 async def memory_guard(engine: Engine) -> None:
