@@ -165,9 +165,7 @@ async def _destinations(engine: Engine) -> tuple[str, list[dict[str, Any]]]:
             "latency_samples": len(samples),
             **percentiles(samples),
         })
-    # Every destination down: nothing can be delivered, although the engine itself runs.
-    if states and all(s != HEALTHY for s in states):
-        return UNHEALTHY, out
+    # Degraded, never unhealthy: the engine itself can still accept and park work.
     return worst(*states), out
 
 
