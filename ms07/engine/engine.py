@@ -32,7 +32,7 @@ from typing import Any
 import psycopg
 from redis.exceptions import RedisError
 
-from ms07 import __version__, logs
+from ms07 import __version__, keys, logs
 from ms07.config import Settings
 from ms07.engine import crash
 from ms07.engine.breaker import CircuitBreaker
