@@ -378,7 +378,8 @@ class Engine:
             self._release([held])
             raise
         except Exception:
-            log.exception("delivery crashed; the entry stays pending", distribution_id=job.distribution_id)
+            log.exception("delivery crashed; the entry stays pending", distribution_id=job.distribution_id,
+                          destination=job.destination, correlation_id=job.correlation_id)
             self._release([held])
             return
         self._enqueue_outcome(held, outcome)
@@ -462,7 +463,7 @@ class Engine:
     def _finish_without_job(self, entry: Entry, did: str | None, code: str, reason: str) -> None:
         """An entry with no job to deliver (invalid, unknown id): straight to the DLQ."""
         log.warning("entry parked in the DLQ", error_code=code, distribution_id=did, entry_id=entry.entry_id,
-                    reason=reason)
+                    reason=reason, destination=entry.fields.get("destination"), queue=entry.queue)
         held = self._held[(entry.queue, entry.entry_id)]
         fake = jobs.Outcome(did or "", entry.fields.get("destination", ""), "dead", self.worker_id, [], code, reason)
         self._enqueue_outcome(held, fake, record=False)
@@ -569,11 +570,24 @@ class Engine:
                           destination=outcome.destination, error_code=outcome.error_code,
                           correlation_id=held.job.correlation_id, last_error=outcome.error_message,
                           attempt=held.job.attempts + len(outcome.attempts),
-                          total_attempts=held.job.max_attempts)
+                          total_attempts=held.job.max_attempts, destination_url=self._log_url(outcome.destination),
+                          outcome=outcome.status)
+            elif outcome.attempts:
+                fields = dict(distribution_id=outcome.distribution_id, destination=outcome.destination,
+                              error_code=outcome.error_code, correlation_id=held.job.correlation_id,
+                              attempt=held.job.attempts + len(outcome.attempts), total_attempts=held.job.max_attempts,
+                              last_error=outcome.error_message, destination_url=self._log_url(outcome.destination))
+                log.warning("delivery attempt failed", **fields)
+                if log.enabled(10):
+                    log.debug("delivery will be retried", next_attempt_at=outcome.next_attempt_at, **fields)
             elif log.enabled(10):
-                log.debug("delivery will be retried", distribution_id=outcome.distribution_id,
+                log.debug("delivery deferred", distribution_id=outcome.distribution_id,
                           destination=outcome.destination, error_code=outcome.error_code,
-                          next_attempt_at=outcome.next_attempt_at)
+                          correlation_id=held.job.correlation_id, next_attempt_at=outcome.next_attempt_at)
+
+    def _log_url(self, destination: str) -> str | None:
+        client = self.clients.get(destination)
+        return logs.safe_url(client.url) if client is not None else None
 
     def _release(self, helds: list[Held]) -> None:
         for h in helds:

@@ -308,7 +308,16 @@ async def probe_health(engine: Engine) -> None:
 
 
 async def refresh_metrics(engine: Engine) -> None:
+    """The gauges nothing else sets as it happens: queue sizes, workers, RSS, token expiry.
+
+    Local values first, so that a Redis outage leaves them current."""
+    from ms07.metrics import CIRCUIT_VALUES
+
     m = engine.metrics
+    m.track(engine.clients, engine.queue.priorities)
+    for name, breaker in engine.breakers.items():
+        m.circuit_state.labels(name).set(CIRCUIT_VALUES[breaker.state])
+    m.draining.set(1 if engine.draining else 0)
     m.rss.set(rss_bytes())
     m.in_flight.set(engine.in_flight)
     stats = await engine.queue.stats()
