@@ -120,6 +120,7 @@ class Engine:
         self._stopped = asyncio.Event()
         self._stopping = False
         self._committing = False
+        self.loops_stopping = False
         self._started = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loops: list[asyncio.Task[Any]] = []
@@ -254,10 +255,7 @@ class Engine:
                 task.cancel()
             await asyncio.gather(*unfinished, return_exceptions=True)
         await self._drain_outbox(timeout=FINAL_COMMIT_SECONDS)
-        for task in [*self._loops, self._committer]:
-            if task is not None:
-                task.cancel()
-        await asyncio.gather(*[t for t in [*self._loops, self._committer] if t], return_exceptions=True)
+        await self._cancel_all([*self._loops, *([self._committer] if self._committer else [])])
         from ms07.engine import upkeep
 
         await upkeep.farewell(self)
@@ -270,6 +268,19 @@ class Engine:
                 log.warning("error while closing", error=f"{type(result).__name__}: {result}"[:200])
         if self._owns_runtime:
             await self.runtime.aclose()
+
+    async def _cancel_all(self, tasks: list[asyncio.Task[Any]], timeout: float = 5.0) -> None:
+        """Cancel background tasks and wait for them, re-cancelling a task whose
+        cancellation was swallowed; never waits longer than ``timeout``."""
+        self.loops_stopping = True
+        deadline = time.monotonic() + timeout
+        pending = {t for t in tasks if not t.done()}
+        while pending and time.monotonic() < deadline:
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=min(0.5, max(0.01, deadline - time.monotonic())))
+        if pending:
+            log.warning("background tasks did not stop", tasks=sorted(t.get_name() for t in pending))
 
     async def _drain_outbox(self, timeout: float) -> None:
         """Let the committer write and ack every outcome already known."""

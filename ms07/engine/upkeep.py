@@ -56,12 +56,16 @@ def start_loops(engine: Engine) -> list[asyncio.Task[Any]]:
 
 async def _forever(engine: Engine, name: str, interval: float, fn: Callable[[Engine], Awaitable[Any]]) -> None:
     component = logs.get(name)
-    while True:
+    # The flag, not only the cancel: a library that turns a CancelledError into its own
+    # error (seen with connections cut mid-command) would otherwise keep the loop alive.
+    while not engine.loops_stopping:
         try:
             await fn(engine)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            if engine.loops_stopping:
+                return
             engine.loop_errors[name] += 1
             component.warning(f"{name} pass failed; will retry", error=f"{type(exc).__name__}: {exc}"[:300])
         await asyncio.sleep(interval)
