@@ -147,7 +147,7 @@ async def _destinations(engine: Engine) -> tuple[str, list[dict[str, Any]]]:
         row = rows.get(name, {})
         breaker = engine.breakers[name]
         health = row.get("health_status", "unknown")
-        state = DEGRADED if breaker.state != "closed" or health == "unhealthy" else HEALTHY
+        state = DEGRADED if breaker.current_state() != "closed" or health == "unhealthy" else HEALTHY
         states.append(state)
         samples = list(engine.recent_latency.get(name, ()))
         out.append({
@@ -158,7 +158,7 @@ async def _destinations(engine: Engine) -> tuple[str, list[dict[str, Any]]]:
             "last_health_latency_ms": row.get("last_health_latency_ms"),
             "last_health_error": logs.redact(row["last_health_error"]) if row.get("last_health_error") else None,
             "state": state,
-            "circuit_state": breaker.state,
+            "circuit_state": breaker.current_state(),
             "circuit_failures": breaker.failures,
             "pool": client.pool_usage(),
             "auth": client.config.auth.type,

@@ -298,14 +298,18 @@ async def probe_health(engine: Engine) -> None:
         *(probe_http(c.config.health_url, timeout=timeout, auth=c.auth) for c in targets),  # type: ignore[arg-type]
         return_exceptions=True,
     )
+    verdicts = []
+    for client, result in zip(targets, results, strict=True):
+        if isinstance(result, BaseException):
+            healthy, latency, error = False, None, f"{type(result).__name__}: {result}"[:300]
+        else:
+            healthy, latency, error = result.healthy, result.latency_ms, result.error
+        # The gauge first: it must not freeze while Postgres is away.
+        engine.metrics.destination_healthy.labels(client.name).set(1 if healthy else 0)
+        verdicts.append((client.name, "healthy" if healthy else "unhealthy", latency, error))
     async with engine.pool.connection() as conn:
-        for client, result in zip(targets, results, strict=True):
-            if isinstance(result, BaseException):
-                healthy, latency, error = False, None, f"{type(result).__name__}: {result}"[:300]
-            else:
-                healthy, latency, error = result.healthy, result.latency_ms, result.error
-            await dest_store.set_health(conn, client.name, "healthy" if healthy else "unhealthy", latency, error)
-            engine.metrics.destination_healthy.labels(client.name).set(1 if healthy else 0)
+        for name, state, latency, error in verdicts:
+            await dest_store.set_health(conn, name, state, latency, error)
 
 
 # ---------------------------------------------------------------------- metrics, memory
@@ -320,7 +324,7 @@ async def refresh_metrics(engine: Engine) -> None:
     m = engine.metrics
     m.track(engine.clients, engine.queue.priorities)
     for name, breaker in engine.breakers.items():
-        m.circuit_state.labels(name).set(CIRCUIT_VALUES[breaker.state])
+        m.circuit_state.labels(name).set(CIRCUIT_VALUES[breaker.current_state()])
     m.draining.set(1 if engine.draining else 0)
     m.rss.set(rss_bytes())
     m.in_flight.set(engine.in_flight)
