@@ -21,7 +21,7 @@ async def test_an_upkeep_loop_stops_even_if_its_cancellation_was_swallowed() -> 
         except asyncio.CancelledError:
             pass  # what a redis-py command caught in the wrong moment does (redis-py#2028)
 
-    engine = SimpleNamespace(loop_errors=Counter())
+    engine = SimpleNamespace(loop_errors=Counter(), loops_stopping=False)  # the cancel alone must do
     task = asyncio.create_task(upkeep._forever(engine, "scheduler", 0.01, swallows_cancel))  # type: ignore[arg-type]
     await asyncio.sleep(0.05)
     task.cancel()
