@@ -87,11 +87,10 @@ def stop_swallowed_cancel(task: asyncio.Task[Any] | None) -> None:
 async def move_due(engine: Engine) -> None:
     for q in engine.queue.priorities:
         while True:
-            if crash.armed("scheduler_move") and await engine.queue.redis.zcount(
-                keys.delayed(q), "-inf", time.time()
-            ):
+            now = time.time()  # one instant for the crash point's look and the move itself
+            if crash.armed("scheduler_move") and await engine.queue.redis.zcount(keys.delayed(q), "-inf", now):
                 crash.point("scheduler_move")
-            moved = await engine.queue.move_due(q, limit=500)
+            moved = await engine.queue.move_due(q, now=now, limit=500)
             if moved:
                 crash.point("scheduler_moved")
             if moved < 500:
