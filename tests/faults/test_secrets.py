@@ -167,7 +167,8 @@ async def test_no_secret_leaks_anywhere(tmp_path: Path, sink: Sink, servers: Any
                 ["dlq", "list", "--json"], ["destinations", "list", "--json"], ["destinations", "list"],
                 ["db", "status"], ["submit", "-d", "bearer", "--data", '{"again": 1}', "--json"],
                 ["--log-level", "DEBUG", "destinations", "check", "oauth", "--json"]]
-    if "requeue-from-db" in (await acli(["recover", "--help"], cli_env)).output:
+    audited = "requeue-from-db" in (await acli(["recover", "--help"], cli_env)).output
+    if audited:  # a recover plan writes recovery_audit rows: they are scanned below
         commands.append(["recover", "requeue-from-db", "--yes"])
     for args in commands:
         result = await acli(args, cli_env)
@@ -181,6 +182,9 @@ async def test_no_secret_leaks_anywhere(tmp_path: Path, sink: Sink, servers: Any
         assert_clean(f"ms07 {' '.join(args)} (servers unreachable)", result.output)
 
     async with await psycopg.AsyncConnection.connect(password_url) as conn:
+        if audited:
+            cur = await conn.execute("SELECT count(*) FROM recovery_audit")
+            assert (await cur.fetchone())[0] > 0, "the recover plan wrote no audit row: nothing was scanned"
         for table in ("recovery_audit", "distribution_attempts", "distribution_jobs", "destinations",
                       "worker_heartbeats"):
             cur = await conn.execute(f"SELECT coalesce(json_agg(t)::text, '') FROM {table} t")  # noqa: S608
