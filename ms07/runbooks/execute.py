@@ -161,7 +161,7 @@ async def _queue_stats(command: Command, settings: Settings) -> Outcome:
 
     async with Runtime(settings, migrate=False) as rt:
         stats = await (await rt.queue()).stats()
-    out = Outcome(verdict="read", data=stats)
+    out = Outcome(verdict="ok", data=stats)
     out.lines.append(f"{stats['total_length']} stream entries, {stats['total_pending']} pending, "
                      f"{stats['total_delayed']} delayed, DLQ {stats['dlq']}")
     for name, q in stats["queues"].items():
@@ -178,7 +178,7 @@ async def _dlq_list(command: Command, settings: Settings) -> Outcome:
         async with rt.connection() as conn:
             data = await dlq.list_dlq(conn, await rt.queue(), command.params.get("limit") or 100)
     parked = data["parked_total"] or data["stream_length"]
-    out = Outcome(verdict="read", status="warning" if parked else "healthy", data=data)
+    out = Outcome(verdict="ok", status="warning" if parked else "healthy", data=data)
     out.lines.append(f"{data['parked_total']} parked job(s), {data['stream_length']} DLQ stream entries")
     reasons: dict[str, int] = {}
     for p in data["parked_jobs"]:

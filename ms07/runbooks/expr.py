@@ -112,6 +112,8 @@ class Name(Node):
     name: str = ""
 
     def eval(self, facts: Facts) -> Any:
+        if self.name in LEVELS:
+            return self.name
         if self.name == "dry_run":
             return facts.dry_run
         return facts.last_status if self.name == "status" else facts.last_severity
@@ -214,6 +216,13 @@ class _Parser:
             raise ExprError(f"expected {text!r}, found {self._shown()}", self.tok.column)
         return self.take()
 
+    def separator(self, closing: str) -> None:
+        if self.at(closing):
+            return
+        if not self.at(","):
+            raise ExprError(f"expected ',' or {closing!r}, found {self._shown()}", self.tok.column)
+        self.take()
+
     def _shown(self) -> str:
         return "the end" if self.tok.kind == "end" else repr(self.tok.text)
 
@@ -290,8 +299,7 @@ class _Parser:
             items: list[Node] = []
             while not self.at("]"):
                 items.append(self.operand())
-                if not self.at("]"):
-                    self.expect(",")
+                self.separator("]")
             self.expect("]")
             return ListLit(t.column, items=items)
         raise ExprError(f"expected a value, found {self._shown()}", t.column)
@@ -301,8 +309,7 @@ class _Parser:
         args: list[Node] = []
         while not self.at(")"):
             args.append(self.or_())
-            if not self.at(")"):
-                self.expect(",")
+            self.separator(")")
         self.expect(")")
         return Call(name.column, fn=name.text, args=args)
 

@@ -40,7 +40,7 @@ class StepRun:
     command: str
     when: str | None = None
     expect: str | None = None
-    state: str = "not run"  # passed, failed, skipped, unmet (dry run), not run
+    state: str = "not run"  # passed, failed, skipped, unmet (dry run), interrupted, not run
     verdict: str = ""  # the command's own: healthy, critical, completed, dry-run, failed, ...
     status: str = "none"
     severity: str = "none"
@@ -131,8 +131,14 @@ async def run(
             result.audit_file = str(trail.path)
             await trail.write(None, "runbook", line, "started", {"title": book.title, "yes": yes})
         for step, sr in zip(book.steps, result.steps, strict=True):
-            await _step(step, sr, settings, facts, trail, observer, dry_run=dry_run, yes=yes, run_id=rid,
-                        confirm=confirm)
+            try:
+                await _step(step, sr, settings, facts, trail, observer, dry_run=dry_run, yes=yes, run_id=rid,
+                            confirm=confirm)
+            except (asyncio.CancelledError, KeyboardInterrupt):
+                sr.state = "interrupted"
+                if trail is not None:
+                    await asyncio.shield(_interrupted(trail, sr, line))
+                raise
             if sr.state == "failed":
                 result.status, result.failed_step = "failed", sr.index
                 result.message = f"step {sr.index} ({sr.title}) failed: {sr.message}"
@@ -149,6 +155,11 @@ async def run(
     finally:
         await asyncio.shield(audit_ctx.aclose())
     return result
+
+
+async def _interrupted(trail: Any, sr: StepRun, line: str) -> None:
+    await trail.write(sr.index, sr.title, sr.command, "interrupted", {})
+    await trail.write(None, "runbook", line, "interrupted", {"failed_step": sr.index})
 
 
 def _expect_text(step: Step) -> str | None:
@@ -180,18 +191,23 @@ async def _step(step: Step, sr: StepRun, settings: Settings, facts: Facts, trail
     facts.last_status, facts.last_severity = out.status, out.severity
     expect = step.expect or (compile_expression(DEFAULT_EXPECT[step.phase]) if step.phase in DEFAULT_EXPECT
                              else None)
+    problem = None
     if not out.ok:
         sr.state = "failed"
         sr.message = out.lines[-1] if out.lines else f"{sr.command} ended {out.verdict}"
+    elif step.phase == "verification" and out.status == "unknown":
+        # A check that could not look is no proof that the problem is gone.
+        unknown = next((x for x in out.lines if x.startswith("UNKNOWN")), out.verdict)
+        problem = f"could not verify: {unknown}"
     elif expect is not None and not expect.evaluate(facts):
-        if dry_run and step.phase == "verification":
-            sr.state = "unmet"
-            sr.message = f"expect: {expect.text} is not met yet (dry run: the remediation was only previewed)"
-        else:
-            sr.state = "failed"
-            sr.message = f"expect: {expect.text} is not met ({sr.command}: {out.verdict})"
+        problem = f"expect: {expect.text} is not met ({sr.command}: {out.verdict})"
     else:
         sr.state = "passed"
+    if problem is not None:
+        if dry_run and step.phase == "verification":
+            sr.state, sr.message = "unmet", f"{problem}; not yet expected in a dry run (the remediation was only previewed)"
+        else:
+            sr.state, sr.message = "failed", problem
     observer.step_finished(sr)
     if trail is not None:
         await trail.write(sr.index, sr.title, sr.command, sr.state,
