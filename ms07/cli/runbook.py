@@ -241,6 +241,8 @@ def _summary(console: Any, result: Any) -> None:
         console.print(Text.assemble(("FAILED ", "bold red"), result.message), overflow="fold")
         for line in failed.lines[:10]:
             console.print(Text(f"  {line}"), overflow="fold")
+        if result.remedy:
+            console.print(Text.assemble(("what to do: ", "bold"), result.remedy), overflow="fold")
         if result.next_command:
             console.print(Text.assemble(("next: ", "bold"), (result.next_command, "cyan")), overflow="fold")
         console.print(Text.assemble(("escalate: ", "bold"), esc), overflow="fold")

@@ -36,6 +36,7 @@ class Outcome:
     severity: str = "none"
     lines: list[str] = field(default_factory=list)
     next_command: str | None = None
+    remedy: str = ""
     checks: list[tuple[str, str, list[tuple[str, str]]]] = field(default_factory=list)
     data: Any = None
 
@@ -82,6 +83,7 @@ async def _diagnose(command: Command, settings: Settings, dry_run: bool) -> Outc
     if not out.lines:
         out.lines.append(f"no problem found ({sum(len(r.findings) for r in report.results)} findings, all info)")
     out.next_command = worst.command if worst else None
+    out.remedy = worst.remedy if worst else ""
     out.data = report.results[0].as_json() if len(report.results) == 1 else report.as_json()
     if command.params.get("notify"):
         out.lines.append(await _notify(settings, report, dry_run))

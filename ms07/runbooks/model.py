@@ -84,9 +84,8 @@ class Runbook:
 
     @property
     def escalation(self) -> str:
-        """``P2 (respond within 1 hour): escalate to backend (backend@zenia.it)``."""
-        return (f"{self.priority} (respond within {RESPONSE_TEXT[self.response_time]}): escalate to "
-                f"{self.team} ({self.email})")
+        """``P2 (respond within 1 hour): backend (backend@zenia.it)``."""
+        return f"{self.priority} (respond within {RESPONSE_TEXT[self.response_time]}): {self.team} ({self.email})"
 
     @property
     def priority_text(self) -> str:

@@ -47,6 +47,7 @@ class StepRun:
     message: str = ""
     lines: list[str] = field(default_factory=list)
     next_command: str | None = None
+    remedy: str = ""
     data: Any = None
     started_at: str | None = None
     duration_ms: float | None = None
@@ -67,6 +68,7 @@ class RunbookRun:
     failed_step: int | None = None
     message: str = ""
     next_command: str | None = None
+    remedy: str = ""
     audit_file: str | None = None
     audit_db: str | None = None
 
@@ -142,14 +144,14 @@ async def run(
             if sr.state == "failed":
                 result.status, result.failed_step = "failed", sr.index
                 result.message = f"step {sr.index} ({sr.title}) failed: {sr.message}"
-                result.next_command = sr.next_command
+                result.next_command, result.remedy = sr.next_command, sr.remedy
                 break
         if result.status == "running":
             result.status = "dry-run" if dry_run else "completed"
         if trail is not None:
             await trail.write(None, "runbook", line, result.status,
                               {"failed_step": result.failed_step, "message": result.message,
-                               "next_command": result.next_command,
+                               "next_command": result.next_command, "remedy": result.remedy or None,
                                "escalation": book.escalation if result.status == "failed" else None})
             result.audit_db = trail.db_note
     finally:
@@ -185,7 +187,7 @@ async def _step(step: Step, sr: StepRun, settings: Settings, facts: Facts, trail
                             reporter=observer.recover_reporter(sr))
     sr.duration_ms = round((time.perf_counter() - t0) * 1000, 1)
     sr.verdict, sr.status, sr.severity = out.verdict, out.status, out.severity
-    sr.lines, sr.next_command, sr.data = out.lines, out.next_command, out.data
+    sr.lines, sr.next_command, sr.remedy, sr.data = out.lines, out.next_command, out.remedy, out.data
     for check, status, findings in out.checks:
         facts.record_check(check, status, findings)
     facts.last_status, facts.last_severity = out.status, out.severity
