@@ -57,6 +57,27 @@ def test_the_repository_directory_is_found_by_default(monkeypatch: pytest.Monkey
         runbooks.runbooks_dir()
 
 
+def test_installed_copies_are_found_without_a_checkout(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A wheel ships them as ms07/_runbooks (pyproject force-include); the image also has
+    /usr/share/ms07/runbooks (Dockerfile)."""
+    from ms07.runbooks import loader
+
+    monkeypatch.delenv("MS07_RUNBOOKS_DIR", raising=False)
+    site = tmp_path / "site-packages"
+    monkeypatch.setattr(loader, "__file__", str(site / "ms07" / "runbooks" / "loader.py"))
+    monkeypatch.setattr(loader, "SYSTEM_DIR", tmp_path / "usr-share")
+    assert loader.search_path() == [site / "ms07" / "_runbooks", tmp_path / "usr-share"]
+    with pytest.raises(Exception, match="no runbooks directory"):
+        loader.runbooks_dir()
+    (tmp_path / "usr-share").mkdir()
+    assert loader.runbooks_dir() == tmp_path / "usr-share"
+    (site / "ms07" / "_runbooks").mkdir(parents=True)
+    assert loader.runbooks_dir() == site / "ms07" / "_runbooks"
+    project = (ROOT / "pyproject.toml").read_text()
+    assert '"runbooks" = "ms07/_runbooks"' in project
+    assert "COPY runbooks /usr/share/ms07/runbooks" in (ROOT / "Dockerfile").read_text()
+
+
 def test_every_option_of_every_step_command_reaches_the_library() -> None:
     """A new CLI option must be mapped to its library parameter (or refused) here."""
     root = commands._root()
