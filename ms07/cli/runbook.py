@@ -18,10 +18,18 @@ from ms07.errors import UsageError
 
 app = typer.Typer(help="YAML runbooks: list, show, run, export, validate.", no_args_is_help=True)
 
-Name = Annotated[str, typer.Argument(help="Runbook id (see `ms07 runbook list`) or a path to a .yaml file.")]
+Name = Annotated[
+    str, typer.Argument(help="Runbook id (see `ms07 runbook list`) or a path to a .yaml file.")
+]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON.")]
-_STATE_STYLE = {"passed": "green", "failed": "bold red", "skipped": "dim", "unmet": "yellow", "not run": "dim",
-                "running": "cyan"}
+_STATE_STYLE = {
+    "passed": "green",
+    "failed": "bold red",
+    "skipped": "dim",
+    "unmet": "yellow",
+    "not run": "dim",
+    "running": "cyan",
+}
 _LEVEL_STYLE = {"healthy": "green", "warning": "yellow", "critical": "red", "unknown": "magenta"}
 
 
@@ -32,9 +40,20 @@ def list_(ctx: typer.Context, as_json: Json = False) -> None:
 
     books = runbooks.load_all()
     if as_json:
-        common.print_json([{"id": b.id, "title": b.title, "priority": b.priority,
-                            "response_time": b.response_time, "team": b.team, "email": b.email,
-                            "source": str(b.source)} for b in books])
+        common.print_json(
+            [
+                {
+                    "id": b.id,
+                    "title": b.title,
+                    "priority": b.priority,
+                    "response_time": b.response_time,
+                    "team": b.team,
+                    "email": b.email,
+                    "source": str(b.source),
+                }
+                for b in books
+            ]
+        )
         return
     from rich.table import Table
 
@@ -48,7 +67,7 @@ def list_(ctx: typer.Context, as_json: Json = False) -> None:
 
 @app.command("show")
 def show(ctx: typer.Context, name: Name) -> None:
-    """A runbook rendered as readable Markdown: symptoms, steps with their conditions, escalation."""
+    """A runbook as readable Markdown: symptoms, steps with their conditions, escalation."""
     from rich.markdown import Markdown
 
     from ms07 import runbooks
@@ -60,8 +79,12 @@ def show(ctx: typer.Context, name: Name) -> None:
 def export(
     ctx: typer.Context,
     name: Name,
-    fmt: Annotated[str, typer.Option("--format", "-f", help="markdown (for a wiki, unchanged) or json.")] = "markdown",
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to FILE instead of stdout.")] = None,
+    fmt: Annotated[
+        str, typer.Option("--format", "-f", help="markdown (for a wiki, unchanged) or json.")
+    ] = "markdown",
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write to FILE instead of stdout.")
+    ] = None,
 ) -> None:
     """A runbook as Markdown (or JSON), to publish it to a wiki as it is."""
     import json
@@ -71,7 +94,11 @@ def export(
     if fmt not in ("markdown", "json"):
         raise UsageError(f"--format: {fmt!r} is not one of markdown, json")
     book = runbooks.load(name)
-    text = runbooks.markdown(book) if fmt == "markdown" else json.dumps(book.as_dict(), indent=2) + "\n"
+    text = (
+        runbooks.markdown(book)
+        if fmt == "markdown"
+        else json.dumps(book.as_dict(), indent=2) + "\n"
+    )
     if output is None:
         typer.echo(text, nl=False)
         return
@@ -85,7 +112,9 @@ def export(
 @app.command("validate")
 def validate(
     ctx: typer.Context,
-    paths: Annotated[list[Path] | None, typer.Argument(help="Runbook files (default: every runbook).")] = None,
+    paths: Annotated[
+        list[Path] | None, typer.Argument(help="Runbook files (default: every runbook).")
+    ] = None,
 ) -> None:
     """Check runbook files (schema, commands and their arguments, when:/expect: expressions).
 
@@ -114,10 +143,18 @@ def validate(
 def run(
     ctx: typer.Context,
     name: Name,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Diagnose for real; only preview recovery steps; "
-                                          "write nothing.")] = False,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Run recovery steps without asking.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the run as JSON (needs --dry-run or --yes).")] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run", help="Diagnose for real; only preview recovery steps; write nothing."
+        ),
+    ] = False,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Run recovery steps without asking.")
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the run as JSON (needs --dry-run or --yes).")
+    ] = False,
 ) -> None:
     """Run a runbook's steps in order through the library and show each step's verdict.
 
@@ -132,11 +169,14 @@ def run(
         raise UsageError("--json needs --dry-run or --yes: there is no prompt in JSON mode")
     book = runbooks.load(name)
     settings = st.settings
-    observer = runbooks.Observer() if as_json else _RichObserver(st.console, len(book.steps))
+    observer = runbooks.Observer() if as_json else _rich_observer(st.console, len(book.steps))
     confirm = None if as_json else _confirm(st.console)
     try:
-        result = common.run(runbooks.run(book, settings, dry_run=dry_run, yes=yes, confirm=confirm,
-                                         observer=observer))
+        result = common.run(
+            runbooks.run(
+                book, settings, dry_run=dry_run, yes=yes, confirm=confirm, observer=observer
+            )
+        )
     except KeyboardInterrupt:
         st.err.print("interrupted: see recovery_audit for the steps that ran")
         raise typer.Exit(130) from None
@@ -162,65 +202,92 @@ def _confirm(console: Any) -> Any:
     return ask
 
 
-class _RichObserver:
+def _rich_observer(console: Any, total: int) -> Any:
     """Each step as it starts and ends; a recover plan's progress indented under it."""
+    from ms07.runbooks import Observer
 
-    def __init__(self, console: Any, total: int) -> None:
-        self.console = console
-        self.total = total
+    class RichObserver(Observer):
+        def __init__(self, console: Any, total: int) -> None:
+            self.console = console
+            self.total = total
 
-    def step_started(self, step: Any) -> None:
-        from rich.text import Text
+        def step_started(self, step: Any) -> None:
+            from rich.text import Text
 
-        self.console.print(Text.assemble((f"\n[{step.index}/{self.total}] ", "bold"), (f"{step.phase}: ", "dim"),
-                                         (step.title, "bold")))
-        self.console.print(Text(f"  $ {step.command}", style="cyan"), overflow="fold")
+            self.console.print(
+                Text.assemble(
+                    (f"\n[{step.index}/{self.total}] ", "bold"),
+                    (f"{step.phase}: ", "dim"),
+                    (step.title, "bold"),
+                )
+            )
+            self.console.print(Text(f"  $ {step.command}", style="cyan"), overflow="fold")
 
-    def step_finished(self, step: Any) -> None:
-        from rich.text import Text
+        def step_finished(self, step: Any) -> None:
+            from rich.text import Text
 
-        if step.state == "skipped":
-            self.console.print(Text.assemble((f"\n[{step.index}/{self.total}] ", "bold"), (f"{step.phase}: ", "dim"),
-                                             (step.title, "dim"), ("  SKIPPED ", "dim"), (step.message, "dim")))
-            return
-        self.console.print(Text.assemble(("  " + step.state.upper(), _STATE_STYLE.get(step.state, "")),
-                                         "  ", (step.verdict, _LEVEL_STYLE.get(step.status, "")),
-                                         f"  ({step.duration_ms:.0f} ms)" if step.duration_ms is not None else ""))
-        for line in step.lines[:15]:
-            self.console.print(Text(f"    {line}"), overflow="fold")
-        if len(step.lines) > 15:
-            self.console.print(Text(f"    ... {len(step.lines) - 15} more (--json shows all)", style="dim"))
-        if step.message and step.state in ("failed", "unmet"):
-            self.console.print(Text(f"    {step.message}", style=_STATE_STYLE[step.state]), overflow="fold")
+            if step.state == "skipped":
+                self.console.print(
+                    Text.assemble(
+                        (f"\n[{step.index}/{self.total}] ", "bold"),
+                        (f"{step.phase}: ", "dim"),
+                        (step.title, "dim"),
+                        ("  SKIPPED ", "dim"),
+                        (step.message, "dim"),
+                    )
+                )
+                return
+            self.console.print(
+                Text.assemble(
+                    ("  " + step.state.upper(), _STATE_STYLE.get(step.state, "")),
+                    "  ",
+                    (step.verdict, _LEVEL_STYLE.get(step.status, "")),
+                    f"  ({step.duration_ms:.0f} ms)" if step.duration_ms is not None else "",
+                )
+            )
+            for line in step.lines[:15]:
+                self.console.print(Text(f"    {line}"), overflow="fold")
+            if len(step.lines) > 15:
+                self.console.print(
+                    Text(f"    ... {len(step.lines) - 15} more (--json shows all)", style="dim")
+                )
+            if step.message and step.state in ("failed", "unmet"):
+                self.console.print(
+                    Text(f"    {step.message}", style=_STATE_STYLE[step.state]), overflow="fold"
+                )
 
-    def recover_reporter(self, step: Any) -> Any:
-        from ms07.recover.model import Reporter
+        def recover_reporter(self, step: Any) -> Any:
+            from ms07.recover.model import Reporter
 
-        console = self.console
+            console = self.console
 
-        class Progress(Reporter):
-            def step_started(self, s: Any) -> None:
-                console.print(f"    · {s.title}", style="dim", highlight=False)
+            class Progress(Reporter):
+                def step_started(self, s: Any) -> None:
+                    console.print(f"    · {s.title}", style="dim", highlight=False)
 
-            def info(self, message: str) -> None:
-                console.print(f"      {message}", style="dim", highlight=False)
+                def info(self, message: str) -> None:
+                    console.print(f"      {message}", style="dim", highlight=False)
 
-            def lines(self, title: str, lines: list[str]) -> None:
-                console.print(f"      {title}", highlight=False)
-                for line in lines[-20:]:
-                    console.print(f"        {line}", style="dim", highlight=False, overflow="fold")
+                def lines(self, title: str, lines: list[str]) -> None:
+                    console.print(f"      {title}", highlight=False)
+                    for line in lines[-20:]:
+                        console.print(
+                            f"        {line}", style="dim", highlight=False, overflow="fold"
+                        )
 
-            def table(self, title: str, columns: list[str], rows: list[list[Any]]) -> None:
-                from rich.table import Table
+                def table(self, title: str, columns: list[str], rows: list[list[Any]]) -> None:
+                    from rich.table import Table
 
-                t = Table(title=title, title_justify="left")
-                for c in columns:
-                    t.add_column(c, overflow="fold")
-                for r in rows[:20]:
-                    t.add_row(*(str(v) for v in r))
-                console.print(t)
+                    t = Table(title=title, title_justify="left")
+                    for c in columns:
+                        t.add_column(c, overflow="fold")
+                    for r in rows[:20]:
+                        t.add_row(*(str(v) for v in r))
+                    console.print(t)
 
-        return Progress()
+            return Progress()
+
+    return RichObserver(console, total)
 
 
 def _summary(console: Any, result: Any) -> None:
@@ -231,8 +298,13 @@ def _summary(console: Any, result: Any) -> None:
     for col in ("#", "phase", "step", "result", "verdict"):
         table.add_column(col, overflow="fold")
     for s in result.steps:
-        table.add_row(str(s.index), s.phase, s.title, Text(s.state, style=_STATE_STYLE.get(s.state, "")),
-                      Text(s.verdict, style=_LEVEL_STYLE.get(s.status, "")))
+        table.add_row(
+            str(s.index),
+            s.phase,
+            s.title,
+            Text(s.state, style=_STATE_STYLE.get(s.state, "")),
+            Text(s.verdict, style=_LEVEL_STYLE.get(s.status, "")),
+        )
     console.print()
     console.print(table)
     esc = result.escalation["text"]
@@ -244,15 +316,32 @@ def _summary(console: Any, result: Any) -> None:
         if result.remedy:
             console.print(Text.assemble(("what to do: ", "bold"), result.remedy), overflow="fold")
         if result.next_command:
-            console.print(Text.assemble(("next: ", "bold"), (result.next_command, "cyan")), overflow="fold")
+            console.print(
+                Text.assemble(("next: ", "bold"), (result.next_command, "cyan")), overflow="fold"
+            )
         console.print(Text.assemble(("escalate: ", "bold"), esc), overflow="fold")
     elif result.status == "dry-run":
         unmet = [s.index for s in result.steps if s.state == "unmet"]
-        console.print("dry run: nothing was changed." + (
-            f" Verification not met yet at step(s) {', '.join(map(str, unmet))}: run without --dry-run to fix."
-            if unmet else ""))
+        console.print(
+            "dry run: nothing was changed."
+            + (
+                f" Verification not met yet at step(s) {', '.join(map(str, unmet))}:"
+                " run without --dry-run to fix."
+                if unmet
+                else ""
+            )
+        )
     else:
-        console.print(Text.assemble(("completed", "bold green"), f": every step passed (run {result.run_id})."))
+        console.print(
+            Text.assemble(
+                ("completed", "bold green"), f": every step passed (run {result.run_id})."
+            )
+        )
     if result.audit_file:
-        console.print(Text(f"audit: run id {result.run_id}; {result.audit_db}; {result.audit_file}", style="dim"),
-                      overflow="fold")
+        console.print(
+            Text(
+                f"audit: run id {result.run_id}; {result.audit_db}; {result.audit_file}",
+                style="dim",
+            ),
+            overflow="fold",
+        )

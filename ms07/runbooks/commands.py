@@ -27,7 +27,14 @@ from typing import Any
 
 # What a step may run. Everything else, even a real command, is refused at load.
 READS = {("health",), ("queue", "stats"), ("dlq", "list"), ("destinations", "check")}
-RECOVER = ("queue-full", "db-connection", "worker-crash", "reclaim-pending", "requeue-from-db", "scale")
+RECOVER = (
+    "queue-full",
+    "db-connection",
+    "worker-crash",
+    "reclaim-pending",
+    "requeue-from-db",
+    "scale",
+)
 # Options that belong to `ms07 runbook run`, not to a step.
 FORBIDDEN = {
     "as_json": "--json: `ms07 runbook run --json` prints the whole run as JSON",
@@ -50,8 +57,13 @@ DIAGNOSE_OPTIONS = {
 }
 DIAGNOSE_OWN = {"as_json", "notify"}
 RECOVER_OWN = {"dry_run", "yes", "from_step", "plan_id", "as_json"}
-KUBE_OPTIONS = {"namespace": "namespace", "deployment": "deployment", "selector": "label_selector",
-                "kubeconfig": "kubeconfig", "context": "context"}
+KUBE_OPTIONS = {
+    "namespace": "namespace",
+    "deployment": "deployment",
+    "selector": "label_selector",
+    "kubeconfig": "kubeconfig",
+    "context": "context",
+}
 RECOVER_RENAMES = {"pod": "pods"}
 
 
@@ -116,8 +128,10 @@ class Command:
                 continue
             name = RECOVER_RENAMES.get(key, key)
             if name not in fields:
-                raise CommandError(f"`{self.name} --{key.replace('_', '-')}` has no counterpart in "
-                                   f"ms07.recover ({', '.join(sorted(fields))}): ms07 itself needs fixing")
+                raise CommandError(
+                    f"`{self.name} --{key.replace('_', '-')}` has no counterpart in "
+                    f"ms07.recover ({', '.join(sorted(fields))}): ms07 itself needs fixing"
+                )
             if isinstance(value, Path):
                 value = str(value)
             if name == "pods":
@@ -198,8 +212,9 @@ def parse(line: Any) -> Command:
     if _is_group(cmd):
         raise CommandError(f"`{name}` needs a subcommand ({', '.join(sorted(cmd.commands))})")
     if not _is_allowed(tuple(path)):
-        raise CommandError(f"`{name}` cannot be a runbook step; steps can run: ms07 "
-                           + ", ms07 ".join(allowed()))
+        raise CommandError(
+            f"`{name}` cannot be a runbook step; steps can run: ms07 " + ", ms07 ".join(allowed())
+        )
     try:
         ctx = cmd.make_context(name, list(words), resilient_parsing=False)
     except Exception as exc:
@@ -224,11 +239,17 @@ def _check_options(command: Command) -> None:
         if command.kind == "diagnose":
             unknown = set(command.params) - set(DIAGNOSE_OPTIONS) - DIAGNOSE_OWN
             if unknown:
-                raise CommandError(f"`{command.name} --{unknown.pop()}` has no counterpart in "
-                                   "DiagnoseOptions: ms07 itself needs fixing")
+                raise CommandError(
+                    f"`{command.name} --{unknown.pop()}` has no counterpart in "
+                    "DiagnoseOptions: ms07 itself needs fixing"
+                )
             command.diagnose_overrides()
         elif command.kind == "recover":
-            if command.path[1] == "reclaim-pending" and command.params.get("to") and command.params.get("requeue"):
+            if (
+                command.path[1] == "reclaim-pending"
+                and command.params.get("to")
+                and command.params.get("requeue")
+            ):
                 raise CommandError(f"`{command.name}`: --to and --requeue exclude each other")
             command.recover_options()
     except Ms07Error as exc:
@@ -256,9 +277,15 @@ def known_findings() -> dict[str, set[str]] | None:
         for node in ast.walk(tree):
             if not (isinstance(node, ast.Call) and node.args):
                 continue
-            callee = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
-            args = [a.value if isinstance(a, ast.Constant) and isinstance(a.value, str) else None
-                    for a in node.args]
+            callee = (
+                node.func.attr
+                if isinstance(node.func, ast.Attribute)
+                else getattr(node.func, "id", "")
+            )
+            args = [
+                a.value if isinstance(a, ast.Constant) and isinstance(a.value, str) else None
+                for a in node.args
+            ]
             if callee == "add" and args[0]:
                 names.add(args[0])
             elif callee == "not_checked" and args[0]:

@@ -85,7 +85,8 @@ class Runbook:
     @property
     def escalation(self) -> str:
         """``P2 (respond within 1 hour): backend (backend@zenia.it)``."""
-        return f"{self.priority} (respond within {RESPONSE_TEXT[self.response_time]}): {self.team} ({self.email})"
+        within = RESPONSE_TEXT[self.response_time]
+        return f"{self.priority} (respond within {within}): {self.team} ({self.email})"
 
     @property
     def priority_text(self) -> str:

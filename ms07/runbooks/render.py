@@ -5,11 +5,17 @@ from __future__ import annotations
 
 from ms07.runbooks.model import PHASES, RESPONSE_TEXT, TEAMS, Runbook, Step
 
-_PHASE_TITLES = {"diagnose": "Diagnose", "remediation": "Remediation", "verification": "Verification"}
+_PHASE_TITLES = {
+    "diagnose": "Diagnose",
+    "remediation": "Remediation",
+    "verification": "Verification",
+}
 _PHASE_INTRO = {
     "diagnose": "Read-only checks: what is wrong, with the evidence.",
-    "remediation": "The fix. Recovery procedures show their plan and ask before they change anything "
-                   "(`--yes` runs them unattended, `--dry-run` only previews them).",
+    "remediation": (
+        "The fix. Recovery procedures show their plan and ask before they change anything "
+        "(`--yes` runs them unattended, `--dry-run` only previews them)."
+    ),
     "verification": "Checks that the problem is gone.",
 }
 
@@ -23,7 +29,9 @@ def _step(step: Step) -> list[str]:
     elif step.phase == "verification":
         out.append("- **Passes when:** `status == healthy`")
     if step.command.changes:
-        out.append("- **Changes things:** yes (a recovery plan: previewed, confirmed, verified, audited)")
+        out.append(
+            "- **Changes things:** yes (a recovery plan: previewed, confirmed, verified, audited)"
+        )
     if step.note:
         out.append(f"- {step.note}")
     if out[-1] != "":
@@ -61,13 +69,15 @@ def markdown(book: Runbook) -> str:
     out += [
         "## When it does not work",
         "",
-        "`ms07 runbook run` stops at the first step that fails and prints that step, a summary of its "
-        "output and the next command to type. If that does not fix it within the response time, "
-        f"escalate: **{book.priority}**, respond within {RESPONSE_TEXT[book.response_time]}, to "
-        f"**{book.team}** ({book.email}). Every run is recorded in `recovery_audit` under its run id.",
+        "`ms07 runbook run` stops at the first step that fails and prints that step, a summary "
+        "of its output and the next command to type. If that does not fix it within the response "
+        f"time, escalate: **{book.priority}**, respond within "
+        f"{RESPONSE_TEXT[book.response_time]}, to **{book.team}** ({book.email}). Every run is "
+        "recorded in `recovery_audit` under its run id.",
         "",
-        "Expressions in `Only when` / `Passes when`: `finding('<check>.<name>')` (reported at warning or "
-        "worse), `severity('<id>')`, `status('<check>')`, `severity` / `status` of the step before, "
-        "levels `none < healthy = info < unknown < warning < critical`, `and`, `or`, `not`, `in [...]`.",
+        "Expressions in `Only when` / `Passes when`: `finding('<check>.<name>')` (reported at "
+        "warning or worse), `severity('<id>')`, `status('<check>')`, `severity` / `status` of the "
+        "step before, levels `none < healthy = info < unknown < warning < critical`, `and`, `or`, "
+        "`not`, `in [...]`.",
     ]
     return "\n".join(out) + "\n"

@@ -118,11 +118,27 @@ async def run(
 
     observer = observer or Observer()
     rid = run_id or new_run_id(book.id)
-    result = RunbookRun(book.id, book.title, rid, operator(), dry_run, "running",
-                        [StepRun(s.index, s.phase, s.heading, s.run, s.when.text if s.when else None,
-                                 _expect_text(s)) for s in book.steps],
-                        {"priority": book.priority, "response_time": book.response_time, "team": book.team,
-                         "email": book.email, "text": book.escalation})
+    result = RunbookRun(
+        book.id,
+        book.title,
+        rid,
+        operator(),
+        dry_run,
+        "running",
+        [
+            StepRun(
+                s.index, s.phase, s.heading, s.run, s.when.text if s.when else None, _expect_text(s)
+            )
+            for s in book.steps
+        ],
+        {
+            "priority": book.priority,
+            "response_time": book.response_time,
+            "team": book.team,
+            "email": book.email,
+            "text": book.escalation,
+        },
+    )
     facts = Facts(dry_run=dry_run)
     audit_ctx = PlanContext(settings, dry_run=dry_run)
     audit_ctx.plan_id = rid
@@ -134,8 +150,18 @@ async def run(
             await trail.write(None, "runbook", line, "started", {"title": book.title, "yes": yes})
         for step, sr in zip(book.steps, result.steps, strict=True):
             try:
-                await _step(step, sr, settings, facts, trail, observer, dry_run=dry_run, yes=yes, run_id=rid,
-                            confirm=confirm)
+                await _step(
+                    step,
+                    sr,
+                    settings,
+                    facts,
+                    trail,
+                    observer,
+                    dry_run=dry_run,
+                    yes=yes,
+                    run_id=rid,
+                    confirm=confirm,
+                )
             except (asyncio.CancelledError, KeyboardInterrupt):
                 sr.state = "interrupted"
                 if trail is not None:
@@ -149,10 +175,19 @@ async def run(
         if result.status == "running":
             result.status = "dry-run" if dry_run else "completed"
         if trail is not None:
-            await trail.write(None, "runbook", line, result.status,
-                              {"failed_step": result.failed_step, "message": result.message,
-                               "next_command": result.next_command, "remedy": result.remedy or None,
-                               "escalation": book.escalation if result.status == "failed" else None})
+            await trail.write(
+                None,
+                "runbook",
+                line,
+                result.status,
+                {
+                    "failed_step": result.failed_step,
+                    "message": result.message,
+                    "next_command": result.next_command,
+                    "remedy": result.remedy or None,
+                    "escalation": book.escalation if result.status == "failed" else None,
+                },
+            )
             result.audit_db = trail.db_note
     finally:
         await asyncio.shield(audit_ctx.aclose())
@@ -170,8 +205,19 @@ def _expect_text(step: Step) -> str | None:
     return DEFAULT_EXPECT.get(step.phase)
 
 
-async def _step(step: Step, sr: StepRun, settings: Settings, facts: Facts, trail: Any, observer: Observer, *,
-                dry_run: bool, yes: bool, run_id: str, confirm: Callable[[Any], bool] | None) -> None:
+async def _step(
+    step: Step,
+    sr: StepRun,
+    settings: Settings,
+    facts: Facts,
+    trail: Any,
+    observer: Observer,
+    *,
+    dry_run: bool,
+    yes: bool,
+    run_id: str,
+    confirm: Callable[[Any], bool] | None,
+) -> None:
     if step.when is not None and not step.when.evaluate(facts):
         sr.state, sr.message = "skipped", f"when: {step.when.text} is false"
         observer.step_finished(sr)
@@ -183,16 +229,29 @@ async def _step(step: Step, sr: StepRun, settings: Settings, facts: Facts, trail
     if trail is not None:
         await trail.write(sr.index, sr.title, sr.command, "running", {"phase": sr.phase})
     t0 = time.perf_counter()
-    out = await execute.run(step.command, settings, dry_run=dry_run, yes=yes, plan_id=run_id, confirm=confirm,
-                            reporter=observer.recover_reporter(sr))
+    out = await execute.run(
+        step.command,
+        settings,
+        dry_run=dry_run,
+        yes=yes,
+        plan_id=run_id,
+        confirm=confirm,
+        reporter=observer.recover_reporter(sr),
+    )
     sr.duration_ms = round((time.perf_counter() - t0) * 1000, 1)
     sr.verdict, sr.status, sr.severity = out.verdict, out.status, out.severity
-    sr.lines, sr.next_command, sr.remedy, sr.data = out.lines, out.next_command, out.remedy, out.data
+    sr.lines, sr.next_command, sr.remedy, sr.data = (
+        out.lines,
+        out.next_command,
+        out.remedy,
+        out.data,
+    )
     for check, status, findings in out.checks:
         facts.record_check(check, status, findings)
     facts.last_status, facts.last_severity = out.status, out.severity
-    expect = step.expect or (compile_expression(DEFAULT_EXPECT[step.phase]) if step.phase in DEFAULT_EXPECT
-                             else None)
+    expect = step.expect or (
+        compile_expression(DEFAULT_EXPECT[step.phase]) if step.phase in DEFAULT_EXPECT else None
+    )
     problem = None
     if not out.ok:
         sr.state = "failed"
@@ -207,11 +266,24 @@ async def _step(step: Step, sr: StepRun, settings: Settings, facts: Facts, trail
         sr.state = "passed"
     if problem is not None:
         if dry_run and step.phase == "verification":
-            sr.state, sr.message = "unmet", f"{problem}; not yet expected in a dry run (the remediation was only previewed)"
+            sr.state, sr.message = (
+                "unmet",
+                f"{problem}; not yet expected in a dry run (the remediation was only previewed)",
+            )
         else:
             sr.state, sr.message = "failed", problem
     observer.step_finished(sr)
     if trail is not None:
-        await trail.write(sr.index, sr.title, sr.command, sr.state,
-                          {"verdict": sr.verdict, "status": sr.status, "message": sr.message,
-                           "summary": sr.lines[:20], "next_command": sr.next_command})
+        await trail.write(
+            sr.index,
+            sr.title,
+            sr.command,
+            sr.state,
+            {
+                "verdict": sr.verdict,
+                "status": sr.status,
+                "message": sr.message,
+                "summary": sr.lines[:20],
+                "next_command": sr.next_command,
+            },
+        )

@@ -113,8 +113,8 @@ class Live:
         """A job row as the engine writes it, last touched ``ago`` seconds ago."""
         did = str(uuid.uuid4())
         self.sql(
-            """INSERT INTO distribution_jobs (distribution_id, destination_name, status, payload, priority,
-                                              created_at, updated_at)
+            """INSERT INTO distribution_jobs (distribution_id, destination_name, status, payload,
+                                              priority, created_at, updated_at)
                VALUES (%s, %s, %s, '\\x7b7d', 'default', now() - make_interval(secs => %s),
                        now() - make_interval(secs => %s))""",
             (did, DEST, status, ago, ago),
@@ -123,8 +123,10 @@ class Live:
 
     def audit(self) -> list[dict[str, Any]]:
         with psycopg.connect(self.database_url) as conn:
-            cur = conn.execute("SELECT operator, plan_id, plan, step_index, step, command, outcome, detail "
-                               "FROM recovery_audit ORDER BY id")
+            cur = conn.execute(
+                "SELECT operator, plan_id, plan, step_index, step, command, outcome, detail "
+                "FROM recovery_audit ORDER BY id"
+            )
             cols = [c.name for c in cur.description or []]
             return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
 
@@ -136,25 +138,38 @@ class Live:
 
 
 @pytest.fixture
-def live(make_settings: Callable[..., Settings], sink: Sink, fake_kube: FakeKube, rc: redis_sync.Redis,
-         database_url: str, tmp_path: Path, start_engine: Callable[..., Any]) -> Callable[..., Awaitable[Live]]:
+def live(
+    make_settings: Callable[..., Settings],
+    sink: Sink,
+    fake_kube: FakeKube,
+    rc: redis_sync.Redis,
+    database_url: str,
+    tmp_path: Path,
+    start_engine: Callable[..., Any],
+) -> Callable[..., Awaitable[Live]]:
     """``await live(engine=True, destinations=[...], **sections)``: settings for the
     destinations (default: one on the sink), an engine running as the fake's first pod,
     and ``settings.health_url`` pointing at it."""
 
-    async def make(*, engine: bool = True, destinations: list[dict[str, Any]] | None = None,
-                   **sections: Any) -> Live:
+    async def make(
+        *, engine: bool = True, destinations: list[dict[str, Any]] | None = None, **sections: Any
+    ) -> Live:
         dests = destinations or [destination(DEST, sink.url("/in"), health_url=sink.url("/health"))]
         base = {
-            "distribution": {"claim_idle_seconds": 12, "reconcile_interval_seconds": 3600,
-                             "reconcile_after_seconds": 3600},
+            "distribution": {
+                "claim_idle_seconds": 12,
+                "reconcile_interval_seconds": 3600,
+                "reconcile_after_seconds": 3600,
+            },
             "service": {"drain_grace_seconds": 0.5, "health_check_interval_seconds": 3600},
             "k8s_namespace": "ms07",
         }
         for key, value in sections.items():
             base[key] = {**base[key], **value} if isinstance(value, dict) and key in base else value
         settings = make_settings(destinations=dests, **base)
-        env = Live(settings, settings, sink, fake_kube, rc, database_url, tmp_path / "state", start_engine)
+        env = Live(
+            settings, settings, sink, fake_kube, rc, database_url, tmp_path / "state", start_engine
+        )
         if engine:
             first = await env.engine_for(fake_kube.pod_names()[0])
             env.settings = settings.with_overrides(health_url=f"http://127.0.0.1:{first.http_port}")

@@ -21,7 +21,10 @@ def test_list_shows_id_title_and_severity() -> None:
     data = json.loads(cli(["runbook", "list", "--json"], ENV).stdout)
     by_id = {d["id"]: d for d in data}
     assert set(by_id) == RUNBOOK_IDS
-    assert (by_id["db-connection-loss"]["priority"], by_id["db-connection-loss"]["team"]) == ("P1", "devops")
+    assert (by_id["db-connection-loss"]["priority"], by_id["db-connection-loss"]["team"]) == (
+        "P1",
+        "devops",
+    )
 
 
 def test_show_renders_markdown_for_the_terminal() -> None:
@@ -39,7 +42,10 @@ def test_export_markdown_is_the_library_text(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     expected = runbooks.markdown(runbooks.load(ROOT / "runbooks" / "worker-crash.yaml"))
     assert result.stdout == expected
-    assert expected.startswith("# Worker pods crash\n") and "```sh\nms07 recover worker-crash\n```" in expected
+    assert (
+        expected.startswith("# Worker pods crash\n")
+        and "```sh\nms07 recover worker-crash\n```" in expected
+    )
     out = tmp_path / "wiki.md"
     assert cli(["runbook", "export", "worker-crash", "-o", str(out)], ENV).exit_code == 0
     assert out.read_text() == expected
@@ -51,7 +57,9 @@ def test_export_markdown_is_the_library_text(tmp_path: Path) -> None:
 def test_unknown_runbook_and_format() -> None:
     result = cli(["runbook", "show", "queue-ful"], ENV)
     assert result.exit_code == 4
-    assert "no runbook 'queue-ful'" in result.output and "did you mean 'queue-full'?" in result.output
+    assert (
+        "no runbook 'queue-ful'" in result.output and "did you mean 'queue-full'?" in result.output
+    )
     result = cli(["runbook", "export", "timeouts", "--format", "pdf"], ENV)
     assert result.exit_code == 2 and "--format: 'pdf' is not one of markdown, json" in result.output
 
@@ -61,12 +69,19 @@ def test_validate_every_runbook_and_a_bad_file(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert result.output.count("ok: ") == len(RUNBOOK_IDS)
     bad = tmp_path / "bad.yaml"
-    bad.write_text((ROOT / "runbooks" / "timeouts.yaml").read_text().replace("id: timeouts", "id: bad")
-                   .replace("ms07 diagnose latency", "ms07 diagnose latencies"))
+    bad.write_text(
+        (ROOT / "runbooks" / "timeouts.yaml")
+        .read_text()
+        .replace("id: timeouts", "id: bad")
+        .replace("ms07 diagnose latency", "ms07 diagnose latencies")
+    )
     result = cli(["runbook", "validate", str(bad), str(ROOT / "runbooks" / "timeouts.yaml")], ENV)
     assert result.exit_code == 2
     line = next(n for n, text in enumerate(bad.read_text().splitlines(), 1) if "latencies" in text)
-    assert f"error: {bad}:{line}: diagnose[2].run: unknown command `ms07 diagnose latencies`" in result.output
+    assert (
+        f"error: {bad}:{line}: diagnose[2].run: unknown command `ms07 diagnose latencies`"
+        in result.output
+    )
     assert "ok: " in result.output and "Traceback" not in result.output
 
 

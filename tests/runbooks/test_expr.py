@@ -14,8 +14,16 @@ def facts(**checks: tuple[str, list[tuple[str, str]]]) -> Facts:
     return f
 
 
-QUEUE = facts(queue=("critical", [("queue.dead_consumers", "critical"), ("queue.depth", "info"),
-                                  ("queue.lost_messages", "info")]))
+QUEUE = facts(
+    queue=(
+        "critical",
+        [
+            ("queue.dead_consumers", "critical"),
+            ("queue.depth", "info"),
+            ("queue.lost_messages", "info"),
+        ],
+    )
+)
 
 
 @pytest.mark.parametrize(

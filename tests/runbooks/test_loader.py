@@ -26,7 +26,9 @@ def test_every_guide_section_has_a_runbook() -> None:
 def test_every_runbook_loads_and_validates(path: Path) -> None:
     book = runbooks.load(path)
     assert book.id == path.stem
-    assert book.symptoms and book.prevention and book.phase("diagnose") and book.phase("verification")
+    assert (
+        book.symptoms and book.prevention and book.phase("diagnose") and book.phase("verification")
+    )
     assert book.response_time == runbooks.PRIORITIES[book.priority][0]
     assert book.email == runbooks.TEAMS[book.team][0]
     for step in book.steps:
@@ -38,7 +40,9 @@ def test_every_runbook_loads_and_validates(path: Path) -> None:
 
 
 def test_alerts_named_by_a_runbook_link_to_it() -> None:
-    (doc,) = [d for d in yaml.safe_load_all((ROOT / "deploy/prometheus/alerts.yaml").read_text()) if d]
+    (doc,) = [
+        d for d in yaml.safe_load_all((ROOT / "deploy/prometheus/alerts.yaml").read_text()) if d
+    ]
     links = {r["alert"]: r["annotations"]["runbook_url"] for g in doc["groups"] for r in g["rules"]}
     for book in runbooks.load_all(ROOT / "runbooks"):
         for alert in book.alerts:
@@ -47,7 +51,9 @@ def test_alerts_named_by_a_runbook_link_to_it() -> None:
     assert set(links) == named, "every alert is listed by the runbook it links to"
 
 
-def test_the_repository_directory_is_found_by_default(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_the_repository_directory_is_found_by_default(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.delenv("MS07_RUNBOOKS_DIR", raising=False)
     assert runbooks.runbooks_dir() == ROOT / "runbooks"
     monkeypatch.setenv("MS07_RUNBOOKS_DIR", str(tmp_path))
@@ -57,7 +63,9 @@ def test_the_repository_directory_is_found_by_default(monkeypatch: pytest.Monkey
         runbooks.runbooks_dir()
 
 
-def test_installed_copies_are_found_without_a_checkout(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_installed_copies_are_found_without_a_checkout(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     """A wheel ships them as ms07/_runbooks (pyproject force-include); the image also has
     /usr/share/ms07/runbooks (Dockerfile)."""
     from ms07.runbooks import loader
@@ -83,7 +91,11 @@ def test_every_option_of_every_step_command_reaches_the_library() -> None:
     root = commands._root()
     for name in commands.allowed():
         group, _, sub = name.partition(" ")
-        cmd = root.commands[group].commands[sub] if sub and group != "health" else root.commands[group]
+        cmd = (
+            root.commands[group].commands[sub]
+            if sub and group != "health"
+            else root.commands[group]
+        )
         params = {p.name for p in cmd.params}
         if group == "diagnose":
             assert params <= set(commands.DIAGNOSE_OPTIONS) | commands.DIAGNOSE_OWN, name
@@ -96,9 +108,17 @@ def test_every_option_of_every_step_command_reaches_the_library() -> None:
 def test_known_findings_come_from_the_checks() -> None:
     known = commands.known_findings()
     assert known is not None
-    assert {"queue.dead_consumers", "queue.lost_messages", "timeouts.probe_unreachable", "memory.oom_killed",
-            "auth.probe_rejected", "health.ready", "latency.p95_high", "queue.redis_unavailable",
-            "memory.kubernetes_unavailable"} <= set().union(*known.values())
+    assert {
+        "queue.dead_consumers",
+        "queue.lost_messages",
+        "timeouts.probe_unreachable",
+        "memory.oom_killed",
+        "auth.probe_rejected",
+        "health.ready",
+        "latency.p95_high",
+        "queue.redis_unavailable",
+        "memory.kubernetes_unavailable",
+    } <= set().union(*known.values())
 
 
 GOOD = """\
@@ -148,7 +168,13 @@ def test_the_sample_is_valid(tmp_path: Path) -> None:
 
 
 def test_unknown_top_level_key(tmp_path: Path) -> None:
-    fails(tmp_path, GOOD.replace("symptoms:", "symptom:"), 9, "symptom: unknown key", "did you mean 'symptoms'?")
+    fails(
+        tmp_path,
+        GOOD.replace("symptoms:", "symptom:"),
+        9,
+        "symptom: unknown key",
+        "did you mean 'symptoms'?",
+    )
 
 
 def test_unknown_step_key(tmp_path: Path) -> None:
@@ -157,58 +183,142 @@ def test_unknown_step_key(tmp_path: Path) -> None:
 
 
 def test_unknown_command(tmp_path: Path) -> None:
-    fails(tmp_path, GOOD.replace("ms07 recover reclaim-pending", "ms07 recover reclaim"), 13,
-          "remediation[0].run: unknown command `ms07 recover reclaim`", "reclaim-pending")
-    fails(tmp_path, GOOD.replace("ms07 diagnose queue\nremediation", "kubectl get pods\nremediation"), 11,
-          "diagnose[0].run", "'kubectl' is not `ms07`")
-    fails(tmp_path, GOOD.replace("ms07 diagnose queue\nremediation", "ms07 dlq purge --yes\nremediation"), 11,
-          "`ms07 dlq purge` cannot be a runbook step")
+    fails(
+        tmp_path,
+        GOOD.replace("ms07 recover reclaim-pending", "ms07 recover reclaim"),
+        13,
+        "remediation[0].run: unknown command `ms07 recover reclaim`",
+        "reclaim-pending",
+    )
+    fails(
+        tmp_path,
+        GOOD.replace("ms07 diagnose queue\nremediation", "kubectl get pods\nremediation"),
+        11,
+        "diagnose[0].run",
+        "'kubectl' is not `ms07`",
+    )
+    fails(
+        tmp_path,
+        GOOD.replace("ms07 diagnose queue\nremediation", "ms07 dlq purge --yes\nremediation"),
+        11,
+        "`ms07 dlq purge` cannot be a runbook step",
+    )
 
 
 def test_bad_arguments(tmp_path: Path) -> None:
-    fails(tmp_path, GOOD.replace("reclaim-pending --yes", "reclaim-pending --min-idle-ms soon"), 13,
-          "`ms07 recover reclaim-pending`", "--min-idle-ms")
-    fails(tmp_path, GOOD.replace("ms07 diagnose queue\nremediation", "ms07 diagnose queue --since 2x\nremediation"),
-          11, "--since: '2x' is not a duration")
-    fails(tmp_path, GOOD.replace("reclaim-pending --yes", "scale"), 13, "Missing option '--replicas'")
-    fails(tmp_path, GOOD.replace("ms07 diagnose queue\nremediation", "ms07 diagnose queue --json\nremediation"), 11,
-          "`ms07 runbook run --json` prints the whole run")
-    fails(tmp_path, GOOD.replace("reclaim-pending --yes", "reclaim-pending --yes 'oops"), 13,
-          "cannot split the command line")
+    fails(
+        tmp_path,
+        GOOD.replace("reclaim-pending --yes", "reclaim-pending --min-idle-ms soon"),
+        13,
+        "`ms07 recover reclaim-pending`",
+        "--min-idle-ms",
+    )
+    fails(
+        tmp_path,
+        GOOD.replace(
+            "ms07 diagnose queue\nremediation", "ms07 diagnose queue --since 2x\nremediation"
+        ),
+        11,
+        "--since: '2x' is not a duration",
+    )
+    fails(
+        tmp_path, GOOD.replace("reclaim-pending --yes", "scale"), 13, "Missing option '--replicas'"
+    )
+    fails(
+        tmp_path,
+        GOOD.replace("ms07 diagnose queue\nremediation", "ms07 diagnose queue --json\nremediation"),
+        11,
+        "`ms07 runbook run --json` prints the whole run",
+    )
+    fails(
+        tmp_path,
+        GOOD.replace("reclaim-pending --yes", "reclaim-pending --yes 'oops"),
+        13,
+        "cannot split the command line",
+    )
 
 
 def test_bad_when(tmp_path: Path) -> None:
-    fails(tmp_path, GOOD.replace("when: finding('queue.dead_consumers')", "when: finding(queue.dead_consumers)"),
-          14, "remediation[0].when:", "unexpected character '.'", "(column 14)")
-    fails(tmp_path, GOOD.replace("when: finding('queue.dead_consumers')", "when: finding('queue.dead_consumer')"),
-          14, "reports no finding 'queue.dead_consumer'", "did you mean 'queue.dead_consumers'?")
-    fails(tmp_path, GOOD.replace("when: finding('queue.dead_consumers')", "when: finding('memory.oom_killed')"),
-          14, "needs an earlier step that runs `ms07 diagnose memory`")
-    fails(tmp_path, GOOD.replace("when: finding('queue.dead_consumers')", "when: status('disk') == healthy"),
-          14, "status('disk'): no such check")
-    fails(tmp_path, GOOD.replace("expect: not finding", "expect: eval('1') or finding"), 17,
-          "verification[0].expect:", "unknown function 'eval'")
+    fails(
+        tmp_path,
+        GOOD.replace(
+            "when: finding('queue.dead_consumers')", "when: finding(queue.dead_consumers)"
+        ),
+        14,
+        "remediation[0].when:",
+        "unexpected character '.'",
+        "(column 14)",
+    )
+    fails(
+        tmp_path,
+        GOOD.replace(
+            "when: finding('queue.dead_consumers')", "when: finding('queue.dead_consumer')"
+        ),
+        14,
+        "reports no finding 'queue.dead_consumer'",
+        "did you mean 'queue.dead_consumers'?",
+    )
+    fails(
+        tmp_path,
+        GOOD.replace("when: finding('queue.dead_consumers')", "when: finding('memory.oom_killed')"),
+        14,
+        "needs an earlier step that runs `ms07 diagnose memory`",
+    )
+    fails(
+        tmp_path,
+        GOOD.replace("when: finding('queue.dead_consumers')", "when: status('disk') == healthy"),
+        14,
+        "status('disk'): no such check",
+    )
+    fails(
+        tmp_path,
+        GOOD.replace("expect: not finding", "expect: eval('1') or finding"),
+        17,
+        "verification[0].expect:",
+        "unknown function 'eval'",
+    )
 
 
 def test_bad_yaml(tmp_path: Path) -> None:
-    fails(tmp_path, GOOD.replace("symptoms: [something is off]", "symptoms: [something is off"), 10,
-          "invalid YAML")
+    fails(
+        tmp_path,
+        GOOD.replace("symptoms: [something is off]", "symptoms: [something is off"),
+        10,
+        "invalid YAML",
+    )
     fails(tmp_path, GOOD + "title: again\n", 19, "duplicate key 'title'")
 
 
 def test_escalation_matrix_and_teams(tmp_path: Path) -> None:
-    fails(tmp_path, GOOD.replace("response_time: 4h", "response_time: 1h"), 5,
-          "severity.response_time: P3 must be answered within 4h")
+    fails(
+        tmp_path,
+        GOOD.replace("response_time: 4h", "response_time: 1h"),
+        5,
+        "severity.response_time: P3 must be answered within 4h",
+    )
     fails(tmp_path, GOOD.replace("priority: P3", "priority: P5"), 4, "not in the escalation matrix")
-    fails(tmp_path, GOOD.replace("email: sre@zenia.it", "email: ops@zenia.it"), 8, "sre is reached at sre@zenia.it")
+    fails(
+        tmp_path,
+        GOOD.replace("email: sre@zenia.it", "email: ops@zenia.it"),
+        8,
+        "sre is reached at sre@zenia.it",
+    )
     fails(tmp_path, GOOD.replace("team: sre", "team: dba"), 7, "'dba' is not a team of the guide")
 
 
 def test_structure(tmp_path: Path) -> None:
     fails(tmp_path, GOOD.replace("id: sample", "id: other"), 1, "'other' must be the file's name")
     fails(tmp_path, GOOD.replace("prevention: [watch it]\n", ""), 1, "prevention: is required")
-    fails(tmp_path, GOOD.replace("diagnose:\n  - run: ms07 diagnose queue\n", "diagnose: []\n"), 10,
-          "diagnose: needs at least one step")
+    fails(
+        tmp_path,
+        GOOD.replace("diagnose:\n  - run: ms07 diagnose queue\n", "diagnose: []\n"),
+        10,
+        "diagnose: needs at least one step",
+    )
     fails(tmp_path, "- just\n- a list\n", 1, "a runbook is a mapping")
-    fails(tmp_path, GOOD.replace("  - run: ms07 recover reclaim-pending --yes\n", "  - title: no command\n"), 13,
-          "remediation[0].run: is required")
+    fails(
+        tmp_path,
+        GOOD.replace("  - run: ms07 recover reclaim-pending --yes\n", "  - title: no command\n"),
+        13,
+        "remediation[0].run: is required",
+    )

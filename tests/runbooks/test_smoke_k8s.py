@@ -17,8 +17,17 @@ from psycopg.conninfo import conninfo_to_dict
 from tests.runbooks.conftest import explain
 from tests.support import wait_for
 
-CRASH_LOG = json.dumps({"timestamp": "2024-01-15T10:05:00Z", "level": "ERROR", "component": "memory",
-                        "message": "memory threshold exceeded"}) + "\nfatal: runtime: out of memory\n"
+CRASH_LOG = (
+    json.dumps(
+        {
+            "timestamp": "2024-01-15T10:05:00Z",
+            "level": "ERROR",
+            "component": "memory",
+            "message": "memory threshold exceeded",
+        }
+    )
+    + "\nfatal: runtime: out of memory\n"
+)
 
 
 async def test_worker_crash_replaces_the_crashed_pod(live: Any) -> None:
@@ -39,7 +48,11 @@ async def test_worker_crash_replaces_the_crashed_pod(live: Any) -> None:
     deletes = [r.path.rsplit("/", 1)[1] for r in env.fake.mutations() if r.method == "DELETE"]
     assert deletes == [crashed]
     pods = env.fake.ready_pods()
-    assert len(pods) == 2 and healthy in pods and crashed not in env.fake.pod_names(include_deleting=True)
+    assert (
+        len(pods) == 2
+        and healthy in pods
+        and crashed not in env.fake.pod_names(include_deleting=True)
+    )
     logs = by[3].data["steps"][1]["detail"]["logs"][crashed]
     assert "fatal: runtime: out of memory" in logs
 
@@ -118,7 +131,9 @@ async def pg_proxy(database_url: str) -> AsyncIterator[PgProxy]:
 
 
 @pytest.mark.loop_errors_ok  # the first engine loses its database on purpose
-async def test_db_connection_loss_restarts_the_pods_and_they_reconnect(pg_proxy: PgProxy, live: Any) -> None:
+async def test_db_connection_loss_restarts_the_pods_and_they_reconnect(
+    pg_proxy: PgProxy, live: Any
+) -> None:
     env = await live(engine=False)
     proxy = pg_proxy
     current: dict[str, Any] = {}
@@ -126,7 +141,9 @@ async def test_db_connection_loss_restarts_the_pods_and_they_reconnect(pg_proxy:
 
     # The engine of the first pod reaches PostgreSQL through a network path that breaks.
     first_pod = env.fake.pod_names()[0]
-    old = await env.engine_for(first_pod, env.engine_settings.with_overrides(database_url=proxy.url))
+    old = await env.engine_for(
+        first_pod, env.engine_settings.with_overrides(database_url=proxy.url)
+    )
     current["engine"] = old
     env.stop_with_pods()
 
@@ -141,8 +158,12 @@ async def test_db_connection_loss_restarts_the_pods_and_they_reconnect(pg_proxy:
         future = current.get("replacement")
         engine = future.result() if future is not None and future.done() else current["engine"]
         async with httpx.AsyncClient(timeout=5) as client:
-            resp = await client.get(f"http://127.0.0.1:{engine.http_port}{request.path.removeprefix('/svc')}")
-        return web.Response(status=resp.status_code, body=resp.content, content_type="application/json")
+            resp = await client.get(
+                f"http://127.0.0.1:{engine.http_port}{request.path.removeprefix('/svc')}"
+            )
+        return web.Response(
+            status=resp.status_code, body=resp.content, content_type="application/json"
+        )
 
     env.sink.on("/svc/health/ready", service).on("/svc/health/detailed", service)
     svc = env.sink.url("/svc")
@@ -176,3 +197,36 @@ async def test_db_connection_loss_restarts_the_pods_and_they_reconnect(pg_proxy:
 
 async def _is(fn: Any, code: int) -> bool:
     return await fn() == code
+
+
+async def test_without_yes_a_recovery_asks_and_no_stops_the_run(
+    live: Any, tmp_path: Any, env_for: dict[str, str]
+) -> None:
+    """Interactive: the plan is shown and confirmed before it changes anything."""
+    import yaml
+
+    from tests.support import acli
+
+    env = await live()
+    crashed = env.fake.pod_names()[1]
+    env.fake.crash(crashed, reason="OOMKilled", restarts=3)
+    config = tmp_path / "cli.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "destinations": [{"name": "ms09-reporter", "url": env.sink.url("/in")}],
+                "k8s_namespace": "ms07",
+            }
+        )
+    )
+    cli_env = {**env_for, "MS07_CONFIG": str(config), "MS07_HEALTH_URL": env.settings.health_url}
+
+    result = await acli(["runbook", "run", "worker-crash"], cli_env, input="n\n")
+
+    assert result.exit_code == 1, result.output
+    out = " ".join(result.output.split())
+    assert f"to replace: {crashed}" in out and "Run recover worker-crash? [y/n] (n):" in out
+    assert "FAILED step 3" in out and "not confirmed: nothing was done" in out
+    assert "next: ms07 recover worker-crash --dry-run" in out
+    assert [r for r in env.fake.mutations() if r.method == "DELETE"] == []
+    assert env.audit()[-1]["outcome"] == "failed"

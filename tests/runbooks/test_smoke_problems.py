@@ -35,8 +35,13 @@ def _nothing_written(env: Any) -> None:
 
 async def test_timeouts_closed_port_is_described(live: Any) -> None:
     port = closed_port()
-    env = await live(destinations=[destination(DEST, f"http://127.0.0.1:{port}/in",
-                                               health_url=f"http://127.0.0.1:{port}/health")])
+    env = await live(
+        destinations=[
+            destination(
+                DEST, f"http://127.0.0.1:{port}/in", health_url=f"http://127.0.0.1:{port}/health"
+            )
+        ]
+    )
     result = await env.run("timeouts", dry_run=True)
     assert result.status == "dry-run", explain(result)
     first = " ".join(result.steps[0].lines)
@@ -47,11 +52,16 @@ async def test_timeouts_closed_port_is_described(live: Any) -> None:
     _nothing_written(env)
 
 
-async def test_timeouts_real_run_stops_at_verification_and_escalates(live: Any, tmp_path: Path,
-                                                                     env_for: dict[str, str]) -> None:
+async def test_timeouts_real_run_stops_at_verification_and_escalates(
+    live: Any, tmp_path: Path, env_for: dict[str, str]
+) -> None:
     """Through the CLI: the verdict of each step, then what to do and whom to call."""
     port = closed_port()
-    dests = [destination(DEST, f"http://127.0.0.1:{port}/in", health_url=f"http://127.0.0.1:{port}/health")]
+    dests = [
+        destination(
+            DEST, f"http://127.0.0.1:{port}/in", health_url=f"http://127.0.0.1:{port}/health"
+        )
+    ]
     env = await live(destinations=dests)
     config = tmp_path / "cli.yaml"
     config.write_text(yaml.safe_dump({"destinations": dests, "k8s_namespace": "ms07"}))
@@ -63,12 +73,17 @@ async def test_timeouts_real_run_stops_at_verification_and_escalates(live: Any, 
     assert "[1/5] diagnose: Stuck jobs" in out and "PASSED critical" in out
     assert "CRITICAL timeouts.probe_unreachable" in out
     assert "SKIPPED when: finding('queue.dead_consumers') is false" in out
-    assert "FAILED step 5 (Every destination answers its probe and no job is stuck) failed: expect:" in out
+    assert (
+        "FAILED step 5 (Every destination answers its probe and no job is stuck) failed: expect:"
+        in out
+    )
     assert "next: ms07 destinations check" in out
     assert "what to do: TCP refused" in out
     assert "escalate: P2 (respond within 1 hour): sre (sre@zenia.it)" in out
     rows = env.audit()
-    assert rows[-1]["outcome"] == "failed" and rows[-1]["detail"]["escalation"].endswith("(sre@zenia.it)")
+    assert rows[-1]["outcome"] == "failed" and rows[-1]["detail"]["escalation"].endswith(
+        "(sre@zenia.it)"
+    )
     assert rows[-1]["detail"]["next_command"] == "ms07 destinations check"
 
     as_json = await acli(["runbook", "run", "timeouts", "--dry-run", "--json"], cli_env)
@@ -78,12 +93,22 @@ async def test_timeouts_real_run_stops_at_verification_and_escalates(live: Any, 
     assert data["steps"][0]["data"]["check"] == "timeouts"
 
 
-async def test_auth_failures_are_described_without_the_secret(live: Any, sink: Any, monkeypatch: Any) -> None:
+async def test_auth_failures_are_described_without_the_secret(
+    live: Any, sink: Any, monkeypatch: Any
+) -> None:
     token = "s3cr3t-token-value-0123456789"
     monkeypatch.setenv("MS09_TOKEN", token)
     sink.on("/in", status(401, body="invalid token")).on("/health", status(401))
-    env = await live(destinations=[destination(DEST, sink.url("/in"), health_url=sink.url("/health"),
-                                               auth={"type": "bearer", "token_env": "MS09_TOKEN"})])
+    env = await live(
+        destinations=[
+            destination(
+                DEST,
+                sink.url("/in"),
+                health_url=sink.url("/health"),
+                auth={"type": "bearer", "token_env": "MS09_TOKEN"},
+            )
+        ]
+    )
     await _submit(env, 3)
     await wait_for(lambda: _attempts(env, "response_status_code = 401") >= 3, what="401 attempts")
 
@@ -123,12 +148,18 @@ async def test_memory_leak_is_described(live: Any) -> None:
     env = await live()
     mib = 1024 * 1024
     worker = "ms07-distributor-leaky-7-abcdef"
-    env.sql("INSERT INTO worker_heartbeats (worker_id, host, pid, started_at, updated_at, status, rss_bytes, "
-            "version) VALUES (%s, 'node-1', 7, now() - interval '2 hours', now(), 'active', %s, 'x')",
-            (worker, 300 * mib))
-    env.sql("INSERT INTO worker_heartbeat_samples (worker_id, sampled_at, rss_bytes) "
-            "SELECT %s, now() - make_interval(secs => (40 - i) * 60), (200 + i * 2.5)::bigint * %s "
-            "FROM generate_series(1, 40) i", (worker, mib))
+    env.sql(
+        "INSERT INTO worker_heartbeats (worker_id, host, pid, started_at, updated_at, status, "
+        "rss_bytes, "
+        "version) VALUES (%s, 'node-1', 7, now() - interval '2 hours', now(), 'active', %s, 'x')",
+        (worker, 300 * mib),
+    )
+    env.sql(
+        "INSERT INTO worker_heartbeat_samples (worker_id, sampled_at, rss_bytes) "
+        "SELECT %s, now() - make_interval(secs => (40 - i) * 60), (200 + i * 2.5)::bigint * %s "
+        "FROM generate_series(1, 40) i",
+        (worker, mib),
+    )
     oom = env.fake.pod_names()[1]
     env.fake.crash(oom, reason="OOMKilled", exit_code=137, restarts=2)
 
