@@ -10,12 +10,14 @@ A diagnose check that finds a problem is *ok*: finding it is its job.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ms07.config import Settings
 from ms07.errors import Ms07Error
+from ms07.logs import redact
 from ms07.runbooks.commands import Command
 
 PLAN_LEVEL = {
@@ -74,6 +76,13 @@ async def run(
         return await _READS[command.path](command, settings)
     except Ms07Error as exc:
         return Outcome(False, "error", "unknown", lines=[str(exc)])
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # PostgreSQL or Redis out of reach, or a bug: one line, and stop
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return Outcome(
+            False, "error", "unknown", lines=[redact(f"{type(exc).__name__}: {text}")[:300]]
+        )
 
 
 async def _diagnose(command: Command, settings: Settings, dry_run: bool) -> Outcome:

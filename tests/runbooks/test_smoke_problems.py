@@ -14,6 +14,7 @@ from aiohttp import web
 
 from ms07.submit import submit
 from tests.runbooks.conftest import DEST, closed_port, explain
+from tests.runbooks.test_loader import GOOD
 from tests.support import acli, destination, status, wait_for
 
 
@@ -174,3 +175,27 @@ async def test_memory_leak_is_described(live: Any) -> None:
     assert by[3].verdict == "dry-run" and f"to replace: {oom}" in " ".join(by[3].lines)
     assert by[4].state == "unmet"
     _nothing_written(env)
+
+
+async def test_a_dependency_out_of_reach_fails_the_step_in_one_line(
+    make_settings: Any, tmp_path: Path
+) -> None:
+    from ms07 import runbooks
+
+    book = tmp_path / "redis-gone.yaml"
+    book.write_text(
+        GOOD.replace("id: sample", "id: redis-gone").replace(
+            "  - run: ms07 diagnose queue\n    expect: not finding('queue.dead_consumers')\n",
+            "  - run: ms07 queue stats\n",
+        )
+    )
+    settings = make_settings().with_overrides(redis_url=f"redis://127.0.0.1:{closed_port()}/0")
+    result = await runbooks.run(runbooks.load(book), settings, yes=True)
+    assert result.status == "failed" and result.failed_step == 3, explain(result)
+    first, _, last = result.steps
+    assert (
+        first.state == "passed" and first.status == "unknown"
+    )  # diagnose says what it could not see
+    assert "queue.redis_unavailable" in " ".join(first.lines)
+    assert last.state == "failed" and last.verdict == "error" and "\n" not in last.message
+    assert "Connection" in last.message or "connect" in last.message
