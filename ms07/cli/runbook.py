@@ -16,7 +16,11 @@ import typer
 from ms07.cli import common
 from ms07.errors import UsageError
 
-app = typer.Typer(help="YAML runbooks: list, show, run, export, validate.", no_args_is_help=True)
+app = typer.Typer(
+    help="YAML runbooks: list, show, run, export, validate. Read from MS07_RUNBOOKS_DIR, else the "
+    "repository's runbooks/, else the copy installed with ms07, else /usr/share/ms07/runbooks.",
+    no_args_is_help=True,
+)
 
 Name = Annotated[
     str, typer.Argument(help="Runbook id (see `ms07 runbook list`) or a path to a .yaml file.")
