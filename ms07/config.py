@@ -227,7 +227,7 @@ class Settings:
     redis_url: str | None = None
     state_dir: str | None = None
     log_level: str = "INFO"
-    log_format: str = "json"
+    log_format: str = "auto"  # auto: console at a terminal, JSON lines otherwise (containers)
     k8s_namespace: str | None = None  # None: the pod's own namespace, else the kubeconfig context's
     k8s_deployment: str = "ms07-distributor"
     k8s_label_selector: str | None = None
@@ -589,8 +589,8 @@ def validate(settings: Settings, source: str, lines: dict[str, int] | None = Non
         fail("service.http_port", "must be a TCP port")
     if settings.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         fail("log_level", f"{settings.log_level!r} is not a log level")
-    if settings.log_format not in ("json", "console"):
-        fail("log_format", "must be json or console")
+    if settings.log_format not in ("auto", "json", "console"):
+        fail("log_format", "must be auto, json or console")
     for cidr in settings.network.allow_cidrs:
         try:
             ipaddress.ip_network(cidr, strict=False)

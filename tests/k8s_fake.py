@@ -391,7 +391,8 @@ class FakeKube:
             "apiVersion": "v1",
             "metadata": meta,
             "spec": {
-                "containers": [{"name": CONTAINER, "image": "ms07:1.0"}],
+                "containers": [{"name": CONTAINER, "image": "ms07:1.0", "resources": {
+                    "requests": {"cpu": "1000m", "memory": "2Gi"}, "limits": {"cpu": "2000m", "memory": "4Gi"}}}],
                 "nodeName": "node-1",
                 "restartPolicy": "Always",
             },

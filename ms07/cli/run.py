@@ -16,7 +16,7 @@ def run(
         None, "--http-port", envvar="MS07_HTTP_PORT", help="Port of the health/metrics/API server"
     ),
     log_format: str = typer.Option(
-        None, "--log-format", envvar="MS07_LOG_FORMAT", help="json (default) or console"
+        None, "--log-format", envvar="MS07_LOG_FORMAT", help="auto (console at a terminal, else json), json or console"
     ),
 ) -> None:
     """Run the delivery engine until SIGTERM/SIGINT (uses the embedded servers when no URLs are set)."""

@@ -125,47 +125,55 @@ async def check(ctx: Context) -> CheckResult:
 
 
 async def _pods(ctx: Context, r: CheckResult) -> None:
-    from ms07.diagnose import kube
+    from kubernetes.utils import parse_quantity
+
+    from ms07.recover.k8s import Kube
 
     s = ctx.settings
-    selector = s.k8s_label_selector or f"app={s.k8s_deployment}"
-    try:
-        pods, note = await asyncio.wait_for(
-            asyncio.to_thread(kube.pod_memory, s.k8s_namespace, selector, ctx.options.kubeconfig), 15.0
-        )
-    except kube.NotConfigured as exc:
+    kube = Kube.from_settings(s, kubeconfig=ctx.options.kubeconfig)
+    selector = kube.selector
+    if not kube.configured():
         # No cluster at all (a laptop, CI): that part is skipped, not a failed check.
         r.add("kubernetes", "info", "Kubernetes not configured: pod memory and OOMKilled restarts not checked",
-              str(exc))
+              "no in-cluster service account and no kubeconfig (KUBECONFIG or ~/.kube/config)")
         return
+    try:
+        pods = await asyncio.wait_for(kube.pods(), 15.0)
+        metrics = await asyncio.wait_for(kube.pod_metrics(), 15.0)
     except Exception as exc:
         r.not_checked("kubernetes", "pods", f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}",
                       "check the kubeconfig / service account and that the API server answers",
                       "ms07 recover worker-crash --dry-run")
         return
-    table = r.section(f"pods {selector} in {s.k8s_namespace}",
+    finally:
+        kube.close()
+    note = None if metrics is not None else "metrics.k8s.io not available: pod usage unknown (is metrics-server installed?)"
+    usage = {m["pod"]: float(sum(parse_quantity(c.get("memory", "0")) for c in m["containers"].values()))
+             for m in metrics or []}
+    table = r.section(f"pods {selector} in {kube.namespace}",
                       ["pod", "phase", "memory", "limit", "restarts", "last termination"])
     guard = s.memory.threshold_mb * 1024 * 1024
     for p in pods:
-        table.rows.append([p.name, p.phase, fmt_bytes(p.usage_bytes), fmt_bytes(p.limit_bytes), str(p.restarts),
-                           f"{p.last_termination or '-'} {p.last_termination_at or ''}".strip()])
-        if p.oom_killed:
+        used, limit = usage.get(p.name), p.memory_limit_bytes
+        table.rows.append([p.name, p.status, fmt_bytes(used), fmt_bytes(limit), str(p.restarts),
+                           f"{p.last_reason or '-'} {p.last_finished_at or ''}".strip()])
+        if p.last_reason == "OOMKilled":
             r.add("oom_killed", "critical", f"pod {p.name} was OOMKilled ({p.restarts} restart(s))",
-                  f"last termination {p.last_termination} at {p.last_termination_at}; limit {fmt_bytes(p.limit_bytes)}",
+                  f"last termination {p.last_reason} at {p.last_finished_at}; limit {fmt_bytes(limit)}",
                   "the kernel killed it before the memory guard could drain it: set memory.threshold_mb "
                   "below the pod limit, find the leak (see the RSS trend), or raise the limit",
                   "ms07 recover worker-crash --dry-run", subject=p.name)
-        if p.limit_bytes and guard >= p.limit_bytes:
+        if limit and guard >= limit:
             r.add("guard_above_limit", "warning",
                   f"pod {p.name}: memory.threshold_mb ({s.memory.threshold_mb:g} MB) is not below its limit "
-                  f"({fmt_bytes(p.limit_bytes)})", "the OOM killer acts before the graceful drain",
+                  f"({fmt_bytes(limit)})", "the OOM killer acts before the graceful drain",
                   "set memory.threshold_mb to about 80% of the pod's memory limit",
                   f"ms07 diagnose memory --since {ctx.options.since_text}", subject=p.name)
-        elif p.limit_bytes and p.usage_bytes and p.usage_bytes >= NEAR * p.limit_bytes:
-            r.add("pod_near_limit", "warning", f"pod {p.name} uses {fmt_bytes(p.usage_bytes)} of {fmt_bytes(p.limit_bytes)}",
+        elif limit and used and used >= NEAR * limit:
+            r.add("pod_near_limit", "warning", f"pod {p.name} uses {fmt_bytes(used)} of {fmt_bytes(limit)}",
                   "", "it will be OOMKilled soon unless the memory guard drains it first",
                   "ms07 recover worker-crash --dry-run", subject=p.name)
-    r.details["pods"] = [p.__dict__ for p in pods]
+    r.details["pods"] = [{**p.as_dict(), "memory_usage_bytes": usage.get(p.name)} for p in pods]
     if not any(f.id.startswith("memory.oom") for f in r.findings):
         r.add("pods", "info", f"{len(pods)} pod(s) matching {selector}, none OOMKilled",
               (note + "; " if note else "") + listing([f"{p.name} restarts {p.restarts}" for p in pods], 5))

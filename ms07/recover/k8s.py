@@ -87,6 +87,13 @@ class Kube:
         args.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**args)
 
+    def configured(self) -> bool:
+        """Is there any cluster to ask? (in-cluster account, KUBECONFIG, ~/.kube/config)"""
+        if os.environ.get("KUBERNETES_SERVICE_HOST"):
+            return True
+        path = self.kubeconfig or os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
+        return os.path.exists(path.split(os.pathsep)[0])
+
     @property
     def target(self) -> str:
         return f"deployment {self.namespace}/{self.deployment}"

@@ -68,6 +68,7 @@ class PodInfo:
     deleting: bool = False
     node: str | None = None
     containers: list[str] = field(default_factory=list)
+    memory_limit_bytes: float | None = None
 
     @property
     def crashed(self) -> bool:
@@ -123,6 +124,15 @@ def _sum_status(status: dict[str, Any], key: str) -> int:
     return int(status.get(key) or 0)
 
 
+def _memory_limit(spec: dict[str, Any]) -> float | None:
+    limits = [((c.get("resources") or {}).get("limits") or {}).get("memory") for c in spec.get("containers") or []]
+    if not any(limits):
+        return None
+    from kubernetes.utils import parse_quantity
+
+    return float(sum(parse_quantity(x) for x in limits if x))
+
+
 def parse_pod(obj: dict[str, Any]) -> PodInfo:
     meta, spec, status = obj.get("metadata") or {}, obj.get("spec") or {}, obj.get("status") or {}
     statuses = status.get("containerStatuses") or []
@@ -135,6 +145,7 @@ def parse_pod(obj: dict[str, Any]) -> PodInfo:
         deleting=bool(meta.get("deletionTimestamp")),
         node=spec.get("nodeName"),
         containers=[c.get("name", "?") for c in spec.get("containers") or []],
+        memory_limit_bytes=_memory_limit(spec),
     )
     for c in statuses:
         waiting = (c.get("state") or {}).get("waiting")
