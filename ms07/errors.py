@@ -43,3 +43,9 @@ class MissingExtra(Ms07Error):
     """An optional extra is needed for this feature."""
 
     exit_code = 2
+
+
+class RunbookError(Ms07Error):
+    """A runbook file is invalid: the message names the file, the line and what is wrong."""
+
+    exit_code = 2

@@ -257,7 +257,8 @@ def db_connection(
     health_url: Annotated[
         str | None,
         typer.Option(
-            "--health-url", help="The engine's /health/ready URL \\[env: MS07_HEALTH_URL]"
+            "--health-url",
+            help="The engine's base URL or its /health/ready URL \\[env: MS07_HEALTH_URL]",
         ),
     ] = None,
     health_timeout: Annotated[

@@ -93,8 +93,17 @@ def _version(n: int) -> str:
     return f"{n // 10000}.{n % 10000}" if n >= 100000 else str(n)
 
 
+def ready_url(url: str | None) -> str | None:
+    """The /health/ready URL from either form: MS07_HEALTH_URL is the engine's *base* URL
+    (as ``ms07 health`` and ``diagnose`` read it); ``--health-url`` may name the endpoint."""
+    if not url:
+        return None
+    url = url.rstrip("/")
+    return url if url.endswith("/health/ready") else f"{url}/health/ready"
+
+
 def build(settings: Settings, opts: Options, args: list[str] | None = None) -> Plan:
-    health_url = opts.health_url or settings.health_url
+    health_url = ready_url(opts.health_url or settings.health_url)
 
     def ns(c: PlanContext) -> str:
         return f"deployment/{c.kube.deployment} -n {c.kube.namespace}"

@@ -103,7 +103,8 @@ def test_the_final_stage_installs_the_builders_wheels_and_no_build_tools(
 def test_the_builder_copies_everything_the_wheel_build_needs(dockerfile: list[Stage]) -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     needed = {"pyproject.toml", project["project"]["readme"]}
-    needed |= set(project["tool"]["hatch"]["build"]["targets"]["wheel"]["packages"])
+    wheel = project["tool"]["hatch"]["build"]["targets"]["wheel"]
+    needed |= set(wheel["packages"]) | set(wheel.get("force-include", {}))  # runbooks/ -> ms07/_runbooks
     copied: set[str] = set()
     for copy in dockerfile[0].all("COPY"):
         sources = [s for s in shlex.split(copy) if not s.startswith("--")][:-1]

@@ -129,3 +129,14 @@ def test_database_down_stops_before_the_restart(
     assert not any(x["recorded_in_db"] for x in lines)
     assert "secret-pw" not in (tmp_path / "state" / "audit" / "recovery.jsonl").read_text()
     assert "not recorded in recovery_audit" in out
+
+
+def test_health_url_is_the_engine_base_url_as_elsewhere() -> None:
+    """MS07_HEALTH_URL is the engine's base URL for `ms07 health` and `diagnose`; the
+    recover plan polls its /health/ready (and still takes the endpoint itself)."""
+    from ms07.recover.db_connection import ready_url
+
+    assert ready_url("http://engine:8080") == "http://engine:8080/health/ready"
+    assert ready_url("http://engine:8080/") == "http://engine:8080/health/ready"
+    assert ready_url("http://engine:8080/health/ready") == "http://engine:8080/health/ready"
+    assert ready_url(None) is None

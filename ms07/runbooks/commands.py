@@ -1,0 +1,296 @@
+"""The ``ms07`` commands a runbook step may run: parsed by the CLI's own parser, run
+through the library.
+
+Why not invoke the Typer commands in-process? They render to the terminal, end in
+``typer.Exit`` and call ``asyncio.run`` themselves; a runbook needs their *results*
+(findings, statuses, plan outcomes) for ``when:``, and one event loop. Why not a parser
+of our own? Its options would drift from ``--help``. So a step's line is split with
+:mod:`shlex` and parsed by the very Click command ``ms07`` would run (``make_context``:
+the same options, types, defaults and error messages, without invoking it); the parsed
+parameters then go to the library function the command itself calls
+(:func:`ms07.diagnose.run_checks_async`, :func:`ms07.recover.build` + the plan runner,
+:func:`ms07.healthcheck.fetch_health`, ...), which return data.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import functools
+import importlib
+import inspect
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# What a step may run. Everything else, even a real command, is refused at load.
+READS = {("health",), ("queue", "stats"), ("dlq", "list"), ("destinations", "check")}
+RECOVER = (
+    "queue-full",
+    "db-connection",
+    "worker-crash",
+    "reclaim-pending",
+    "requeue-from-db",
+    "scale",
+)
+# Options that belong to `ms07 runbook run`, not to a step.
+FORBIDDEN = {
+    "as_json": "--json: `ms07 runbook run --json` prints the whole run as JSON",
+    "from_step": "--from-step: a step always runs its whole procedure",
+    "plan_id": "--plan-id: the runbook's run id is the plan id",
+}
+# CLI parameter of `ms07 diagnose ...` -> (DiagnoseOptions field, is a duration)
+DIAGNOSE_OPTIONS = {
+    "since": ("since_seconds", True),
+    "stuck_after": ("stuck_after_seconds", True),
+    "stale_health": ("stale_health_seconds", True),
+    "stale_worker": ("stale_worker_seconds", True),
+    "lost_grace": ("lost_grace_seconds", True),
+    "token_expiry_warning": ("token_expiry_warning_seconds", True),
+    "probe_timeout": ("probe_timeout_seconds", False),
+    "p95_threshold_ms": ("p95_threshold_ms", False),
+    "rss_growth_percent": ("rss_growth_warning_percent", False),
+    "url": ("url", False),
+    "probe": ("probe", False),
+}
+DIAGNOSE_OWN = {"as_json", "notify"}
+RECOVER_OWN = {"dry_run", "yes", "from_step", "plan_id", "as_json"}
+KUBE_OPTIONS = {
+    "namespace": "namespace",
+    "deployment": "deployment",
+    "selector": "label_selector",
+    "kubeconfig": "kubeconfig",
+    "context": "context",
+}
+RECOVER_RENAMES = {"pod": "pods"}
+
+
+class CommandError(Exception):
+    """A step's command line is not one a runbook can run (the message says why)."""
+
+
+@dataclass
+class Command:
+    """A parsed step command: ``path`` like ``("recover", "scale")``, the CLI's parameters."""
+
+    text: str
+    path: tuple[str, ...]
+    args: list[str]  # after the command path, as written
+    params: dict[str, Any]
+    given: set[str]
+
+    @property
+    def kind(self) -> str:
+        return self.path[0] if self.path[0] in ("diagnose", "recover") else "read"
+
+    @property
+    def name(self) -> str:
+        return "ms07 " + " ".join(self.path)
+
+    @property
+    def checks(self) -> list[str]:
+        """The diagnose checks this command runs (what ``finding()`` can then see)."""
+        if self.path[0] != "diagnose":
+            return []
+        if self.path[1] == "all":
+            from ms07.diagnose.runner import CHECKS
+
+            return list(CHECKS)
+        return [self.path[1]]
+
+    @property
+    def changes(self) -> bool:
+        return self.path[0] == "recover" and not self.params.get("dry_run")
+
+    def diagnose_overrides(self) -> dict[str, Any]:
+        from ms07.diagnose import parse_duration
+
+        out: dict[str, Any] = {}
+        for key, value in self.params.items():
+            if key in DIAGNOSE_OWN or value is None:
+                continue
+            field, duration = DIAGNOSE_OPTIONS[key]
+            if key == "probe":
+                value = value or None
+            elif duration:
+                value = parse_duration(value, "--" + key.replace("_", "-"))
+            out[field] = value
+        return out
+
+    def recover_options(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(the procedure's ``Options`` fields, the Kubernetes overrides)."""
+        fields = {f.name for f in dataclasses.fields(_recover_module(self.path[1]).Options)}
+        options: dict[str, Any] = {}
+        for key, value in self.params.items():
+            if key in RECOVER_OWN or key in KUBE_OPTIONS:
+                continue
+            name = RECOVER_RENAMES.get(key, key)
+            if name not in fields:
+                raise CommandError(
+                    f"`{self.name} --{key.replace('_', '-')}` has no counterpart in "
+                    f"ms07.recover ({', '.join(sorted(fields))}): ms07 itself needs fixing"
+                )
+            if isinstance(value, Path):
+                value = str(value)
+            if name == "pods":
+                value = list(value or [])
+            options[name] = value
+        kube = {KUBE_OPTIONS[k]: v for k, v in self.params.items() if k in KUBE_OPTIONS and v}
+        return options, kube
+
+    @property
+    def plan_args(self) -> list[str]:
+        """The step's own options, for a recover plan's resume command."""
+        return [a for a in self.args if a not in ("--yes", "-y", "--dry-run")]
+
+
+def _recover_module(name: str) -> Any:
+    from ms07.recover import PROCEDURES
+
+    return importlib.import_module(f"ms07.recover.{PROCEDURES[name]}")
+
+
+@functools.cache
+def _root() -> Any:
+    """The ``ms07`` command tree as Click objects (Typer's own, vendored or not: only
+    ``commands``, ``make_context`` and ``format_message`` are used)."""
+    import typer
+
+    from ms07.cli import app
+
+    return typer.main.get_command(app)
+
+
+def _is_group(cmd: Any) -> bool:
+    return isinstance(getattr(cmd, "commands", None), dict)
+
+
+def allowed() -> list[str]:
+    from ms07.diagnose.runner import CHECKS
+
+    names = [f"diagnose {c}" for c in [*CHECKS, "all"]] + [f"recover {r}" for r in RECOVER]
+    return names + sorted(" ".join(p) for p in READS)
+
+
+def _is_allowed(path: tuple[str, ...]) -> bool:
+    if path in READS:
+        return True
+    if len(path) == 2 and path[0] == "recover":
+        return path[1] in RECOVER
+    return len(path) == 2 and path[0] == "diagnose"
+
+
+def parse(line: Any) -> Command:
+    """Parse one step's ``ms07 ...`` line as the CLI would; :class:`CommandError` if it
+    is not a command a runbook can run or its arguments are wrong."""
+    if not isinstance(line, str) or not line.strip():
+        raise CommandError("expected an `ms07 ...` command line")
+    try:
+        argv = shlex.split(line)
+    except ValueError as exc:
+        raise CommandError(f"cannot split the command line: {exc}") from None
+    if argv[0] != "ms07":
+        raise CommandError(f"a step runs an ms07 command; {argv[0]!r} is not `ms07`")
+    words = argv[1:]
+    if not words or words[0].startswith("-"):
+        raise CommandError("`ms07` needs a command, e.g. `ms07 diagnose queue`")
+    if any(w in ("-h", "--help") for w in words):
+        raise CommandError("--help is not a step")
+    cmd = _root()
+    path: list[str] = []
+    while _is_group(cmd) and words and not words[0].startswith("-"):
+        sub = cmd.commands.get(words[0])
+        if sub is None:
+            known = ", ".join(sorted(cmd.commands))
+            where = f"ms07 {' '.join(path)}".strip()
+            raise CommandError(f"unknown command `{where} {words[0]}` (`{where}` has: {known})")
+        path.append(words.pop(0))
+        cmd = sub
+    name = "ms07 " + " ".join(path)
+    if _is_group(cmd):
+        raise CommandError(f"`{name}` needs a subcommand ({', '.join(sorted(cmd.commands))})")
+    if not _is_allowed(tuple(path)):
+        raise CommandError(
+            f"`{name}` cannot be a runbook step; steps can run: ms07 " + ", ms07 ".join(allowed())
+        )
+    try:
+        ctx = cmd.make_context(name, list(words), resilient_parsing=False)
+    except Exception as exc:
+        message = getattr(exc, "format_message", None)
+        if message is None:
+            raise
+        raise CommandError(f"`{name}`: {message()}") from None
+    params = dict(ctx.params)
+    given = {p for p in params if getattr(ctx.get_parameter_source(p), "name", "") == "COMMANDLINE"}
+    for key in sorted(given & set(FORBIDDEN)):
+        raise CommandError(f"`{name}`: {FORBIDDEN[key]}")
+    command = Command(line.strip(), tuple(path), words, params, given)
+    _check_options(command)
+    return command
+
+
+def _check_options(command: Command) -> None:
+    """What the command's own body would refuse, refused at load."""
+    from ms07.errors import Ms07Error
+
+    try:
+        if command.kind == "diagnose":
+            unknown = set(command.params) - set(DIAGNOSE_OPTIONS) - DIAGNOSE_OWN
+            if unknown:
+                raise CommandError(
+                    f"`{command.name} --{unknown.pop()}` has no counterpart in "
+                    "DiagnoseOptions: ms07 itself needs fixing"
+                )
+            command.diagnose_overrides()
+        elif command.kind == "recover":
+            if (
+                command.path[1] == "reclaim-pending"
+                and command.params.get("to")
+                and command.params.get("requeue")
+            ):
+                raise CommandError(f"`{command.name}`: --to and --requeue exclude each other")
+            command.recover_options()
+    except Ms07Error as exc:
+        raise CommandError(f"`{command.name}`: {exc}") from None
+
+
+# --------------------------------------------------------------------------- finding ids
+
+
+@functools.cache
+def known_findings() -> dict[str, set[str]] | None:
+    """Every finding id each diagnose check can report, read from the checks' source
+    (``r.add("name", ...)``, ``not_checked("dependency", ...)``, ``part(r, "name", ...)``).
+
+    ``None`` when the source is not available (then ids are not checked at load)."""
+    from ms07.diagnose.runner import CHECKS
+
+    out: dict[str, set[str]] = {}
+    for check, fn in CHECKS.items():
+        try:
+            tree = ast.parse(inspect.getsource(sys.modules[fn.__module__]))
+        except (OSError, TypeError):
+            return None
+        names = {"failed", "postgres_unavailable", "redis_unavailable"}
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.Call) and node.args):
+                continue
+            callee = (
+                node.func.attr
+                if isinstance(node.func, ast.Attribute)
+                else getattr(node.func, "id", "")
+            )
+            args = [
+                a.value if isinstance(a, ast.Constant) and isinstance(a.value, str) else None
+                for a in node.args
+            ]
+            if callee == "add" and args[0]:
+                names.add(args[0])
+            elif callee == "not_checked" and args[0]:
+                names.add(f"{args[0]}_unavailable")
+            elif callee == "part" and len(args) > 1 and args[1]:
+                names.add(f"{args[1].replace(' ', '_')}_failed")
+        out[check] = {f"{check}.{n}" for n in names}
+    return out
