@@ -50,11 +50,11 @@ class Validator:
         self.path = path
 
     def fail(self, line: int | None, where: str, message: str) -> RunbookError:
-        return RunbookError(
-            f"{self.path}:{line or 1}: {where}: {message}"
-            if where
-            else f"{self.path}:{line or 1}: {message}"
-        )
+        text = f"{self.path}:{line or 1}: {where}: {message}" if where else f"{self.path}:{line or 1}: {message}"
+        # Keys and values come from the file and may hold line breaks: the error stays one line.
+        if not text.isprintable():
+            text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+        return RunbookError(text)
 
     def runbook(self, doc: Any) -> Runbook:
         if not isinstance(doc, dict):
