@@ -95,7 +95,8 @@ class Not(Node):
     operand: Node | None = None
 
     def eval(self, facts: Facts) -> Any:
-        assert self.operand is not None
+        # Type narrowing for mypy: the parser never builds this node without its operands.
+        assert self.operand is not None  # nosec B101
         return not self.operand.eval(facts)
 
 
@@ -131,7 +132,8 @@ class Compare(Node):
     right: Node | None = None
 
     def eval(self, facts: Facts) -> Any:
-        assert self.left is not None and self.right is not None
+        # Type narrowing for mypy: the parser never builds this node without its operands.
+        assert self.left is not None and self.right is not None  # nosec B101
         a, b = self.left.eval(facts), self.right.eval(facts)
         t = self.left.type
         if self.op in ("in", "not in"):
@@ -196,7 +198,8 @@ def check(node: Node, refs: Refs) -> str:
         node.type = f"list:{types.pop() if types else 'any'}"
         return node.type
     if isinstance(node, Not):
-        assert node.operand is not None
+        # Type narrowing for mypy: the parser never builds this node without its operands.
+        assert node.operand is not None  # nosec B101
         if check(node.operand, refs) != "bool":
             raise ExprError("`not` needs a true/false operand", node.operand.column)
         node.type = "bool"
@@ -207,7 +210,8 @@ def check(node: Node, refs: Refs) -> str:
                 raise ExprError(f"`{node.op}` needs true/false operands, got {o.type}", o.column)
         node.type = "bool"
         return "bool"
-    assert isinstance(node, Compare) and node.left is not None and node.right is not None
+    # Type narrowing for mypy: the parser never builds this node without its operands.
+    assert isinstance(node, Compare) and node.left is not None and node.right is not None  # nosec B101
     lt, rt = check(node.left, refs), check(node.right, refs)
     # A quoted word that is not a level compared with a level is a typo ('critcal').
     if {lt, rt} == {"level", "str"}:
