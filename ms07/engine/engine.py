@@ -125,6 +125,8 @@ class Engine:
         self._committer: asyncio.Task[Any] | None = None
         self.circuit_updates: list[tuple[str, str]] = []
         self.recent_latency: dict[str, deque[float]] = defaultdict(lambda: deque(maxlen=1000))
+        self._children: dict[str, tuple[Any, Any, Any, deque[float]]] = {}
+        self._delivered_total = self.metrics.requests.labels("success")
         self.server: Any = None
         self.submitter: Any = None
         self.queue: Any = None
@@ -408,9 +410,17 @@ class Engine:
                              next_in=self.breakers[job.destination].retry_in())
 
     def observe(self, destination: str, result: AttemptResult) -> None:
-        self.metrics.attempts.labels("success" if result.success else "failed", destination).inc()
-        self.metrics.latency.labels(destination).observe(result.latency)
-        self.recent_latency[destination].append(result.latency)
+        children = self._children.get(destination)
+        if children is None:
+            # labels() hashes and locks on every call: resolve the children once per destination.
+            m = self.metrics
+            children = self._children[destination] = (
+                m.attempts.labels("success", destination), m.attempts.labels("failed", destination),
+                m.latency.labels(destination), self.recent_latency[destination])
+        success, failed, latency, recent = children
+        (success if result.success else failed).inc()
+        latency.observe(result.latency)
+        recent.append(result.latency)
         if result.error_code:
             self.metrics.errors.labels(destination, result.error_code).inc()
 
@@ -538,7 +548,7 @@ class Engine:
                 continue
             if outcome.status == "delivered":
                 self.delivered += 1
-                m.requests.labels("success").inc()
+                self._delivered_total.inc()
                 m.end_to_end.observe((now - held.job.created_at).total_seconds())
             elif outcome.status in ("failed", "dead"):
                 self.failed += 1
