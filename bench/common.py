@@ -81,14 +81,16 @@ class Delivered:
 
 
 def wait_delivered(sink_port: int, n: int, watch: ProcessWatch | None, timeout: float,
-                   poll: float = 0.02) -> Delivered:
+                   poll: float = 0.02, progress: list[tuple[float, int]] | None = None) -> Delivered:
     """Poll the sink until it has ``n`` unique keys. CPU is read when the first request is
     seen and when the last one is: the workers' startup (imports, connections) is not
-    counted, for any system."""
+    counted, for any system. ``progress`` collects (monotonic time, unique) per poll."""
     deadline = time.monotonic() + timeout
     cpu0: float | None = None
     while True:
         stats = sink_stats(sink_port)
+        if progress is not None:
+            progress.append((time.monotonic(), stats["unique"]))
         if cpu0 is None and stats["requests"] and watch is not None:
             cpu0 = watch.cpu_seconds()
         if stats["unique"] >= n:
@@ -334,3 +336,12 @@ def start_engine(config: Path, srv: Servers, http_port: int, extra_env: dict[str
     if wait:
         wait_http(f"http://127.0.0.1:{http_port}/health/live", timeout=60)
     return proc
+
+
+def window_rate(progress: list[tuple[float, int]], n: int, lo: float = 0.1, hi: float = 0.9) -> float:
+    """Deliveries/s between the polls that saw ``lo`` and ``hi`` of ``n`` delivered: blind
+    to staggered start-ups and to the last stragglers."""
+    t_lo = next(t for t, u in progress if u >= lo * n)
+    t_hi, u_hi = next((t, u) for t, u in progress if u >= hi * n)
+    u_lo = next(u for t, u in progress if u >= lo * n)
+    return (u_hi - u_lo) / max(t_hi - t_lo, 1e-9)

@@ -48,6 +48,7 @@ def compare_table(r: dict[str, Any], readme: bool = False) -> str:
                f"{m['load_before'][0]:.1f} before / {m['load_after'][0]:.1f} after (shared machine).")
     if readme:
         caption += " Method, settings and targets: [docs/benchmarks/compare.md](docs/benchmarks/compare.md)."
+        rows += ["", "![compare](docs/benchmarks/compare.png)"]
     return caption + "\n\n" + "\n".join(rows)
 
 
