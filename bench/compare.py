@@ -14,8 +14,9 @@ Deliveries/s is measured by the receiver, from its first request to its N-th uni
 Idempotency-Key, so worker start-up is excluded for everyone; CPU is user+sys of the
 worker's process tree (psutil) over that same span; the producer's CPU is reported
 apart. Then, once per queue, latency: a warm worker, and a producer paced at half that
-queue's own median rate for ``--latency-seconds``; every payload carries its enqueue
-time and the sink records now - enqueue at arrival (same method for all four).
+queue's own median rate for ``--latency-seconds`` (``--latency-runs`` rounds, medians
+reported); every payload carries its enqueue time and the sink records now - enqueue at
+arrival (same method for all four).
 
 Writes docs/benchmarks/compare.{md,png,json} and the table into the README between the
 ``<!-- bench:compare -->`` markers. Peers install into their own virtual environments
@@ -144,11 +145,17 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                 print(f"[round {r + 1}] {name}: {raw[name][-1]['rate']:,.0f}/s", flush=True)
         results["systems"] = {k: median_of(v) for k, v in raw.items()}
         if a.latency_seconds > 0:
-            for name, system in queues.items():
-                half = results["systems"][name]["rate"] / 2
-                results["systems"][name]["latency"] = latency_run(system, half, a.latency_seconds, sink_port, tmp)
-                print(f"[latency] {name} at {half:,.0f}/s: p99 "
-                      f"{results['systems'][name]['latency']['p99_ms']:.1f} ms", flush=True)
+            lat: dict[str, list[dict[str, Any]]] = {name: [] for name in queues}
+            for r in range(a.latency_runs):
+                for name, system in queues.items():
+                    half = results["systems"][name]["rate"] / 2
+                    lat[name].append(latency_run(system, half, a.latency_seconds, sink_port, tmp))
+                    print(f"[latency {r + 1}] {name} at {half:,.0f}/s: p99 {lat[name][-1]['p99_ms']:.1f} ms",
+                          flush=True)
+            for name, runs in lat.items():
+                results["systems"][name]["latency"] = {
+                    **{k: statistics.median(x[k] for x in runs) for k in runs[0] if k != "n"},
+                    "n": runs[0]["n"], "p99_runs": [x["p99_ms"] for x in runs]}
     results["machine"]["load_after"] = os.getloadavg()
     results["logs"] = str(tmp)
     return results
@@ -161,6 +168,7 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=3, help="rounds; medians are reported")
     p.add_argument("--ref-n", type=int, default=3000, help="N for the httpx references (httpx is slow)")
     p.add_argument("--latency-seconds", type=float, default=10.0, help="paced run length; 0 skips it")
+    p.add_argument("--latency-runs", type=int, default=3, help="paced runs per system; medians are reported")
     p.add_argument("--systems", default=",".join(QUEUES))
     p.add_argument("--out", type=Path, default=common.ROOT / "docs" / "benchmarks")
     p.add_argument("--no-readme", action="store_true", help="do not update the README's table")
