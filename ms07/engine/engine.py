@@ -339,8 +339,10 @@ class Engine:
         try:
             return await jobs.claim_jobs(conn, ids, self.dist.claim_idle_seconds)
         finally:
-            if not conn.closed:
+            if conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
                 await conn.set_autocommit(False)
+            else:  # cancelled mid-statement: the pool must not get it back in autocommit
+                await conn.close()
 
     async def _with_db(self, fn: Any) -> Any:
         """Run ``fn(conn)`` until Postgres answers; None if the engine stops meanwhile."""
