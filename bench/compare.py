@@ -56,11 +56,18 @@ def client_run(kind: str, url: str, n: int, c: int, sink_port: int) -> dict[str,
     if kind == "aiohttp":
         run_loop(common.ceiling_aiohttp(url, n, c))
     else:
-        run_loop(common.ceiling_httpx(url, n, c, "aiohttp" if kind == "httpx-aiohttp" else "default"))
+        run_loop(
+            common.ceiling_httpx(url, n, c, "aiohttp" if kind == "httpx-aiohttp" else "default")
+        )
     cpu = _cpu() - cpu0
     d = common.wait_delivered(sink_port, n, None, timeout=60)
-    return {"rate": d.rate, "cpu_per_1000": cpu / n * 1000, "unique": d.unique, "duplicates": d.duplicates,
-            "n": n}
+    return {
+        "rate": d.rate,
+        "cpu_per_1000": cpu / n * 1000,
+        "unique": d.unique,
+        "duplicates": d.duplicates,
+        "n": n,
+    }
 
 
 def queue_run(system: systems.System, n: int, sink_port: int, tmp: Path, r: int) -> dict[str, Any]:
@@ -76,13 +83,23 @@ def queue_run(system: systems.System, n: int, sink_port: int, tmp: Path, r: int)
     finally:
         exit_code = system.stop()
         watch.stop()
-    return {"rate": d.rate, "cpu_per_1000": d.cpu_seconds / n * 1000, "peak_rss_mb": watch.peak_rss / 2**20,
-            "unique": stats["unique"], "duplicates": stats["duplicates"], "n": n, "exit_code": exit_code,
-            "producer_rate": produced.rate, "producer_cpu_per_1000": produced.cpu / n * 1000,
-            **system.recorded()}
+    return {
+        "rate": d.rate,
+        "cpu_per_1000": d.cpu_seconds / n * 1000,
+        "peak_rss_mb": watch.peak_rss / 2**20,
+        "unique": stats["unique"],
+        "duplicates": stats["duplicates"],
+        "n": n,
+        "exit_code": exit_code,
+        "producer_rate": produced.rate,
+        "producer_cpu_per_1000": produced.cpu / n * 1000,
+        **system.recorded(),
+    }
 
 
-def latency_run(system: systems.System, rate: float, seconds: float, sink_port: int, tmp: Path) -> dict[str, Any]:
+def latency_run(
+    system: systems.System, rate: float, seconds: float, sink_port: int, tmp: Path
+) -> dict[str, Any]:
     """Warm worker; a producer paced at ``rate``; enqueue -> delivered at the sink."""
     system.reset()
     common.sink_reset(sink_port)
@@ -99,8 +116,12 @@ def latency_run(system: systems.System, rate: float, seconds: float, sink_port: 
         lat = common.sink_latency(sink_port)
     finally:
         system.stop()
-    return {"offered_rate": rate, "achieved_rate": produced.rate, "n": n,
-            **{f"{k}_ms": (v * 1000 if v is not None else None) for k, v in lat.items() if k != "n"}}
+    return {
+        "offered_rate": rate,
+        "achieved_rate": produced.rate,
+        "n": n,
+        **{f"{k}_ms": (v * 1000 if v is not None else None) for k, v in lat.items() if k != "n"},
+    }
 
 
 def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -122,15 +143,26 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     names = [s for s in a.systems.split(",") if s]
     unknown = set(names) - set(QUEUES)
     if unknown:
-        raise SystemExit(f"unknown system(s): {', '.join(sorted(unknown))} (known: {', '.join(QUEUES)})")
+        raise SystemExit(
+            f"unknown system(s): {', '.join(sorted(unknown))} (known: {', '.join(QUEUES)})"
+        )
     results: dict[str, Any] = {
-        "n": a.n, "concurrency": a.concurrency, "runs": a.runs, "ref_n": a.ref_n,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
-                    "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-                    "load_before": os.getloadavg()},
+        "n": a.n,
+        "concurrency": a.concurrency,
+        "runs": a.runs,
+        "ref_n": a.ref_n,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "load_before": os.getloadavg(),
+        },
         "settings": {k: v for k, v in systems.SETTINGS.items() if k in names},
     }
-    raw: dict[str, list[dict[str, Any]]] = {k: [] for k in ["aiohttp", "httpx", "httpx-aiohttp", *names]}
+    raw: dict[str, list[dict[str, Any]]] = {
+        k: [] for k in ["aiohttp", "httpx", "httpx-aiohttp", *names]
+    }
     tmp = Path(tempfile.mkdtemp(prefix="ms07-compare-"))
     with common.sink_process() as (sink_port, _), common.servers(redis_tcp=True) as srv:
         url = f"http://127.0.0.1:{sink_port}/in"
@@ -150,12 +182,16 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                 for name, system in queues.items():
                     half = results["systems"][name]["rate"] / 2
                     lat[name].append(latency_run(system, half, a.latency_seconds, sink_port, tmp))
-                    print(f"[latency {r + 1}] {name} at {half:,.0f}/s: p99 {lat[name][-1]['p99_ms']:.1f} ms",
-                          flush=True)
+                    print(
+                        f"[latency {r + 1}] {name} at {half:,.0f}/s: p99 {lat[name][-1]['p99_ms']:.1f} ms",
+                        flush=True,
+                    )
             for name, runs in lat.items():
                 results["systems"][name]["latency"] = {
                     **{k: statistics.median(x[k] for x in runs) for k in runs[0] if k != "n"},
-                    "n": runs[0]["n"], "p99_runs": [x["p99_ms"] for x in runs]}
+                    "n": runs[0]["n"],
+                    "p99_runs": [x["p99_ms"] for x in runs],
+                }
     results["machine"]["load_after"] = os.getloadavg()
     results["logs"] = str(tmp)
     return results
@@ -164,11 +200,19 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("-n", type=int, default=20_000, help="distributions per system and run")
-    p.add_argument("-c", "--concurrency", type=int, default=64, help="deliveries in flight, every system")
+    p.add_argument(
+        "-c", "--concurrency", type=int, default=64, help="deliveries in flight, every system"
+    )
     p.add_argument("--runs", type=int, default=3, help="rounds; medians are reported")
-    p.add_argument("--ref-n", type=int, default=3000, help="N for the httpx references (httpx is slow)")
-    p.add_argument("--latency-seconds", type=float, default=10.0, help="paced run length; 0 skips it")
-    p.add_argument("--latency-runs", type=int, default=3, help="paced runs per system; medians are reported")
+    p.add_argument(
+        "--ref-n", type=int, default=3000, help="N for the httpx references (httpx is slow)"
+    )
+    p.add_argument(
+        "--latency-seconds", type=float, default=10.0, help="paced run length; 0 skips it"
+    )
+    p.add_argument(
+        "--latency-runs", type=int, default=3, help="paced runs per system; medians are reported"
+    )
     p.add_argument("--systems", default=",".join(QUEUES))
     p.add_argument("--out", type=Path, default=common.ROOT / "docs" / "benchmarks")
     p.add_argument("--no-readme", action="store_true", help="do not update the README's table")
@@ -180,7 +224,9 @@ def main() -> None:
     (a.out / "compare.md").write_text(md + "\n")
     report.compare_chart(results, a.out / "compare.png")
     if not a.no_readme:
-        report.update_readme(common.ROOT / "README.md", "compare", report.compare_table(results, readme=True))
+        report.update_readme(
+            common.ROOT / "README.md", "compare", report.compare_table(results, readme=True)
+        )
     print(md)
 
 

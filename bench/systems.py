@@ -25,26 +25,35 @@ CACHE = Path(os.environ.get("MS07_BENCH_CACHE", Path.home() / ".cache" / "ms07-b
 PACKAGES: dict[str, list[str]] = {
     "celery": ["celery[redis]>=5.4", "requests>=2.31", "hiredis>=2.0"],
     "arq": ["arq>=0.26", "aiohttp>=3.9.5", "uvloop>=0.19", "hiredis>=2.0"],
-    "taskiq": ["taskiq>=0.11", "taskiq-redis>=1.0", "aiohttp>=3.9.5", "uvloop>=0.19", "hiredis>=2.0"],
+    "taskiq": [
+        "taskiq>=0.11",
+        "taskiq-redis>=1.0",
+        "aiohttp>=3.9.5",
+        "uvloop>=0.19",
+        "hiredis>=2.0",
+    ],
 }
-VERSIONS_OF = {"celery": ["celery", "kombu", "redis", "requests"], "arq": ["arq", "redis", "aiohttp"],
-               "taskiq": ["taskiq", "taskiq-redis", "redis", "aiohttp"]}
+VERSIONS_OF = {
+    "celery": ["celery", "kombu", "redis", "requests"],
+    "arq": ["arq", "redis", "aiohttp"],
+    "taskiq": ["taskiq", "taskiq-redis", "redis", "aiohttp"],
+}
 
 SETTINGS = {
     "ms07": "`ms07 run`, 1 process, `service.concurrency` C, `prefetch` 4 (C x 4 entries held), "
-            "`read_batch` 256, aiohttp pool of C connections, uvloop; every job and attempt in "
-            "PostgreSQL; producer: `ms07.submit` per distribution, group-committed (`SubmitBatcher`)",
+    "`read_batch` 256, aiohttp pool of C connections, uvloop; every job and attempt in "
+    "PostgreSQL; producer: `ms07.submit` per distribution, group-committed (`SubmitBatcher`)",
     "celery": "`--pool threads --concurrency C --without-heartbeat --without-gossip --without-mingle`, "
-              "`worker_prefetch_multiplier` 16, `task_acks_late` False (ack on receipt, the default), "
-              "`task_ignore_result`, JSON, hiredis; a `requests.Session` per thread; producer: "
-              "`apply_async` in one thread",
+    "`worker_prefetch_multiplier` 16, `task_acks_late` False (ack on receipt, the default), "
+    "`task_ignore_result`, JSON, hiredis; a `requests.Session` per thread; producer: "
+    "`apply_async` in one thread",
     "arq": "1 worker, `max_jobs` C, `keep_result` 0, `poll_delay` 0.05 s (default 0.5 s), "
-           "`queue_read_limit` default (max(5C, 100)), uvloop, hiredis; one aiohttp session "
-           "from `on_startup`; producer: `enqueue_job`, 64 in flight",
+    "`queue_read_limit` default (max(5C, 100)), uvloop, hiredis; one aiohttp session "
+    "from `on_startup`; producer: `enqueue_job`, 64 in flight",
     "taskiq": "taskiq-redis `RedisStreamBroker` (consumer group, ack after the task), "
-              "`--workers 1 --max-async-tasks C --max-prefetch C --no-parse`, uvloop (the CLI "
-              "uses it when installed), hiredis; one aiohttp session from WORKER_STARTUP; "
-              "producer: `kiq`, 64 in flight",
+    "`--workers 1 --max-async-tasks C --max-prefetch C --no-parse`, uvloop (the CLI "
+    "uses it when installed), hiredis; one aiohttp session from WORKER_STARTUP; "
+    "producer: `kiq`, 64 in flight",
 }
 
 
@@ -69,9 +78,13 @@ def versions(name: str) -> dict[str, str]:
         from importlib.metadata import version
 
         return {p: version(p) for p in ("ms07", "aiohttp", "redis", "psycopg")}
-    code = ("import json, importlib.metadata as m; "
-            f"print(json.dumps({{p: m.version(p) for p in {VERSIONS_OF[name]!r}}}))")
-    out = subprocess.run([str(peer_python(name)), "-c", code], check=True, capture_output=True, text=True)  # noqa: S603
+    code = (
+        "import json, importlib.metadata as m; "
+        f"print(json.dumps({{p: m.version(p) for p in {VERSIONS_OF[name]!r}}}))"
+    )
+    out = subprocess.run(
+        [str(peer_python(name)), "-c", code], check=True, capture_output=True, text=True
+    )  # noqa: S603
     return json.loads(out.stdout)
 
 
@@ -87,29 +100,67 @@ class System:
     """One queue: ``reset`` its state, ``produce`` N jobs (a subprocess), ``start`` and
     ``stop`` its worker (a subprocess tree)."""
 
-    def __init__(self, name: str, srv: common.Servers, sink_port: int, concurrency: int, tmp: Path) -> None:
-        self.name, self.srv, self.sink_port, self.concurrency, self.tmp = name, srv, sink_port, concurrency, tmp
+    def __init__(
+        self, name: str, srv: common.Servers, sink_port: int, concurrency: int, tmp: Path
+    ) -> None:
+        self.name, self.srv, self.sink_port, self.concurrency, self.tmp = (
+            name,
+            srv,
+            sink_port,
+            concurrency,
+            tmp,
+        )
         self.python = Path(sys.executable) if name == "ms07" else peer_python(name)
         self.worker: subprocess.Popen[bytes] | None = None
         self.config = common.write_config(tmp / "ms07.yaml", sink_port, concurrency)
-        self.env = {**os.environ, "PYTHONPATH": str(common.ROOT), "BENCH_REDIS_URL": srv.redis_url,
-                    "BENCH_SINK_URL": f"http://127.0.0.1:{sink_port}/in",
-                    "BENCH_CONCURRENCY": str(concurrency), "MS07_DATABASE_URL": srv.database_url,
-                    "MS07_REDIS_URL": srv.redis_url, "MS07_LOG_LEVEL": "WARNING"}
+        self.env = {
+            **os.environ,
+            "PYTHONPATH": str(common.ROOT),
+            "BENCH_REDIS_URL": srv.redis_url,
+            "BENCH_SINK_URL": f"http://127.0.0.1:{sink_port}/in",
+            "BENCH_CONCURRENCY": str(concurrency),
+            "MS07_DATABASE_URL": srv.database_url,
+            "MS07_REDIS_URL": srv.redis_url,
+            "MS07_LOG_LEVEL": "WARNING",
+        }
 
     def reset(self) -> None:
         """Empty Redis (and ms07's tables): every run starts from the same state."""
         common.reset_state(self.srv)
 
-    def produce(self, n: int, rate: float = 0.0, prefix: str = "k", concurrency: int = 64) -> Produced:
-        module = {"ms07": "bench.peers.ms07_producer", "celery": "bench.peers.celery_app",
-                  "arq": "bench.peers.arq_app", "taskiq": "bench.peers.taskiq_app"}[self.name]
-        cmd = [str(self.python), "-m", module, "--n", str(n), "--rate", str(rate), "--prefix", prefix,
-               "--concurrency", str(concurrency)]
+    def produce(
+        self, n: int, rate: float = 0.0, prefix: str = "k", concurrency: int = 64
+    ) -> Produced:
+        module = {
+            "ms07": "bench.peers.ms07_producer",
+            "celery": "bench.peers.celery_app",
+            "arq": "bench.peers.arq_app",
+            "taskiq": "bench.peers.taskiq_app",
+        }[self.name]
+        cmd = [
+            str(self.python),
+            "-m",
+            module,
+            "--n",
+            str(n),
+            "--rate",
+            str(rate),
+            "--prefix",
+            prefix,
+            "--concurrency",
+            str(concurrency),
+        ]
         if self.name == "ms07":
             cmd += ["--config", str(self.config)]
-        out = subprocess.run(cmd, env=self.env, cwd=common.ROOT, check=True, capture_output=True,  # noqa: S603
-                             text=True, timeout=max(600.0, n / 20))
+        out = subprocess.run(
+            cmd,
+            env=self.env,
+            cwd=common.ROOT,
+            check=True,
+            capture_output=True,  # noqa: S603
+            text=True,
+            timeout=max(600.0, n / 20),
+        )
         r = json.loads(out.stdout.strip().splitlines()[-1])
         return Produced(r["n"], r["seconds"], r["rate"], r["cpu"])
 
@@ -117,19 +168,55 @@ class System:
         """Start the worker without waiting for it: callers watch the sink."""
         c = str(self.concurrency)
         if self.name == "ms07":
-            self.worker = common.start_engine(self.config, self.srv, common.free_port(), log=log, wait=False)
+            self.worker = common.start_engine(
+                self.config, self.srv, common.free_port(), log=log, wait=False
+            )
             return self.worker
         cmd = {
-            "celery": ["-m", "celery", "-A", "bench.peers.celery_app", "worker", "--pool", "threads",
-                       "--concurrency", c, "--without-heartbeat", "--without-gossip", "--without-mingle",
-                       "-Q", "bench", "--loglevel", "WARNING"],
+            "celery": [
+                "-m",
+                "celery",
+                "-A",
+                "bench.peers.celery_app",
+                "worker",
+                "--pool",
+                "threads",
+                "--concurrency",
+                c,
+                "--without-heartbeat",
+                "--without-gossip",
+                "--without-mingle",
+                "-Q",
+                "bench",
+                "--loglevel",
+                "WARNING",
+            ],
             "arq": ["-m", "bench.peers.arq_app", "worker"],
-            "taskiq": ["-m", "taskiq", "worker", "bench.peers.taskiq_app:broker", "--workers", "1",
-                       "--max-async-tasks", c, "--max-prefetch", c, "--no-parse", "--log-level", "WARNING"],
+            "taskiq": [
+                "-m",
+                "taskiq",
+                "worker",
+                "bench.peers.taskiq_app:broker",
+                "--workers",
+                "1",
+                "--max-async-tasks",
+                c,
+                "--max-prefetch",
+                c,
+                "--no-parse",
+                "--log-level",
+                "WARNING",
+            ],
         }[self.name]
         with open(log, "ab") as out:
-            self.worker = subprocess.Popen([str(self.python), *cmd], env=self.env, cwd=common.ROOT,  # noqa: S603
-                                           stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            self.worker = subprocess.Popen(
+                [str(self.python), *cmd],
+                env=self.env,
+                cwd=common.ROOT,  # noqa: S603
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         return self.worker
 
     def stop(self) -> int | None:
@@ -154,6 +241,11 @@ class System:
         import psycopg
 
         with psycopg.connect(self.srv.database_url) as conn:
-            delivered = conn.execute("SELECT count(*) FROM distribution_jobs WHERE status = 'delivered'").fetchone()
+            delivered = conn.execute(
+                "SELECT count(*) FROM distribution_jobs WHERE status = 'delivered'"
+            ).fetchone()
             attempts = conn.execute("SELECT count(*) FROM distribution_attempts").fetchone()
-        return {"delivered_rows": delivered[0] if delivered else 0, "attempt_rows": attempts[0] if attempts else 0}
+        return {
+            "delivered_rows": delivered[0] if delivered else 0,
+            "attempt_rows": attempts[0] if attempts else 0,
+        }

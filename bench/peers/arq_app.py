@@ -34,8 +34,9 @@ async def shutdown(ctx: dict[str, Any]) -> None:
 
 
 async def deliver(ctx: dict[str, Any], key: str, body: bytes) -> None:
-    async with ctx["session"].post(URL, data=body, headers={
-            "Content-Type": "application/json", "Idempotency-Key": key}) as r:
+    async with ctx["session"].post(
+        URL, data=body, headers={"Content-Type": "application/json", "Idempotency-Key": key}
+    ) as r:
         r.raise_for_status()
         await r.read()
 

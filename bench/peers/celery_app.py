@@ -51,8 +51,12 @@ def _session() -> requests.Session:
 
 @app.task(name="deliver")
 def deliver(key: str, body: str) -> None:
-    r = _session().post(URL, data=body.encode(), timeout=10,
-                        headers={"Content-Type": "application/json", "Idempotency-Key": key})
+    r = _session().post(
+        URL,
+        data=body.encode(),
+        timeout=10,
+        headers={"Content-Type": "application/json", "Idempotency-Key": key},
+    )
     r.raise_for_status()
 
 

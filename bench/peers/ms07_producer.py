@@ -23,8 +23,12 @@ async def produce(a: Any, config: Path) -> None:
     from ms07.runtime import Runtime
     from ms07.submit import SubmitBatcher, submit_with
 
-    settings = load_settings(config, environ={}, database_url=os.environ["MS07_DATABASE_URL"],
-                             redis_url=os.environ["MS07_REDIS_URL"])
+    settings = load_settings(
+        config,
+        environ={},
+        database_url=os.environ["MS07_DATABASE_URL"],
+        redis_url=os.environ["MS07_REDIS_URL"],
+    )
     # Like the engine's own API: no connection check on checkout (open_pool explains why).
     async with Runtime(settings, migrate=False, pool_size=4, check_connections=False) as rt:
         batcher = SubmitBatcher(await rt.pool(), await rt.queue())

@@ -27,7 +27,9 @@ def args(description: str, config: bool = False) -> argparse.Namespace:
     return p.parse_args()
 
 
-async def run_async(n: int, rate: float, concurrency: int, send: Callable[[int], Awaitable[None]]) -> float:
+async def run_async(
+    n: int, rate: float, concurrency: int, send: Callable[[int], Awaitable[None]]
+) -> float:
     """``send(i)`` for i in range(n) from ``concurrency`` coroutines; returns seconds taken."""
     counter = iter(range(n))
     t0 = time.perf_counter()
@@ -57,5 +59,14 @@ def run_sync(n: int, rate: float, send: Callable[[int], None]) -> float:
 
 def report(n: int, seconds: float) -> None:
     ru = resource.getrusage(resource.RUSAGE_SELF)
-    print(json.dumps({"n": n, "seconds": seconds, "rate": n / seconds if seconds else None,
-                      "cpu": ru.ru_utime + ru.ru_stime}), flush=True)
+    print(
+        json.dumps(
+            {
+                "n": n,
+                "seconds": seconds,
+                "rate": n / seconds if seconds else None,
+                "cpu": ru.ru_utime + ru.ru_stime,
+            }
+        ),
+        flush=True,
+    )

@@ -28,8 +28,12 @@ from bench.peers import pace
 URL = os.environ.get("BENCH_SINK_URL", "http://127.0.0.1:1/in")
 CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "64"))
 
-broker = RedisStreamBroker(os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"),
-                           queue_name="bench", consumer_id="0", xread_block=1000)
+broker = RedisStreamBroker(
+    os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"),
+    queue_name="bench",
+    consumer_id="0",
+    xread_block=1000,
+)
 _session: dict[str, aiohttp.ClientSession] = {}
 
 
@@ -45,8 +49,11 @@ async def shutdown(state: TaskiqState) -> None:
 
 @broker.task(task_name="deliver")
 async def deliver(key: str, body: str) -> None:
-    async with _session["s"].post(URL, data=body.encode(), headers={
-            "Content-Type": "application/json", "Idempotency-Key": key}) as r:
+    async with _session["s"].post(
+        URL,
+        data=body.encode(),
+        headers={"Content-Type": "application/json", "Idempotency-Key": key},
+    ) as r:
         r.raise_for_status()
         await r.read()
 
