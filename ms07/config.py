@@ -173,6 +173,12 @@ class DiagnoseConfig:
     probe_timeout_seconds: float = 3.0
     rss_growth_warning_percent: float = 20.0
     token_expiry_warning_hours: float = 24.0
+    # Open jobs younger than this are not yet "lost" (the XADD follows the INSERT).
+    lost_grace_seconds: float = 120.0
+    queue_depth_warning: int = 10000
+    failure_rate_warning_percent: float = 10.0
+    # An RSS trend is judged only over at least this much history.
+    rss_trend_min_minutes: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -190,6 +196,16 @@ class EscalationConfig:
             "queue": "backend",
             "memory": "sre",
             "health": "devops",
+        }
+    )
+    # Runbook of each check, sent as the alert's ``runbook`` annotation.
+    runbooks: dict[str, str] = field(
+        default_factory=lambda: {
+            "timeouts": "timeouts",
+            "latency": "high-latency",
+            "auth": "auth-failures",
+            "queue": "queue-message-loss",
+            "memory": "memory-leak",
         }
     )
 
@@ -211,8 +227,8 @@ class Settings:
     redis_url: str | None = None
     state_dir: str | None = None
     log_level: str = "INFO"
-    log_format: str = "json"
-    k8s_namespace: str = "default"
+    log_format: str = "auto"  # auto: console at a terminal, JSON lines otherwise (containers)
+    k8s_namespace: str | None = None  # None: the pod's own namespace, else the kubeconfig context's
     k8s_deployment: str = "ms07-distributor"
     k8s_label_selector: str | None = None
     health_url: str | None = None
@@ -480,9 +496,33 @@ def load_settings(
     data.update({k: v for k, v in overrides.items() if v is not None})
     converter = _Converter(source)
     settings = converter.dataclass(Settings, data, "", None)
-    settings = dataclasses.replace(settings, source=source)
+    settings = dataclasses.replace(settings, source=source,
+                                   k8s_namespace=settings.k8s_namespace or default_k8s_namespace(environ))
     validate(settings, source, converter.lines)
     return settings
+
+
+SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+
+def default_k8s_namespace(environ: typing.Mapping[str, str]) -> str:
+    """Where ``kubectl`` would look: the pod's own namespace in a cluster, else the current
+    kubeconfig context's namespace, else ``default``. Read without importing kubernetes."""
+    if environ.get("KUBERNETES_SERVICE_HOST"):
+        try:
+            return Path(SERVICE_ACCOUNT_NAMESPACE).read_text().strip() or "default"
+        except OSError:
+            pass
+    path = (environ.get("KUBECONFIG") or str(Path.home() / ".kube" / "config")).split(os.pathsep)[0]
+    try:
+        kubeconfig = yaml.safe_load(Path(path).expanduser().read_text()) or {}
+        current = kubeconfig.get("current-context")
+        for ctx in kubeconfig.get("contexts") or []:
+            if ctx.get("name") == current:
+                return (ctx.get("context") or {}).get("namespace") or "default"
+    except (OSError, yaml.YAMLError, AttributeError, TypeError):
+        pass
+    return "default"
 
 
 # --------------------------------------------------------------------------- validation
@@ -549,13 +589,14 @@ def validate(settings: Settings, source: str, lines: dict[str, int] | None = Non
         fail("service.http_port", "must be a TCP port")
     if settings.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         fail("log_level", f"{settings.log_level!r} is not a log level")
-    if settings.log_format not in ("json", "console"):
-        fail("log_format", "must be json or console")
+    if settings.log_format not in ("auto", "json", "console"):
+        fail("log_format", "must be auto, json or console")
     for cidr in settings.network.allow_cidrs:
         try:
             ipaddress.ip_network(cidr, strict=False)
         except ValueError:
             fail("network.allow_cidrs", f"{cidr!r} is not a CIDR range")
+    _validate_diagnose(settings, fail)
     seen: set[str] = set()
     for dest in settings.destinations:
         key = f"destinations.{dest.name}"
@@ -586,6 +627,23 @@ def validate(settings: Settings, source: str, lines: dict[str, int] | None = Non
         for header in dest.headers:
             if header.lower() in ("authorization", "idempotency-key"):
                 fail(f"{key}.headers.{header}", "is set by ms07; use auth instead")
+
+
+def _validate_diagnose(settings: Settings, fail: typing.Callable[[str, str], Any]) -> None:
+    for f in dataclasses.fields(DiagnoseConfig):
+        if getattr(settings.diagnose, f.name) <= 0:
+            fail(f"diagnose.{f.name}", "must be positive")
+    esc = settings.escalation
+    severities = ("info", "warning", "critical")
+    if esc.min_severity not in severities:
+        fail("escalation.min_severity", f"must be one of {', '.join(severities)}")
+    if esc.alertmanager_url:
+        _check_url(esc.alertmanager_url, "escalation.alertmanager_url")
+    for sev, prio in esc.priorities.items():
+        if sev not in severities:
+            fail(f"escalation.priorities.{sev}", f"unknown severity (one of {', '.join(severities)})")
+        if prio not in ("P1", "P2", "P3", "P4"):
+            fail(f"escalation.priorities.{sev}", f"{prio!r} is not a priority P1-P4")
 
 
 def _validate_auth(dest: DestinationConfig, fail: typing.Callable[[str, str], Any]) -> None:

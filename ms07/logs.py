@@ -1,33 +1,61 @@
 """JSON logs with the guide's fields, and redaction of every secret ms07 knows.
 
-One JSON object a line on stdout: ``timestamp`` (ISO 8601 UTC), ``level``, ``service``,
-``component``, ``distribution_id``, ``destination``, ``error_code``, ``correlation_id``,
-``message``, ``stack_trace`` (on errors) and ``metadata`` (everything else). Secrets
-resolved at run time are registered with :func:`register_secret` and replaced by
-``***`` in every line, as are bearer tokens, Authorization headers, URL userinfo and
-``password=`` pairs.
+One JSON object a line on stdout, always with the same keys so that log pipelines can
+rely on them: ``timestamp`` (ISO 8601 UTC), ``level`` (DEBUG, INFO, WARN, ERROR),
+``service``, ``component``, ``distribution_id``, ``destination``, ``error_code``,
+``correlation_id`` (null where they don't apply), ``message``, ``stack_trace`` (only when
+an exception is logged) and ``metadata`` (every other field, e.g. ``attempt``,
+``total_attempts``, ``last_error``, ``destination_url``).
+
+Redaction runs on every string of a record (message, fields, stack trace) *before* it is
+serialised, so a secret can neither leak nor break the JSON: values registered with
+:func:`register_secret` (every secret ms07 resolves registers itself), bearer/basic
+credentials, ``Authorization`` headers, URL userinfo, ``password=``/``token=``-style
+pairs and JSON ``"access_token": "..."`` members; fields whose *name* is a credential
+(``authorization``, ``password``, ``token``, ...) are replaced whole.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import datetime as dt
+import decimal
 import json
 import logging
 import re
 import sys
 import traceback
+from collections.abc import Iterator, Mapping
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from ms07 import SERVICE_NAME
 
-_TOP = ("component", "distribution_id", "destination", "error_code", "correlation_id")
+TOP_FIELDS = ("distribution_id", "destination", "error_code", "correlation_id")
+REDACTED = "***"
 _secrets: set[str] = set()
+_SENSITIVE_WORDS = r"password|passwd|pwd|secret|client_secret|token|access_token|refresh_token|id_token|api_key|apikey"
 _PATTERNS = [
-    (re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+"), r"\1***"),
-    (re.compile(r"(?i)(authorization[\"']?\s*[:=]\s*[\"']?)(basic|bearer)?\s*[^\s\"',}]+"), r"\1***"),
-    (re.compile(r"(?i)(password|passwd|secret|token|api_key)=([^&\s\"']+)"), r"\1=***"),
-    (re.compile(r"(?i)([a-z][a-z0-9+.-]*://[^:/@\s]+:)([^@\s/]+)@"), r"\1***@"),
+    # "Authorization: Bearer x", 'Authorization': 'Basic x', authorization=x (headers in reprs)
+    (re.compile(r"(?i)((?:proxy-)?authorization[\"']?\s*[:=]\s*[\"']?)(?:(?:basic|bearer|token|digest)\s+)?[^\s\"',}\]]+"),
+     r"\1***"),
+    # A credential after its scheme, not prose: 8 or more token characters, one of them
+    # not a letter ("bearer tokens" and "Basic authentication" are left alone).
+    (re.compile(r"(?i)\b(bearer|basic)(\s+)(?=[A-Za-z0-9._~+/=-]*[0-9._~+/=-])[A-Za-z0-9._~+/=-]{8,}"), r"\1\2***"),
+    # password=x, client_secret='x', access_token=x (query strings, libpq conninfo)
+    (re.compile(rf"(?i)\b((?:[a-z0-9]+_)?(?:{_SENSITIVE_WORDS}))(\s*=\s*)(['\"])[^'\"]*\3"), r"\1\2\3***\3"),
+    (re.compile(rf"(?i)\b((?:[a-z0-9]+_)?(?:{_SENSITIVE_WORDS}))(\s*=\s*)(?!\*\*\*)[^&\s\"';,]+"), r"\1\2***"),
+    # "access_token": "x" (JSON bodies of token endpoints)
+    (re.compile(rf"(?i)(\"(?:[a-z0-9]+_)?(?:{_SENSITIVE_WORDS})\"\s*:\s*\")[^\"]*"), r"\1***"),
+    # scheme://user:password@host and scheme://token@host
+    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s\"']+@"), r"\1***@"),
 ]
+_SENSITIVE_KEY = re.compile(
+    rf"(?i)^(?:(?:proxy-)?authorization|cookie|set-cookie|x-api-key|api-key|"
+    rf"(?:[a-z0-9]+_)?(?:{_SENSITIVE_WORDS}))$"
+)
+_context: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.ContextVar("ms07_log_context", default=None)
 
 
 def register_secret(value: str | None) -> None:
@@ -36,51 +64,146 @@ def register_secret(value: str | None) -> None:
         _secrets.add(value)
 
 
+def register_url_secrets(url: str | None) -> None:
+    """Register the password of a URL (userinfo or ``password=`` in the query)."""
+    if not url:
+        return
+    try:
+        parts = urlsplit(url)
+        register_secret(parts.password)
+        for key, value in parse_qsl(parts.query):
+            if key.lower() in ("password", "passwd"):
+                register_secret(value)
+    except ValueError:
+        return
+    for m in re.finditer(r"(?i)\bpassword\s*=\s*'?([^'\s]+)", url):  # libpq keyword form
+        register_secret(m.group(1))
+
+
+def register_settings(settings: Any) -> None:
+    """Register the secrets a Settings object knows of: API token, database and Redis
+    passwords. Secrets of destinations register themselves when they are resolved."""
+    try:
+        register_secret(settings.api_token())
+    except Exception:  # an unreadable token file is reported by whoever needs the token
+        pass
+    register_url_secrets(getattr(settings, "database_url", None))
+    register_url_secrets(getattr(settings, "redis_url", None))
+
+
 def redact(text: str) -> str:
     for secret in sorted(_secrets, key=len, reverse=True):
         if secret in text:
-            text = text.replace(secret, "***")
+            text = text.replace(secret, REDACTED)
     for pattern, repl in _PATTERNS:
         text = pattern.sub(repl, text)
     return text
 
 
-def _iso(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+def safe_url(url: str | None) -> str | None:
+    """A URL fit for a log line: no userinfo, credential-like query values masked."""
+    if not url:
+        return url
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc.rsplit("@", 1)[-1]
+        pairs = parse_qsl(parts.query, keep_blank_values=True)
+        query = urlencode([(k, REDACTED if _SENSITIVE_KEY.match(k) else v) for k, v in pairs], safe="*")
+        return redact(parts._replace(netloc=netloc, query=query).geturl())
+    except ValueError:
+        return "<invalid url>"
+
+
+def scrub(value: Any, key: str | None = None) -> Any:
+    """``value`` with every secret redacted, as JSON-ready data."""
+    if key is not None and _SENSITIVE_KEY.match(key) and value is not None:
+        return REDACTED
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, Mapping):
+        return {str(k): scrub(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [scrub(v) for v in value]
+    if isinstance(value, dt.datetime):
+        return iso_utc(value)
+    if isinstance(value, decimal.Decimal):
+        return float(value)
+    return redact(str(value))
+
+
+def iso_utc(value: dt.datetime) -> str:
+    """``2024-01-15T10:00:00.123Z``: ISO 8601, UTC, milliseconds."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+@contextlib.contextmanager
+def bind(**fields: Any) -> Iterator[None]:
+    """Add fields (e.g. ``correlation_id``) to every line logged inside the block,
+    in this task and the tasks it starts."""
+    token = _context.set({**(_context.get() or {}), **{k: v for k, v in fields.items() if v is not None}})
+    try:
+        yield
+    finally:
+        _context.reset(token)
+
+
+def _fields(record: logging.LogRecord) -> tuple[str, dict[str, Any]]:
+    fields: dict[str, Any] = {**(_context.get() or {}), **(getattr(record, "ms07", None) or {})}
+    component = fields.pop("component", None)
+    if component is None:
+        component = record.name.rsplit(".", 1)[-1]
+        if not record.name.startswith("ms07"):
+            fields.setdefault("logger", record.name)
+    return str(component), fields
+
+
+def _stack(record: logging.LogRecord) -> str | None:
+    if record.exc_info and record.exc_info[0] is not None:
+        return "".join(traceback.format_exception(*record.exc_info))
+    if record.exc_text:
+        return record.exc_text
+    return None
 
 
 class JsonFormatter(logging.Formatter):
+    """One JSON object per record, with the guide's fields (see the module docstring)."""
+
     def format(self, record: logging.LogRecord) -> str:
-        fields: dict[str, Any] = dict(getattr(record, "ms07", {}) or {})
+        component, fields = _fields(record)
         out: dict[str, Any] = {
-            "timestamp": _iso(record.created),
+            "timestamp": iso_utc(dt.datetime.fromtimestamp(record.created, dt.UTC)),
             "level": "WARN" if record.levelname == "WARNING" else record.levelname,
             "service": SERVICE_NAME,
-            "component": fields.pop("component", None) or record.name.rsplit(".", 1)[-1],
+            "component": component,
         }
-        for key in _TOP[1:]:
-            if key in fields:
-                out[key] = fields.pop(key)
-        out["message"] = record.getMessage()
-        if record.exc_info:
-            out["stack_trace"] = "".join(traceback.format_exception(*record.exc_info))
-        if fields:
-            out["metadata"] = fields
-        return redact(json.dumps(out, default=str, ensure_ascii=False))
+        for key in TOP_FIELDS:
+            out[key] = scrub(fields.pop(key, None))
+        out["message"] = redact(record.getMessage())
+        stack = _stack(record)
+        if stack is not None:
+            out["stack_trace"] = redact(stack)
+        out["metadata"] = scrub(fields)
+        return json.dumps(out, ensure_ascii=False, default=str)
 
 
 class ConsoleFormatter(logging.Formatter):
+    """``10:00:00 WARNING DistributionWorker message  key=value ...`` for a terminal."""
+
     def format(self, record: logging.LogRecord) -> str:
-        fields = dict(getattr(record, "ms07", {}) or {})
-        component = fields.pop("component", None) or record.name.rsplit(".", 1)[-1]
-        extra = " ".join(f"{k}={v}" for k, v in fields.items())
+        component, fields = _fields(record)
+        extra = " ".join(f"{k}={v}" for k, v in scrub(fields).items() if v is not None)
         ts = dt.datetime.fromtimestamp(record.created).strftime("%H:%M:%S")
-        line = f"{ts} {record.levelname:<7} {component:<12} {record.getMessage()}"
+        line = f"{ts} {record.levelname:<7} {component:<12} {redact(record.getMessage())}"
         if extra:
             line += f"  {extra}"
-        if record.exc_info:
-            line += "\n" + "".join(traceback.format_exception(*record.exc_info))
-        return redact(line)
+        stack = _stack(record)
+        if stack is not None:
+            line += "\n" + redact(stack)
+        return line
 
 
 class Log:
@@ -93,7 +216,7 @@ class Log:
     def _log(self, level: int, msg: str, exc_info: Any = None, **fields: Any) -> None:
         if self._logger.isEnabledFor(level):
             fields.setdefault("component", self.component)
-            self._logger.log(level, msg, exc_info=exc_info, extra={"ms07": fields})
+            self._logger.log(level, msg, exc_info=exc_info, extra={"ms07": fields}, stacklevel=3)
 
     def debug(self, msg: str, **fields: Any) -> None:
         self._log(logging.DEBUG, msg, **fields)
@@ -118,18 +241,31 @@ def get(component: str) -> Log:
     return Log(component)
 
 
-def configure(level: str = "INFO", fmt: str = "json", stream: Any = None) -> None:
-    """Send ms07's logs (and warnings of its libraries) to stdout in the chosen format."""
+# Libraries that log URLs or headers at INFO/DEBUG (httpx logs userinfo, encode/httpx#2760).
+_QUIET = ("httpx", "httpcore", "aiohttp.access", "kubernetes", "urllib3", "pgserver", "asyncio")
+
+
+def configure(level: str = "INFO", fmt: str = "json", stream: Any = None) -> logging.Handler:
+    """Send ms07's logs (and warnings of its libraries) to stdout in the chosen format.
+
+    Calling it again replaces the previous ms07 handler; returns the handler installed."""
     handler = logging.StreamHandler(stream or sys.stdout)
     handler.setFormatter(JsonFormatter() if fmt == "json" else ConsoleFormatter())
+    unconfigure()
+    handler._ms07 = True  # type: ignore[attr-defined]
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    logging.getLogger("ms07").setLevel(level.upper())
+    for noisy in _QUIET:
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    return handler
+
+
+def unconfigure() -> None:
+    """Remove the handler :func:`configure` installed (tests, embedding)."""
     root = logging.getLogger()
     for old in list(root.handlers):
         if getattr(old, "_ms07", False):
             root.removeHandler(old)
-    handler._ms07 = True  # type: ignore[attr-defined]
-    root.addHandler(handler)
-    root.setLevel(logging.WARNING)
-    logging.getLogger("ms07").setLevel(level.upper())
-    # httpx logs full URLs (userinfo included) at INFO: keep it and its transport quiet.
-    for noisy in ("httpx", "httpcore", "aiohttp.access", "kubernetes", "urllib3", "pgserver"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+            old.close()

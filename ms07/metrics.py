@@ -1,11 +1,16 @@
 """Prometheus metrics with the guide's names (``zenia_distribution_*``).
 
 Each engine owns its registry, so several engines in one test process don't collide.
+The registry also carries the standard ``process_*`` metrics of the engine's process.
+Labelled series of every configured destination and queue are created at zero by
+:meth:`Metrics.track` so that ``rate()`` and absence alerts work from the first scrape.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 # Delivery latencies run from sub-millisecond (loopback) to the timeout (60 s default).
@@ -14,8 +19,11 @@ CIRCUIT_VALUES = {"closed": 0, "half_open": 1, "open": 2}
 
 
 class Metrics:
+    """The engine's metrics; ``exposition()`` is the body of ``GET /metrics``."""
+
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
+        ProcessCollector(registry=r)
         self.requests = Counter(
             "zenia_distribution_requests_total",
             "Distributions finished, by outcome (success: delivered; failed: parked in the DLQ).",
@@ -94,6 +102,20 @@ class Metrics:
         self.requeued = Counter(
             "zenia_distribution_requeued_total", "Jobs the reconciler put back from Postgres.", registry=r
         )
+
+    def track(self, destinations: Iterable[str], queues: Iterable[str]) -> None:
+        """Create the zero-valued series of these destinations and queues (idempotent)."""
+        for status in ("success", "failed"):
+            self.requests.labels(status)
+        for name in destinations:
+            for status in ("success", "failed"):
+                self.attempts.labels(status, name)
+            self.latency.labels(name)
+            self.circuit_state.labels(name)
+        for q in queues:
+            self.queue_depth.labels(q)
+            self.pending.labels(q)
+            self.delayed.labels(q)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

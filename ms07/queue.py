@@ -75,18 +75,36 @@ def describe_redis_error(exc: BaseException) -> str:
     return text
 
 
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+
+
+def is_cluster_url(url: str) -> bool:
+    return url.split("://", 1)[0] in CLUSTER_SCHEMES
+
+
 async def open_redis(url: str, *, check: bool = True, socket_timeout: float = 10.0) -> aioredis.Redis:
-    """A client that retries dropped connections; BLOCK reads stay under socket_timeout."""
+    """A client that retries dropped connections; BLOCK reads stay under socket_timeout.
+
+    ``redis+cluster://host:port`` (or ``rediss+cluster://``) opens a Redis Cluster client
+    from any seed node; every key one command, script or MULTI touches shares a hash
+    tag (ms07/keys.py), so nothing crosses slots."""
+    options: dict[str, Any] = {
+        "decode_responses": True,
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": 5,
+        "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), 3),
+        "health_check_interval": 30,
+    }
     try:
-        client = aioredis.Redis.from_url(
-            url,
-            decode_responses=True,
-            socket_timeout=socket_timeout,
-            socket_connect_timeout=5,
-            retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 3),
-            retry_on_error=[RedisConnectionError, RedisTimeoutError],
-            health_check_interval=30,
-        )
+        if is_cluster_url(url):
+            from redis.asyncio.cluster import RedisCluster
+
+            scheme, rest = url.split("://", 1)
+            client: Any = RedisCluster.from_url(f"{CLUSTER_SCHEMES[scheme]}://{rest}", **options)
+        else:
+            client = aioredis.Redis.from_url(
+                url, retry_on_error=[RedisConnectionError, RedisTimeoutError], **options
+            )
     except ValueError as exc:
         raise DependencyUnavailable(f"invalid Redis URL {redact_url(url)}: {exc}") from None
     if check:
@@ -106,6 +124,7 @@ class Queue:
     def __init__(self, client: aioredis.Redis, priorities: Sequence[str] = ("default",)) -> None:
         self.redis = client
         self.priorities = list(priorities)
+        self.cluster = type(client).__name__ == "RedisCluster"
         self._move_due = client.register_script(_MOVE_DUE)
         self._groups_ready: set[str] = set()
 
@@ -140,11 +159,12 @@ class Queue:
 
     async def read(self, consumer: str, count: int, block_ms: int) -> list[Entry]:
         """New entries for this consumer across every priority stream, highest first."""
-        streams = {keys.stream(q): ">" for q in self.priorities}
         try:
-            reply = await self.redis.xreadgroup(
-                keys.GROUP, consumer, streams, count=count, block=block_ms
-            )
+            if self.cluster and len(self.priorities) > 1:
+                reply = await self._read_each(consumer, count, block_ms)
+            else:
+                streams = {keys.stream(q): ">" for q in self.priorities}
+                reply = await self.redis.xreadgroup(keys.GROUP, consumer, streams, count=count, block=block_ms)
         except ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
@@ -157,6 +177,22 @@ class Queue:
             for entry_id, fields in entries:
                 out.append(Entry(queue, entry_id, fields or {}))
         return out
+
+    async def _read_each(self, consumer: str, count: int, block_ms: int) -> list[Any]:
+        """On Redis Cluster each priority's stream lives on its own slot, so one XREADGROUP
+        cannot name them all: poll them in priority order, blocking only on the last."""
+        reply: list[Any] = []
+        for i, q in enumerate(self.priorities):
+            last = i == len(self.priorities) - 1
+            got = await self.redis.xreadgroup(
+                keys.GROUP, consumer, {keys.stream(q): ">"}, count=count, block=None if not last or reply else block_ms
+            )
+            if got:
+                reply.extend(got)
+                count -= sum(len(entries) for _, entries in got)
+                if count <= 0:
+                    break
+        return reply
 
     async def ack(self, queue: str, entry_ids: Sequence[str]) -> None:
         """Done: XACK + XDEL together, so the entry leaves the PEL and the stream."""

@@ -6,6 +6,7 @@ servers), opens the pool and the Redis client on first use, and closes what it o
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -33,6 +34,7 @@ class Runtime:
         self._redis: aioredis.Redis | None = None
         self._queue: Queue | None = None
         self.embedded_used: dict[str, str] = {}
+        self._lock = asyncio.Lock()
 
     # ------------------------------------------------------------------ where
 
@@ -53,12 +55,13 @@ class Runtime:
     # ------------------------------------------------------------------ PostgreSQL
 
     async def pool(self) -> AsyncConnectionPool:
-        if self._pool is None:
-            url = self.database_url
-            if self.auto_migrate:
-                await self.migrate()
-            self._pool = await db.open_pool(url, min_size=min(2, self.pool_size), max_size=self.pool_size,
-                                            check=self.check_connections)
+        async with self._lock:  # two first callers must not open two pools
+            if self._pool is None:
+                url = self.database_url
+                if self.auto_migrate:
+                    await self.migrate()
+                self._pool = await db.open_pool(url, min_size=min(2, self.pool_size), max_size=self.pool_size,
+                                                check=self.check_connections)
         return self._pool
 
     @contextlib.asynccontextmanager
@@ -77,8 +80,9 @@ class Runtime:
     # ------------------------------------------------------------------ Redis
 
     async def redis(self) -> aioredis.Redis:
-        if self._redis is None:
-            self._redis = await open_redis(self.redis_url)
+        async with self._lock:
+            if self._redis is None:
+                self._redis = await open_redis(self.redis_url)
         return self._redis
 
     async def queue(self) -> Queue:

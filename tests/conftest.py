@@ -119,6 +119,7 @@ def make_settings(database_url: str, redis_url: str, tmp_path: Path) -> Callable
     def make(**sections: Any) -> Settings:
         import yaml
 
+        redis = sections.pop("redis_url", None) or redis_url
         data: dict[str, Any] = {
             "database_url": database_url,
             "redis_url": redis_url,
@@ -135,7 +136,7 @@ def make_settings(database_url: str, redis_url: str, tmp_path: Path) -> Callable
         path = tmp_path / f"config-{uuid.uuid4().hex[:6]}.yaml"
         path.write_text(yaml.safe_dump({k: v for k, v in data.items()
                                         if k not in ("database_url", "redis_url", "state_dir")}))
-        return load_settings(path, environ={}, database_url=database_url, redis_url=redis_url,
+        return load_settings(path, environ={}, database_url=database_url, redis_url=redis,
                              state_dir=str(tmp_path / "state"))
 
     return make
@@ -200,3 +201,31 @@ async def start_engine(request: pytest.FixtureRequest) -> AsyncIterator[Callable
     if not request.node.get_closest_marker("loop_errors_ok"):
         for engine in engines:
             assert not engine.loop_errors, f"upkeep loops failed: {dict(engine.loop_errors)}"
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[Any]:
+    """A real 3-master Redis Cluster on loopback (skipped when redis-server/cli are missing)."""
+    from tests.redis_cluster import RedisCluster, redis_cli_binary
+
+    try:
+        if redis_cli_binary() is None:
+            pytest.skip("redis-cli is not on this machine: Redis Cluster tests skipped")
+    except Exception as exc:  # no redis-server either
+        pytest.skip(f"no redis-server on this machine: Redis Cluster tests skipped ({exc})")
+    cluster = RedisCluster().start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def redis_cluster_url(redis_cluster: Any) -> str:
+    """The cluster, flushed on every primary."""
+    from redis.cluster import RedisCluster as SyncCluster
+
+    client = SyncCluster.from_url(redis_cluster.url.replace("redis+cluster://", "redis://"))
+    client.flushall(target_nodes=SyncCluster.PRIMARIES)
+    client.close()
+    return str(redis_cluster.url)

@@ -46,7 +46,7 @@ def root(
     ctx: typer.Context,
     config: str = common.CONFIG_OPTION,
     log_level: str = typer.Option(
-        None, "--log-level", envvar="MS07_LOG_LEVEL", help="DEBUG, INFO, WARNING, ERROR [env: MS07_LOG_LEVEL]"
+        None, "--log-level", envvar="MS07_LOG_LEVEL", help="DEBUG, INFO, WARNING, ERROR"
     ),
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Show the version and exit."
@@ -57,11 +57,12 @@ def root(
 
 
 def _register() -> None:
-    from ms07.cli import db, destinations, diagnose, dlq, embedded, queue, recover, run, runbook, submit
+    from ms07.cli import db, destinations, diagnose, dlq, embedded, health, queue, recover, run, runbook, submit
 
     app.command("run")(run.run)
     app.command("submit")(submit.submit)
     app.command("status")(submit.status)
+    app.command("health")(health.health)
     app.add_typer(dlq.app, name="dlq")
     app.add_typer(destinations.app, name="destinations")
     app.add_typer(diagnose.app, name="diagnose")

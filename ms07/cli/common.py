@@ -18,7 +18,7 @@ from ms07.config import Settings, load_settings
 T = TypeVar("T")
 
 CONFIG_OPTION = typer.Option(
-    None, "--config", "-c", envvar="MS07_CONFIG", help="YAML config file [env: MS07_CONFIG]"
+    None, "--config", "-c", envvar="MS07_CONFIG", help="YAML config file"
 )
 
 

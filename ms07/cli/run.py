@@ -10,13 +10,13 @@ from ms07.cli import common
 def run(
     ctx: typer.Context,
     concurrency: int = typer.Option(
-        None, "--concurrency", "-n", envvar="MS07_CONCURRENCY", help="Deliveries in flight [env: MS07_CONCURRENCY]"
+        None, "--concurrency", "-n", envvar="MS07_CONCURRENCY", help="Deliveries in flight"
     ),
     http_port: int = typer.Option(
-        None, "--http-port", envvar="MS07_HTTP_PORT", help="Port of the health/metrics/API server [env: MS07_HTTP_PORT]"
+        None, "--http-port", envvar="MS07_HTTP_PORT", help="Port of the health/metrics/API server"
     ),
     log_format: str = typer.Option(
-        None, "--log-format", envvar="MS07_LOG_FORMAT", help="json (default) or console [env: MS07_LOG_FORMAT]"
+        None, "--log-format", envvar="MS07_LOG_FORMAT", help="auto (console at a terminal, else json), json or console"
     ),
 ) -> None:
     """Run the delivery engine until SIGTERM/SIGINT (uses the embedded servers when no URLs are set)."""

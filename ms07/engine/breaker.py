@@ -52,6 +52,14 @@ class CircuitBreaker:
         self._probe_in_flight = True
         return True
 
+    def current_state(self) -> str:
+        """The state as reported: an open circuit whose recovery time has passed is
+        half-open even before traffic arrives to make the transition, so an idle
+        destination that recovered does not read as open forever."""
+        if self.state == OPEN and self._clock() - self.opened_at >= self.recovery_timeout:
+            return HALF_OPEN
+        return self.state
+
     def retry_in(self) -> float:
         """Seconds until the circuit will let a probe through."""
         if self.state != OPEN:

@@ -37,7 +37,12 @@ def run_engine(settings: Settings) -> int:
 
     The loop is uvloop when installed (MS07_EVENT_LOOP=asyncio opts out): it cuts the
     engine's CPU per delivery by about a sixth (bench/throughput.py)."""
-    logs.configure(settings.log_level, settings.log_format)
+    fmt = settings.log_format
+    if fmt == "auto":
+        import sys
+
+        fmt = "console" if sys.stdout.isatty() else "json"
+    logs.configure(settings.log_level, fmt)
     return run_loop(_main(settings))
 
 

@@ -24,6 +24,7 @@ import aiohttp
 from ms07 import __version__
 from ms07.config import DestinationConfig, DistributionConfig
 from ms07.engine.ssrf import ForbiddenAddress
+from ms07.logs import redact
 from ms07.errors import Ms07Error
 
 
@@ -89,7 +90,9 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 
 def classify(status: int, body: bytes, headers: Any) -> tuple[bool, str | None, str | None, float | None]:
     """(retryable, error_code, message, retry_after) of a non-2xx response."""
-    text = body[:_MAX_ERROR_BODY].decode("utf-8", "replace").strip()
+    # Scrubbed: a destination that echoes our request would otherwise put a token into
+    # Postgres, the DLQ and `ms07 status`.
+    text = redact(body[:_MAX_ERROR_BODY].decode("utf-8", "replace").strip())
     message = f"HTTP {status}" + (f": {text}" if text else "")
     if 300 <= status < 400:
         location = headers.get("Location", "")

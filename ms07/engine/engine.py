@@ -48,6 +48,7 @@ log = logs.get("DistributionWorker")
 
 EXIT_OK = 0
 EXIT_MEMORY_GUARD = 75  # EX_TEMPFAIL: the orchestrator should restart this process
+FINAL_COMMIT_SECONDS = 5.0
 MAX_RETRY_AFTER = 3600.0
 
 
@@ -118,6 +119,8 @@ class Engine:
         self._stop_requested = asyncio.Event()
         self._stopped = asyncio.Event()
         self._stopping = False
+        self._committing = False
+        self.loops_stopping = False
         self._started = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loops: list[asyncio.Task[Any]] = []
@@ -213,7 +216,11 @@ class Engine:
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop reading, finish in-flight work within the grace period, commit, ack, close.
-        Idempotent. What does not finish stays pending for another worker."""
+
+        Idempotent. Bounded: deliveries get ``grace`` seconds (``service.drain_grace_seconds``)
+        in all; what has not finished by then is cancelled and its entry stays pending for
+        another worker; the outcomes already known then get at most ``FINAL_COMMIT_SECONDS``
+        to be committed and acked."""
         if self._stopping:
             await self._stopped.wait()
             return
@@ -221,47 +228,68 @@ class Engine:
         self.draining = True
         self.ready = False
         self.metrics.draining.set(1)
-        grace = self.settings.service.drain_grace_seconds if grace is None else grace
+        try:
+            await self._stop(self.settings.service.drain_grace_seconds if grace is None else grace)
+        finally:
+            # Whatever failed while closing, a second stop() must not wait forever.
+            self._stopped.set()
+        log.info("engine stopped", worker_id=self.worker_id, delivered=self.delivered, failed=self.failed)
+
+    async def _stop(self, grace: float) -> None:
+        deadline = time.monotonic() + grace
+
+        def left() -> float:
+            return max(0.0, deadline - time.monotonic())
+
         self._capacity.set()
         if self._reader is not None:
             try:
-                await asyncio.wait_for(self._reader, timeout=max(grace, 3.0))
-            except (TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(self._reader), timeout=max(left(), 1.5))
+            except TimeoutError:
                 self._reader.cancel()
+                await asyncio.gather(self._reader, return_exceptions=True)
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout=grace)
+            await asyncio.wait_for(self._idle.wait(), timeout=left())
         except TimeoutError:
             unfinished = [t for t in self._tasks if not t.done()]
             log.warning("grace period over; leaving deliveries pending for another worker", count=len(unfinished))
             for task in unfinished:
                 task.cancel()
             await asyncio.gather(*unfinished, return_exceptions=True)
-        await self._drain_outbox(timeout=max(5.0, grace))
-        for task in [*self._loops, self._committer]:
-            if task is not None:
-                task.cancel()
-        await asyncio.gather(*[t for t in [*self._loops, self._committer] if t], return_exceptions=True)
+        await self._drain_outbox(timeout=FINAL_COMMIT_SECONDS)
+        await self._cancel_all([*self._loops, *([self._committer] if self._committer else [])])
         from ms07.engine import upkeep
 
         await upkeep.farewell(self)
-        for batcher in self.batchers.values():
-            await batcher.close()
-        if self.server is not None:
-            await self.server.close()
-        if self.submitter is not None:
-            await self.submitter.close()
-        for client in self.clients.values():
-            await client.close()
+        closers = [*(b.close() for b in self.batchers.values()),
+                   *([self.server.close()] if self.server is not None else []),
+                   *([self.submitter.close()] if self.submitter is not None else []),
+                   *(c.close() for c in self.clients.values())]
+        for result in await asyncio.gather(*closers, return_exceptions=True):
+            if isinstance(result, BaseException):
+                log.warning("error while closing", error=f"{type(result).__name__}: {result}"[:200])
         if self._owns_runtime:
             await self.runtime.aclose()
-        log.info("engine stopped", worker_id=self.worker_id, delivered=self.delivered, failed=self.failed)
-        self._stopped.set()
+
+    async def _cancel_all(self, tasks: list[asyncio.Task[Any]], timeout: float = 5.0) -> None:
+        """Cancel background tasks and wait for them, re-cancelling a task whose
+        cancellation was swallowed; never waits longer than ``timeout``."""
+        self.loops_stopping = True
+        deadline = time.monotonic() + timeout
+        pending = {t for t in tasks if not t.done()}
+        while pending and time.monotonic() < deadline:
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=min(0.5, max(0.01, deadline - time.monotonic())))
+        if pending:
+            log.warning("background tasks did not stop", tasks=sorted(t.get_name() for t in pending))
 
     async def _drain_outbox(self, timeout: float) -> None:
+        """Let the committer write and ack every outcome already known."""
         deadline = time.monotonic() + timeout
-        while (self._outbox or self._held) and time.monotonic() < deadline:
+        while (self._outbox or self._committing) and time.monotonic() < deadline:
             self._outbox_event.set()
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.01)
 
     async def serve(self) -> int:
         """start(), wait for a stop request, stop(); the process exit code."""
@@ -369,12 +397,15 @@ class Engine:
         try:
             outcome = await self.deliver(job)
         except asyncio.CancelledError:
+            # Shutdown past the grace period: the entry stays pending for another worker.
             breaker = self.breakers.get(job.destination)
             if breaker:
                 breaker.release()
+            self._release([held])
             raise
         except Exception:
-            log.exception("delivery crashed; the entry stays pending", distribution_id=job.distribution_id)
+            log.exception("delivery crashed; the entry stays pending", distribution_id=job.distribution_id,
+                          destination=job.destination, correlation_id=job.correlation_id)
             self._release([held])
             return
         self._enqueue_outcome(held, outcome)
@@ -466,7 +497,7 @@ class Engine:
     def _finish_without_job(self, entry: Entry, did: str | None, code: str, reason: str) -> None:
         """An entry with no job to deliver (invalid, unknown id): straight to the DLQ."""
         log.warning("entry parked in the DLQ", error_code=code, distribution_id=did, entry_id=entry.entry_id,
-                    reason=reason)
+                    reason=reason, destination=entry.fields.get("destination"), queue=entry.queue)
         held = self._held[(entry.queue, entry.entry_id)]
         fake = jobs.Outcome(did or "", entry.fields.get("destination", ""), "dead", self.worker_id, [], code, reason)
         self._enqueue_outcome(held, fake, record=False)
@@ -495,6 +526,7 @@ class Engine:
             if not self._outbox:
                 continue
             batch, self._outbox = self._outbox, []
+            self._committing = True
             try:
                 await self._commit(batch)
             except asyncio.CancelledError:
@@ -502,6 +534,8 @@ class Engine:
             except Exception:
                 log.exception("commit failed unexpectedly; entries stay pending", count=len(batch))
                 self._release([h for h, _ in batch])
+            finally:
+                self._committing = False
 
     async def _commit(self, batch: list[tuple[Held, jobs.Outcome | None]]) -> None:
         """Outcome in Postgres first, then ack/defer/DLQ in Redis, then free the slots."""
@@ -570,11 +604,24 @@ class Engine:
                           destination=outcome.destination, error_code=outcome.error_code,
                           correlation_id=held.job.correlation_id, last_error=outcome.error_message,
                           attempt=held.job.attempts + len(outcome.attempts),
-                          total_attempts=held.job.max_attempts)
+                          total_attempts=held.job.max_attempts, destination_url=self._log_url(outcome.destination),
+                          outcome=outcome.status)
+            elif outcome.attempts:
+                fields = dict(distribution_id=outcome.distribution_id, destination=outcome.destination,
+                              error_code=outcome.error_code, correlation_id=held.job.correlation_id,
+                              attempt=held.job.attempts + len(outcome.attempts), total_attempts=held.job.max_attempts,
+                              last_error=outcome.error_message, destination_url=self._log_url(outcome.destination))
+                log.warning("delivery attempt failed", **fields)
+                if log.enabled(10):
+                    log.debug("delivery will be retried", next_attempt_at=outcome.next_attempt_at, **fields)
             elif log.enabled(10):
-                log.debug("delivery will be retried", distribution_id=outcome.distribution_id,
+                log.debug("delivery deferred", distribution_id=outcome.distribution_id,
                           destination=outcome.destination, error_code=outcome.error_code,
-                          next_attempt_at=outcome.next_attempt_at)
+                          correlation_id=held.job.correlation_id, next_attempt_at=outcome.next_attempt_at)
+
+    def _log_url(self, destination: str) -> str | None:
+        client = self.clients.get(destination)
+        return logs.safe_url(client.url) if client is not None else None
 
     def _release(self, helds: list[Held]) -> None:
         for h in helds:

@@ -1,16 +1,23 @@
 """The engine's HTTP server (aiohttp.web): health, metrics, the submit API, debug.
 
-``/health/live`` is open (the liveness probe); with ``MS07_API_TOKEN`` set, every other
-``/health/*``, ``/api/*`` and ``/debug/*`` route needs ``Authorization: Bearer <token>``,
-compared in constant time. ``/metrics`` stays open for Prometheus scrapes.
+``/health/live`` (the liveness probe) and ``/metrics`` (Prometheus scrapes) are open;
+with ``MS07_API_TOKEN`` (or ``service.api_token_file``) set, every other path --
+``/health/ready``, ``/health/detailed``, ``/api/*``, ``/debug/*``, unknown paths too --
+needs ``Authorization: Bearer <token>``, compared in constant time; a missing or wrong
+token gets 401 ``{"error": "unauthorized"}`` and nothing else.
+
+``/debug/memory`` answers only with ``service.debug_memory: true``; tracing starts with
+the server so that the first snapshot already sees the engine's allocations.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import decimal
 import hmac
 import json
+import logging
 import tracemalloc
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +25,7 @@ from aiohttp import web
 
 from ms07 import __version__, logs
 from ms07.engine import health
+from ms07.engine.upkeep import rss_bytes
 from ms07.errors import UsageError
 
 if TYPE_CHECKING:
@@ -28,9 +36,21 @@ ENGINE = web.AppKey("engine", object)
 MAX_BODY = 64 * 1024 * 1024
 
 
-def _json(data: Any, status: int = 200) -> web.Response:
+OPEN_PATHS = frozenset({"/health/live", "/metrics"})
+TRACE_FRAMES = 10
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return logs.iso_utc(value)
+    if isinstance(value, decimal.Decimal):
+        return float(value)
+    return str(value)
+
+
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(
-        text=json.dumps(data, default=str), status=status, content_type="application/json"
+        text=json.dumps(data, default=_default), status=status, content_type="application/json", headers=headers
     )
 
 
@@ -39,25 +59,34 @@ def _error(status: int, message: str) -> web.Response:
 
 
 def _token_guard(token: str | None) -> Any:
-    expected = f"Bearer {token}".encode() if token else None
+    expected = token.encode() if token else None
 
     @web.middleware
     async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
-        path = request.path
-        protected = path.startswith(("/api/", "/debug/")) or (
-            path.startswith("/health/") and path != "/health/live"
-        )
-        if expected is not None and protected:
-            given = request.headers.get("Authorization", "").encode()
-            if not hmac.compare_digest(given, expected):
-                return _error(401, "unauthorized")
+        # Deny by default: only the two probe paths are open, whatever the router knows.
+        if expected is not None and request.path not in OPEN_PATHS:
+            scheme, _, given = request.headers.get("Authorization", "").strip().partition(" ")
+            ok = hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"), expected)
+            if not (ok and scheme.lower() == "bearer"):
+                return _json({"error": "unauthorized"}, 401, {"WWW-Authenticate": "Bearer"})
         return await handler(request)
 
     return guard
 
 
+@web.middleware
+async def _correlate(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Lines logged while serving a request carry its X-Correlation-ID."""
+    correlation = request.headers.get("X-Correlation-ID")
+    if correlation and 0 < len(correlation) <= 200:
+        with logs.bind(correlation_id=correlation):
+            return await handler(request)
+    return await handler(request)
+
+
 async def live(request: web.Request) -> web.Response:
-    return _json({"status": "alive", "timestamp": _now()})
+    """200 while the event loop turns: answering at all is the proof."""
+    return _json({"status": "alive", "timestamp": _now(), "version": __version__})
 
 
 def _now() -> str:
@@ -106,18 +135,25 @@ async def submit(request: web.Request) -> web.Response:
         return _error(400, "destinations must be a non-empty list of destination names")
     if "payload" not in body:
         return _error(400, "payload is required")
+    correlation_id = body.get("correlation_id")
+    if correlation_id is None:
+        correlation_id = request.headers.get("X-Correlation-ID") or None
     try:
         result = await submit_with(
             engine.submitter,
             engine.settings,
             dests,
             body["payload"],
-            correlation_id=body.get("correlation_id"),
+            correlation_id=correlation_id,
             priority=body.get("priority"),
             idempotency_key=body.get("idempotency_key"),
         )
     except UsageError as exc:
         return _error(getattr(exc, "http_status", 400), str(exc))
+    if log.enabled(logging.DEBUG):
+        for d in result.distributions:
+            log.debug("distribution accepted", distribution_id=d["distribution_id"], destination=d["destination"],
+                      correlation_id=result.correlation_id, replayed=result.replayed)
     return _json(result.as_json(), 200 if result.replayed else 202)
 
 
@@ -129,48 +165,88 @@ async def get_distribution(request: web.Request) -> web.Response:
         data = await distribution_status(conn, request.match_info["distribution_id"])
     if data is None:
         return _error(404, "no such distribution")
-    return _json(data)
+    # Error messages hold response bodies, and a destination may echo our credentials.
+    return _json(logs.scrub(data))
 
 
-class _MemoryDebug:
-    def __init__(self) -> None:
+class MemoryDebug:
+    """``GET /debug/memory``: top allocation sites of a tracemalloc snapshot and their
+    growth since the previous call (``?limit=N``, default 25)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
         self.previous: tracemalloc.Snapshot | None = None
+        self.previous_at: str | None = None
+        self.started_tracing = False
+        self._lock = asyncio.Lock()
 
-    async def handle(self, request: web.Request) -> web.Response:
-        engine: Engine = request.app[ENGINE]  # type: ignore[assignment]
-        if not engine.settings.service.debug_memory:
-            return _error(404, "memory debugging is off (service.debug_memory)")
-        if not tracemalloc.is_tracing():
-            tracemalloc.start(10)
-        snapshot = await asyncio.to_thread(tracemalloc.take_snapshot)
-        snapshot = snapshot.filter_traces((tracemalloc.Filter(False, tracemalloc.__file__),))
-        top = snapshot.statistics("lineno")[:25]
-        diff = snapshot.compare_to(self.previous, "lineno")[:25] if self.previous else []
-        self.previous = snapshot
+    def start(self) -> None:
+        if self.enabled and not tracemalloc.is_tracing():
+            tracemalloc.start(TRACE_FRAMES)
+            self.started_tracing = True
+
+    def stop(self) -> None:
+        if self.started_tracing and tracemalloc.is_tracing():
+            tracemalloc.stop()
+        self.started_tracing = False
+        self.previous = None
+
+    def _report(self, limit: int) -> dict[str, Any]:
+        snapshot = tracemalloc.take_snapshot().filter_traces((
+            tracemalloc.Filter(False, tracemalloc.__file__),
+            tracemalloc.Filter(False, "<frozen importlib._bootstrap>"),
+            tracemalloc.Filter(False, "<unknown>"),
+        ))
+        top = snapshot.statistics("lineno")[:limit]
+        diff = snapshot.compare_to(self.previous, "lineno")[:limit] if self.previous is not None else []
         current, peak = tracemalloc.get_traced_memory()
-        return _json({
-            "timestamp": _now(),
+        now = _now()
+        report: dict[str, Any] = {
+            "timestamp": now,
+            "previous_snapshot_at": self.previous_at,
             "traced_current_bytes": current,
             "traced_peak_bytes": peak,
+            "rss_bytes": rss_bytes(),
             "top": [{"site": str(s.traceback), "size_bytes": s.size, "count": s.count} for s in top],
             "diff": [{"site": str(s.traceback), "size_diff_bytes": s.size_diff, "count_diff": s.count_diff,
-                      "size_bytes": s.size} for s in diff],
-        })
+                      "size_bytes": s.size, "count": s.count} for s in diff],
+        }
+        self.previous, self.previous_at = snapshot, now
+        return report
+
+    async def handle(self, request: web.Request) -> web.Response:
+        if not self.enabled:
+            return _error(404, "memory debugging is off (service.debug_memory)")
+        try:
+            limit = max(1, min(int(request.query.get("limit", "25")), 500))
+        except ValueError:
+            return _error(400, "limit must be an integer")
+        if not tracemalloc.is_tracing():
+            self.start()
+        async with self._lock:  # one snapshot at a time: each is compared with the last
+            # Snapshot and comparison take a while on a big heap: keep the loop serving.
+            report = await asyncio.to_thread(self._report, limit)
+        return _json(report)
 
 
 class Server:
-    def __init__(self, runner: web.AppRunner, site: web.TCPSite) -> None:
-        self.runner, self.site = runner, site
+    """The running server; ``port`` is the one bound (``http_port: 0`` picks a free one)."""
+
+    def __init__(self, runner: web.AppRunner, site: web.TCPSite, memory: MemoryDebug) -> None:
+        self.runner, self.site, self.memory = runner, site, memory
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
     async def close(self) -> None:
         await self.runner.cleanup()
+        self.memory.stop()
 
 
-def build_app(engine: Engine) -> web.Application:
-    app = web.Application(middlewares=[_token_guard(engine.settings.api_token())], client_max_size=MAX_BODY)
+def build_app(engine: Engine, memory: MemoryDebug | None = None) -> web.Application:
+    token = engine.settings.api_token()
+    logs.register_settings(engine.settings)
+    memory = memory or MemoryDebug(engine.settings.service.debug_memory)
+    app = web.Application(middlewares=[_token_guard(token), _correlate], client_max_size=MAX_BODY)
     app[ENGINE] = engine
-    memory = _MemoryDebug()
     app.add_routes([
         web.get("/health/live", live),
         web.get("/health/ready", ready),
@@ -184,9 +260,14 @@ def build_app(engine: Engine) -> web.Application:
 
 
 async def start_server(engine: Engine, host: str, port: int) -> Server:
-    runner = web.AppRunner(build_app(engine), access_log=None, handle_signals=False)
+    memory = MemoryDebug(engine.settings.service.debug_memory)
+    # A short shutdown: aiohttp would otherwise wait up to 60 s for open requests, past the drain grace.
+    runner = web.AppRunner(build_app(engine, memory), access_log=None, handle_signals=False, shutdown_timeout=2.0)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
     await site.start()
-    log.info("HTTP server listening", host=host, port=port, version=__version__)
-    return Server(runner, site)
+    memory.start()
+    server = Server(runner, site, memory)
+    log.info("HTTP server listening", host=host, port=server.port, version=__version__,
+             auth="bearer token" if engine.settings.api_token() else "none", debug_memory=memory.enabled)
+    return server

@@ -56,12 +56,16 @@ def start_loops(engine: Engine) -> list[asyncio.Task[Any]]:
 
 async def _forever(engine: Engine, name: str, interval: float, fn: Callable[[Engine], Awaitable[Any]]) -> None:
     component = logs.get(name)
-    while True:
+    # The flag, not only the cancel: a library that turns a CancelledError into its own
+    # error (seen with connections cut mid-command) would otherwise keep the loop alive.
+    while not engine.loops_stopping:
         try:
             await fn(engine)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            if engine.loops_stopping:
+                return
             engine.loop_errors[name] += 1
             component.warning(f"{name} pass failed; will retry", error=f"{type(exc).__name__}: {exc}"[:300])
         await asyncio.sleep(interval)
@@ -177,28 +181,56 @@ async def reconcile(engine: Engine, older_than: float | None = None) -> int:
     try:
         n = await requeue_lost(engine.pool, engine.queue, older_than or engine.dist.reconcile_after_seconds)
         engine.metrics.requeued.inc(n)
+        await housekeeping(engine)
         return n
     finally:
         if await redis.get(keys.RECONCILER_LOCK) == token:
             await redis.delete(keys.RECONCILER_LOCK)
 
 
-async def requeue_lost(pool: Any, queue: Any, older_than: float, limit: int = 5000) -> int:
+async def requeue_lost(pool: Any, queue: Any, older_than: float, limit: int = 100_000) -> int:
     """The repair itself, shared with ``recover requeue-from-db``."""
     async with pool.connection() as conn:
         candidates = await jobs.open_jobs_older_than(conn, older_than, limit)
     if not candidates:
         return 0
     present = await queue.contains([c[0] for c in candidates])
-    lost = [c for c in candidates if c[0] not in present]
+    lost_ids = [c[0] for c in candidates if c[0] not in present]
+    if not lost_ids:
+        return 0
+    # Claim the repair in Postgres only for jobs still untouched: a job a worker deferred
+    # or finished while Redis was being scanned has a fresh updated_at and is left alone.
+    async with pool.connection() as conn:
+        claimed = set(await jobs.touch_stale_jobs(conn, lost_ids, older_than))
+    lost = [c for c in candidates if c[0] in claimed]
     if not lost:
         return 0
-    async with pool.connection() as conn:
-        await jobs.touch_jobs(conn, [c[0] for c in lost])
     await queue.enqueue((prio if prio in queue.priorities else queue.priorities[0], did, dest)
                         for did, dest, prio, _ in lost)
     log.warning("re-enqueued jobs that Redis had lost", count=len(lost))
     return len(lost)
+
+
+async def housekeeping(engine: Engine, consumer_idle_ms: int | None = None) -> None:
+    """Workers silent long enough are marked dead; consumers that died holding nothing
+    leave the group (one with pending entries stays: deleting it would lose them)."""
+    silent = max(3 * engine.settings.diagnose.stale_worker_minutes * 60, 3 * engine.dist.claim_idle_seconds)
+    async with engine.pool.connection() as conn:
+        dead = await heartbeats.mark_dead(conn, silent)
+        await heartbeats.prune(conn)
+    if dead:
+        log.warning("workers silent too long marked dead", workers=dead)
+    redis = engine.queue.redis
+    idle_ms = consumer_idle_ms if consumer_idle_ms is not None else int(
+        max(engine.dist.claim_idle_seconds, engine.settings.service.heartbeat_ttl_seconds) * 2000)
+    for q in engine.queue.priorities:
+        for c in await redis.xinfo_consumers(keys.stream(q), keys.GROUP):
+            name = c["name"]
+            if name == engine.worker_id or int(c.get("pending", 0)) or int(c.get("idle", 0)) < idle_ms:
+                continue
+            if await redis.exists(keys.heartbeat(name)):
+                continue
+            await redis.xgroup_delconsumer(keys.stream(q), keys.GROUP, name)
 
 
 # ---------------------------------------------------------------------- heartbeat
@@ -266,21 +298,34 @@ async def probe_health(engine: Engine) -> None:
         *(probe_http(c.config.health_url, timeout=timeout, auth=c.auth) for c in targets),  # type: ignore[arg-type]
         return_exceptions=True,
     )
+    verdicts = []
+    for client, result in zip(targets, results, strict=True):
+        if isinstance(result, BaseException):
+            healthy, latency, error = False, None, f"{type(result).__name__}: {result}"[:300]
+        else:
+            healthy, latency, error = result.healthy, result.latency_ms, result.error
+        # The gauge first: it must not freeze while Postgres is away.
+        engine.metrics.destination_healthy.labels(client.name).set(1 if healthy else 0)
+        verdicts.append((client.name, "healthy" if healthy else "unhealthy", latency, error))
     async with engine.pool.connection() as conn:
-        for client, result in zip(targets, results, strict=True):
-            if isinstance(result, BaseException):
-                healthy, latency, error = False, None, f"{type(result).__name__}: {result}"[:300]
-            else:
-                healthy, latency, error = result.healthy, result.latency_ms, result.error
-            await dest_store.set_health(conn, client.name, "healthy" if healthy else "unhealthy", latency, error)
-            engine.metrics.destination_healthy.labels(client.name).set(1 if healthy else 0)
+        for name, state, latency, error in verdicts:
+            await dest_store.set_health(conn, name, state, latency, error)
 
 
 # ---------------------------------------------------------------------- metrics, memory
 
 
 async def refresh_metrics(engine: Engine) -> None:
+    """The gauges nothing else sets as it happens: queue sizes, workers, RSS, token expiry.
+
+    Local values first, so that a Redis outage leaves them current."""
+    from ms07.metrics import CIRCUIT_VALUES
+
     m = engine.metrics
+    m.track(engine.clients, engine.queue.priorities)
+    for name, breaker in engine.breakers.items():
+        m.circuit_state.labels(name).set(CIRCUIT_VALUES[breaker.current_state()])
+    m.draining.set(1 if engine.draining else 0)
     m.rss.set(rss_bytes())
     m.in_flight.set(engine.in_flight)
     stats = await engine.queue.stats()
@@ -299,6 +344,15 @@ async def refresh_metrics(engine: Engine) -> None:
             value = expiry()
             if value is not None:
                 m.token_expiry.labels(name).set(value)
+        # The cached OAuth2 token's expiry (never the token) for `ms07 diagnose auth`.
+        expires_at = getattr(client.auth, "expires_at", None) if client.auth else None
+        if expires_at and getattr(client.auth, "token", None) is not None:
+            key = keys.token_info(name)
+            pipe = engine.queue.redis.pipeline(transaction=False)
+            pipe.hset(key, mapping={"expires_at": expires_at, "worker_id": engine.worker_id,
+                                    "updated_at": time.time()})
+            pipe.expire(key, max(60, int(expires_at - time.time()) + 3600))
+            await pipe.execute()
 
 
 async def memory_guard(engine: Engine) -> None:

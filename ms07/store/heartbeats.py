@@ -66,12 +66,25 @@ async def rss_samples(
     return [tuple(r) for r in await cur.fetchall()]  # type: ignore[misc]
 
 
+async def mark_dead(conn: psycopg.AsyncConnection[Any], silent_seconds: float) -> list[str]:
+    """Workers silent for ``silent_seconds`` (killed, OOMKilled, lost their node) are
+    ``dead``: the health report stops counting them once their work has been reclaimed."""
+    cur = await conn.execute(
+        """UPDATE worker_heartbeats SET status = 'dead'
+            WHERE status IN ('active', 'draining') AND updated_at < now() - make_interval(secs => %s)
+        RETURNING worker_id""",
+        (silent_seconds,),
+    )
+    return [r[0] for r in await cur.fetchall()]
+
+
 async def prune(conn: psycopg.AsyncConnection[Any], keep_days: float = 7.0) -> None:
     await conn.execute(
         "DELETE FROM worker_heartbeat_samples WHERE sampled_at < now() - make_interval(days => %s)",
         (int(keep_days),),
     )
     await conn.execute(
-        "DELETE FROM worker_heartbeats WHERE status = 'stopped' AND updated_at < now() - make_interval(days => %s)",
+        "DELETE FROM worker_heartbeats WHERE status IN ('stopped', 'dead') "
+        "AND updated_at < now() - make_interval(days => %s)",
         (int(keep_days),),
     )

@@ -314,6 +314,20 @@ async def open_jobs_older_than(
     return [tuple(r) for r in await cur.fetchall()]  # type: ignore[misc]
 
 
+async def touch_stale_jobs(conn: psycopg.AsyncConnection[Any], ids: Sequence[str], older_than: float) -> list[str]:
+    """Bump ``updated_at`` of the open jobs among ``ids`` still untouched for ``older_than``
+    seconds; returns those ids (the ones a repair may re-enqueue)."""
+    cur = await conn.execute(
+        """UPDATE distribution_jobs SET updated_at = now()
+            WHERE distribution_id = ANY(%s::uuid[])
+              AND status IN ('queued', 'retrying', 'processing')
+              AND updated_at < now() - make_interval(secs => %s)
+        RETURNING distribution_id::text""",
+        (list(ids), older_than),
+    )
+    return [r[0] for r in await cur.fetchall()]
+
+
 async def touch_jobs(conn: psycopg.AsyncConnection[Any], ids: Iterable[str]) -> None:
     await conn.execute(
         "UPDATE distribution_jobs SET updated_at = now() WHERE distribution_id = ANY(%s::uuid[])",

@@ -286,3 +286,35 @@ async def test_heartbeats_in_redis_and_postgres(make_settings, sink: Sink, start
     async with await psycopg.AsyncConnection.connect(engine.settings.database_url) as conn:
         cur = await conn.execute("SELECT status FROM worker_heartbeats WHERE worker_id = %s", (engine.worker_id,))
         assert await cur.fetchone() == ("stopped",)
+
+
+async def test_housekeeping_marks_silent_workers_dead_and_drops_empty_dead_consumers(
+        make_settings, sink: Sink, start_engine) -> None:
+    from ms07.engine import upkeep
+    from ms07.engine.health import readiness
+    from ms07.runtime import Runtime
+
+    settings = make_settings(destinations=[{"name": "a", "url": sink.url("/in")}])
+    stream = keys.stream("default")
+    async with Runtime(settings) as rt:  # before the engine runs: two consumers that died
+        q = await rt.queue()
+        await q.ensure_groups()
+        await q.redis.xgroup_createconsumer(stream, keys.GROUP, "killed-1")  # holding nothing
+        async with rt.connection() as conn:
+            [did] = [(await submit(conn, q, settings, ["a"], {})).distributions[0]["distribution_id"]]
+        await q.redis.xreadgroup(keys.GROUP, "killed-2", {stream: ">"}, count=1)  # holding one
+        async with rt.connection() as conn:
+            await conn.execute(
+                "INSERT INTO worker_heartbeats (worker_id, host, pid, started_at, updated_at, status, version) "
+                "VALUES ('killed-1', 'h', 1, now() - interval '2 hours', now() - interval '1 hour', 'active', '0')")
+    engine = await start_engine(settings)
+    await upkeep.housekeeping(engine, consumer_idle_ms=0)
+    async with engine.pool.connection() as conn:
+        cur = await conn.execute("SELECT status FROM worker_heartbeats WHERE worker_id = 'killed-1'")
+        assert await cur.fetchone() == ("dead",)
+    names = {c["name"] for c in await engine.queue.redis.xinfo_consumers(stream, keys.GROUP)}
+    assert "killed-1" not in names  # idle, empty, no heartbeat: gone
+    assert "killed-2" in names  # holds an entry: deleting it would lose it
+    report = await readiness(engine)
+    assert report["checks"]["workers"] == "healthy"
+    assert did not in sink.unique_keys()

@@ -82,7 +82,7 @@ async def test_sigterm_under_load_drains_and_exits_0(tmp_path, sink: Sink, env_f
         ids = await _submit_many(settings, 200)
         await wait_for(lambda: len(sink.received) >= 20, what="under load")
         proc.terminate()
-        rc = await asyncio.to_thread(proc.wait, 20)
+        rc = await asyncio.to_thread(proc.wait, 40)
     finally:
         proc.kill()
     assert rc == 0

@@ -12,9 +12,11 @@ from ms07 import keys
 from ms07.queue import InvalidMessage, Queue, open_redis, parse_entry
 
 
-@pytest.fixture
-async def queue(redis_url: str) -> AsyncIterator[Queue]:
-    client = await open_redis(redis_url)
+@pytest.fixture(params=["single", "cluster"])
+async def queue(request: pytest.FixtureRequest, servers: object) -> AsyncIterator[Queue]:
+    """Every queue test runs on one Redis and on a real 3-master Redis Cluster."""
+    url = request.getfixturevalue("redis_url" if request.param == "single" else "redis_cluster_url")
+    client = await open_redis(url)
     q = Queue(client, ["high", "default"])
     await q.ensure_groups()
     try:
@@ -47,7 +49,7 @@ async def test_read_takes_every_priority_stream(queue: Queue) -> None:
 
 
 async def test_nogroup_after_flush_recreates_group(queue: Queue) -> None:
-    await queue.redis.flushall()
+    await queue.redis.delete(keys.stream("default"), keys.stream("high"))
     assert await queue.read("w1", count=1, block_ms=10) == []  # NOGROUP handled
     await queue.enqueue([("default", "x", "d")])
     entries = await queue.read("w1", count=1, block_ms=100)

@@ -1,0 +1,121 @@
+"""``recover requeue-from-db``: PostgreSQL is the system of record; Redis gets back what it lost.
+
+Every job PostgreSQL holds as queued, retrying or processing, untouched for
+``older_than`` seconds (a grace for a submit between its INSERT and its XADD), that no
+queue stream or delayed set holds, is enqueued again — the same repair the engine's
+reconciler runs (:func:`ms07.engine.upkeep.requeue_lost`). Delivery is at least once with
+an ``Idempotency-Key``, so a job that was in fact still in flight is deduplicated by its
+receiver.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ms07 import keys
+from ms07.config import Settings
+from ms07.recover.plan import Check, Outcome, Plan, PlanContext, Step
+
+LIMIT = 100_000
+SHOWN = 20
+
+
+@dataclass
+class Options:
+    older_than: float = 30.0
+
+
+def build(settings: Settings, opts: Options, args: list[str] | None = None) -> Plan:
+    priorities = settings.distribution.priorities
+
+    async def lost_jobs(ctx: PlanContext) -> tuple[int, list[tuple[str, str, str, str]]]:
+        from ms07.store import jobs
+
+        async with ctx.runtime.connection() as conn:
+            candidates = await jobs.open_jobs_older_than(conn, opts.older_than, LIMIT)
+        queue = await ctx.queue()
+        present = await queue.contains([c[0] for c in candidates]) if candidates else set()
+        return len(candidates), [c for c in candidates if c[0] not in present]
+
+    async def reachable(ctx: PlanContext) -> Check:
+        total, lost = await lost_jobs(ctx)
+        return Check.passed(
+            f"{total} open job(s) older than {opts.older_than:g}s; {len(lost)} not in Redis now"
+        )
+
+    async def find(ctx: PlanContext) -> Outcome:
+        total, lost = await lost_jobs(ctx)
+        ctx.facts["lost"] = [c[0] for c in lost]
+        if lost:
+            ctx.reporter.table(
+                f"jobs Redis lost (first {min(SHOWN, len(lost))} of {len(lost)})",
+                ["distribution_id", "destination", "priority", "status"],
+                [list(c) for c in lost[:SHOWN]],
+            )
+        return Outcome(
+            f"{total} open job(s) older than {opts.older_than:g}s; {len(lost)} missing from Redis",
+            detail={"open": total, "lost": len(lost), "ids": ctx.facts["lost"][:1000]},
+        )
+
+    async def requeue(ctx: PlanContext) -> Outcome:
+        from ms07.engine.upkeep import requeue_lost
+
+        if "lost" not in ctx.facts:
+            await find(ctx)
+        if not ctx.facts["lost"]:
+            return Outcome("nothing to enqueue", "skipped")
+        queue = await ctx.queue()
+        count = await requeue_lost(
+            await ctx.runtime.pool(),
+            queue,
+            opts.older_than,
+            limit=max(5000, len(ctx.facts["lost"]) * 2),
+        )
+        await queue.ensure_groups()
+        return Outcome(f"enqueued {count} job(s) again", detail={"enqueued": count})
+
+    async def back_in_redis(ctx: PlanContext) -> Check:
+        queue = await ctx.queue()
+        wanted = ctx.facts["lost"]
+        present = await queue.contains(wanted)
+        missing = [i for i in wanted if i not in present]
+        if missing:
+            return Check.failed(f"{len(missing)} job(s) still not in Redis, e.g. {missing[0]}")
+        return Check.passed(f"all {len(wanted)} are in a queue stream again")
+
+    return Plan(
+        name="requeue-from-db",
+        summary="Enqueue again the open jobs PostgreSQL holds and Redis lost.",
+        cli="ms07 recover requeue-from-db",
+        args=list(args or []),
+        steps=[
+            Step(
+                "Find the open jobs PostgreSQL holds that no queue stream or delayed set holds",
+                'psql "$MS07_DATABASE_URL" -c "SELECT distribution_id, destination_name, '
+                "priority, status "
+                "FROM distribution_jobs WHERE status IN ('queued','retrying','processing') AND "
+                f"updated_at < now() - interval '{opts.older_than:g} seconds'\"   # then each id: "
+                + "; ".join(
+                    f"redis-cli ZSCORE {keys.delayed(q)} <id>; redis-cli XRANGE {keys.stream(q)} "
+                    "- +"
+                    for q in priorities
+                ),
+                find,
+                reachable,
+                changes=False,
+                if_interrupted="nothing was changed",
+            ),
+            Step(
+                "Enqueue them again",
+                f"redis-cli XADD {keys.stream('<priority>')} '*' id <distribution_id> destination "
+                "<destination>   # for each lost job, its updated_at touched",
+                requeue,
+                None,
+                back_in_redis,
+                if_interrupted=(
+                    "some jobs may be enqueued, others not; running the plan again enqueues only "
+                    "what is still missing"
+                ),
+            ),
+        ],
+    )
