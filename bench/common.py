@@ -60,6 +60,51 @@ def sink_stats(port: int) -> dict[str, int]:
         return json.loads(r.read())
 
 
+def sink_latency(port: int) -> dict[str, float | None]:
+    """Enqueue -> delivered latency percentiles (seconds) the sink recorded since the reset."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/latency", timeout=30) as r:  # noqa: S310
+        return json.loads(r.read())
+
+
+@dataclass
+class Delivered:
+    """N deliveries as the receiver saw them: rate from the sink's first request to its
+    N-th unique key; CPU of the watched process tree over the same span (startup excluded)."""
+
+    rate: float
+    seconds: float
+    cpu_seconds: float
+    unique: int
+    duplicates: int
+
+
+def wait_delivered(sink_port: int, n: int, watch: ProcessWatch | None, timeout: float,
+                   poll: float = 0.02, progress: list[tuple[float, int]] | None = None) -> Delivered:
+    """Poll the sink until it has ``n`` unique keys. CPU is read when the first request is
+    seen and when the last one is: the workers' startup (imports, connections) is not
+    counted, for any system. ``progress`` collects (monotonic time, unique) per poll."""
+    deadline = time.monotonic() + timeout
+    cpu0: float | None = None
+    while True:
+        stats = sink_stats(sink_port)
+        if progress is not None:
+            progress.append((time.monotonic(), stats["unique"]))
+        if cpu0 is None and stats["requests"] and watch is not None:
+            cpu0 = watch.cpu_seconds()
+        if stats["unique"] >= n:
+            cpu1 = watch.cpu_seconds() if watch is not None else 0.0
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {stats['unique']:,} of {n:,} delivered in {timeout:.0f}s")
+        time.sleep(poll)
+    span = max(stats["last"] - stats["first"], 1e-9)
+    return Delivered(rate=(n - 1) / span if n > 1 else float("nan"), seconds=span,
+                     cpu_seconds=cpu1 - (cpu0 if cpu0 is not None else cpu1),
+                     unique=stats["unique"], duplicates=stats["duplicates"])
+
+
 def sink_reset(port: int) -> None:
     import urllib.request
 
@@ -74,9 +119,34 @@ class Servers:
     owned: bool
 
 
+def start_redis_tcp(state: Path) -> str:
+    """The embedded Redis binary and settings (AOF everysec, noeviction) on a loopback TCP
+    port instead of a Unix socket: the peers' clients connect to it as they would in
+    production, and ``embedded.stop_servers(state)`` stops it (same pidfile)."""
+    from ms07 import embedded
+
+    rdir = state / "redis"
+    rdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    (rdir / "redis.conf").write_text("\n".join([
+        f"dir {rdir}", f"pidfile {rdir / 'redis.pid'}", f"logfile {rdir / 'redis.log'}",
+        "daemonize yes", "appendonly yes", "appendfsync everysec", 'save ""',
+        "maxmemory-policy noeviction", "bind 127.0.0.1", f"port {port}"]) + "\n")
+    subprocess.run([embedded.redis_server_binary(), str(rdir / "redis.conf")], check=True,  # noqa: S603
+                   capture_output=True, timeout=30)
+    url = f"redis://127.0.0.1:{port}/0"
+    deadline = time.monotonic() + 15
+    while not embedded._redis_answers(("127.0.0.1", port)):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"Redis did not start; see {rdir / 'redis.log'}")
+        time.sleep(0.05)
+    return url
+
+
 @contextmanager
-def servers() -> Any:
-    """Embedded PostgreSQL + Redis in a temporary state dir, unless MS07_*_URL are set."""
+def servers(redis_tcp: bool = False) -> Any:
+    """Embedded PostgreSQL + Redis in a temporary state dir, unless MS07_*_URL are set.
+    ``redis_tcp``: Redis on a loopback TCP port (bench/compare.py shares it with the peers)."""
     from ms07 import embedded
 
     db = os.environ.get("MS07_DATABASE_URL")
@@ -84,7 +154,7 @@ def servers() -> Any:
     state = Path(tempfile.mkdtemp(prefix="ms07-bench-"))
     owned = not (db and rd)
     db = db or embedded.start_postgres(state)
-    rd = rd or embedded.start_redis(state)
+    rd = rd or (start_redis_tcp(state) if redis_tcp else embedded.start_redis(state))
     try:
         yield Servers(db, rd, state, owned)
     finally:
@@ -116,9 +186,9 @@ def reset_state(srv: Servers) -> None:
     r.close()
 
 
-def write_config(path: Path, sink_port: int, concurrency: int, extra: str = "") -> Path:
+def write_config(path: Path, sink_port: int, concurrency: int, extra: str = "", prefetch: float = 4.0) -> Path:
     path.write_text(f"""
-service: {{concurrency: {concurrency}, heartbeat_interval_seconds: 5}}
+service: {{concurrency: {concurrency}, prefetch: {prefetch:g}, heartbeat_interval_seconds: 5}}
 distribution: {{timeout_seconds: 10, claim_idle_seconds: 30, read_batch: 256}}
 memory: {{threshold_mb: 4096}}
 destinations:
@@ -199,32 +269,54 @@ async def ceiling_httpx(url: str, n: int, concurrency: int, transport: str = "de
 
 
 class ProcessWatch:
-    """CPU seconds (user+sys) and peak RSS of a process tree, sampled in a thread."""
+    """CPU seconds (user+sys) and peak RSS of a process tree (the process and all its
+    descendants: taskiq's and Celery's supervisors fork workers), sampled in a thread.
+    ``samples`` holds (seconds since start, RSS of the tree in bytes)."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, interval: float = 0.2) -> None:
         self.proc = psutil.Process(pid)
+        self.interval = interval
         self.peak_rss = 0
         self.samples: list[tuple[float, int]] = []
+        self._cpu: dict[int, float] = {}  # last CPU seen per pid: a child that exited still counts
         self._stop = False
         import threading
 
+        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._t0 = time.monotonic()
         self._thread.start()
 
+    def _tree(self) -> list[psutil.Process]:
+        try:
+            return [self.proc, *self.proc.children(recursive=True)]
+        except psutil.Error:
+            return []
+
     def _run(self) -> None:
         while not self._stop:
-            try:
-                rss = self.proc.memory_info().rss
-            except psutil.Error:
+            tree = self._tree()
+            if not tree:
                 return
+            rss = 0
+            for p in tree:
+                try:
+                    rss += p.memory_info().rss
+                except psutil.Error:
+                    pass
             self.peak_rss = max(self.peak_rss, rss)
             self.samples.append((time.monotonic() - self._t0, rss))
-            time.sleep(0.2)
+            time.sleep(self.interval)
 
     def cpu_seconds(self) -> float:
-        t = self.proc.cpu_times()
-        return t.user + t.system
+        with self._lock:
+            for p in self._tree():
+                try:
+                    t = p.cpu_times()
+                except psutil.Error:
+                    continue
+                self._cpu[p.pid] = t.user + t.system
+            return sum(self._cpu.values())
 
     def stop(self) -> None:
         self._stop = True
@@ -232,11 +324,24 @@ class ProcessWatch:
 
 
 def start_engine(config: Path, srv: Servers, http_port: int, extra_env: dict[str, str] | None = None,
-                 log: Path | None = None) -> subprocess.Popen[bytes]:
+                 log: Path | None = None, wait: bool = True) -> subprocess.Popen[bytes]:
+    """``ms07 run`` as a subprocess; ``wait`` until /health/live answers (it answers once
+    the engine is already delivering: callers that count CPU from the first delivery
+    pass ``wait=False`` and watch the sink instead)."""
     env = {**os.environ, "MS07_CONFIG": str(config), "MS07_DATABASE_URL": srv.database_url,
            "MS07_REDIS_URL": srv.redis_url, "MS07_LOG_LEVEL": "WARNING", **(extra_env or {})}
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
     proc = subprocess.Popen([sys.executable, "-m", "ms07", "run", "--http-port", str(http_port)],  # noqa: S603
                             env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-    wait_http(f"http://127.0.0.1:{http_port}/health/live", timeout=60)
+    if wait:
+        wait_http(f"http://127.0.0.1:{http_port}/health/live", timeout=60)
     return proc
+
+
+def window_rate(progress: list[tuple[float, int]], n: int, lo: float = 0.1, hi: float = 0.9) -> float:
+    """Deliveries/s between the polls that saw ``lo`` and ``hi`` of ``n`` delivered: blind
+    to staggered start-ups and to the last stragglers."""
+    t_lo = next(t for t, u in progress if u >= lo * n)
+    t_hi, u_hi = next((t, u) for t, u in progress if u >= hi * n)
+    u_lo = next(u for t, u in progress if u >= lo * n)
+    return (u_hi - u_lo) / max(t_hi - t_lo, 1e-9)

