@@ -2,21 +2,17 @@
 
     python -m bench.sink PORT [--fail-rate 0.3] [--hang-rate 0.05] [--hang-seconds 5]
 
-<<<<<<< HEAD
 A batch request (``X-Distribution-Batch-Size``) counts once for each distribution id in
 its array body. Only what the sink accepts counts: not the 500s it answers on purpose; a
 request it hangs on counts when it answers, even if the client stopped waiting (the
 receiver got it: a later retry is a duplicate).
 
-GET /stats answers {"requests": n, "unique": n, "duplicates": n}; GET /keys the accepted
-deliveries per id; GET /first the time (epoch seconds) each id was first accepted.
-=======
 GET /stats answers {"requests": n, "unique": n, "duplicates": n, "first": s, "last": s}
 (``first``: monotonic time of the first request since the last reset; ``last``: of the
 latest request with a new key, so (unique - 1) / (last - first) is the delivery rate seen
-by the receiver); GET /keys the keys; GET /latency p50/p95/p99 of now - ``t`` for bodies
+by the receiver); GET /keys the accepted deliveries per id; GET /first the time (epoch
+seconds) each id was first accepted; GET /latency p50/p95/p99 of now - ``t`` for bodies
 stamped by bench.peers.payload (enqueue -> delivered, measured here for every system).
->>>>>>> wt-bench
 """
 
 from __future__ import annotations
@@ -34,21 +30,13 @@ from bench.peers import payload
 
 def build(fail_rate: float = 0.0, hang_rate: float = 0.0, hang_seconds: float = 5.0) -> web.Application:
     seen: dict[str, int] = {}
-<<<<<<< HEAD
     first: dict[str, float] = {}
-    stats = {"requests": 0}
-=======
     stats: dict[str, float] = {"requests": 0, "duplicates": 0, "first": 0.0, "last": 0.0}
     latencies: list[float] = []
->>>>>>> wt-bench
     rng = random.Random(7)
 
     async def receive(request: web.Request) -> web.Response:
         body = await request.read()
-<<<<<<< HEAD
-=======
-        now = time.time()
->>>>>>> wt-bench
         roll = rng.random()
         if roll < hang_rate:
             await asyncio.sleep(hang_seconds)
@@ -57,23 +45,18 @@ def build(fail_rate: float = 0.0, hang_rate: float = 0.0, hang_seconds: float = 
         if not stats["requests"]:
             stats["first"] = time.monotonic()
         stats["requests"] += 1
-<<<<<<< HEAD
         now = time.time()
+        sent = payload.stamp(body)
         for key in _ids(request, body):
-            seen[key] = seen.get(key, 0) + 1
-            first.setdefault(key, now)
-=======
-        key = request.headers.get("Idempotency-Key", "")
-        count = seen.get(key, 0)
-        seen[key] = count + 1
-        if count:
-            stats["duplicates"] += 1
-        else:
+            count = seen.get(key, 0)
+            seen[key] = count + 1
+            if count:
+                stats["duplicates"] += 1
+                continue
+            first[key] = now
             stats["last"] = time.monotonic()
-            sent = payload.stamp(body)
             if sent is not None:
                 latencies.append(now - sent)
->>>>>>> wt-bench
         return web.Response(text="ok")
 
     async def get_stats(request: web.Request) -> web.Response:
@@ -99,24 +82,17 @@ def build(fail_rate: float = 0.0, hang_rate: float = 0.0, hang_seconds: float = 
 
     async def reset(request: web.Request) -> web.Response:
         seen.clear()
-<<<<<<< HEAD
         first.clear()
-        stats["requests"] = 0
-=======
         latencies.clear()
         stats.update(requests=0, duplicates=0, first=0.0, last=0.0)
->>>>>>> wt-bench
         return web.json_response({"ok": True})
 
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app.router.add_post("/in", receive)
     app.router.add_get("/stats", get_stats)
     app.router.add_get("/keys", keys)
-<<<<<<< HEAD
     app.router.add_get("/first", first_seen)
-=======
     app.router.add_get("/latency", latency)
->>>>>>> wt-bench
     app.router.add_post("/reset", reset)
     app.router.add_get("/health", get_stats)
     return app
