@@ -186,7 +186,7 @@ def reset_state(srv: Servers) -> None:
     r.close()
 
 
-def write_config(path: Path, sink_port: int, concurrency: int, extra: str = "", prefetch: float = 4.0) -> Path:
+def write_config(path: Path, sink_port: int, concurrency: int, extra: str = "", prefetch: float = 16.0) -> Path:
     path.write_text(f"""
 service: {{concurrency: {concurrency}, prefetch: {prefetch:g}, heartbeat_interval_seconds: 5}}
 distribution: {{timeout_seconds: 10, claim_idle_seconds: 30, read_batch: 256}}

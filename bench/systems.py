@@ -40,7 +40,7 @@ VERSIONS_OF = {
 }
 
 SETTINGS = {
-    "ms07": "`ms07 run`, 1 process, `service.concurrency` C, `prefetch` 4 (C x 4 entries held), "
+    "ms07": "`ms07 run`, 1 process, `service.concurrency` C, `prefetch` 16 (C x 16 entries held), "
     "`read_batch` 256, aiohttp pool of C connections, uvloop; every job and attempt in "
     "PostgreSQL; producer: `ms07.submit` per distribution, group-committed (`SubmitBatcher`)",
     "celery": "`--pool threads --concurrency C --without-heartbeat --without-gossip --without-mingle`, "

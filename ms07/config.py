@@ -125,7 +125,7 @@ class ServiceConfig:
     http_host: str = "0.0.0.0"  # nosec B104
     drain_grace_seconds: float = 30.0
     concurrency: int = 64
-    prefetch: float = 4.0
+    prefetch: float = 16.0
     heartbeat_interval_seconds: float = 10.0
     heartbeat_ttl_seconds: int = 60
     health_check_interval_seconds: float = 30.0

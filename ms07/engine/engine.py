@@ -98,6 +98,7 @@ class Engine:
         self.concurrency = settings.service.concurrency
         self.max_held = max(self.concurrency, int(self.concurrency * settings.service.prefetch))
         self._http_slots = asyncio.Semaphore(self.concurrency)
+        self._dispatch_slots = asyncio.Semaphore(2)
         self.http_port = settings.service.http_port if http_port is None else http_port
         self.metrics = Metrics()
         self.clients: dict[str, DestinationClient] = {}
@@ -317,7 +318,22 @@ class Engine:
                 continue
             backoff.reset()
             if entries:
-                await self.dispatch(entries)
+                # The claim runs while the next XREADGROUP waits: the two round trips
+                # overlap. At most two dispatches at once keep the claims in read order
+                # close together and the pool free for the committer.
+                await self._dispatch_slots.acquire()
+                task = asyncio.create_task(self._dispatch_slot(entries))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _dispatch_slot(self, entries: list[Entry]) -> None:
+        try:
+            await self.dispatch(entries)
+        except Exception:
+            log.exception("dispatch failed; the entries stay pending for a reclaim")
+            self._release([h for e in entries if (h := self._held.get((e.queue, e.entry_id))) and h.job is None])
+        finally:
+            self._dispatch_slots.release()
 
     def _hold(self, entries: list[Entry]) -> None:
         now = time.monotonic()
