@@ -229,3 +229,29 @@ def redis_cluster_url(redis_cluster: Any) -> str:
     client.flushall(target_nodes=SyncCluster.PRIMARIES)
     client.close()
     return str(redis_cluster.url)
+
+
+@pytest.fixture
+def fake_kube(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The fake Kubernetes API (tests/k8s_fake.py), a kubeconfig for the real client at
+    ``fake_kube.kubeconfig_path``, named by KUBECONFIG for in-process runs."""
+    from tests.k8s_fake import FakeKube
+
+    fake = FakeKube(namespace="ms07", deployment="ms07-distributor", replicas=2, delay=0.1).start()
+    path = fake.kubeconfig(tmp_path / "kubeconfig")
+    fake.kubeconfig_path = path  # type: ignore[attr-defined]
+    monkeypatch.setenv("KUBECONFIG", str(path))
+    try:
+        yield fake
+    finally:
+        fake.stop()
+
+
+@pytest.fixture
+def rc(redis_url: str) -> Iterator[redis.Redis]:
+    """A synchronous Redis client on the test's Redis, replies decoded."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        yield client
+    finally:
+        client.close()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,25 +17,6 @@ from typer.testing import CliRunner
 
 from ms07 import keys
 from tests.k8s_fake import FakeKube
-
-
-@pytest.fixture
-def fake_kube(tmp_path: Path) -> Iterator[FakeKube]:
-    fake = FakeKube(namespace="ms07", deployment="ms07-distributor", replicas=2, delay=0.1).start()
-    fake.kubeconfig_path = fake.kubeconfig(tmp_path / "kubeconfig")  # type: ignore[attr-defined]
-    try:
-        yield fake
-    finally:
-        fake.stop()
-
-
-@pytest.fixture
-def rc(redis_url: str) -> Iterator[redis_sync.Redis]:
-    client = redis_sync.Redis.from_url(redis_url, decode_responses=True)
-    try:
-        yield client
-    finally:
-        client.close()
 
 
 @pytest.fixture

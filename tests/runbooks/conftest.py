@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,27 +32,6 @@ def _runbook_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MS07_RUNBOOKS_DIR", str(ROOT / "runbooks"))
     monkeypatch.setenv("USER", "oncall-tester")
     monkeypatch.delenv("MS07_API_TOKEN", raising=False)
-
-
-@pytest.fixture
-def fake_kube(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeKube]:
-    fake = FakeKube(namespace="ms07", deployment="ms07-distributor", replicas=2, delay=0.1).start()
-    path = fake.kubeconfig(tmp_path / "kubeconfig")
-    fake.kubeconfig_path = path  # type: ignore[attr-defined]
-    monkeypatch.setenv("KUBECONFIG", str(path))
-    try:
-        yield fake
-    finally:
-        fake.stop()
-
-
-@pytest.fixture
-def rc(redis_url: str) -> Iterator[redis_sync.Redis]:
-    client = redis_sync.Redis.from_url(redis_url, decode_responses=True)
-    try:
-        yield client
-    finally:
-        client.close()
 
 
 def explain(result: runbooks.RunbookRun) -> str:
