@@ -110,6 +110,7 @@ class Engine:
         self.exit_code = EXIT_OK
         self.delivered = 0
         self.failed = 0
+        self.handed_back = 0
         self.ready = False
         self.draining = False
         self._held: dict[tuple[str, str], Held] = {}
@@ -234,7 +235,8 @@ class Engine:
         finally:
             # Whatever failed while closing, a second stop() must not wait forever.
             self._stopped.set()
-        log.info("engine stopped", worker_id=self.worker_id, delivered=self.delivered, failed=self.failed)
+        log.info("engine stopped", worker_id=self.worker_id, delivered=self.delivered, failed=self.failed,
+                 handed_back=self.handed_back)
 
     async def _stop(self, grace: float) -> None:
         deadline = time.monotonic() + grace
@@ -448,6 +450,8 @@ class Engine:
             await limiter.acquire()
         attempt = job.attempts + 1
         async with self._http_slots:
+            if self.draining:
+                return self.hand_back(job)
             # Asked only now: while this delivery waited for a slot the circuit may have opened.
             if not breaker.allow():
                 return self.defer_for_circuit(job)
@@ -469,6 +473,14 @@ class Engine:
         else:
             breaker.failure()
         return self.decide(job, attempt, result, rows)
+
+    def hand_back(self, job: jobs.ClaimedJob) -> jobs.Outcome:
+        """Draining: a delivery that has not started yet goes back to the queue, due now and
+        with no attempt counted, for the other workers (or the next start) to take at once,
+        instead of holding up the drain or waiting ``claim_idle_seconds`` for a reclaim.
+        The job keeps its last error."""
+        self.handed_back += 1
+        return self._outcome(job, "retrying", None, None, next_in=0.0)
 
     def defer_for_circuit(self, job: jobs.ClaimedJob) -> jobs.Outcome:
         """No request while the destination's circuit is open: back to the delayed set,

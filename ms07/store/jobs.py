@@ -170,8 +170,8 @@ UPDATE distribution_jobs AS j
    SET status = u.status,
        attempts = j.attempts + u.inc,
        next_attempt_at = u.next_at,
-       last_error_code = u.code,
-       last_error = u.err,
+       last_error_code = CASE WHEN u.status = 'retrying' AND u.code IS NULL THEN j.last_error_code ELSE u.code END,
+       last_error = CASE WHEN u.status = 'retrying' AND u.code IS NULL THEN j.last_error ELSE u.err END,
        updated_at = now(),
        completed_at = CASE WHEN u.status IN ('delivered', 'failed', 'dead') THEN now() END
   FROM unnest(%s::uuid[], %s::text[], %s::int[], %s::timestamptz[], %s::text[], %s::text[])
