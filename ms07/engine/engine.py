@@ -32,7 +32,7 @@ from typing import Any
 import psycopg
 from redis.exceptions import RedisError
 
-from ms07 import __version__, keys, logs
+from ms07 import __version__, logs
 from ms07.config import Settings
 from ms07.engine import crash
 from ms07.engine.breaker import CircuitBreaker
@@ -322,7 +322,9 @@ class Engine:
             if entries:
                 # The claim runs while the next XREADGROUP waits: the two round trips
                 # overlap. At most two dispatches at once keep the claims in read order
-                # close together and the pool free for the committer.
+                # close together and the pool free for the committer. The entries are
+                # held before the next read, which counts them against ``max_held``.
+                self._hold(entries)
                 await self._dispatch_slots.acquire()
                 task = asyncio.create_task(self._dispatch_slot(entries))
                 self._tasks.add(task)
@@ -330,7 +332,7 @@ class Engine:
 
     async def _dispatch_slot(self, entries: list[Entry]) -> None:
         try:
-            await self.dispatch(entries)
+            await self._claim_and_start(entries)
         except Exception:
             log.exception("dispatch failed; the entries stay pending for a reclaim")
             self._release([h for e in entries if (h := self._held.get((e.queue, e.entry_id))) and h.job is None])
@@ -344,8 +346,11 @@ class Engine:
         self._idle.clear()
 
     async def dispatch(self, entries: list[Entry]) -> None:
-        """Claim the jobs of these entries and start their deliveries."""
+        """Hold these entries, claim their jobs and start their deliveries."""
         self._hold(entries)
+        await self._claim_and_start(entries)
+
+    async def _claim_and_start(self, entries: list[Entry]) -> None:
         valid: list[tuple[Entry, str]] = []
         for e in entries:
             try:

@@ -318,3 +318,18 @@ async def test_housekeeping_marks_silent_workers_dead_and_drops_empty_dead_consu
     report = await readiness(engine)
     assert report["checks"]["workers"] == "healthy"
     assert did not in sink.unique_keys()
+
+
+async def test_a_worker_holds_at_most_concurrency_times_prefetch_entries(make_settings, sink: Sink,
+                                                                          start_engine) -> None:
+    """The reader counts what it has read against ``max_held`` before its next read, though
+    the claim of the previous read may still be running (read and claim overlap)."""
+    sink.on("/in", hang(1))
+    engine = await start_engine(make_settings(service={"concurrency": 2, "prefetch": 1},
+                                              destinations=[{"name": "a", "url": sink.url("/in")}]))
+    assert engine.max_held == 2
+    await _submit(engine, "a", 10)
+    await wait_for(lambda: len(sink.received) >= 2, what="two deliveries in flight")
+    stats = await engine.queue.stats()
+    assert stats["queues"]["default"]["pending"] == 2, stats["queues"]["default"]
+    assert engine.in_flight == 2
