@@ -24,8 +24,8 @@ import aiohttp
 from ms07 import __version__
 from ms07.config import DestinationConfig, DistributionConfig
 from ms07.engine.ssrf import ForbiddenAddress
-from ms07.logs import redact
 from ms07.errors import Ms07Error
+from ms07.logs import redact
 
 
 class ErrorCode(StrEnum):

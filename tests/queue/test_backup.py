@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+
 from ms07 import backup, keys
 from ms07.errors import BackupError
 from ms07.queue import Queue, open_redis

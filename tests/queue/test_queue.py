@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -73,7 +74,6 @@ async def test_defer_then_move_due_returns_entry(queue: Queue) -> None:
 
 
 async def test_move_due_is_atomic_across_callers(queue: Queue) -> None:
-    import asyncio
 
     await queue.schedule([("default", j, time.time() - 1) for j in ids(300)])
     moved = await asyncio.gather(*(queue.move_due("default", limit=50) for _ in range(10)))
@@ -86,7 +86,7 @@ async def test_reclaim_after_consumer_dies(queue: Queue) -> None:
     await queue.enqueue(("default", j, "d") for j in jobs)
     await queue.read("dead-worker", 10, 100)  # reads, then "dies"
     assert (await queue.reclaim("default", "w2", min_idle_ms=60_000, max_deliveries=3)).entries == []
-    time.sleep(0.06)
+    await asyncio.sleep(0.06)
     result = await queue.reclaim("default", "w2", min_idle_ms=50, max_deliveries=3)
     assert sorted(e.fields["id"] for e in result.entries) == sorted(jobs)
     assert all(e.deliveries == 2 for e in result.entries)
@@ -98,10 +98,10 @@ async def test_reclaim_marks_poison_after_max_deliveries(queue: Queue) -> None:
     await queue.enqueue([("default", "p", "d")])
     await queue.read("w0", 1, 100)
     for n in range(3):
-        time.sleep(0.03)
+        await asyncio.sleep(0.03)
         result = await queue.reclaim("default", f"w{n + 1}", min_idle_ms=20, max_deliveries=3)
         assert len(result.entries) == 1 and not result.poison
-    time.sleep(0.03)
+    await asyncio.sleep(0.03)
     result = await queue.reclaim("default", "w9", min_idle_ms=20, max_deliveries=3)
     assert [e.fields["id"] for e in result.poison] == ["p"]
     assert result.entries == []
@@ -114,18 +114,18 @@ async def test_reclaim_takes_suspects_one_at_a_time(queue: Queue) -> None:
     entries = await queue.read("w0", 10, 100)
     poison = entries[2].entry_id
     await queue.redis.xclaim(keys.stream("default"), keys.GROUP, "w0", 0, [poison], retrycount=4)
-    time.sleep(0.03)
+    await asyncio.sleep(0.03)
     result = await queue.reclaim("default", "w1", min_idle_ms=20, max_deliveries=3, suspects=0)
     assert sorted(e.fields["id"] for e in result.entries) == ["s1", "s2"]
     assert [e.fields["id"] for e in result.poison] == ["p"]  # the caller parks and acks it
     await queue.ack("default", [poison])
     await queue.enqueue([("default", "fresh", "d")])
     await queue.read("w2", 10, 100)
-    time.sleep(0.03)
+    await asyncio.sleep(0.03)
     result = await queue.reclaim("default", "w3", min_idle_ms=20, max_deliveries=3, suspects=1)
     assert sorted(e.fields["id"] for e in result.entries) == ["fresh", "s1"]
     assert {e.fields["id"]: e.deliveries for e in result.entries} == {"fresh": 2, "s1": 3}
-    time.sleep(0.03)
+    await asyncio.sleep(0.03)
     result = await queue.reclaim("default", "w4", min_idle_ms=20, max_deliveries=3, suspects=0)
     assert result.entries == [] and result.poison == []  # s2 waits for its turn
 
@@ -134,7 +134,7 @@ async def test_reclaim_reports_entries_deleted_while_pending(queue: Queue) -> No
     await queue.enqueue([("default", "gone", "d"), ("default", "kept", "d")])
     entries = await queue.read("w0", 10, 100)
     await queue.redis.xdel(keys.stream("default"), entries[0].entry_id)  # the PEL still holds it
-    time.sleep(0.03)
+    await asyncio.sleep(0.03)
     result = await queue.reclaim("default", "w1", min_idle_ms=20, max_deliveries=3)
     assert [e.fields["id"] for e in result.entries] == ["kept"]
     assert result.vanished == [entries[0].entry_id]
@@ -144,7 +144,7 @@ async def test_reclaim_reports_entries_deleted_while_pending(queue: Queue) -> No
 async def test_touch_resets_idle_time(queue: Queue) -> None:
     await queue.enqueue([("default", "slow", "d")])
     [entry] = await queue.read("w0", 1, 100)
-    time.sleep(0.05)
+    await asyncio.sleep(0.05)
     await queue.touch("default", "w0", [entry.entry_id])
     assert (await queue.reclaim("default", "w1", min_idle_ms=40, max_deliveries=3)).entries == []
 
