@@ -18,6 +18,8 @@ import decimal
 import hmac
 import json
 import logging
+import os
+import time
 import tracemalloc
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +28,7 @@ from aiohttp import web
 from ms07 import __version__, logs
 from ms07.engine import health
 from ms07.engine.upkeep import rss_bytes
-from ms07.errors import UsageError
+from ms07.errors import ConfigError, UsageError
 
 if TYPE_CHECKING:
     from ms07.engine.engine import Engine
@@ -58,12 +60,54 @@ def _error(status: int, message: str) -> web.Response:
     return _json({"error": message}, status)
 
 
-def _token_guard(token: str | None) -> Any:
-    expected = token.encode() if token else None
+class ApiToken:
+    """The bearer token guarding the API. From ``service.api_token_file`` it follows the
+    file: a rotated Kubernetes Secret (the kubelet swaps the mounted file) takes effect
+    within ``RECHECK_SECONDS``, without a restart. A file that turns unreadable or empty
+    keeps the last token: the guard never opens by itself. Set at start or never: an
+    engine started without a token stays open (nothing to rotate)."""
 
+    RECHECK_SECONDS = 1.0
+
+    def __init__(self, settings: Any) -> None:
+        self._settings = settings
+        token = settings.api_token()
+        self.value: bytes | None = token.encode() if token else None
+        env = bool(os.environ.get("MS07_API_TOKEN"))
+        self._path = settings.service.api_token_file if self.value is not None and not env else None
+        self._stamp = self._stat()
+        self._checked = time.monotonic()
+
+    def _stat(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(os.path.expanduser(self._path)) if self._path else None
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino) if st else None
+
+    def current(self) -> bytes | None:
+        if self._path is not None and time.monotonic() - self._checked >= self.RECHECK_SECONDS:
+            self._checked = time.monotonic()
+            stamp = self._stat()
+            if stamp is not None and stamp != self._stamp:
+                self._stamp = stamp
+                try:
+                    token = self._settings.api_token()
+                except ConfigError as exc:
+                    log.warning("cannot re-read the API token file; keeping the previous token", error=str(exc))
+                    return self.value
+                if token and token.encode() != self.value:
+                    logs.register_secret(token)
+                    self.value = token.encode()
+                    log.info("API token file changed; the new token is in force")
+        return self.value
+
+
+def _token_guard(token: ApiToken) -> Any:
     @web.middleware
     async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
         # Deny by default: only the two probe paths are open, whatever the router knows.
+        expected = token.current()
         if expected is not None and request.path not in OPEN_PATHS:
             scheme, _, given = request.headers.get("Authorization", "").strip().partition(" ")
             ok = hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"), expected)
@@ -264,7 +308,7 @@ class Server:
 
 
 def build_app(engine: Engine, memory: MemoryDebug | None = None) -> web.Application:
-    token = engine.settings.api_token()
+    token = ApiToken(engine.settings)
     logs.register_settings(engine.settings)
     memory = memory or MemoryDebug(engine.settings.service.debug_memory)
     app = web.Application(middlewares=[_token_guard(token), _correlate, _json_errors], client_max_size=MAX_BODY)

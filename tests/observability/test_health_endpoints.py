@@ -254,3 +254,35 @@ async def test_debug_memory(api_token, make_settings, sink: Sink, start_engine, 
     del hoard
     await engine.stop(grace=1)
     assert tracemalloc.is_tracing() == was_tracing  # the engine stops what it started
+
+
+async def test_a_rotated_api_token_file_takes_effect_without_a_restart(
+        tmp_path, monkeypatch, healthy_sink_settings, start_engine, http) -> None:
+    from ms07.engine.server import ApiToken
+
+    monkeypatch.delenv("MS07_API_TOKEN", raising=False)
+    monkeypatch.setattr(ApiToken, "RECHECK_SECONDS", 0.0)  # every request looks at the file
+    token_file = tmp_path / "api-token"
+    token_file.write_text("first-token\n")
+    engine = await start_engine(healthy_sink_settings(service={"api_token_file": str(token_file)}))
+    url = f"{base(engine)}/health/ready"
+    assert (await http.get(url, headers=auth("first-token"))).status_code == 200
+    assert (await http.get(url)).status_code == 401
+
+    # The kubelet swaps the mounted file; the new token is in force at the next check.
+    rotated = tmp_path / "api-token.new"
+    rotated.write_text("second-token\n")
+    rotated.replace(token_file)
+
+    async def second_accepted() -> bool:
+        return (await http.get(url, headers=auth("second-token"))).status_code == 200
+
+    await wait_for(second_accepted, timeout=10, interval=0.1, what="the rotated token accepted")
+    assert (await http.get(url, headers=auth("first-token"))).status_code == 401
+
+    # A file that vanishes keeps the last token: the guard never opens by itself.
+    token_file.unlink()
+    assert (await http.get(url)).status_code == 401
+    token_file.write_text("")  # and so does an empty one
+    assert (await http.get(url)).status_code == 401
+    assert (await http.get(url, headers=auth("second-token"))).status_code == 200
