@@ -41,8 +41,8 @@ from ms07.engine.retry import RetryPolicy
 from ms07.metrics import Metrics
 from ms07.queue import Entry, InvalidMessage, parse_entry
 from ms07.runtime import Runtime
+from ms07.store import db, jobs
 from ms07.store import destinations as dest_store
-from ms07.store import jobs
 
 log = logs.get("DistributionWorker")
 
@@ -392,14 +392,8 @@ class Engine:
         """The claim is one UPDATE and sits between the read and the HTTP request: in
         autocommit it is one round trip to PostgreSQL instead of three (BEGIN, UPDATE,
         COMMIT), and each round trip is a wake-up of two processes on a busy host."""
-        await conn.set_autocommit(True)
-        try:
+        async with db.autocommit(conn):
             return await jobs.claim_jobs(conn, ids, self.dist.claim_idle_seconds)
-        finally:
-            if conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
-                await conn.set_autocommit(False)
-            else:  # cancelled mid-statement: the pool must not get it back in autocommit
-                await conn.close()
 
     async def _with_db(self, fn: Any) -> Any:
         """Run ``fn(conn)`` until Postgres answers; None if the engine stops meanwhile."""

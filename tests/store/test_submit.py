@@ -1,0 +1,57 @@
+"""Recording submissions: the autocommit fast path and the transactional one."""
+
+from __future__ import annotations
+
+import uuid
+
+import psycopg
+import pytest
+
+from ms07 import keys
+from ms07.runtime import Runtime
+from ms07.store import jobs
+from ms07.submit import record_and_enqueue
+
+
+def _job(key: str | None = None) -> jobs.NewJob:
+    return jobs.NewJob(str(uuid.uuid4()), "a", b'{"x": 1}', idempotency_key=key)
+
+
+async def _exists(database_url: str, did: str) -> bool:
+    async with await psycopg.AsyncConnection.connect(database_url) as other:
+        cur = await other.execute("SELECT count(*) FROM distribution_jobs WHERE distribution_id = %s", (did,))
+        return (await cur.fetchone())[0] == 1
+
+
+@pytest.mark.parametrize("key", [None, "k-1"], ids=["no key: autocommit", "key: transaction"])
+async def test_recorded_committed_enqueued_and_the_connection_as_it_was(make_settings, database_url, key) -> None:
+    settings = make_settings(destinations=[{"name": "a", "url": "http://127.0.0.1:9/in"}])
+    async with Runtime(settings, migrate=False) as rt:
+        q = await rt.queue()
+        async with rt.connection() as conn:
+            job = _job(key)
+            done = await record_and_enqueue(conn, q, [job])
+            assert [j.distribution_id for j in done.fresh] == [job.distribution_id] and done.enqueued
+            assert not conn.autocommit
+            assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+            assert await _exists(database_url, job.distribution_id)  # committed before the XADD
+            assert await q.redis.xlen(keys.stream("default")) == 1
+
+            # A failing insert (the same id again) raises and leaves the connection usable.
+            with pytest.raises(psycopg.errors.UniqueViolation):
+                await record_and_enqueue(conn, q, [jobs.NewJob(job.distribution_id, "a", b"{}")])
+            assert not conn.autocommit
+            assert (await (await conn.execute("SELECT 1")).fetchone()) == (1,)
+            await conn.rollback()
+
+
+async def test_inside_the_callers_transaction_it_joins_it(make_settings, database_url) -> None:
+    settings = make_settings(destinations=[{"name": "a", "url": "http://127.0.0.1:9/in"}])
+    async with Runtime(settings, migrate=False) as rt:
+        q = await rt.queue()
+        async with rt.connection() as conn:
+            job = _job()
+            await conn.execute("SELECT 1")  # the caller's transaction is open
+            await record_and_enqueue(conn, q, [job])
+            await conn.rollback()
+            assert not await _exists(database_url, job.distribution_id)
