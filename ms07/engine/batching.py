@@ -81,7 +81,10 @@ class Batcher:
     async def _send(self, items: list[tuple[jobs.ClaimedJob, asyncio.Future[jobs.Outcome]]]) -> None:
         try:
             async with self.slots:
-                outcomes = await self.send_batch([j for j, _ in items])
+                if self.engine.draining:  # not sent yet: back to the queue, like single deliveries
+                    outcomes = [self.engine.hand_back(j) for j, _ in items]
+                else:
+                    outcomes = await self.send_batch([j for j, _ in items])
         except Exception as exc:
             for _, fut in items:
                 if not fut.done():

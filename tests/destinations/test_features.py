@@ -105,6 +105,27 @@ async def test_batch_5xx_retries_the_whole_batch(make_settings, sink: Sink, star
         assert await cur.fetchall() == [("failed", 3), ("success", 3)]
 
 
+async def test_draining_hands_back_the_batches_not_yet_sent(make_settings, sink: Sink, start_engine,
+                                                             database_url) -> None:
+    import psycopg
+
+    sink.on("/batch", hang(1))  # one batch in flight at a time, answered after a second
+    engine = await start_engine(make_settings(destinations=[{
+        "name": "b", "url": sink.url("/batch"), "batch": {"max_items": 2, "max_wait_ms": 10, "max_concurrent": 1}}]))
+    await _submit(engine, "b", 10)
+    await wait_for(lambda: len(sink.received) >= 1, what="the first batch in flight")
+    await engine.stop()
+    async with await psycopg.AsyncConnection.connect(database_url) as conn:
+        cur = await conn.execute("SELECT status, count(*) FROM distribution_jobs GROUP BY status")
+        counts = dict(await cur.fetchall())
+    # The batch in flight finished; the batches waiting for the slot went back to the
+    # queue (retrying, no attempt) instead of being sent during the drain.
+    assert len(sink.received) == 1
+    assert counts.get("delivered") == 2 and "processing" not in counts, counts
+    assert engine.handed_back == counts.get("retrying", 0) > 0, (engine.handed_back, counts)
+    assert counts.get("retrying", 0) + counts.get("queued", 0) == 8, counts
+
+
 # ---------------------------------------------------------------------- signing
 
 SPEC_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
