@@ -9,6 +9,9 @@ from ms07.cli import common
 
 def run(
     ctx: typer.Context,
+    config: str = typer.Option(
+        None, "--config", "-c", envvar="MS07_CONFIG", help="YAML config file (same as ms07 --config F run)"
+    ),
     concurrency: int = typer.Option(
         None, "--concurrency", "-n", envvar="MS07_CONCURRENCY", help="Deliveries in flight"
     ),
@@ -26,6 +29,8 @@ def run(
     from ms07.engine.daemon import run_engine
 
     st = common.state(ctx)
+    if config:
+        st.config = config
     settings = st.settings
     service = settings.service
     if concurrency:

@@ -94,6 +94,15 @@ def test_bad_config_cli_exit_code_2(tmp_path: Path) -> None:
     assert result.output.strip() == f"error: {path}: distribution.timeout_secs: unknown key (line 2)"
 
 
+def test_run_takes_config_after_the_command_too(tmp_path: Path) -> None:
+    """DESIGN section 10: `ms07 run [--config F]`, as well as `ms07 --config F run`."""
+    path = write(tmp_path, "service:\n  concurrency: 0\n")
+    result = cli(["run", "--config", str(path)], env={"NO_COLOR": "1"})
+    assert result.exit_code == 2, result.output
+    assert str(path) in result.output and "concurrency" in result.output
+    assert "\n" not in result.output.strip()
+
+
 def test_missing_config_file(tmp_path: Path) -> None:
     result = cli(["--config", str(tmp_path / "nope.yaml"), "queue", "stats"], env={})
     assert result.exit_code == 2
