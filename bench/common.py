@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import os
+import platform
 import socket
 import subprocess
 import sys
@@ -345,3 +347,16 @@ def window_rate(progress: list[tuple[float, int]], n: int, lo: float = 0.1, hi: 
     t_hi, u_hi = next((t, u) for t, u in progress if u >= hi * n)
     u_lo = next(u for t, u in progress if u >= lo * n)
     return (u_hi - u_lo) / max(t_hi - t_lo, 1e-9)
+
+
+def machine(load_before: tuple[float, float, float]) -> dict[str, Any]:
+    """Where and when a benchmark ran, for its report: CPUs, Python, platform, date, the
+    load average before and now (this machine is shared)."""
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "load_before": load_before,
+        "load_after": os.getloadavg(),
+    }

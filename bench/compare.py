@@ -26,10 +26,8 @@ Writes docs/benchmarks/compare.{md,png,json} and the table into the README betwe
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import resource
 import statistics
 import tempfile
@@ -151,13 +149,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         "concurrency": a.concurrency,
         "runs": a.runs,
         "ref_n": a.ref_n,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-            "load_before": os.getloadavg(),
-        },
+        "machine": common.machine(os.getloadavg()),
         "settings": {k: v for k, v in systems.SETTINGS.items() if k in names},
     }
     raw: dict[str, list[dict[str, Any]]] = {

@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import json
 import os
-import platform
 import signal
 import statistics
 import tempfile
@@ -90,13 +88,7 @@ def run(n: int, concurrency: int, counts: list[int], runs: int) -> dict[str, Any
         "runs": runs,
         "ceiling": statistics.median(ceilings),
         "processes": {},
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-            "load_before": load_before,
-            "load_after": os.getloadavg(),
-        },
+        "machine": common.machine(load_before),
     }
     for k, rs in raw.items():
         out["processes"][k] = {

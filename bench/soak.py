@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import json
 import os
-import platform
 import signal
 import statistics
 import tempfile
@@ -80,13 +78,7 @@ def run(n: int, concurrency: int, warmup: float) -> dict[str, Any]:
         "exit_code": exit_code,
         "samples": samples,
         "progress": progress,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-            "load_before": load_before,
-            "load_after": os.getloadavg(),
-        },
+        "machine": common.machine(load_before),
     }
 
 
