@@ -135,6 +135,19 @@ async def wait_for(
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
+async def submit_n(engine: Any, dest: str, n: int = 1, payload: Any = None) -> list[str]:
+    """Submit ``n`` distributions for ``dest`` through an engine's pool and queue (the
+    payload, or ``{"i": i}``); their ids, in order."""
+    from ms07.submit import submit
+
+    out = []
+    async with engine.pool.connection() as conn:
+        for i in range(n):
+            result = await submit(conn, engine.queue, engine.settings, [dest], payload if payload is not None else {"i": i})
+            out.append(result.distributions[0]["distribution_id"])
+    return out
+
+
 def destination(name: str, url: str, **extra: Any) -> dict[str, Any]:
     return {"name": name, "url": url, **extra}
 

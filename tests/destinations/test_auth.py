@@ -11,14 +11,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from ms07.submit import submit
-from tests.support import Sink, wait_for
-
-
-async def _submit(engine: Any, dest: str, n: int = 1) -> list[str]:
-    async with engine.pool.connection() as conn:
-        return [(await submit(conn, engine.queue, engine.settings, [dest], {"i": i})).distributions[0]["distribution_id"]
-                for i in range(n)]
+from tests.support import Sink, submit_n, wait_for
 
 
 async def _attempts(engine: Any) -> list[tuple[Any, ...]]:
@@ -80,7 +73,7 @@ async def test_oauth2_token_cached_across_100_concurrent_deliveries(make_setting
     tokens = TokenServer(sink)
     sink.on("/api", accept_tokens({"tok-1-abcdef"}))
     engine = await start_engine(make_settings(destinations=[oauth_dest(sink)], service={"concurrency": 100}))
-    await _submit(engine, "ext", 100)
+    await submit_n(engine, "ext", 100)
     await wait_for(lambda: _count(engine, "delivered"), what="deliveries")
     await wait_for(lambda: _all(engine, 100), what="100 delivered")
     assert len(tokens.requests) == 1  # single flight: one fetch for all of them
@@ -98,11 +91,11 @@ async def test_oauth2_refreshed_when_expired(make_settings, sink, start_engine, 
     tokens = TokenServer(sink, expires_in=0.3)
     sink.on("/api", accept_tokens({"tok-1-abcdef", "tok-2-abcdef", "tok-3-abcdef"}))
     engine = await start_engine(make_settings(destinations=[oauth_dest(sink, refresh_margin_seconds=0)]))
-    await _submit(engine, "ext", 1)
+    await submit_n(engine, "ext", 1)
     await wait_for(lambda: _all(engine, 1))
     client = engine.clients["ext"]
     await wait_for(lambda: client.auth.expires_in() < 0, what="token expiry")
-    await _submit(engine, "ext", 1)
+    await submit_n(engine, "ext", 1)
     await wait_for(lambda: _all(engine, 2))
     assert len(tokens.issued) == 2
 
@@ -112,7 +105,7 @@ async def test_401_refreshes_once_then_succeeds(make_settings, sink, start_engin
     tokens = TokenServer(sink)
     sink.on("/api", accept_tokens({"tok-2-abcdef"}))  # the first token was revoked upstream
     engine = await start_engine(make_settings(destinations=[oauth_dest(sink)]))
-    await _submit(engine, "ext", 1)
+    await submit_n(engine, "ext", 1)
     await wait_for(lambda: _all(engine, 1))
     assert tokens.issued == ["tok-1-abcdef", "tok-2-abcdef"]
     rows = await _attempts(engine)
@@ -125,7 +118,7 @@ async def test_revoked_credentials_give_authentication_failed(make_settings, sin
     monkeypatch.setenv("T_CLIENT_SECRET", "wrong-secret")
     tokens = TokenServer(sink)
     engine = await start_engine(make_settings(destinations=[oauth_dest(sink)], distribution={"max_attempts": 2}))
-    await _submit(engine, "ext", 1)
+    await submit_n(engine, "ext", 1)
     await wait_for(lambda: _count(engine, "dead"), what="parked")
     rows = await _attempts(engine)
     assert rows and all(r[3] == "AUTHENTICATION_FAILED" and r[2] == 401 for r in rows)
@@ -142,7 +135,7 @@ async def test_persistent_403_is_authentication_failed(make_settings, sink, star
     engine = await start_engine(make_settings(
         destinations=[{"name": "s", "url": sink.url("/api"), "auth": {"type": "bearer", "token_env": "T_TOKEN"}}],
         distribution={"max_attempts": 2}))
-    await _submit(engine, "s", 1)
+    await submit_n(engine, "s", 1)
     await wait_for(lambda: _count(engine, "dead"))
     rows = await _attempts(engine)
     assert [(r[2], r[3]) for r in rows] == [(403, "AUTHENTICATION_FAILED")] * 2
@@ -161,7 +154,7 @@ async def test_static_auth_headers(make_settings, sink, start_engine, monkeypatc
         "basic": {"type": "basic", "username": "ms07", "password_env": "T_SECRET"},
     }[kind]
     engine = await start_engine(make_settings(destinations=[{"name": "s", "url": sink.url("/in"), "auth": auth}]))
-    await _submit(engine, "s", 1)
+    await submit_n(engine, "s", 1)
     await wait_for(lambda: _all(engine, 1))
     headers = sink.received[0].headers
     expected = {
@@ -177,7 +170,7 @@ async def test_missing_secret_is_a_clear_retryable_error(make_settings, sink, st
     engine = await start_engine(make_settings(
         destinations=[{"name": "s", "url": sink.url("/in"), "auth": {"type": "bearer", "token_env": "NOT_SET_ANYWHERE"}}],
         distribution={"max_attempts": 1}))
-    await _submit(engine, "s", 1)
+    await submit_n(engine, "s", 1)
     await wait_for(lambda: _count(engine, "dead"))
     [row] = await _attempts(engine)
     assert row[3] == "AUTH_CONFIG_ERROR"
@@ -199,8 +192,8 @@ async def test_secrets_never_logged(make_settings, sink, start_engine, monkeypat
               "signing": {"secret_env": "T_SIGN"}}]
     settings = make_settings(destinations=dests, distribution={"max_attempts": 2})
     engine = await start_engine(settings)
-    await _submit(engine, "ext", 2)
-    await _submit(engine, "b", 2)
+    await submit_n(engine, "ext", 2)
+    await submit_n(engine, "b", 2)
     await wait_for(lambda: _all(engine, 2))
     await wait_for(lambda: _count(engine, "dead"), what="oauth dest parked")
     out = captured_logs.getvalue()
@@ -209,7 +202,7 @@ async def test_secrets_never_logged(make_settings, sink, start_engine, monkeypat
         assert value not in out
     config = str(Path(env_for["MS07_STATE_DIR"]).parent / "c.yaml")
     Path(config).write_text(json.dumps({"destinations": dests}))
-    for args in (["destinations", "list", "--json"], ["destinations", "list"], ["status", (await _submit(engine, "b"))[0]]):
+    for args in (["destinations", "list", "--json"], ["destinations", "list"], ["status", (await submit_n(engine, "b"))[0]]):
         result = await acli(["--config", config, *args], env_for)
         assert result.exit_code == 0, result.output
         for value in [*secrets.values(), *issued]:

@@ -14,15 +14,7 @@ from aiohttp import web
 from ms07 import keys
 from ms07.engine.signing import signature
 from ms07.engine.ssrf import forbidden_reason
-from ms07.submit import submit
-from tests.support import Sink, acli, hang, status, wait_for
-
-
-async def _submit(engine: Any, dest: str, n: int = 1, payload: Any = None) -> list[str]:
-    async with engine.pool.connection() as conn:
-        return [(await submit(conn, engine.queue, engine.settings, [dest],
-                              payload if payload is not None else {"i": i})).distributions[0]["distribution_id"]
-                for i in range(n)]
+from tests.support import Sink, acli, hang, status, submit_n, wait_for
 
 
 async def _by_status(engine: Any) -> dict[str, int]:
@@ -57,7 +49,7 @@ async def test_batches_hold_at_most_max_items_and_account_for_every_job(make_set
     sink.on("/batch", batch_receiver())
     engine = await start_engine(make_settings(destinations=[{
         "name": "b", "url": sink.url("/batch"), "batch": {"max_items": 10, "max_wait_ms": 20, "max_concurrent": 2}}]))
-    ids = await _submit(engine, "b", 95)
+    ids = await submit_n(engine, "b", 95)
     counts = await wait_for(lambda: _settled(engine, 95), what="95 settled")
     assert counts == {"delivered": 95}
     sizes = [len(json.loads(r.body)) for r in sink.received]
@@ -77,8 +69,8 @@ async def test_a_4xx_batch_is_split_and_only_the_bad_item_fails(make_settings, s
     sink.on("/batch", batch_receiver())
     engine = await start_engine(make_settings(destinations=[{
         "name": "b", "url": sink.url("/batch"), "batch": {"max_items": 5, "max_wait_ms": 200}}]))
-    good = await _submit(engine, "b", 4)
-    [bad] = await _submit(engine, "b", 1, payload={"bad": True})
+    good = await submit_n(engine, "b", 4)
+    [bad] = await submit_n(engine, "b", 1, payload={"bad": True})
     counts = await wait_for(lambda: _settled(engine, 5), what="settled")
     assert counts == {"delivered": 4, "failed": 1}
     async with engine.pool.connection() as conn:
@@ -98,7 +90,7 @@ async def test_batch_5xx_retries_the_whole_batch(make_settings, sink: Sink, star
     sink.on("/batch", fail_first(1, 503))
     engine = await start_engine(make_settings(destinations=[{
         "name": "b", "url": sink.url("/batch"), "batch": {"max_items": 10, "max_wait_ms": 100}}]))
-    await _submit(engine, "b", 3)
+    await submit_n(engine, "b", 3)
     assert await wait_for(lambda: _settled(engine, 3)) == {"delivered": 3}
     async with engine.pool.connection() as conn:
         cur = await conn.execute("SELECT status, count(*) FROM distribution_attempts GROUP BY status ORDER BY 1")
@@ -112,7 +104,7 @@ async def test_draining_hands_back_the_batches_not_yet_sent(make_settings, sink:
     sink.on("/batch", hang(1))  # one batch in flight at a time, answered after a second
     engine = await start_engine(make_settings(destinations=[{
         "name": "b", "url": sink.url("/batch"), "batch": {"max_items": 2, "max_wait_ms": 10, "max_concurrent": 1}}]))
-    await _submit(engine, "b", 10)
+    await submit_n(engine, "b", 10)
     await wait_for(lambda: len(sink.received) >= 1, what="the first batch in flight")
     await engine.stop()
     async with await psycopg.AsyncConnection.connect(database_url) as conn:
@@ -147,7 +139,7 @@ async def test_signed_deliveries_verify_with_the_reference_library(make_settings
     engine = await start_engine(make_settings(destinations=[{
         "name": "s", "url": sink.url("/in"),
         "signing": {"secret_env": "T_SIGN", "previous_secret_env": "T_SIGN_OLD"}}]))
-    [did] = await _submit(engine, "s", 1, payload={"report": 1})
+    [did] = await submit_n(engine, "s", 1, payload={"report": 1})
     await wait_for(lambda: sink.received, what="delivery")
     req = sink.received[0]
     assert req.headers["webhook-id"] == did
@@ -169,7 +161,7 @@ async def test_rate_limit_holds_within_10_percent_over_5_seconds(make_settings, 
                              distribution={"claim_idle_seconds": 30})
     first = await start_engine(settings)
     second = await start_engine(settings)  # two replicas share the limit through Redis
-    await _submit(first, "r", 400)
+    await submit_n(first, "r", 400)
     await wait_for(lambda: len(sink.received) >= 1, what="first delivery")
     t0 = sink.received[0].at
     await wait_for(lambda: sink.received[-1].at - t0 >= 5.0, timeout=15, what="5 seconds of deliveries")
@@ -209,7 +201,7 @@ async def test_probe_never_blocks_deliveries(make_settings, sink: Sink, start_en
         destinations=[{"name": "a", "url": sink.url("/in"), "health_url": sink.url("/health")}],
         service={"health_check_interval_seconds": 0.1}))
     await wait_for(lambda: sink.counts["/health"] >= 1, what="a probe hanging")
-    ids = await _submit(engine, "a", 5)
+    ids = await submit_n(engine, "a", 5)
     await wait_for(lambda: sink.unique_keys("/in") == set(ids), what="delivered while the probe hangs")
 
 
@@ -261,7 +253,7 @@ async def test_oversize_payload_refused_with_nothing_written(make_settings, sink
 async def test_large_payload_delivered_intact(make_settings, sink: Sink, start_engine) -> None:
     engine = await start_engine(make_settings(destinations=[{"name": "a", "url": sink.url("/in")}]))
     big = {"blob": "z" * (3 * 1024 * 1024)}
-    await _submit(engine, "a", 1, payload=big)
+    await submit_n(engine, "a", 1, payload=big)
     await wait_for(lambda: sink.received, what="delivery")
     assert json.loads(sink.received[0].body) == big
 
@@ -294,7 +286,7 @@ async def test_ssrf_guard_refuses_inside_addresses(make_settings, sink: Sink, st
     url = f"http://{host}:{sink.port}/in"
     engine = await start_engine(make_settings(destinations=[{"name": "a", "url": url}],
                                               network={"deny_private": True}))
-    await _submit(engine, "a", 1)
+    await submit_n(engine, "a", 1)
     assert await wait_for(lambda: _settled(engine, 1)) == {"failed": 1}
     async with engine.pool.connection() as conn:
         cur = await conn.execute("SELECT error_code, error_message FROM distribution_attempts")
@@ -306,7 +298,7 @@ async def test_ssrf_guard_refuses_inside_addresses(make_settings, sink: Sink, st
 async def test_ssrf_allowlist_opens_a_range(make_settings, sink: Sink, start_engine) -> None:
     engine = await start_engine(make_settings(destinations=[{"name": "a", "url": sink.url("/in")}],
                                               network={"deny_private": True, "allow_cidrs": ["127.0.0.0/8"]}))
-    await _submit(engine, "a", 1)
+    await submit_n(engine, "a", 1)
     assert await wait_for(lambda: _settled(engine, 1)) == {"delivered": 1}
 
 
@@ -322,8 +314,8 @@ async def test_per_destination_overrides(make_settings, sink: Sink, start_engine
                        "circuit_breaker": {"failure_threshold": 50}}],
         distribution={"max_attempts": 5}, circuit_breaker={"failure_threshold": 1}))
     t0 = time.monotonic()
-    await _submit(engine, "slow", 1)
-    await _submit(engine, "down", 1)
+    await submit_n(engine, "slow", 1)
+    await submit_n(engine, "down", 1)
     assert await wait_for(lambda: _settled(engine, 2)) == {"dead": 2}
     assert time.monotonic() - t0 < 4  # the 0.3 s timeout, not the 5 s default
     assert sink.counts["/down"] == 2  # its own max_attempts, its own circuit threshold

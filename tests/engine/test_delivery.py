@@ -11,16 +11,7 @@ import pytest
 
 from ms07 import keys
 from ms07.submit import submit
-from tests.support import Sink, fail_first, hang, reset, status, wait_for
-
-
-async def _submit(engine: Any, dest: str, n: int = 1, payload: Any = None) -> list[str]:
-    out = []
-    async with engine.pool.connection() as conn:
-        for i in range(n):
-            r = await submit(conn, engine.queue, engine.settings, [dest], payload if payload is not None else {"n": i})
-            out.append(r.distributions[0]["distribution_id"])
-    return out
+from tests.support import Sink, fail_first, hang, reset, status, submit_n, wait_for
 
 
 async def _statuses(engine: Any) -> dict[str, int]:
@@ -35,7 +26,7 @@ async def _delivered(engine: Any, n: int) -> bool:
 
 async def test_happy_path_delivers_every_distribution_once(make_settings, sink: Sink, start_engine) -> None:
     engine = await start_engine(make_settings(destinations=[{"name": "a", "url": sink.url("/in")}]))
-    ids = await _submit(engine, "a", 50)
+    ids = await submit_n(engine, "a", 50)
     await wait_for(lambda: _delivered(engine, 50), what="50 delivered")
     assert sink.unique_keys("/in") == set(ids)
     assert len(sink.keys("/in")) == 50  # exactly once on the happy path
@@ -51,7 +42,7 @@ async def test_happy_path_delivers_every_distribution_once(make_settings, sink: 
 async def test_request_headers(make_settings, sink: Sink, start_engine) -> None:
     engine = await start_engine(make_settings(destinations=[{"name": "a", "url": sink.url("/in"),
                                                              "headers": {"X-Team": "ms09"}}]))
-    [did] = await _submit(engine, "a", payload={"hello": "world"})
+    [did] = await submit_n(engine, "a", payload={"hello": "world"})
     await wait_for(lambda: _delivered(engine, 1))
     req = sink.received[0]
     assert req.headers["Idempotency-Key"] == did
@@ -67,7 +58,7 @@ async def test_request_headers(make_settings, sink: Sink, start_engine) -> None:
 async def test_retry_then_success(make_settings, sink: Sink, start_engine) -> None:
     sink.on("/flaky", fail_first(2, 503))
     engine = await start_engine(make_settings(destinations=[{"name": "a", "url": sink.url("/flaky")}]))
-    [did] = await _submit(engine, "a")
+    [did] = await submit_n(engine, "a")
     await wait_for(lambda: _delivered(engine, 1), what="delivered after retries")
     async with engine.pool.connection() as conn:
         cur = await conn.execute(
@@ -85,7 +76,7 @@ async def test_retries_exhausted_then_dlq_replay(make_settings, sink: Sink, star
     settings = make_settings(destinations=[{"name": "a", "url": sink.url("/down")}],
                              distribution={"max_attempts": 3})
     engine = await start_engine(settings)
-    [did] = await _submit(engine, "a")
+    [did] = await submit_n(engine, "a")
     await wait_for(lambda: _dead(engine, did), what="job dead")
     assert sink.counts["/down"] == 3
     dlq = await engine.queue.dlq_entries()
@@ -114,7 +105,7 @@ async def test_permanent_failures_go_straight_to_dlq(make_settings, sink: Sink, 
                                                      status_code) -> None:
     sink.on("/x", behaviour)
     engine = await start_engine(make_settings(destinations=[{"name": "a", "url": sink.url("/x")}]))
-    [did] = await _submit(engine, "a")
+    [did] = await submit_n(engine, "a")
     await wait_for(lambda: _dead(engine, did))
     assert sink.counts["/x"] == 1  # no retry, redirect not followed
     assert sink.counts["/elsewhere"] == 0
@@ -130,7 +121,7 @@ async def test_permanent_failures_go_straight_to_dlq(make_settings, sink: Sink, 
 async def test_429_retry_after_is_honoured(make_settings, sink: Sink, start_engine) -> None:
     sink.on("/busy", status(429, {"Retry-After": "30"}))
     engine = await start_engine(make_settings(destinations=[{"name": "a", "url": sink.url("/busy")}]))
-    [did] = await _submit(engine, "a")
+    [did] = await submit_n(engine, "a")
     await wait_for(lambda: sink.counts["/busy"] >= 1)
     score = await wait_for(lambda: engine.queue.redis.zscore(keys.delayed("default"), did), what="deferred")
     assert score - time.time() > 25  # not the 0.05 s backoff: the destination's 30 s
@@ -145,7 +136,7 @@ async def test_network_failures_are_retried(make_settings, sink: Sink, start_eng
     engine = await start_engine(make_settings(
         destinations=[{"name": "a", "url": sink.url("/bad"), "timeout_seconds": 0.5}],
         distribution={"max_attempts": 2}))
-    [did] = await _submit(engine, "a")
+    [did] = await submit_n(engine, "a")
     await wait_for(lambda: _dead(engine, did), timeout=20)
     async with engine.pool.connection() as conn:
         cur = await conn.execute("SELECT status, error_code FROM distribution_attempts ORDER BY attempt")
@@ -160,7 +151,7 @@ async def test_connection_refused(make_settings, start_engine) -> None:
         port = s.getsockname()[1]
     engine = await start_engine(make_settings(destinations=[{"name": "a", "url": f"http://127.0.0.1:{port}/"}],
                                               distribution={"max_attempts": 1}))
-    [did] = await _submit(engine, "a")
+    [did] = await submit_n(engine, "a")
     await wait_for(lambda: _dead(engine, did))
     async with engine.pool.connection() as conn:
         cur = await conn.execute("SELECT error_code FROM distribution_attempts")
@@ -176,11 +167,11 @@ async def test_circuit_opens_defers_and_recovers(make_settings, sink: Sink, star
         service={"concurrency": 1, "http_port": 0},
     )
     engine = await start_engine(settings)
-    down = await _submit(engine, "down", 5)
+    down = await submit_n(engine, "down", 5)
     await wait_for(lambda: engine.breakers["down"].state == "open", what="circuit open")
     hits_when_open = sink.counts["/down"]
     assert hits_when_open == 3
-    up = await _submit(engine, "up", 10)  # the healthy destination keeps flowing
+    up = await submit_n(engine, "up", 10)  # the healthy destination keeps flowing
     await wait_for(lambda: sink.unique_keys("/up") == set(up), what="healthy destination delivered")
     async with engine.pool.connection() as conn:
         cur = await conn.execute(
@@ -203,7 +194,7 @@ async def test_malformed_and_unknown_entries_go_to_dlq(make_settings, sink: Sink
     await engine.queue.redis.xadd(stream, {"id": "not-a-uuid"})
     ghost = str(uuid.uuid4())
     await engine.queue.redis.xadd(stream, {"id": ghost, "destination": "a"})
-    [good] = await _submit(engine, "a")
+    [good] = await submit_n(engine, "a")
     await wait_for(lambda: _delivered(engine, 1))
     dlq = await wait_for(lambda: _dlq_len(engine, 3), what="3 DLQ entries")
     codes = sorted(f["error_code"] for _, f in dlq)
@@ -221,7 +212,7 @@ async def _dlq_len(engine: Any, n: int) -> Any:
 
 async def test_duplicate_entry_of_a_delivered_job_is_acked(make_settings, sink: Sink, start_engine) -> None:
     engine = await start_engine(make_settings(destinations=[{"name": "a", "url": sink.url("/in")}]))
-    [did] = await _submit(engine, "a")
+    [did] = await submit_n(engine, "a")
     await wait_for(lambda: _delivered(engine, 1))
     await engine.queue.enqueue([("default", did, "a")])  # e.g. a reconciler repair that raced
     await wait_for(lambda: _stream_empty(engine), what="duplicate acked")
@@ -328,7 +319,7 @@ async def test_a_worker_holds_at_most_concurrency_times_prefetch_entries(make_se
     engine = await start_engine(make_settings(service={"concurrency": 2, "prefetch": 1},
                                               destinations=[{"name": "a", "url": sink.url("/in")}]))
     assert engine.max_held == 2
-    await _submit(engine, "a", 10)
+    await submit_n(engine, "a", 10)
     await wait_for(lambda: len(sink.received) >= 2, what="two deliveries in flight")
     stats = await engine.queue.stats()
     assert stats["queues"]["default"]["pending"] == 2, stats["queues"]["default"]

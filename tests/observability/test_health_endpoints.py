@@ -11,9 +11,8 @@ import httpx
 import pytest
 
 from ms07 import __version__, keys
-from ms07.submit import submit
 from tests.observability.conftest import TOKEN, auth, base
-from tests.support import Sink, status, wait_for
+from tests.support import Sink, status, submit_n, wait_for
 
 CHECKS = {"database", "redis", "queue", "workers", "destinations"}
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
@@ -33,18 +32,9 @@ async def _ready_when(http: httpx.AsyncClient, engine: Any, status_: str, **chec
     return await wait_for(probe, timeout=20, interval=0.1, what=f"ready says {status_} {checks}")
 
 
-async def _submit(engine: Any, dest: str, n: int = 1) -> list[str]:
-    out = []
-    async with engine.pool.connection() as conn:
-        for i in range(n):
-            result = await submit(conn, engine.queue, engine.settings, [dest], {"i": i})
-            out.append(result.distributions[0]["distribution_id"])
-    return out
-
-
 async def test_healthy(api_token: str, healthy_sink_settings, sink: Sink, start_engine, http) -> None:
     engine = await start_engine(healthy_sink_settings("a"))
-    ids = await _submit(engine, "a", 3)
+    ids = await submit_n(engine, "a", 3)
     await wait_for(lambda: sink.unique_keys("/a") >= set(ids), what="delivered")
 
     body = await _ready_when(http, engine, "healthy", **{c: "healthy" for c in CHECKS})
@@ -107,7 +97,7 @@ async def test_degraded_when_a_circuit_is_open(api_token, make_settings, sink: S
         {"name": "a", "url": sink.url("/a")},
         {"name": "b", "url": sink.url("/b"), "circuit_breaker": {"failure_threshold": 1, "recovery_timeout": 60}},
     ]))
-    await _submit(engine, "b")
+    await submit_n(engine, "b")
     body = await _ready_when(http, engine, "degraded", destinations="degraded")
     assert body["code"] == 200
     code, d = await _get(http, f"{base(engine)}/health/detailed")

@@ -14,9 +14,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ms07 import keys
 from ms07.engine import upkeep
-from ms07.submit import submit
 from tests.observability.conftest import base
-from tests.support import Sink, status, wait_for
+from tests.support import Sink, status, submit_n, wait_for
 
 # name as the parser reports it (counters lose _total) -> type, label names
 EXPECTED = {
@@ -53,15 +52,6 @@ def value(families: dict[str, Any], sample_name: str, **labels: str) -> float:
         if s.name == sample_name and s.labels == labels:
             return float(s.value)
     raise AssertionError(f"no sample {sample_name}{labels}")
-
-
-async def _submit(engine: Any, dest: str, n: int = 1) -> list[str]:
-    out = []
-    async with engine.pool.connection() as conn:
-        for i in range(n):
-            result = await submit(conn, engine.queue, engine.settings, [dest], {"i": i})
-            out.append(result.distributions[0]["distribution_id"])
-    return out
 
 
 async def _statuses(engine: Any) -> dict[str, int]:
@@ -109,12 +99,12 @@ async def test_every_metric_with_its_type_and_labels_and_values_that_move(
     assert value(before, "zenia_distribution_attempts_total", status="success", destination="a") == 0
     assert value(before, "zenia_distribution_latency_seconds_count", destination="a") == 0
 
-    await _submit(engine, "a", 5)
-    await _submit(engine, "o", 2)
-    await _submit(engine, "p", 1)
-    await _submit(engine, "r", 1)
+    await submit_n(engine, "a", 5)
+    await submit_n(engine, "o", 2)
+    await submit_n(engine, "p", 1)
+    await submit_n(engine, "r", 1)
     await wait_for(lambda: _has(engine, delivered=7, failed=1, retrying=1), what="outcomes committed")
-    await _submit(engine, "h", 1)
+    await submit_n(engine, "h", 1)
     await wait_for(lambda: sink.counts["/h"] == 1, what="a delivery in flight")
     await upkeep.refresh_metrics(engine)  # the 5 s loop's work, now
     text, after = await scrape(http, engine)
@@ -159,7 +149,7 @@ async def test_circuit_state_follows_the_breaker(make_settings, sink: Sink, star
     sink.on("/b", status(500))
     engine = await start_engine(make_settings(destinations=[
         {"name": "b", "url": sink.url("/b"), "circuit_breaker": {"failure_threshold": 1, "recovery_timeout": 60}}]))
-    await _submit(engine, "b")
+    await submit_n(engine, "b")
     await wait_for(lambda: engine.breakers["b"].state == "open", what="circuit open")
     _, families = await scrape(http, engine)
     assert value(families, "zenia_distribution_circuit_state", destination="b") == 2
@@ -171,9 +161,9 @@ async def test_promtool_check_metrics(settings, sink: Sink, start_engine, http) 
         pytest.skip("promtool not installed (Debian package prometheus)")
     sink.on("/h/down", status(503))
     engine = await start_engine(settings)
-    await _submit(engine, "a", 2)
-    await _submit(engine, "o", 1)
-    await _submit(engine, "p", 1)
+    await submit_n(engine, "a", 2)
+    await submit_n(engine, "o", 1)
+    await submit_n(engine, "p", 1)
     await wait_for(lambda: _has(engine, delivered=3, failed=1), what="outcomes committed")
     await upkeep.refresh_metrics(engine)
     text, _ = await scrape(http, engine)
