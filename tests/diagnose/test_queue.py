@@ -44,7 +44,7 @@ async def test_dead_consumer_while_a_live_worker_will_reclaim(make_settings, red
     r.xgroup_create(stream, keys.GROUP, id="0", mkstream=True)
     r.xadd(stream, {"id": "00000000-0000-0000-0000-000000000001", "destination": "d1"})
     r.xreadgroup(keys.GROUP, "ghost", {stream: ">"}, count=10)
-    r.set(keys.heartbeat("alive-1"), "{}", ex=60)
+    r.set(keys.heartbeat("alive-1"), "{}")
     r.close()
     result = await run_check_async(make_settings(), "queue")
     assert result.finding("dead_consumers").severity == "warning"
@@ -117,7 +117,7 @@ async def test_stale_workers_dlq_and_overdue_retries(make_settings, db, redis_ur
     r.xgroup_create(keys.stream("default"), keys.GROUP, id="0", mkstream=True)
     r.xadd(keys.DLQ, {"distribution_id": "x", "reason": "permanent_failure"})
     r.zadd(keys.delayed("default"), {"00000000-0000-0000-0000-000000000002": time.time() - 600})
-    r.set(keys.heartbeat("w-ok"), "{}", ex=60)
+    r.set(keys.heartbeat("w-ok"), "{}")
     r.close()
     result = await run_check_async(make_settings(), "queue")
     stale = result.finding("stale_workers")

@@ -157,7 +157,7 @@ async def test_ctrl_c_records_and_describes_the_state(
     import redis.asyncio as aioredis
 
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
-    await client.set(keys.heartbeat("a-worker-that-never-stops"), "{}", ex=60)
+    await client.set(keys.heartbeat("a-worker-that-never-stops"), "{}")
     await client.aclose()
     settings = make_settings()
     plan = queue_full.build(settings, queue_full.Options(consumer_timeout=60, watch_seconds=0))
@@ -232,7 +232,7 @@ async def test_library_dry_run_returns_the_structured_plan(
 def test_ctrl_c_in_the_cli_prints_the_state_and_exits_130(
     recover_env: dict[str, str], fake_kube: FakeKube, rc: redis_sync.Redis, tmp_path: Path
 ) -> None:
-    rc.set(keys.heartbeat("a-worker-that-never-stops"), "{}", ex=60)
+    rc.set(keys.heartbeat("a-worker-that-never-stops"), "{}")
     out = tmp_path / "out.txt"
     env = {**os.environ, **recover_env, "PYTHONUNBUFFERED": "1"}
     with out.open("wb") as sink:

@@ -36,7 +36,7 @@ def test_queue_full_end_to_end_and_restore(
     pod = fake_kube.pod_names()[0]
     consumer = f"{pod}-7-abcdef"
     seed(rc, 30, delayed=5, pending_for=consumer, pending=4)
-    rc.set(keys.heartbeat(consumer), "{}", ex=60)
+    rc.set(keys.heartbeat(consumer), "{}")
     before_fields = _fields(rc)
     before_delayed = rc.zrange(keys.delayed("default"), 0, -1, withscores=True)
     _stop_consumers_with_pods(fake_kube, rc)
@@ -101,7 +101,7 @@ def test_dry_run_changes_nothing(
 ) -> None:
     pod = fake_kube.pod_names()[0]
     seed(rc, 12, delayed=3, pending_for=f"{pod}-1-aaaaaa", pending=2)
-    rc.set(keys.heartbeat(f"{pod}-1-aaaaaa"), "{}", ex=60)
+    rc.set(keys.heartbeat(f"{pod}-1-aaaaaa"), "{}")
     before = snapshot(rc)
     dbsize = rc.dbsize()
 

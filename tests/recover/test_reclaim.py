@@ -45,7 +45,7 @@ def test_requeues_everything_a_dead_consumer_held_and_removes_it(
 def test_gives_entries_to_a_live_consumer_and_keeps_its_own(cli: Any, rc: redis_sync.Redis) -> None:
     seed(rc, 6, pending_for="dead-worker", pending=3)
     rc.xreadgroup(keys.GROUP, "live-worker", {STREAM: ">"}, count=2)
-    rc.set(keys.heartbeat("live-worker"), "{}", ex=60)
+    rc.set(keys.heartbeat("live-worker"), "{}")
 
     result = cli("recover", "reclaim-pending", "--yes", "--min-idle-ms", "0")
     assert result.exit_code == 0, result.output

@@ -19,10 +19,10 @@ def test_scale_up_and_watch_consumers_join(
 ) -> None:
     seed(rc, 1)
     for pod in fake_kube.pod_names():
-        rc.set(keys.heartbeat(f"{pod}-1-aaaaaa"), "{}", ex=60)
+        rc.set(keys.heartbeat(f"{pod}-1-aaaaaa"), "{}")
 
     def engine_starts(pod: str) -> None:  # what an engine does when its pod comes up
-        rc.set(keys.heartbeat(f"{pod}-1-aaaaaa"), "{}", ex=60)
+        rc.set(keys.heartbeat(f"{pod}-1-aaaaaa"), "{}")
         rc.xgroup_createconsumer(keys.stream("default"), keys.GROUP, f"{pod}-1-aaaaaa")
 
     fake_kube.on_pod_ready = engine_starts
