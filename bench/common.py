@@ -188,6 +188,14 @@ def reset_state(srv: Servers) -> None:
     r.close()
 
 
+def reset_state_rows(srv: Servers) -> None:
+    """Empty the job and attempt tables under a running engine (Redis and its group stay)."""
+    import psycopg
+
+    with psycopg.connect(srv.database_url, autocommit=True) as conn:
+        conn.execute("TRUNCATE distribution_jobs, distribution_attempts")
+
+
 def write_config(path: Path, sink_port: int, concurrency: int, extra: str = "", prefetch: float = 16.0) -> Path:
     path.write_text(f"""
 service: {{concurrency: {concurrency}, prefetch: {prefetch:g}, heartbeat_interval_seconds: 5}}
