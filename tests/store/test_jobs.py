@@ -51,3 +51,38 @@ async def test_a_handed_back_job_keeps_its_last_error_and_attempt_count(database
         ok = jobs.AttemptRow(2, _now(), _now(), True, 200)
         await jobs.record_outcomes(conn, [jobs.Outcome(job.distribution_id, "a", "delivered", "w1", [ok])])
         assert await _row(conn, job.distribution_id) == ("delivered", 2, None, None)
+
+
+def _index_scans(plan: dict) -> set[str]:
+    found = {plan["Index Name"]} if "Index Name" in plan else set()
+    for child in plan.get("Plans", []):
+        found |= _index_scans(child)
+    return found
+
+
+async def test_lookups_by_id_probe_the_primary_key_whatever_the_statistics(database_url: str) -> None:
+    """The claim (and the reconciler's touch) reach jobs by id through the primary key, with
+    statistics that date from an empty table (as after a fresh install or a TRUNCATE), and
+    are never prepared: a generic plan cached while the table was small once made every
+    claim scan a partial index of all open jobs."""
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        await conn.execute("ANALYZE distribution_jobs")  # statistics of an empty table
+        await conn.execute(
+            """INSERT INTO distribution_jobs (distribution_id, destination_name, payload, status)
+               SELECT gen_random_uuid(), 'a', convert_to(repeat('x', 1000), 'UTF8'),
+                      CASE WHEN i % 4 = 0 THEN 'delivered' ELSE 'queued' END
+                 FROM generate_series(1, 4000) AS i"""
+        )
+        cur = await conn.execute("SELECT distribution_id::text FROM distribution_jobs LIMIT 7")
+        ids = [r[0] for r in await cur.fetchall()]
+        for name, sql in {"claim": jobs._CLAIM, "touch stale": jobs._TOUCH_STALE}.items():
+            cur = await conn.execute(f"EXPLAIN (FORMAT JSON) {sql}", (ids, 30))
+            plan = (await cur.fetchone())[0][0]["Plan"]
+            assert _index_scans(plan) == {"distribution_jobs_pkey"}, (name, plan)
+
+        for _ in range(12):  # psycopg prepares on the 5th run, PostgreSQL goes generic after 5 more
+            await jobs.claim_jobs(conn, ids, 30)
+            await jobs.touch_stale_jobs(conn, ids, 3600)
+            await jobs.job_statuses(conn, ids)
+        cur = await conn.execute("SELECT statement FROM pg_prepared_statements")
+        assert [s for (s,) in await cur.fetchall() if "distribution_jobs" in s] == []
