@@ -7,9 +7,11 @@ Each round runs tree A (``--base``, this checkout by default) then tree B (``OTH
 e.g. a ``git worktree``), both on one PostgreSQL, one Redis and one sink process:
 
 1. drain: N distributions queued, one ``ms07 run`` delivers them; deliveries/s between 10 %
-   and 90 % seen by the sink, and the engine's CPU seconds per 1,000 deliveries;
+   and 90 % seen by the sink, and the CPU seconds per 1,000 deliveries of the engine and
+   of PostgreSQL (every process of the embedded server);
 2. paced: the same warm engine takes distributions submitted at ``--rate``/s for
-   ``--seconds``; p50/p95/p99 submit -> delivered from the job rows.
+   ``--seconds``; p50/p95/p99 submit -> delivered from the job rows, and the CPU per
+   1,000 of the engine and of PostgreSQL (the submissions' inserts included).
 
 The trees alternate inside each round so a burst of load from other tenants of this
 shared machine hits both; medians of the rounds are printed, with B / A ratios. Both
@@ -53,21 +55,32 @@ def _one(tree: Path, prefetch: float, sql: str | None, srv: common.Servers, sink
     env = {"PYTHONPATH": f"{tree}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     engine = common.start_engine(config, srv, http_port, extra_env=env, log=tmp / "engine.log", wait=False)
     watch = common.ProcessWatch(engine.pid)
+    pg = common.ProcessWatch(postmaster) if (postmaster := common.postmaster_pid(srv)) else None
     try:
+        pg0 = pg.cpu_seconds() if pg else 0.0
         delivered = common.wait_delivered(sink_port, n, watch, timeout=max(120, n / 100))
+        pg1 = pg.cpu_seconds() if pg else 0.0
         common.wait_http(f"http://127.0.0.1:{http_port}/health/live", timeout=60)
         cpu = delivered.cpu_seconds / n * 1000
         common.sink_reset(sink_port)
         paced_n = int(rate * seconds)
+        e0, pg2 = watch.cpu_seconds(), pg.cpu_seconds() if pg else 0.0
         _, ids = asyncio.run(_paced_library_submit(settings, paced_n, rate))
         common.wait_delivered(sink_port, paced_n, None, timeout=120)
+        e1, pg3 = watch.cpu_seconds(), pg.cpu_seconds() if pg else 0.0
         time.sleep(0.5)  # the last outcomes commit after the sink saw them (a benchmark, not a test)
         lat = _latencies(srv.database_url, ids)
     finally:
         engine.send_signal(signal.SIGTERM)
         engine.wait(60)
         watch.stop()
-    return {"rate": delivered.rate, "cpu": cpu, "p50": common.percentile(lat, 0.5) * 1000,
+        if pg:
+            pg.stop()
+    # PostgreSQL's CPU over the drain counts the filler's nothing (it finished before) but
+    # the paced part's counts the producer's inserts too: both trees pay the same for those.
+    return {"rate": delivered.rate, "cpu": cpu, "pg_cpu": (pg1 - pg0) / n * 1000,
+            "paced_cpu": (e1 - e0) / paced_n * 1000, "paced_pg_cpu": (pg3 - pg2) / paced_n * 1000,
+            "p50": common.percentile(lat, 0.5) * 1000,
             "p95": common.percentile(lat, 0.95) * 1000, "p99": common.percentile(lat, 0.99) * 1000}
 
 
@@ -103,13 +116,16 @@ def main() -> None:
         name: {k: statistics.median(x[k] for x in rs) for k in rs[0]} for name, rs in results.items()}
     print(f"\nN = {a.n:,}, C = {a.concurrency}, {a.rounds} rounds, paced at {a.rate:,.0f}/s; "
           f"load average {load_before:.1f} before / {os.getloadavg()[0]:.1f} after")
-    print("| | deliveries/s | CPU s / 1k | p50 ms | p95 ms | p99 ms |\n|---|---:|---:|---:|---:|---:|")
+    print("| | deliveries/s | engine CPU s / 1k | PostgreSQL CPU s / 1k | paced: engine CPU s / 1k "
+          "| paced: PostgreSQL CPU s / 1k | p50 ms | p95 ms | p99 ms |\n|---|" + "---:|" * 8)
     for name, (tree, prefetch, sql) in trees.items():
         m = med[name]
         print(f"| {name}: {tree.name} (prefetch {prefetch:g}{', SQL' if sql else ''}) | {m['rate']:,.0f} | {m['cpu']:.3f} | "
+              f"{m['pg_cpu']:.3f} | {m['paced_cpu']:.3f} | {m['paced_pg_cpu']:.3f} | "
               f"{m['p50']:.1f} | {m['p95']:.1f} | {m['p99']:.1f} |")
-    ratio = {k: med["B"][k] / med["A"][k] for k in med["A"]}
-    print("| B / A | " + " | ".join(f"{ratio[k]:.2f}" for k in ("rate", "cpu", "p50", "p95", "p99")) + " |")
+    ratio = {k: med["B"][k] / med["A"][k] if med["A"][k] else float("nan") for k in med["A"]}
+    print("| B / A | " + " | ".join(f"{ratio[k]:.2f}" for k in (
+        "rate", "cpu", "pg_cpu", "paced_cpu", "paced_pg_cpu", "p50", "p95", "p99")) + " |")
 
 
 if __name__ == "__main__":

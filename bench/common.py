@@ -188,6 +188,15 @@ def reset_state(srv: Servers) -> None:
     r.close()
 
 
+def postmaster_pid(srv: Servers) -> int | None:
+    """The embedded PostgreSQL's postmaster (its backends are its children), if it is ours."""
+    pidfile = srv.state_dir / "postgres" / "postmaster.pid"
+    try:
+        return int(pidfile.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def reset_state_rows(srv: Servers) -> None:
     """Empty the job and attempt tables under a running engine (Redis and its group stay)."""
     import psycopg
