@@ -14,6 +14,8 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from ms07.store import db
+
 OPEN_STATUSES = ("queued", "retrying", "processing")
 PARKED_STATUSES = ("failed", "dead")
 TERMINAL_STATUSES = ("delivered", "failed", "dead")
@@ -130,25 +132,25 @@ async def insert_jobs(
 #   open job) instead of probing the primary key: the claim did so on every call in a
 #   paced benchmark whose statistics dated from an empty table, reading ~22,000 index
 #   entries per claim of 7 jobs, and would in a backlog of a million jobs with
-#   statistics from before it. The negative form implies no partial index's predicate.
+#   statistics from before it. ``status NOT IN ('delivered', 'failed', 'dead')`` says
+#   the same and implies no partial index's predicate.
 # - they run with ``prepare=False``: planned with each call's own ids and the table's
 #   current size. psycopg prepares a statement on its 5th execution and PostgreSQL then
 #   settles on a generic plan, which, made while the table was small, is a sequential
 #   scan that stays in use as the table grows (until an ANALYZE invalidates it).
 #   Planning costs ~0.2 ms per statement, i.e. per batch of jobs, not per job.
-OPEN = "status NOT IN ('delivered', 'failed', 'dead')"
 
 # The claim commits without waiting for the WAL flush (set_config(..., true) applies to
 # this statement's own transaction only): it sits between the stream read and the HTTP
 # request, and a disk stall on the host must not hold deliveries back. A claim lost in a
 # PostgreSQL crash costs at most a repeat delivery, which at-least-once allows; outcomes
 # (record_outcomes) still commit synchronously, and their flush covers earlier claims.
-_CLAIM = f"""
+_CLAIM = """
 UPDATE distribution_jobs
    SET status = 'processing', started_at = now(), updated_at = now()
   FROM (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit
  WHERE distribution_id = ANY(%s::uuid[])
-   AND {OPEN}
+   AND status NOT IN ('delivered', 'failed', 'dead')
    AND (status <> 'processing' OR started_at < now() - make_interval(secs => %s))
 RETURNING distribution_id::text, destination_name, payload, content_type, attempts,
           max_attempts, correlation_id, priority, created_at
@@ -183,7 +185,17 @@ async def job_statuses(conn: psycopg.AsyncConnection[Any], ids: Sequence[str]) -
     return {r[0]: r[1] for r in await cur.fetchall()}
 
 
-_UPDATE_OUTCOMES = """
+# One statement, so one round trip in autocommit: the attempt rows and the job updates
+# commit together (a data-modifying CTE is part of its statement), where BEGIN, COPY,
+# UPDATE and COMMIT took four, each a wake-up of two processes.
+_RECORD_OUTCOMES = """
+WITH attempts AS (
+    INSERT INTO distribution_attempts (distribution_id, destination_name, attempt, worker_id, status,
+                                       response_status_code, error_code, error_message, started_at,
+                                       completed_at)
+    SELECT * FROM unnest(%s::uuid[], %s::text[], %s::int[], %s::text[], %s::text[], %s::int[], %s::text[],
+                         %s::text[], %s::timestamptz[], %s::timestamptz[])
+)
 UPDATE distribution_jobs AS j
    SET status = u.status,
        attempts = j.attempts + u.inc,
@@ -197,50 +209,36 @@ UPDATE distribution_jobs AS j
  WHERE j.distribution_id = u.id
 """
 
-_ATTEMPT_COLUMNS = (
-    "distribution_id, destination_name, attempt, worker_id, status, response_status_code, "
-    "error_code, error_message, started_at, completed_at"
-)
-
 
 async def record_outcomes(conn: psycopg.AsyncConnection[Any], outcomes: Sequence[Outcome]) -> None:
-    """Write many outcomes in one transaction: attempt rows by COPY, jobs by one UPDATE."""
+    """Write many outcomes at once: attempt rows and job updates in one statement, committed
+    on its own (synchronously) unless the caller has a transaction open."""
     if not outcomes:
         return
-    async with conn.transaction():
-        if any(o.attempts for o in outcomes):
-            async with conn.cursor() as cur:
-                async with cur.copy(
-                    f"COPY distribution_attempts ({_ATTEMPT_COLUMNS}) FROM STDIN"
-                ) as copy:
-                    for o in outcomes:
-                        for a in o.attempts:
-                            await copy.write_row(
-                                (
-                                    o.distribution_id,
-                                    o.destination,
-                                    a.attempt,
-                                    o.worker_id,
-                                    "success" if a.success else "failed",
-                                    a.http_status,
-                                    a.error_code,
-                                    a.error_message,
-                                    a.started_at,
-                                    a.completed_at,
-                                )
-                            )
-        await conn.execute(
-            _UPDATE_OUTCOMES,
-            (
-                [o.distribution_id for o in outcomes],
-                [o.status for o in outcomes],
-                [len(o.attempts) for o in outcomes],
-                [o.next_attempt_at for o in outcomes],
-                [o.error_code for o in outcomes],
-                [o.error_message for o in outcomes],
-            ),
-            prepare=False,
-        )
+    rows = [(o, a) for o in outcomes for a in o.attempts]
+    params = (
+        [o.distribution_id for o, _ in rows],
+        [o.destination for o, _ in rows],
+        [a.attempt for _, a in rows],
+        [o.worker_id for o, _ in rows],
+        ["success" if a.success else "failed" for _, a in rows],
+        [a.http_status for _, a in rows],
+        [a.error_code for _, a in rows],
+        [a.error_message for _, a in rows],
+        [a.started_at for _, a in rows],
+        [a.completed_at for _, a in rows],
+        [o.distribution_id for o in outcomes],
+        [o.status for o in outcomes],
+        [len(o.attempts) for o in outcomes],
+        [o.next_attempt_at for o in outcomes],
+        [o.error_code for o in outcomes],
+        [o.error_message for o in outcomes],
+    )
+    if conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE and not conn.autocommit:
+        async with db.autocommit(conn):
+            await conn.execute(_RECORD_OUTCOMES, params, prepare=False)
+    else:
+        await conn.execute(_RECORD_OUTCOMES, params, prepare=False)
 
 
 async def park_jobs(
@@ -250,10 +248,10 @@ async def park_jobs(
     if not ids:
         return []
     cur = await conn.execute(
-        f"""UPDATE distribution_jobs
+        """UPDATE distribution_jobs
               SET status = 'dead', last_error_code = %s, last_error = %s,
                   updated_at = now(), completed_at = now()
-            WHERE distribution_id = ANY(%s::uuid[]) AND {OPEN}
+            WHERE distribution_id = ANY(%s::uuid[]) AND status NOT IN ('delivered', 'failed', 'dead')
         RETURNING distribution_id::text""",
         (error_code, message, list(ids)),
         prepare=False,
@@ -334,10 +332,10 @@ async def open_jobs_older_than(
     return [tuple(r) for r in await cur.fetchall()]  # type: ignore[misc]
 
 
-_TOUCH_STALE = f"""
+_TOUCH_STALE = """
 UPDATE distribution_jobs SET updated_at = now()
  WHERE distribution_id = ANY(%s::uuid[])
-   AND {OPEN}
+   AND status NOT IN ('delivered', 'failed', 'dead')
    AND updated_at < now() - make_interval(secs => %s)
 RETURNING distribution_id::text
 """
