@@ -1,7 +1,8 @@
 """Jobs and attempts: the life of a distribution as Postgres records it.
 
-Writes happen in batches (one statement for many jobs, ``COPY`` for attempt rows) so the
-database is not what limits delivery.
+Writes happen in batches (one statement for many jobs: a claim per read, one statement
+for the attempt rows and job updates of many outcomes) so the database is not what
+limits delivery.
 """
 
 from __future__ import annotations
