@@ -188,7 +188,8 @@ async def job_statuses(conn: psycopg.AsyncConnection[Any], ids: Sequence[str]) -
 
 # One statement, so one round trip in autocommit: the attempt rows and the job updates
 # commit together (a data-modifying CTE is part of its statement), where BEGIN, COPY,
-# UPDATE and COMMIT took four, each a wake-up of two processes.
+# UPDATE and COMMIT took four, each a wake-up of two processes. Parameters go in binary
+# (timestamps and integers are packed in C instead of formatted as text).
 _RECORD_OUTCOMES = """
 WITH attempts AS (
     INSERT INTO distribution_attempts (distribution_id, destination_name, attempt, worker_id, status,
@@ -237,9 +238,9 @@ async def record_outcomes(conn: psycopg.AsyncConnection[Any], outcomes: Sequence
     )
     if conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE and not conn.autocommit:
         async with db.autocommit(conn):
-            await conn.execute(_RECORD_OUTCOMES, params, prepare=False)
+            await conn.execute(_RECORD_OUTCOMES, params, prepare=False, binary=True)
     else:
-        await conn.execute(_RECORD_OUTCOMES, params, prepare=False)
+        await conn.execute(_RECORD_OUTCOMES, params, prepare=False, binary=True)
 
 
 async def park_jobs(
