@@ -56,18 +56,22 @@ def _one(tree: Path, prefetch: float, sql: str | None, srv: common.Servers, sink
     engine = common.start_engine(config, srv, http_port, extra_env=env, log=tmp / "engine.log", wait=False)
     watch = common.ProcessWatch(engine.pid)
     pg = common.ProcessWatch(postmaster) if (postmaster := common.postmaster_pid(srv)) else None
+
+    def pg_cpu() -> float:
+        return pg.cpu_seconds() if pg else 0.0
+
     try:
-        pg0 = pg.cpu_seconds() if pg else 0.0
+        pg0 = pg_cpu()
         delivered = common.wait_delivered(sink_port, n, watch, timeout=max(120, n / 100))
-        pg1 = pg.cpu_seconds() if pg else 0.0
+        pg1 = pg_cpu()
         common.wait_http(f"http://127.0.0.1:{http_port}/health/live", timeout=60)
         cpu = delivered.cpu_seconds / n * 1000
         common.sink_reset(sink_port)
         paced_n = int(rate * seconds)
-        e0, pg2 = watch.cpu_seconds(), pg.cpu_seconds() if pg else 0.0
+        e0, pg2 = watch.cpu_seconds(), pg_cpu()
         _, ids = asyncio.run(_paced_library_submit(settings, paced_n, rate))
         common.wait_delivered(sink_port, paced_n, None, timeout=120)
-        e1, pg3 = watch.cpu_seconds(), pg.cpu_seconds() if pg else 0.0
+        e1, pg3 = watch.cpu_seconds(), pg_cpu()
         time.sleep(0.5)  # the last outcomes commit after the sink saw them (a benchmark, not a test)
         lat = _latencies(srv.database_url, ids)
     finally:

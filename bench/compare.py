@@ -32,6 +32,7 @@ import resource
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -96,9 +97,16 @@ def queue_run(system: systems.System, n: int, sink_port: int, tmp: Path, r: int)
 
 
 def latency_run(
-    system: systems.System, rate: float, seconds: float, sink_port: int, tmp: Path
+    system: systems.System,
+    rate: float,
+    seconds: float,
+    sink_port: int,
+    tmp: Path,
+    after_warm: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
-    """Warm worker; a producer paced at ``rate``; enqueue -> delivered at the sink."""
+    """Warm worker; a producer paced at ``rate``; enqueue -> delivered at the sink.
+    ``after_warm`` runs between the warm-up and the paced part (bench/latency.py empties
+    the job tables there, so that only the paced jobs are split into stages)."""
     system.reset()
     common.sink_reset(sink_port)
     system.start(tmp / f"{system.name}-latency.log")
@@ -107,6 +115,8 @@ def latency_run(
         system.produce(warm, prefix="warm")
         common.wait_delivered(sink_port, warm, None, timeout=120)
         time.sleep(1.0)
+        if after_warm is not None:
+            after_warm()
         common.sink_reset(sink_port)
         n = max(100, int(rate * seconds))
         produced = system.produce(n, rate=rate, prefix="lat")

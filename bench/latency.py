@@ -21,11 +21,10 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-from bench import common, systems
+from bench import common, compare, systems
 from bench.peers import payload
 
 STAGES = ("submit", "queue", "start", "http", "total")
@@ -72,24 +71,12 @@ def run(a: argparse.Namespace) -> list[dict[str, Any]]:
     results = []
     with common.sink_process() as (sink_port, _), common.servers(redis_tcp=True) as srv:
         system = systems.System("ms07", srv, sink_port, a.concurrency, tmp)
-        for r in range(a.runs):
-            system.reset()
-            common.sink_reset(sink_port)
-            system.start(tmp / f"engine-{r}.log")
-            try:
-                system.produce(200, prefix="warm")
-                common.wait_delivered(sink_port, 200, None, timeout=120)
-                time.sleep(1.0)
-                common.reset_state_rows(srv)
-                common.sink_reset(sink_port)
-                n = max(100, int(a.rate * a.seconds))
-                produced = system.produce(n, rate=a.rate, prefix=f"lat{r}")
-                common.wait_delivered(sink_port, n, None, timeout=max(120.0, a.seconds * 10))
-                sink = common.sink_latency(sink_port)
-            finally:
-                system.stop()
+        for _ in range(a.runs):
+            lat = compare.latency_run(
+                system, a.rate, a.seconds, sink_port, tmp, after_warm=lambda: common.reset_state_rows(srv)
+            )
             per = {k: summary(v) for k, v in stages(srv.database_url).items() if v}
-            results.append({"rate": produced.rate, "sink": sink, "stages": per})
+            results.append({"rate": lat["achieved_rate"], "sink": lat, "stages": per})
             print(table(results[-1], a.rate), flush=True)
     return results
 
@@ -97,7 +84,7 @@ def run(a: argparse.Namespace) -> list[dict[str, Any]]:
 def table(r: dict[str, Any], offered: float) -> str:
     lines = [
         f"offered {offered:,.0f}/s, achieved {r['rate']:,.0f}/s; sink enqueue -> arrival: "
-        + " / ".join(f"{k} {r['sink'][k] * 1000:.1f}" for k in ("p50", "p95", "p99") if r["sink"].get(k)),
+        + " / ".join(f"{k} {r['sink'][f'{k}_ms']:.1f}" for k in ("p50", "p95", "p99") if r["sink"].get(f"{k}_ms")),
         "| stage | p50 ms | p95 ms | p99 ms | max ms | mean ms |",
         "|---|---:|---:|---:|---:|---:|",
     ]

@@ -395,6 +395,11 @@ class Engine:
         async with db.autocommit(conn):
             return await jobs.claim_jobs(conn, ids, self.dist.claim_idle_seconds)
 
+    async def _record(self, conn: psycopg.AsyncConnection[Any], outcomes: list[jobs.Outcome]) -> None:
+        """Outcomes are one statement: in autocommit, one round trip (synchronous commit)."""
+        async with db.autocommit(conn):
+            await jobs.record_outcomes(conn, outcomes)
+
     async def _with_db(self, fn: Any) -> Any:
         """Run ``fn(conn)`` until Postgres answers; None if the engine stops meanwhile."""
         backoff = Backoff()
@@ -580,7 +585,7 @@ class Engine:
         """Outcome in Postgres first, then ack/defer/DLQ in Redis, then free the slots."""
         to_write = [o for h, o in batch if o is not None and h.job is not None]
         if to_write:
-            done = await self._with_db(lambda c: jobs.record_outcomes(c, to_write))
+            done = await self._with_db(lambda c: self._record(c, to_write))
             if done is None and self._stopping:
                 self._release([h for h, _ in batch])
                 return
