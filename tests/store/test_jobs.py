@@ -53,6 +53,31 @@ async def test_a_handed_back_job_keeps_its_last_error_and_attempt_count(database
         assert await _row(conn, job.distribution_id) == ("delivered", 2, None, None)
 
 
+async def test_outcomes_are_stored_exactly_whatever_their_text_holds(database_url: str) -> None:
+    """Timestamps to the microsecond, two attempts of one job, quotes, non-ASCII and a NUL
+    (which PostgreSQL text cannot hold: a destination answering with binary once failed
+    the whole outcome statement) go through the statement's JSON unchanged or replaced."""
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        job = await _claimed(conn)
+        t0 = dt.datetime(2026, 11, 30, 12, 0, 0, 123456, tzinfo=dt.UTC)
+        t1 = t0 + dt.timedelta(microseconds=987)
+        message = 'HTTP 400: "bad" \\ d\u00e9j\u00e0 vu \u2603 \x00end'
+        rows = [jobs.AttemptRow(1, t0, t1, False, 401, "AUTHENTICATION_FAILED", "HTTP 401"),
+                jobs.AttemptRow(2, t1, t1, False, 400, "HTTP_4XX", message)]
+        await jobs.record_outcomes(conn, [jobs.Outcome(job.distribution_id, "a", "failed", "w\u00e9", rows,
+                                                       "HTTP_4XX", message)])
+        stored = message.replace("\x00", "\ufffd")
+        assert await _row(conn, job.distribution_id) == ("failed", 2, "HTTP_4XX", stored)
+        cur = await conn.execute(
+            "SELECT attempt, worker_id, status, response_status_code, error_code, error_message, started_at,"
+            " completed_at FROM distribution_attempts WHERE distribution_id = %s ORDER BY attempt",
+            (job.distribution_id,))
+        assert await cur.fetchall() == [
+            (1, "w\u00e9", "failed", 401, "AUTHENTICATION_FAILED", "HTTP 401", t0, t1),
+            (2, "w\u00e9", "failed", 400, "HTTP_4XX", stored, t1, t1),
+        ]
+
+
 def _index_scans(plan: dict) -> set[str]:
     found = {plan["Index Name"]} if "Index Name" in plan else set()
     for child in plan.get("Plans", []):
@@ -75,8 +100,8 @@ async def test_lookups_by_id_probe_the_primary_key_whatever_the_statistics(datab
         )
         cur = await conn.execute("SELECT distribution_id::text FROM distribution_jobs LIMIT 7")
         ids = [r[0] for r in await cur.fetchall()]
-        for name, sql in {"claim": jobs._CLAIM, "touch stale": jobs._TOUCH_STALE}.items():
-            cur = await conn.execute(f"EXPLAIN (FORMAT JSON) {sql}", (ids, 30))
+        for name, sql, listed in (("claim", jobs._CLAIM, ",".join(ids)), ("touch stale", jobs._TOUCH_STALE, ids)):
+            cur = await conn.execute(f"EXPLAIN (FORMAT JSON) {sql}", (listed, 30))
             plan = (await cur.fetchone())[0][0]["Plan"]
             assert _index_scans(plan) == {"distribution_jobs_pkey"}, (name, plan)
 
