@@ -50,6 +50,13 @@ EXIT_OK = 0
 EXIT_MEMORY_GUARD = 75  # EX_TEMPFAIL: the orchestrator should restart this process
 FINAL_COMMIT_SECONDS = 5.0
 MAX_RETRY_AFTER = 3600.0
+# At moderate rates a read or an outcome commit would otherwise carry one or two
+# entries each: every read is an XREADGROUP and a claim statement, every commit a
+# statement and an ack, whatever their size. Waiting this long before the next one when
+# the last was small lets a few gather (bench/ab.py: see docs/benchmarks/profile.md).
+# A full read or a large outbox never waits, so a backlog drains at full speed.
+LINGER_SECONDS = 0.001
+SMALL_BATCH = 16
 
 
 @dataclass(slots=True)
@@ -125,6 +132,15 @@ class Engine:
         self.loops_stopping = False
         self._started = False
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Claimed jobs wait here for one of ``concurrency`` delivery coroutines: a task
+        # per job queued on a semaphore cost ~7 us of the event loop's time per delivery
+        # in a drain (creation, the semaphore's waiter future, the done callback), the
+        # queue ~1.5 us. Jobs of destinations that batch or are rate limited wait there
+        # instead of here, as tasks of their own: they must not hold a delivery
+        # coroutine while the batch fills or the limiter refills.
+        self._ready: asyncio.Queue[tuple[Entry, jobs.ClaimedJob]] = asyncio.Queue()
+        self._workers: list[asyncio.Task[Any]] = []
+        self._own_tasks: set[str] = set()
         self._loops: list[asyncio.Task[Any]] = []
         self._reader: asyncio.Task[Any] | None = None
         self._committer: asyncio.Task[Any] | None = None
@@ -182,11 +198,14 @@ class Engine:
             batcher = batching.batcher_for(self, client)
             if batcher is not None:
                 self.batchers[dest.name] = batcher
+            if batcher is not None or client.limiter is not None:
+                self._own_tasks.add(dest.name)
             self.metrics.circuit_state.labels(dest.name).set(0)
         self.metrics.memory_threshold.set(self.settings.memory.threshold_mb * 1024 * 1024)
         self._capacity.set()
         self._idle.set()
         self._committer = asyncio.create_task(self._commit_loop(), name="committer")
+        self._workers = [asyncio.create_task(self._work(), name=f"delivery-{i}") for i in range(self.concurrency)]
         self._reader = asyncio.create_task(self._read_loop(), name="reader")
         self._loops = upkeep.start_loops(self)
         if self.http_port is not None and self.http_port >= 0:
@@ -254,13 +273,17 @@ class Engine:
         try:
             await asyncio.wait_for(self._idle.wait(), timeout=left())
         except TimeoutError:
-            unfinished = [t for t in self._tasks if not t.done()]
-            log.warning("grace period over; leaving deliveries pending for another worker", count=len(unfinished))
+            unfinished = [t for t in [*self._tasks, *self._workers] if not t.done()]
+            waiting = [h for h in self._held.values() if h.job is not None]
+            log.warning("grace period over; leaving deliveries pending for another worker", count=len(waiting))
             for task in unfinished:
                 task.cancel()
             await asyncio.gather(*unfinished, return_exceptions=True)
+            while not self._ready.empty():  # claimed, never started: pending for a reclaim
+                entry, _ = self._ready.get_nowait()
+                self._release([h for h in [self._held.get((entry.queue, entry.entry_id))] if h is not None])
         await self._drain_outbox(timeout=FINAL_COMMIT_SECONDS)
-        await self._cancel_all([*self._loops, *([self._committer] if self._committer else [])])
+        await self._cancel_all([*self._loops, *self._workers, *([self._committer] if self._committer else [])])
         from ms07.engine import upkeep
 
         await upkeep.farewell(self)
@@ -329,6 +352,8 @@ class Engine:
                 task = asyncio.create_task(self._dispatch_slot(entries))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
+                if len(entries) < SMALL_BATCH:
+                    await asyncio.sleep(LINGER_SECONDS)
 
     async def _dispatch_slot(self, entries: list[Entry]) -> None:
         try:
@@ -373,9 +398,12 @@ class Engine:
             if job is not None and did not in taken:
                 taken.add(did)
                 self._held[(e.queue, e.entry_id)].job = job
-                task = asyncio.create_task(self._deliver(e, job))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                if job.destination in self._own_tasks:
+                    task = asyncio.create_task(self._deliver(e, job))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+                else:
+                    self._ready.put_nowait((e, job))
             elif did not in statuses and did not in claimed:
                 self._finish_without_job(e, did, ErrorCode.MESSAGE_NOT_FOUND, "no job with this id in Postgres")
             elif e.deliveries > 1 and statuses.get(did) == "processing":
@@ -419,6 +447,15 @@ class Engine:
                 await asyncio.sleep(backoff.next())
 
     # ------------------------------------------------------------------ delivering
+
+    async def _work(self) -> None:
+        """One of ``concurrency`` delivery coroutines: claimed jobs, one at a time."""
+        while True:
+            entry, job = await self._ready.get()
+            try:
+                await self._deliver(entry, job)
+            except Exception:  # _deliver handles its own; this coroutine must outlive anything
+                log.exception("delivery coroutine failed; the entry stays pending", distribution_id=job.distribution_id)
 
     async def _deliver(self, entry: Entry, job: jobs.ClaimedJob) -> None:
         held = self._held[(entry.queue, entry.entry_id)]
@@ -566,6 +603,8 @@ class Engine:
         while True:
             stop_swallowed_cancel(task)
             await self._outbox_event.wait()
+            if len(self._outbox) < SMALL_BATCH and not self._stopping:
+                await asyncio.sleep(LINGER_SECONDS)
             self._outbox_event.clear()
             if not self._outbox:
                 continue

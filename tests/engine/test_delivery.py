@@ -11,7 +11,7 @@ import pytest
 
 from ms07 import keys
 from ms07.submit import submit
-from tests.support import Sink, fail_first, hang, reset, status, submit_n, wait_for
+from tests.support import Sink, fail_first, hang, ok, reset, status, submit_n, wait_for
 
 
 async def _statuses(engine: Any) -> dict[str, int]:
@@ -324,3 +324,40 @@ async def test_a_worker_holds_at_most_concurrency_times_prefetch_entries(make_se
     stats = await engine.queue.stats()
     assert stats["queues"]["default"]["pending"] == 2, stats["queues"]["default"]
     assert engine.in_flight == 2
+
+
+async def test_past_the_grace_period_unfinished_deliveries_stay_pending_for_the_next_worker(
+        make_settings, sink: Sink, start_engine) -> None:
+    """Stopped with two deliveries hanging and four claimed jobs waiting for a delivery
+    coroutine: stop() ends soon after the grace period, nothing is acked or recorded as
+    delivered, and the next worker takes every entry over and delivers it once."""
+    sink.on("/in", hang(4))
+    settings = make_settings(service={"concurrency": 2, "prefetch": 3},
+                             distribution={"timeout_seconds": 5, "claim_idle_seconds": 6},
+                             destinations=[{"name": "a", "url": sink.url("/in")}])
+    engine = await start_engine(settings)
+    ids = await submit_n(engine, "a", 6)
+    await wait_for(lambda: len(sink.received) == 2 and engine.in_flight == 6
+                   and all(h.job is not None for h in engine.held_entries()), what="2 in flight, 4 claimed")
+    t0 = time.monotonic()
+    await engine.stop(grace=0.5)
+    assert time.monotonic() - t0 < 3
+    assert engine.in_flight == 0 and engine.delivered == 0
+    async with engine.runtime.__class__(settings) as rt:
+        q = await rt.queue()
+        stats = await q.stats()
+        assert stats["queues"]["default"]["pending"] == 6, stats["queues"]["default"]
+        async with rt.connection() as conn:
+            cur = await conn.execute("SELECT count(*) FROM distribution_jobs WHERE status = 'processing'")
+            assert (await cur.fetchone())[0] == 6
+
+    sink.on("/in", ok)
+    from ms07.engine.engine import Engine
+
+    engine2 = Engine(settings)
+    await engine2.start()
+    try:
+        await wait_for(lambda: set(ids) <= sink.unique_keys("/in"), timeout=30, what="all six delivered by the next worker")
+        await wait_for(lambda: _stream_empty(engine2), what="every entry acked")
+    finally:
+        await engine2.stop(grace=1)
