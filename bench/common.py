@@ -62,11 +62,12 @@ def sink_stats(port: int) -> dict[str, int]:
         return json.loads(r.read())
 
 
-def sink_latency(port: int) -> dict[str, float | None]:
-    """Enqueue -> delivered latency percentiles (seconds) the sink recorded since the reset."""
+def sink_latency(port: int, skip: float = 0.0) -> dict[str, float | None]:
+    """Enqueue -> delivered latency percentiles (seconds) the sink recorded since the reset,
+    leaving out what arrived in the first ``skip`` seconds."""
     import urllib.request
 
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/latency", timeout=30) as r:  # noqa: S310
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/latency?skip={skip:g}", timeout=30) as r:  # noqa: S310
         return json.loads(r.read())
 
 

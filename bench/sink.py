@@ -12,7 +12,9 @@ GET /stats answers {"requests": n, "unique": n, "duplicates": n, "first": s, "la
 latest request with a new key, so (unique - 1) / (last - first) is the delivery rate seen
 by the receiver); GET /keys the accepted deliveries per id; GET /first the time (epoch
 seconds) each id was first accepted; GET /latency p50/p95/p99 of now - ``t`` for bodies
-stamped by bench.peers.payload (enqueue -> delivered, measured here for every system).
+stamped by bench.peers.payload (enqueue -> delivered, measured here for every system);
+``/latency?skip=S`` leaves out what arrived in the first S seconds after the first stamped
+arrival (a producer process's warm-up).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ def build(fail_rate: float = 0.0, hang_rate: float = 0.0, hang_seconds: float = 
     seen: dict[str, int] = {}
     first: dict[str, float] = {}
     stats: dict[str, float] = {"requests": 0, "duplicates": 0, "first": 0.0, "last": 0.0}
-    latencies: list[float] = []
+    latencies: list[tuple[float, float]] = []  # (arrival, monotonic; now - stamp)
     rng = random.Random(7)
 
     async def receive(request: web.Request) -> web.Response:
@@ -56,7 +58,7 @@ def build(fail_rate: float = 0.0, hang_rate: float = 0.0, hang_seconds: float = 
             first[key] = now
             stats["last"] = time.monotonic()
             if sent is not None:
-                latencies.append(now - sent)
+                latencies.append((stats["last"], now - sent))
         return web.Response(text="ok")
 
     async def get_stats(request: web.Request) -> web.Response:
@@ -66,13 +68,17 @@ def build(fail_rate: float = 0.0, hang_rate: float = 0.0, hang_seconds: float = 
                                   "first": stats["first"], "last": stats["last"]})
 
     async def latency(request: web.Request) -> web.Response:
-        values = sorted(latencies)
+        # ?skip=S leaves out what arrived in the first S seconds after the first stamped
+        # arrival: the warm-up of a producer process started for the run.
+        skip = float(request.query.get("skip", "0"))
+        start = latencies[0][0] if latencies else 0.0
+        values = sorted(v for at, v in latencies if at >= start + skip)
 
         def pct(p: float) -> float | None:
             return values[min(len(values) - 1, int(p * len(values)))] if values else None
 
         return web.json_response({"n": len(values), "p50": pct(0.50), "p95": pct(0.95), "p99": pct(0.99),
-                                  "max": values[-1] if values else None})
+                                  "max": values[-1] if values else None, "skipped": len(latencies) - len(values)})
 
     async def keys(request: web.Request) -> web.Response:
         return web.Response(text=json.dumps(seen), content_type="application/json")
