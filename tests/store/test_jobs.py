@@ -78,6 +78,26 @@ async def test_outcomes_are_stored_exactly_whatever_their_text_holds(database_ur
         ]
 
 
+async def test_inserted_jobs_are_stored_exactly(database_url: str) -> None:
+    """Every byte of a binary payload, a non-ASCII correlation id, keys present and absent,
+    row by row in the order given."""
+    binary = bytes(range(256)) * 4
+    new = [jobs.NewJob(str(uuid.uuid4()), "a", binary, "application/octet-stream", "caf\u00e9 \u2603 \U0001f600",
+                       "high", "key-1", 3),
+           jobs.NewJob(str(uuid.uuid4()), "b", b'{"x": "\\u0000"}'),
+           jobs.NewJob(str(uuid.uuid4()), "a", b"", correlation_id='quote " and \\ backslash')]
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        fresh, existing = await jobs.insert_jobs(conn, new)
+        assert fresh == new and existing == {}
+        cur = await conn.execute(
+            "SELECT distribution_id::text, destination_name, payload, content_type, correlation_id, priority,"
+            " idempotency_key, max_attempts, status FROM distribution_jobs WHERE distribution_id = ANY(%s::uuid[])",
+            ([j.distribution_id for j in new],))
+        stored = {r[0]: r[1:] for r in await cur.fetchall()}
+    assert stored == {j.distribution_id: (j.destination, j.payload, j.content_type, j.correlation_id, j.priority,
+                                          j.idempotency_key, j.max_attempts, "queued") for j in new}
+
+
 def _index_scans(plan: dict) -> set[str]:
     found = {plan["Index Name"]} if "Index Name" in plan else set()
     for child in plan.get("Plans", []):
