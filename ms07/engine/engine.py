@@ -3,8 +3,9 @@
 Inside one process:
 
 - the *reader* takes entries from the consumer group while fewer than ``max_held`` are
-  held, claims their jobs in Postgres (one UPDATE for the whole read), and starts a
-  delivery task for each; at most ``concurrency`` HTTP requests are in flight;
+  held, claims their jobs in Postgres (one UPDATE for the whole read), and queues them
+  for ``concurrency`` delivery coroutines: at most that many HTTP requests are in flight
+  (jobs of batching or rate-limited destinations get a task each instead);
 - the *committer* group-commits outcomes: attempt rows and job updates in one
   transaction, **then** acks (XACK + XDEL) or defers (delayed set) in Redis. An entry is
   released only once acked, so memory is bounded by ``max_held`` (``concurrency`` times
