@@ -191,8 +191,8 @@ async def job_statuses(conn: psycopg.AsyncConnection[Any], ids: Sequence[str]) -
 # UPDATE and COMMIT took four, each a wake-up of two processes. The rows travel as two
 # JSON documents made by the json module in C: psycopg adapts a Python list parameter
 # element by element in Python (its ListDumper), which cost ~13 us per outcome for the
-# sixteen arrays this statement took before, ~8 % of the engine's CPU in a drain; the
-# JSON costs ~2.5 us, and PostgreSQL reads it with json_to_recordset in C.
+# sixteen arrays this statement took before (~10 % of the engine's py-spy samples in a
+# drain); the JSON costs ~2.5 us, and PostgreSQL reads it with json_to_recordset in C.
 _RECORD_OUTCOMES = """
 WITH attempts AS (
     INSERT INTO distribution_attempts (distribution_id, destination_name, attempt, worker_id, status,
