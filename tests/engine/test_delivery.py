@@ -357,7 +357,8 @@ async def test_past_the_grace_period_unfinished_deliveries_stay_pending_for_the_
     engine2 = Engine(settings)
     await engine2.start()
     try:
-        await wait_for(lambda: set(ids) <= sink.unique_keys("/in"), timeout=30, what="all six delivered by the next worker")
+        await wait_for(lambda: set(ids) <= sink.unique_keys("/in"), timeout=30,
+                       what="all six delivered by the next worker")
         await wait_for(lambda: _stream_empty(engine2), what="every entry acked")
     finally:
         await engine2.stop(grace=1)
