@@ -137,10 +137,14 @@ def latency_run(
         "n": n,
         "warmup_seconds": WARMUP_SECONDS,
         "warmup_left_out": lat["skipped"],
-        **{f"{k}_ms": (v * 1000 if v is not None else None) for k, v in lat.items() if k not in ("n", "skipped")},
-        **{f"{k}_all_ms": (v * 1000 if v is not None else None) for k, v in everything.items()
-           if k in ("p50", "p95", "p99")},
+        **_ms(lat, ("p50", "p95", "p99", "max"), "_ms"),
+        **_ms(everything, ("p50", "p95", "p99"), "_all_ms"),
     }
+
+
+def _ms(lat: dict[str, float | None], keys: tuple[str, ...], suffix: str) -> dict[str, float | None]:
+    """The sink's percentiles (seconds) in milliseconds, named ``<key><suffix>``."""
+    return {f"{k}{suffix}": (lat[k] * 1000 if lat[k] is not None else None) for k in keys}
 
 
 def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:

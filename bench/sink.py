@@ -34,7 +34,7 @@ def build(fail_rate: float = 0.0, hang_rate: float = 0.0, hang_seconds: float = 
     seen: dict[str, int] = {}
     first: dict[str, float] = {}
     stats: dict[str, float] = {"requests": 0, "duplicates": 0, "first": 0.0, "last": 0.0}
-    latencies: list[tuple[float, float]] = []  # (arrival, monotonic; now - stamp)
+    latencies: list[tuple[float, float]] = []  # (arrival on the monotonic clock, enqueue -> arrival)
     rng = random.Random(7)
 
     async def receive(request: web.Request) -> web.Response:

@@ -136,9 +136,9 @@ class Engine:
         # Claimed jobs wait here for one of ``concurrency`` delivery coroutines: a task
         # per job queued on a semaphore costs ~7 us of the event loop's time per job
         # (creation, the semaphore's waiter future, the done callback; a loop of no-op
-        # jobs at 64 in flight), the queue ~1.5 us. Jobs of destinations that batch or are rate limited wait there
-        # instead of here, as tasks of their own: they must not hold a delivery
-        # coroutine while the batch fills or the limiter refills.
+        # jobs at 64 in flight), the queue ~1.5 us. Jobs of destinations that batch or
+        # are rate limited wait there instead of here, as tasks of their own: they must
+        # not hold a delivery coroutine while the batch fills or the limiter refills.
         self._ready: asyncio.Queue[tuple[Entry, jobs.ClaimedJob]] = asyncio.Queue()
         self._workers: list[asyncio.Task[Any]] = []
         self._own_tasks: set[str] = set()
@@ -275,14 +275,17 @@ class Engine:
             await asyncio.wait_for(self._idle.wait(), timeout=left())
         except TimeoutError:
             unfinished = [t for t in [*self._tasks, *self._workers] if not t.done()]
-            waiting = [h for h in self._held.values() if h.job is not None]
-            log.warning("grace period over; leaving deliveries pending for another worker", count=len(waiting))
+            log.warning("grace period over; leaving deliveries pending for another worker",
+                        count=sum(h.job is not None for h in self._held.values()))
             for task in unfinished:
                 task.cancel()
             await asyncio.gather(*unfinished, return_exceptions=True)
-            while not self._ready.empty():  # claimed, never started: pending for a reclaim
+            never_started = []  # claimed, still queued for a delivery coroutine: pending for a reclaim
+            while not self._ready.empty():
                 entry, _ = self._ready.get_nowait()
-                self._release([h for h in [self._held.get((entry.queue, entry.entry_id))] if h is not None])
+                if (held := self._held.get((entry.queue, entry.entry_id))) is not None:
+                    never_started.append(held)
+            self._release(never_started)
         await self._drain_outbox(timeout=FINAL_COMMIT_SECONDS)
         await self._cancel_all([*self._loops, *self._workers, *([self._committer] if self._committer else [])])
         from ms07.engine import upkeep
@@ -350,11 +353,15 @@ class Engine:
                 # held before the next read, which counts them against ``max_held``.
                 self._hold(entries)
                 await self._dispatch_slots.acquire()
-                task = asyncio.create_task(self._dispatch_slot(entries))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                self._spawn(self._dispatch_slot(entries))
                 if len(entries) < SMALL_BATCH:
                     await asyncio.sleep(LINGER_SECONDS)
+
+    def _spawn(self, coro: Any) -> None:
+        """A task the engine keeps (and cancels past the grace period) until it ends."""
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _dispatch_slot(self, entries: list[Entry]) -> None:
         try:
@@ -400,9 +407,7 @@ class Engine:
                 taken.add(did)
                 self._held[(e.queue, e.entry_id)].job = job
                 if job.destination in self._own_tasks:
-                    task = asyncio.create_task(self._deliver(e, job))
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
+                    self._spawn(self._deliver(e, job))
                 else:
                     self._ready.put_nowait((e, job))
             elif did not in statuses and did not in claimed:

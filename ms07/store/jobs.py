@@ -157,6 +157,13 @@ RETURNING distribution_id::text, destination_name, payload, content_type, attemp
 """
 
 
+def id_list(ids: Sequence[str]) -> str:
+    """Ids for ``ANY(string_to_array(%s, ',')::uuid[])``: one string for psycopg to adapt
+    instead of a list it adapts element by element in Python (the claim's and its status
+    lookup's ids come from parse_entry, which checked each one is a UUID)."""
+    return ",".join(ids)
+
+
 async def claim_jobs(
     conn: psycopg.AsyncConnection[Any], ids: Sequence[str], lease_seconds: float
 ) -> dict[str, ClaimedJob]:
@@ -169,7 +176,7 @@ async def claim_jobs(
     """
     if not ids:
         return {}
-    cur = await conn.execute(_CLAIM, (",".join(ids), lease_seconds), binary=True, prepare=False)
+    cur = await conn.execute(_CLAIM, (id_list(ids), lease_seconds), binary=True, prepare=False)
     rows = await cur.fetchall()
     return {r[0]: ClaimedJob(*r) for r in rows}
 
@@ -180,7 +187,7 @@ async def job_statuses(conn: psycopg.AsyncConnection[Any], ids: Sequence[str]) -
     cur = await conn.execute(
         "SELECT distribution_id::text, status FROM distribution_jobs"
         " WHERE distribution_id = ANY(string_to_array(%s, ',')::uuid[])",
-        (",".join(ids),),
+        (id_list(ids),),
         prepare=False,
     )
     return {r[0]: r[1] for r in await cur.fetchall()}

@@ -120,7 +120,7 @@ async def test_lookups_by_id_probe_the_primary_key_whatever_the_statistics(datab
         )
         cur = await conn.execute("SELECT distribution_id::text FROM distribution_jobs LIMIT 7")
         ids = [r[0] for r in await cur.fetchall()]
-        for name, sql, listed in (("claim", jobs._CLAIM, ",".join(ids)), ("touch stale", jobs._TOUCH_STALE, ids)):
+        for name, sql, listed in (("claim", jobs._CLAIM, jobs.id_list(ids)), ("touch stale", jobs._TOUCH_STALE, ids)):
             cur = await conn.execute(f"EXPLAIN (FORMAT JSON) {sql}", (listed, 30))
             plan = (await cur.fetchone())[0][0]["Plan"]
             assert _index_scans(plan) == {"distribution_jobs_pkey"}, (name, plan)
