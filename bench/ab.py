@@ -52,8 +52,7 @@ def _one(tree: Path, prefetch: float, sql: str | None, srv: common.Servers, sink
     common.sink_reset(sink_port)
     asyncio.run(common.fill(settings, n))
     http_port = common.free_port()
-    env = {"PYTHONPATH": f"{tree}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    engine = common.start_engine(config, srv, http_port, extra_env=env, log=tmp / "engine.log", wait=False)
+    engine = common.start_engine(config, srv, http_port, log=tmp / "engine.log", wait=False, tree=tree)
     watch = common.ProcessWatch(engine.pid)
     pg = common.ProcessWatch(postmaster) if (postmaster := common.postmaster_pid(srv)) else None
 
@@ -106,6 +105,8 @@ def main() -> None:
     for name, (tree, _, _) in trees.items():
         if not (tree / "ms07" / "engine" / "engine.py").is_file():
             raise SystemExit(f"error: tree {name} ({tree}) has no ms07/engine/engine.py")
+        if (origin := common.ms07_origin(tree)) != tree / "ms07":
+            raise SystemExit(f"error: tree {name}'s engine would import ms07 from {origin}, not from {tree}")
     results: dict[str, list[dict[str, float]]] = {"A": [], "B": []}
     load_before = os.getloadavg()[0]
     with common.sink_process() as (sink_port, _), common.servers() as srv:

@@ -343,16 +343,41 @@ class ProcessWatch:
         self._thread.join(2)
 
 
+def engine_env(srv: Servers | None, config: Path | None, extra_env: dict[str, str] | None = None,
+               tree: Path | None = None) -> tuple[Path, dict[str, str]]:
+    """Working directory and environment for ``python -m ms07`` of ``tree`` (default: this
+    checkout). ``python -m`` puts its working directory first on sys.path, ahead of
+    PYTHONPATH, so another tree's engine must also start in that tree: from this checkout
+    it would import this checkout's ms07 whatever PYTHONPATH says."""
+    env = {**os.environ, "MS07_LOG_LEVEL": "WARNING", **(extra_env or {})}
+    if config is not None:
+        env["MS07_CONFIG"] = str(config)
+    if srv is not None:
+        env["MS07_DATABASE_URL"], env["MS07_REDIS_URL"] = srv.database_url, srv.redis_url
+    cwd = ROOT
+    if tree is not None:
+        cwd = tree.resolve()
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(cwd), env.get("PYTHONPATH", "")) if p)
+    return cwd, env
+
+
+def ms07_origin(tree: Path | None = None) -> Path:
+    """The ms07 package an engine started by ``start_engine(..., tree=tree)`` imports."""
+    cwd, env = engine_env(None, None, tree=tree)
+    out = subprocess.run([sys.executable, "-c", "import ms07; print(ms07.__file__)"],  # noqa: S603
+                         cwd=cwd, env=env, check=True, capture_output=True, text=True, timeout=60)
+    return Path(out.stdout.strip()).parent
+
+
 def start_engine(config: Path, srv: Servers, http_port: int, extra_env: dict[str, str] | None = None,
-                 log: Path | None = None, wait: bool = True) -> subprocess.Popen[bytes]:
-    """``ms07 run`` as a subprocess; ``wait`` until /health/live answers (it answers once
-    the engine is already delivering: callers that count CPU from the first delivery
-    pass ``wait=False`` and watch the sink instead)."""
-    env = {**os.environ, "MS07_CONFIG": str(config), "MS07_DATABASE_URL": srv.database_url,
-           "MS07_REDIS_URL": srv.redis_url, "MS07_LOG_LEVEL": "WARNING", **(extra_env or {})}
+                 log: Path | None = None, wait: bool = True, tree: Path | None = None) -> subprocess.Popen[bytes]:
+    """``ms07 run`` as a subprocess, of ``tree``'s source (default: this checkout); ``wait``
+    until /health/live answers (it answers once the engine is already delivering: callers
+    that count CPU from the first delivery pass ``wait=False`` and watch the sink instead)."""
+    cwd, env = engine_env(srv, config, extra_env, tree)
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
     proc = subprocess.Popen([sys.executable, "-m", "ms07", "run", "--http-port", str(http_port)],  # noqa: S603
-                            env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+                            env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
     if wait:
         wait_http(f"http://127.0.0.1:{http_port}/health/live", timeout=60)
     return proc
