@@ -20,8 +20,12 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ms07.errors import DependencyUnavailable, MissingExtra
+
+if TYPE_CHECKING:
+    import psycopg
 
 DATABASE = "ms07"
 _INSTALL_HINT = "pip install 'ms07[embedded]'"
@@ -85,8 +89,11 @@ def start_postgres(state_dir: Path) -> str:
             f"embedded PostgreSQL did not start in {pgdata}: {type(exc).__name__}{hint}"
         ) from None
     base = server.get_uri()
-    _ensure_database(base)
-    _tune(base)
+    import psycopg
+
+    with psycopg.connect(base, autocommit=True) as conn:  # one admin connection for both
+        _ensure_database(conn)
+        _tune(conn)
     return base.replace("/postgres?", f"/{DATABASE}?", 1)
 
 
@@ -102,29 +109,27 @@ def start_postgres(state_dir: Path) -> str:
 _SETTINGS = {"wal_init_zero": "off"}
 
 
-def _tune(admin_url: str) -> None:
-    import psycopg
+def _tune(conn: psycopg.Connection[Any]) -> None:
+    """Apply ``_SETTINGS`` (ALTER SYSTEM: kept across restarts) on an autocommit admin connection."""
     from psycopg import sql
 
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        changed = False
-        for name, value in _SETTINGS.items():
-            row = conn.execute("SELECT setting FROM pg_settings WHERE name = %s", (name,)).fetchone()
-            if row is not None and row[0] != value:
-                conn.execute(sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name), sql.Literal(value)))
-                changed = True
-        if changed:
-            conn.execute("SELECT pg_reload_conf()")
+    changed = False
+    for name, value in _SETTINGS.items():
+        row = conn.execute("SELECT setting FROM pg_settings WHERE name = %s", (name,)).fetchone()
+        if row is not None and row[0] != value:
+            conn.execute(sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name), sql.Literal(value)))
+            changed = True
+    if changed:
+        conn.execute("SELECT pg_reload_conf()")
 
 
-def _ensure_database(admin_url: str) -> None:
+def _ensure_database(conn: psycopg.Connection[Any]) -> None:
     import psycopg
 
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        found = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,)).fetchone()
-        if not found:
-            with contextlib.suppress(psycopg.errors.DuplicateDatabase):
-                conn.execute(f'CREATE DATABASE "{DATABASE}"')
+    found = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,)).fetchone()
+    if not found:
+        with contextlib.suppress(psycopg.errors.DuplicateDatabase):
+            conn.execute(f'CREATE DATABASE "{DATABASE}"')
 
 
 def stop_postgres(state_dir: Path) -> bool:
