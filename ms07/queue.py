@@ -1,4 +1,4 @@
-"""The Redis Streams protocol (DESIGN section 4).
+"""The Redis Streams protocol (docs/architecture.md, "Redis protocol").
 
 - one stream per priority, consumer group ``workers`` (recreated on ``NOGROUP``);
 - done = XACK + XDEL in one MULTI, so XLEN is the backlog;

@@ -95,7 +95,7 @@ def test_bad_config_cli_exit_code_2(tmp_path: Path) -> None:
 
 
 def test_run_takes_config_after_the_command_too(tmp_path: Path) -> None:
-    """DESIGN section 10: `ms07 run [--config F]`, as well as `ms07 --config F run`."""
+    """README.md, "Commands": `ms07 run [--config F]`, as well as `ms07 --config F run`."""
     path = write(tmp_path, "service:\n  concurrency: 0\n")
     result = cli(["run", "--config", str(path)], env={"NO_COLOR": "1"})
     assert result.exit_code == 2, result.output

@@ -21,7 +21,7 @@ STATUSES = {"healthy", "warning", "critical", "unknown"}
 FINDING_KEYS = {"id", "severity", "summary", "evidence", "remedy", "command"}
 
 def validate_check(obj: Any) -> None:
-    """The contract of DESIGN section 10 for one check."""
+    """The `--json` contract of README.md, "Diagnose", for one check."""
     assert isinstance(obj, dict) and set(obj) == {"check", "status", "findings"}, obj
     assert isinstance(obj["check"], str) and obj["status"] in STATUSES
     assert isinstance(obj["findings"], list)
