@@ -1,6 +1,6 @@
 """Queue backup and restore: every entry, with its id and fields, verified.
 
-The guide's backup (``redis-cli --scan | head -1000``) saved key names, not messages.
+The guide's backup (``redis-cli --scan | head -1000``; docs/architecture.md, recovery 1) saved key names, not messages.
 Ours writes every stream entry and delayed retry as JSON lines, closed by a trailer
 with the count and a SHA-256 of the lines, then reads the file back and checks both. A
 restore verifies the whole file before writing anything to Redis.

@@ -1,7 +1,7 @@
 """The dead-letter queue: parked jobs (Postgres ``failed``/``dead``) and the DLQ stream.
 
 Postgres is the truth about parked *jobs*; the ``distribution:dlq`` stream also holds
-entries that never had a job (malformed, unknown id) and is what the guide's tools read.
+entries that never had a job (malformed, unknown id; docs/architecture.md, "Redis protocol").
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""JSON logs with the guide's fields, and redaction of every secret ms07 knows.
+"""JSON logs with the guide's fields (docs/architecture.md), and redaction of every secret ms07 knows.
 
 One JSON object a line on stdout, always with the same keys so that log pipelines can
 rely on them: ``timestamp`` (ISO 8601 UTC), ``level`` (DEBUG, INFO, WARN, ERROR),

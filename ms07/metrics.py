@@ -1,4 +1,4 @@
-"""Prometheus metrics with the guide's names (``zenia_distribution_*``).
+"""Prometheus metrics with the guide's names (``zenia_distribution_*``) (docs/architecture.md, "Guide procedures").
 
 Each engine owns its registry, so several engines in one test process don't collide.
 The registry also carries the standard ``process_*`` metrics of the engine's process.

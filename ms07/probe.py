@@ -1,4 +1,4 @@
-"""Live probes of a destination: the guide's ``nslookup``, ``telnet`` and ``curl -v`` in one.
+"""Live probes of a destination: the guide's ``nslookup``, ``telnet`` and ``curl -v`` in one (docs/architecture.md).
 
 Used by the engine's health loop, ``ms07 destinations check`` and ``diagnose timeouts``.
 """

@@ -1,4 +1,4 @@
-"""``ms07 recover``: the guide's recovery procedures as reviewed, verified, audited plans.
+"""``ms07 recover``: the guide's recovery procedures (docs/architecture.md) as reviewed, verified, audited plans.
 
 Every command prints its plan (each step with the kubectl / redis-cli / psql line it
 stands for and its precondition checked), then asks once (default No) unless ``--yes``,

@@ -1,6 +1,6 @@
 """Escalation: findings as Alertmanager v2 alerts (``POST /api/v2/alerts``).
 
-The guide's "automatic ticket creation for critical problems" and its P1-P4 matrix:
+The guide's "automatic ticket creation for critical problems" and its P1-P4 matrix (docs/architecture.md):
 every finding at or above ``escalation.min_severity`` becomes one alert whose labels
 carry the check, the finding id, the severity, the priority and the team (both mapped
 in ``escalation:``), so an existing Alertmanager routes it to a ticket or a page.

@@ -4,7 +4,7 @@ XLEN of every queue stream, the DLQ and the delayed sets (with overdue retries);
 consumer group and its pending entries per consumer; consumers holding entries with
 no live heartbeat (dead consumers); stale workers; open jobs Postgres holds that no
 stream or delayed set holds ("lost messages"); and the Redis settings that lose
-messages: any evicting ``maxmemory-policy`` is CRITICAL (the guide's ``allkeys-lru``
+messages: any evicting ``maxmemory-policy`` is CRITICAL (docs/architecture.md, problem 4: the guide's ``allkeys-lru``
 evicts stream keys), no AOF is a WARNING.
 """
 

@@ -15,7 +15,7 @@ from ms07.runtime import Runtime
 
 CheckFn = Callable[[Context], Awaitable[CheckResult]]
 
-# The guide's order: its five problems, then the engine's own health report.
+# The guide's order (docs/architecture.md, "Guide procedures"): its five problems, then the engine's own health report.
 CHECKS: dict[str, CheckFn] = {
     "timeouts": timeouts.check,
     "latency": latency.check,

@@ -42,7 +42,7 @@ SELECT destination_name, error_code, count(*) AS n, max(started_at) AS last_at
  ORDER BY n DESC
 """
 
-# distribution_attempts_started_idx. The guide's latency query, with percentiles.
+# distribution_attempts_started_idx. The guide's latency query (problem 2, docs/architecture.md), with percentiles.
 LATENCY = """
 SELECT destination_name,
        count(*) AS attempts,
@@ -57,7 +57,7 @@ SELECT destination_name,
  GROUP BY destination_name
 """
 
-# distribution_jobs_processing_created_idx: the guide's "resource usage" query.
+# distribution_jobs_processing_created_idx: the guide's "resource usage" query (problem 2, docs/architecture.md).
 ACTIVE = """
 SELECT destination_name, count(*) AS active,
        avg(EXTRACT(EPOCH FROM (now() - created_at))) AS avg_queue_seconds

@@ -1,7 +1,7 @@
 """``diagnose timeouts`` (guide, problem 1): distributions stuck in ``processing``.
 
 Stuck jobs; destinations the engine marks unhealthy or has not checked lately; a live
-DNS / TCP / HTTP probe of every destination at once (the guide's ``nslookup``,
+DNS / TCP / HTTP probe of every destination at once (docs/architecture.md, problem 1: the guide's ``nslookup``,
 ``telnet`` and ``curl -v`` in one table); timeout attempts in the window; the effective
 timeout, backoff and circuit-breaker settings with each circuit's state; queue depth.
 """

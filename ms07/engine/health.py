@@ -1,4 +1,4 @@
-"""The guide's health report: ``status``, ``timestamp``, ``version`` and ``checks`` for
+"""The guide's health report (docs/architecture.md): ``status``, ``timestamp``, ``version`` and ``checks`` for
 database, redis, queue, workers and destinations, each healthy|degraded|unhealthy.
 
 Overall status: ``unhealthy`` (HTTP 503) when PostgreSQL or Redis does not answer, or the

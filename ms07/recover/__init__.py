@@ -1,4 +1,4 @@
-"""The guide's recovery procedures as plans: reviewable, verified, audited, resumable.
+"""The guide's recovery procedures (docs/architecture.md) as plans: reviewable, verified, audited, resumable.
 
 For runbooks and other callers::
 

@@ -1,4 +1,4 @@
-"""``recover db-connection``: the guide's "Recovery da Database Connection Loss".
+"""``recover db-connection``: the guide's "Recovery da Database Connection Loss" (docs/architecture.md).
 
 Check that PostgreSQL answers (``SELECT 1``, timed) and which host of the URL answered,
 as primary or standby; the replication of the primary (``pg_stat_replication``); then a

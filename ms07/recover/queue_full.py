@@ -1,4 +1,4 @@
-"""``recover queue-full``: the guide's "Recovery da Queue Full", without its data loss.
+"""``recover queue-full``: the guide's "Recovery da Queue Full" (docs/architecture.md), without its data loss.
 
 The guide saved key names (``--scan | head -1000``) and then DEL'd the queue. Here:
 scale to 0 and wait until nothing consumes -> back up every entry of every queue stream

@@ -1,4 +1,4 @@
-"""``recover scale``: the guide's "scale workers horizontally" as a plan.
+"""``recover scale``: the guide's "scale workers horizontally" (docs/architecture.md, "Guide procedures") as a plan.
 
 Current -> N replicas through the scale subresource, a wait until N pods are Ready, then
 a watch of the consumer group until N consumers are active (heartbeats). Where no engine

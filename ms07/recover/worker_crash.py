@@ -1,4 +1,4 @@
-"""``recover worker-crash``: the guide's "Recovery da Worker Crash".
+"""``recover worker-crash``: the guide's "Recovery da Worker Crash" (docs/architecture.md, "Guide procedures").
 
 The deployment's pods with status, restarts and last termination (OOMKilled, Error, exit
 code) and their memory when metrics.k8s.io answers -> the previous container's log of

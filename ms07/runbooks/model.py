@@ -14,7 +14,7 @@ from typing import Any
 from ms07.runbooks.commands import Command
 from ms07.runbooks.expr import Expression
 
-# priority -> (response time, the guide's description)
+# priority -> (response time, the guide's description; docs/architecture.md, "Guide procedures")
 PRIORITIES = {
     "P1": ("15m", "critical: the system is completely down"),
     "P2": ("1h", "high: critical functions are compromised"),

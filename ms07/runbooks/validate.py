@@ -1,6 +1,6 @@
 """Validate a runbook document: any mistake is one line naming the file and the line.
 
-Unknown keys (with a "did you mean"), the escalation matrix and the guide's teams, every
+Unknown keys (with a "did you mean"), the escalation matrix and its teams (ms07/runbooks/model.py), every
 step's command and arguments (parsed as the CLI parses them), and every ``when:`` /
 ``expect:`` expression: its syntax and types, the finding ids and checks it names (ids
 are read from the diagnose checks), and that an earlier step runs the check it reads.
@@ -185,7 +185,7 @@ class Validator:
             raise self.fail(
                 lines.get("team"),
                 "escalation.team",
-                f"{team!r} is not a team of the guide ({', '.join(TEAMS)})",
+                f"{team!r} is not a team of the escalation matrix ({', '.join(TEAMS)})",
             )
         if email != TEAMS[team][0]:
             raise self.fail(

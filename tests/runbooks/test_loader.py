@@ -303,7 +303,7 @@ def test_escalation_matrix_and_teams(tmp_path: Path) -> None:
         8,
         "sre is reached at sre@zenia.it",
     )
-    fails(tmp_path, GOOD.replace("team: sre", "team: dba"), 7, "'dba' is not a team of the guide")
+    fails(tmp_path, GOOD.replace("team: sre", "team: dba"), 7, "'dba' is not a team of the escalation matrix")
 
 
 def test_structure(tmp_path: Path) -> None:
