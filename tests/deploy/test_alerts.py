@@ -22,7 +22,7 @@ from tests.deploy.support import (
 
 ALERTS = PROMETHEUS / "alerts.yaml"
 ALERTS_TEST = PROMETHEUS / "alerts_test.yaml"
-# The guide's alerts (issue 11) -> the metric each must be built on.
+# The guide's alerts (issue 11; docs/architecture.md, "Guide procedures") -> the metric each must be built on.
 REQUIRED = {
     "Ms07HighErrorRate": "zenia_distribution_requests_total",
     "Ms07HighLatencyP95": "zenia_distribution_latency_seconds_bucket",

@@ -86,7 +86,7 @@ async def test_min_severity_and_priorities_come_from_config(
     }
     assert all(
         a["labels"]["team"] == "backend" for a in alerts
-    )  # the guide's matrix: queue -> backend
+    )  # the guide's matrix (README.md, "Diagnose"): queue -> backend
     sent = await notify(settings, report)
     assert sent.alerts == 2 and sent.url == sink.url("/api/v2/alerts")
     assert endpoint("http://am:9093/") == "http://am:9093/api/v2/alerts"

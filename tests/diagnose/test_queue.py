@@ -79,7 +79,7 @@ async def test_recently_lost_job_is_a_warning_the_reconciler_will_fix(make_setti
 
 async def test_evicting_redis_is_critical(make_settings, redis_url, cli, config_file) -> None:
     r = client(redis_url)
-    r.config_set("maxmemory-policy", "allkeys-lru")  # the guide's advice; the fixture resets it
+    r.config_set("maxmemory-policy", "allkeys-lru")  # the guide's advice (docs/architecture.md); the fixture resets it
     r.xgroup_create(keys.stream("default"), keys.GROUP, id="0", mkstream=True)
     r.close()
     result = await run_check_async(make_settings(), "queue")

@@ -1,4 +1,4 @@
-"""JSON logs: the guide's fields on every line, a distribution's life with its
+"""JSON logs: the guide's fields (ms07/logs.py) on every line, a distribution's life with its
 correlation id, levels, the console format, and redaction."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ LEVELS = {"DEBUG", "INFO", "WARN", "ERROR", "CRITICAL"}
 
 
 def parse_lines(text: str) -> list[dict[str, Any]]:
-    """Every line must be one JSON object with the guide's fields."""
+    """Every line must be one JSON object with the guide's fields (ms07/logs.py)."""
     records = []
     for line in text.splitlines():
         record = json.loads(line)

@@ -1,4 +1,4 @@
-"""GET /metrics: the guide's names, types and labels, values that move, promtool's lint."""
+"""GET /metrics: the guide's names (README.md, "Metrics"), types and labels, values that move, promtool's lint."""
 
 from __future__ import annotations
 

@@ -102,7 +102,7 @@ async def test_a_run_with_secrets_prints_none_of_them(tmp_path: Path, sink: Sink
         proc.kill()
 
     text = proc.log.read_text()
-    records = parse_lines(text)  # every line of the run is JSON with the guide's fields
+    records = parse_lines(text)  # every line of the run is JSON with the guide's fields (ms07/logs.py)
     assert any(r["message"] == "engine started" for r in records)
     warned = [r for r in records if r["message"] == "delivery attempt failed"]
     assert warned and warned[0]["error_code"] == "AUTHENTICATION_FAILED"

@@ -1,4 +1,4 @@
-"""Smoke tests of the guide's five problems: the problem is made for real; a dry run must
+"""Smoke tests of the guide's five problems (docs/architecture.md): the problem is made for real; a dry run must
 describe it (and change nothing); a real run that cannot fix it must stop at the failing
 verification with the next command and whom to escalate to."""
 

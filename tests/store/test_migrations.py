@@ -1,4 +1,4 @@
-"""Migrations are idempotent and the guide's diagnostic SQL runs unchanged."""
+"""Migrations are idempotent and the guide's diagnostic SQL runs unchanged (docs/architecture.md, "Data model")."""
 
 from __future__ import annotations
 
