@@ -72,7 +72,9 @@ def _need(cls: type, call: ast.Call, where: str) -> Need:
     values = {params[i]: _arg_text(a) for i, a in enumerate(call.args)}
     values.update({k.arg: _arg_text(k.value) for k in call.keywords if k.arg})
     # Literal arguments (a CustomObjectsApi group or plural) fill the template.
-    path = re.sub(r"\{(\w+)\}", lambda m: values.get(m.group(1), m.group(0)) if m.group(1) != "name" else "{name}", template)
+    path = re.sub(
+        r"\{(\w+)\}", lambda m: "{name}" if m.group(1) == "name" else values.get(m.group(1), m.group(0)), template
+    )
     parts = path.strip("/").split("/")
     group = "" if parts[0] == "api" else parts[1]
     rest = parts[parts.index("namespaces") + 2 :] if "namespaces" in parts else parts[2 if parts[0] == "api" else 3 :]
