@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -307,6 +308,46 @@ def test_the_role_is_bound_to_the_toolkit_account_only(base: list[dict[str, Any]
     assert subject.name != "ms07-distributor"
     toolbox = deserialize(_one(load_docs(K8S / "toolbox.yaml"), "Pod"))
     assert toolbox.spec.service_account_name == subject.name
+
+
+# --------------------------------------------------------------------------- network policy
+
+METADATA_SERVICE = {"169.254.169.254/32", "fd00:ec2::254/128"}
+
+
+def _port(url: str) -> int:
+    parts = urlsplit(url)
+    return parts.port or {"https": 443, "http": 80}[parts.scheme]
+
+
+def test_the_engine_has_a_network_policy(
+    base: list[dict[str, Any]], deployment: Any, container: Any, settings: Settings
+) -> None:
+    policy = deserialize(_one(base, "NetworkPolicy")).spec
+    selector = policy.pod_selector.match_labels
+    assert selector and selector.items() <= deployment.spec.template.metadata.labels.items()
+    assert set(policy.policy_types) == {"Ingress", "Egress"}
+    # In: the container's own ports only.
+    assert all(rule.ports for rule in policy.ingress), "an ingress rule without ports opens every port"
+    assert {p.port for rule in policy.ingress for p in rule.ports} == {p.container_port for p in container.ports}
+    # Out: DNS, PostgreSQL, Redis and every destination, health and token URL the config names.
+    assert all(rule.ports for rule in policy.egress), "an egress rule without ports opens every port"
+    allowed = {(p.protocol, p.port) for rule in policy.egress for p in rule.ports}
+    needed = {("UDP", 53), ("TCP", 53), ("TCP", 5432), ("TCP", 6379)}
+    for dest in settings.destinations:
+        urls = [dest.url, dest.health_url, getattr(dest.auth, "token_url", None)]
+        needed |= {("TCP", _port(u)) for u in urls if u}
+    assert needed <= allowed, f"not allowed out: {needed - allowed}"
+    # ... but never the cloud metadata service, on any port beyond DNS.
+    for rule in policy.egress:
+        if {p.port for p in rule.ports} <= {53}:
+            continue
+        assert rule.to, "a rule to everywhere includes the metadata service"
+        for peer in rule.to:
+            if peer.ip_block is not None:
+                assert set(peer.ip_block._except or []) & METADATA_SERVICE, peer.ip_block.cidr
+            else:
+                assert peer.namespace_selector is not None or peer.pod_selector is not None
 
 
 # ----------------------------------------------------------------- service, PDB, autoscaling
