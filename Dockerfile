@@ -9,8 +9,14 @@
 # one where no wheel exists for the platform); the final stage installs those wheels
 # from a bind mount, so neither compilers nor the wheels themselves end up in the image.
 # The embedded PostgreSQL/Redis extra is left out on purpose: a container is given
-# MS07_DATABASE_URL and MS07_REDIS_URL.
-
+# MS07_DATABASE_URL and MS07_REDIS_URL. The image ships no pip, setuptools or wheel (nor
+# ensurepip's copies): nothing in it can install or build a package at run time.
+#
+# The base image should be pinned by digest, so that a build is reproducible and a
+# re-pushed tag cannot change it. Look the digest up where Docker runs, then pin it here
+# (or pass it with --build-arg); renew it with each Debian/Python security update:
+#   docker buildx imagetools inspect python:3.11-slim --format '{{json .Manifest.Digest}}'
+#   docker build --build-arg PYTHON_IMAGE=python:3.11-slim@sha256:<digest> -t ms07:0.1.0 .
 ARG PYTHON_IMAGE=python:3.11-slim
 
 FROM ${PYTHON_IMAGE} AS builder
@@ -30,8 +36,6 @@ FROM ${PYTHON_IMAGE} AS runtime
 ARG UID=10001
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PIP_NO_CACHE_DIR=1 \
     PATH=/opt/ms07/bin:$PATH \
     HOME=/var/lib/ms07 \
     MS07_STATE_DIR=/var/lib/ms07 \
@@ -42,10 +46,19 @@ RUN groupadd --system --gid ${UID} ms07 \
         --shell /usr/sbin/nologin ms07 \
  && install -d -o ${UID} -g ${UID} -m 0750 /var/lib/ms07
 # The bytecode is compiled here, at install time: with a read-only root filesystem the
-# interpreter could not write it later.
+# interpreter could not write it later. The base image's own pip installs into a venv made
+# without one, and is then removed with setuptools, wheel and ensurepip's bundled wheels;
+# the last line fails the build if any of them is still importable.
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
-    python -m venv /opt/ms07 \
- && /opt/ms07/bin/pip install --no-index --find-links=/wheels ms07 \
+    python -m venv --without-pip /opt/ms07 \
+ && PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 python -m pip --python /opt/ms07/bin/python \
+        install --no-index --find-links=/wheels ms07 \
+ && python -m pip uninstall -y -q pip setuptools wheel \
+ && rm -rf "$(python -c 'import ensurepip, pathlib; print(pathlib.Path(ensurepip.__file__).parent / "_bundled")')" \
+ && for py in python /opt/ms07/bin/python; do \
+        "$py" -c 'import importlib.util as u, sys; sys.exit(any(u.find_spec(m) for m in ("pip", "setuptools", "wheel", "pkg_resources")))' \
+        || { echo "pip/setuptools/wheel left in $py" >&2; exit 1; }; \
+    done \
  && /opt/ms07/bin/ms07 --version
 COPY runbooks /usr/share/ms07/runbooks
 # Kubernetes mounts writable emptyDirs here and at /tmp; the rest can stay read-only.

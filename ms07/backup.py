@@ -11,18 +11,21 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import math
 import os
+import re
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from ms07 import keys
 from ms07.errors import BackupError
-from ms07.queue import Queue
+from ms07.queue import InvalidMessage, Queue, parse_entry
 
 FORMAT = "ms07-queue-backup"
 VERSION = 1
@@ -149,17 +152,36 @@ def _read(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, A
             raise BackupError(f"{path}: line {n} is not valid JSON") from None
         if not isinstance(obj, dict) or obj.get("t") not in ("stream", "delayed"):
             raise BackupError(f"{path}: line {n} is not a backup entry")
-        if obj["t"] == "stream" and not (
-            isinstance(obj.get("key"), str) and isinstance(obj.get("id"), str) and isinstance(obj.get("fields"), dict)
-        ):
-            raise BackupError(f"{path}: line {n}: stream entry needs key, id and fields")
-        if obj["t"] == "delayed" and not (
-            isinstance(obj.get("key"), str) and isinstance(obj.get("member"), str)
-            and isinstance(obj.get("score"), int | float)
-        ):
-            raise BackupError(f"{path}: line {n}: delayed entry needs key, member and score")
+        problem = _entry_problem(obj)
+        if problem:
+            raise BackupError(f"{path}: line {n}: {obj['t']} entry {problem}")
         entries.append(obj)
     return header, entries, trailer
+
+
+_STREAM_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
+
+
+def _entry_problem(obj: dict[str, Any]) -> str | None:
+    """What is wrong with one entry's shape (None: nothing); the keys are checked by restore."""
+    if not isinstance(obj.get("key"), str):
+        return "needs a key"
+    if obj["t"] == "stream":
+        entry_id, fields = obj.get("id"), obj.get("fields")
+        if not isinstance(entry_id, str) or not _STREAM_ID.fullmatch(entry_id) or entry_id == "0-0":
+            return "needs an id like 1712345678901-0"
+        # redis-py would raise on anything else, half-way through the restore.
+        if not isinstance(fields, dict) or not fields:
+            return "needs fields (a non-empty mapping)"
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in fields.items()):
+            return "fields must map text to text"
+        return None
+    score = obj.get("score")
+    if not isinstance(obj.get("member"), str):
+        return "needs a member"
+    if isinstance(score, bool) or not isinstance(score, int | float) or not math.isfinite(score):
+        return "needs a finite score"
+    return None
 
 
 @dataclass
@@ -183,26 +205,94 @@ def verify(path: str | os.PathLike[str]) -> Verified:
     return Verified(len(entries), digest.hexdigest(), entries)
 
 
-def _allowed_key(key: str) -> bool:
-    return key.startswith((keys.STREAM_PREFIX, keys.SCHEDULER_PREFIX)) or key == keys.DLQ
+def _check_keys(queue: Queue, path: str | os.PathLike[str], entries: list[dict[str, Any]]) -> None:
+    """Every entry goes to exactly one of this configuration's keys, of its own kind: a
+    stream entry to a queue stream or the DLQ, a delayed entry to a queue's delayed set.
+    A prefix match let a stream land on a delayed set's key (the scheduler then failed
+    with WRONGTYPE on every tick) and an ensure_group on a junk queue name."""
+    streams = {keys.stream(q) for q in queue.priorities}
+    delayed = {keys.delayed(q) for q in queue.priorities}
+    seen: set[tuple[str, str]] = set()
+    for n, obj in enumerate(entries, start=2):
+        key = obj["key"]
+        where = f"{path}: line {n}: {obj['t']} entry for key {key[:80]!r}"
+        if obj["t"] == "stream":
+            if key not in streams and key != keys.DLQ:
+                raise BackupError(f"{where}: not a queue stream or the DLQ of this configuration "
+                                  f"({', '.join(sorted(streams | {keys.DLQ}))})")
+            if key != keys.DLQ:
+                try:
+                    parse_entry(obj["fields"])
+                except InvalidMessage as exc:
+                    raise BackupError(f"{where}: {exc}") from None
+            if (key, obj["id"]) in seen:
+                raise BackupError(f"{where}: id {obj['id']} appears twice")
+            seen.add((key, obj["id"]))
+        else:
+            if key not in delayed:
+                raise BackupError(f"{where}: not a delayed set of this configuration "
+                                  f"({', '.join(sorted(delayed))})")
+            try:
+                uuid.UUID(obj["member"])
+            except ValueError:
+                raise BackupError(f"{where}: member {obj['member'][:64]!r} is not a distribution id") from None
+
+
+async def _check_types(queue: Queue, path: str | os.PathLike[str], entries: list[dict[str, Any]]) -> None:
+    """Refuse before writing when a target key already holds another Redis type."""
+    wanted = {o["key"]: "stream" if o["t"] == "stream" else "zset" for o in entries}
+    for key, kind in sorted(wanted.items()):
+        found = await queue.redis.type(key)
+        found = found.decode() if isinstance(found, bytes) else str(found)
+        if found not in ("none", kind):
+            raise BackupError(f"{path}: Redis key {key} holds a {found}, not a {kind}: nothing restored")
 
 
 async def restore(
     queue: Queue, path: str | os.PathLike[str], *, progress: Progress | None = None
 ) -> RestoreResult:
-    """Put a verified backup back. Entries keep their ids when their stream is gone;
-    otherwise they get new ids (after the group's last delivered id, so they are read).
-    An entry whose id is still in the stream is skipped, so restoring twice is harmless."""
+    """Put a verified backup back, all or nothing. Every entry is checked first (its key is
+    one of this configuration's, of the entry's kind and Redis type; its fields are text;
+    its distribution id is a UUID); a Redis error while writing removes what this restore
+    had written. Entries keep their ids when their stream is gone; otherwise they get new
+    ids (after the group's last delivered id, so they are read). An entry whose id is still
+    in the stream is skipped, so restoring twice is harmless."""
     verified = verify(path)
-    for obj in verified.entries:
-        if not _allowed_key(obj["key"]):
-            raise BackupError(f"{path}: refuses to write key {obj['key']!r}, not an ms07 queue key")
+    _check_keys(queue, path, verified.entries)
+    await _check_types(queue, path, verified.entries)
+    written: list[tuple[str, str]] = []  # (stream, new id) and (delayed key, member) added
+    try:
+        return await _write(queue, verified.entries, written, progress)
+    except RedisError as exc:
+        undone = await _undo(queue, written)
+        raise BackupError(
+            f"{path}: restore failed ({str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}); "
+            f"{undone} of the {len(written)} entries it had written were removed again"
+        ) from None
+
+
+async def _undo(queue: Queue, written: list[tuple[str, str]]) -> int:
+    undone = 0
+    for key, item in reversed(written):
+        try:
+            if key.startswith(keys.SCHEDULER_PREFIX):
+                undone += int(await queue.redis.zrem(key, item))
+            else:
+                undone += int(await queue.redis.xdel(key, item))
+        except RedisError:
+            continue
+    return undone
+
+
+async def _write(
+    queue: Queue, entries: list[dict[str, Any]], written: list[tuple[str, str]], progress: Progress | None
+) -> RestoreResult:
     result = RestoreResult()
     by_key: Counter[str] = Counter()
-    streams = sorted({o["key"] for o in verified.entries if o["t"] == "stream"})
+    streams = sorted({o["key"] for o in entries if o["t"] == "stream"})
     fresh = {s: not await queue.redis.exists(s) for s in streams}
     for stream in streams:
-        items = [o for o in verified.entries if o["t"] == "stream" and o["key"] == stream]
+        items = [o for o in entries if o["t"] == "stream" and o["key"] == stream]
         for start in range(0, len(items), _CHUNK):
             chunk = items[start : start + _CHUNK]
             if fresh[stream]:
@@ -210,12 +300,19 @@ async def restore(
                 for o in chunk:
                     pipe.xadd(stream, o["fields"], id=o["id"])
                 replies = await pipe.execute(raise_on_error=False)
-                retry = [o for o, r in zip(chunk, replies, strict=True) if isinstance(r, ResponseError)]
+                retry = []
+                for o, r in zip(chunk, replies, strict=True):
+                    if isinstance(r, ResponseError):
+                        retry.append(o)
+                    elif isinstance(r, Exception):
+                        raise r
+                    else:
+                        written.append((stream, str(r)))
                 if retry:  # ids out of order in a hand-edited file: give them new ids
                     pipe = queue.redis.pipeline(transaction=False)
                     for o in retry:
                         pipe.xadd(stream, o["fields"])
-                    await pipe.execute()
+                    written.extend((stream, str(r)) for r in await pipe.execute())
                     result.new_ids += len(retry)
                 added = len(chunk)
             else:
@@ -228,7 +325,7 @@ async def restore(
                 pipe = queue.redis.pipeline(transaction=False)
                 for o in todo:
                     pipe.xadd(stream, o["fields"])
-                await pipe.execute()
+                written.extend((stream, str(r)) for r in await pipe.execute())
                 result.new_ids += len(todo)
                 added = len(todo)
             by_key[stream] += added
@@ -237,7 +334,7 @@ async def restore(
                 progress(len(chunk))
         if stream != keys.DLQ:
             await queue.ensure_group(keys.queue_of(stream))
-    delayed = [o for o in verified.entries if o["t"] == "delayed"]
+    delayed = [o for o in entries if o["t"] == "delayed"]
     for start in range(0, len(delayed), _CHUNK):
         chunk = delayed[start : start + _CHUNK]
         pipe = queue.redis.pipeline(transaction=False)
@@ -246,6 +343,7 @@ async def restore(
         replies = await pipe.execute()
         for o, added in zip(chunk, replies, strict=True):
             if added:
+                written.append((o["key"], o["member"]))
                 by_key[o["key"]] += 1
                 result.restored += 1
             else:

@@ -7,7 +7,8 @@ urllib3 request, run in a thread so that Ctrl-C stays responsive; waits poll wit
 deadline. Responses are read as the API's own JSON (``_preload_content=False``), so the
 code reads the field names ``kubectl get -o json`` shows.
 
-Every call names the RBAC verb and resource it needs; an API error becomes one line
+Every call names the RBAC verb and resource it needs (deploy/kubernetes/base/role.yaml grants
+exactly those, checked by tests/deploy/test_manifests.py); an API error becomes one line
 (:class:`KubeError`): a 403 says which permission is missing, a 404 which object.
 """
 
@@ -23,7 +24,6 @@ from typing import Any
 
 from ms07.recover.k8s_types import (
     CRASH_REASONS,
-    RBAC,
     RESTARTED_AT,
     DeploymentState,
     KubeError,
@@ -38,7 +38,6 @@ from ms07.recover.k8s_types import (
 
 __all__ = [
     "CRASH_REASONS",
-    "RBAC",
     "RESTARTED_AT",
     "DeploymentState",
     "Kube",

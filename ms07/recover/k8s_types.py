@@ -217,12 +217,3 @@ def api_error(
         + (f": {message}" if message else "")
     )
 
-
-# The RBAC a recovering service account needs, per call above (deploy/ writes the Role).
-RBAC = [
-    {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "patch"]},
-    {"apiGroups": ["apps"], "resources": ["deployments/scale"], "verbs": ["get", "patch"]},
-    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "delete"]},
-    {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
-    {"apiGroups": ["metrics.k8s.io"], "resources": ["pods"], "verbs": ["list"]},
-]

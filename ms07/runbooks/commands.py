@@ -41,6 +41,30 @@ FORBIDDEN = {
     "from_step": "--from-step: a step always runs its whole procedure",
     "plan_id": "--plan-id: the runbook's run id is the plan id",
 }
+# Where a step's command connects, with which credentials, and what it writes where: these
+# come from the configuration (the config file, MS07_* variables, KUBECONFIG), never from a
+# runbook. A step `ms07 diagnose health --url http://host/collect` sent the API token to
+# that host even on `runbook run --dry-run`; `--kubeconfig` with an exec plugin ran a command.
+TARGETS = {
+    "url": "the engine's URL comes from MS07_HEALTH_URL or service.http_port",
+    "health_url": "the engine's URL comes from MS07_HEALTH_URL or service.http_port",
+    "kubeconfig": "the cluster and its credentials come from KUBECONFIG or the in-cluster account",
+    "context": "the cluster and its credentials come from KUBECONFIG or the in-cluster account",
+    "namespace": "the namespace comes from MS07_K8S_NAMESPACE",
+    "deployment": "the deployment comes from MS07_K8S_DEPLOYMENT",
+    "selector": "the pod selector comes from MS07_K8S_LABEL_SELECTOR",
+    "backup": "backups go to MS07_STATE_DIR/backups",
+}
+# What a step may set: windows, thresholds, counts, timeouts, switches, names of configured
+# destinations, pods and consumers. A parameter in neither set is refused (and a test makes
+# every new CLI option land in one of them).
+SAFE = {
+    "since", "stuck_after", "stale_health", "stale_worker", "lost_grace", "token_expiry_warning",
+    "probe_timeout", "p95_threshold_ms", "rss_growth_percent", "probe", "notify",
+    "replicas", "watch_seconds", "idle_seconds", "consumer_timeout", "consumers_timeout",
+    "health_timeout", "timeout", "pod", "lines", "to", "requeue", "min_idle_ms", "older_than",
+    "dry_run", "yes", "detailed", "names", "limit",
+}
 # CLI parameter of `ms07 diagnose ...` -> (DiagnoseOptions field, is a duration)
 DIAGNOSE_OPTIONS = {
     "since": ("since_seconds", True),
@@ -226,6 +250,13 @@ def parse(line: Any) -> Command:
     given = {p for p in params if getattr(ctx.get_parameter_source(p), "name", "") == "COMMANDLINE"}
     for key in sorted(given & set(FORBIDDEN)):
         raise CommandError(f"`{name}`: {FORBIDDEN[key]}")
+    for key in sorted(given - SAFE):
+        flag = next((p.opts[0] for p in cmd.params if p.name == key), key)
+        why = TARGETS.get(key, "it is not one a runbook may set")
+        raise CommandError(
+            f"`{name} {flag}`: a step may not choose where ms07 connects, with which credentials, "
+            f"or where it writes: {why}"
+        )
     command = Command(line.strip(), tuple(path), words, params, given)
     _check_options(command)
     return command

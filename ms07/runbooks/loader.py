@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import stat
 from pathlib import Path
 
 from ms07.config import parse_yaml
@@ -18,6 +19,9 @@ from ms07.runbooks.model import Runbook
 from ms07.runbooks.validate import Validator
 
 SYSTEM_DIR = Path("/usr/share/ms07/runbooks")
+SUFFIXES = (".yaml", ".yml")
+# The largest runbook is ~6 KB; a bigger file is not one (and is not read whole).
+MAX_BYTES = 256 * 1024
 
 
 def search_path() -> list[Path]:
@@ -55,7 +59,10 @@ def files(directory: Path | None = None) -> list[Path]:
 def find(name: str) -> Path:
     """A runbook's file by id (``queue-full``) or by path (``./draft.yaml``)."""
     as_path = Path(name).expanduser()
-    if name.endswith((".yaml", ".yml")) or os.sep in name:
+    if name.endswith(SUFFIXES) or os.sep in name:
+        if not name.endswith(SUFFIXES):
+            # Checked before anything is opened: `runbook show ~/.kube/config` reads nothing.
+            raise RunbookError(f"{name}: not a runbook file (a runbook is a .yaml file)")
         if as_path.is_file():
             return as_path
         raise NotFound(f"no runbook file {name}")
@@ -69,24 +76,60 @@ def find(name: str) -> Path:
     raise NotFound(f"no runbook {name!r} in {directory}{hint}")
 
 
+def _read(path: Path) -> str:
+    """A runbook file's text. Only a regular ``.yaml`` file (a link must point at one) of at
+    most MAX_BYTES is read: not a FIFO or device that would block, not another file through a
+    link."""
+    try:
+        real = path.resolve(strict=True)
+        info = os.stat(real)
+    except OSError as exc:
+        raise RunbookError(f"{path}: cannot read: {exc.strerror}") from None
+    if not (path.name.endswith(SUFFIXES) and real.name.endswith(SUFFIXES)):
+        raise RunbookError(f"{path}: not a runbook file (a runbook is a .yaml file)")
+    if not stat.S_ISREG(info.st_mode):
+        raise RunbookError(f"{path}: not a runbook file (not a regular file)")
+    if info.st_size > MAX_BYTES:
+        raise RunbookError(f"{path}: not a runbook file ({info.st_size} bytes; a runbook has at most {MAX_BYTES})")
+    try:
+        with open(real, "rb") as f:
+            data = f.read(MAX_BYTES + 1)
+    except OSError as exc:
+        raise RunbookError(f"{path}: cannot read: {exc.strerror}") from None
+    if len(data) > MAX_BYTES:
+        raise RunbookError(f"{path}: not a runbook file (more than {MAX_BYTES} bytes)")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise RunbookError(f"{path}: not UTF-8 text") from None
+
+
 def load(name_or_path: str | Path) -> Runbook:
     """Load and validate one runbook (by id or path)."""
     path = name_or_path if isinstance(name_or_path, Path) else find(name_or_path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise RunbookError(f"{path}: cannot read: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise RunbookError(f"{path}: not UTF-8 text") from None
-    return parse(text, path)
+    return parse(_read(path), path)
 
 
 def load_all(directory: Path | None = None) -> list[Runbook]:
     return [load(p) for p in files(directory)]
 
 
+def _id_line(stem: str) -> re.Pattern[str]:
+    quoted = re.escape(stem)
+    return re.compile(rf"^id:[ \t]*(?:{quoted}|'{quoted}'|\"{quoted}\")[ \t]*(?:#.*)?$", re.M)
+
+
 def parse(text: str, path: Path) -> Runbook:
-    """Validate a runbook's text; ``path`` names it in errors (and its stem is its id)."""
+    """Validate a runbook's text; ``path`` names it in errors (and its stem is its id).
+
+    Errors quote the file (keys, values, YAML tokens) to help its author, so the text must
+    first show that it is a runbook: a top-level ``id: <file name>`` line. Any other file
+    (``runbook show secrets.yaml``) gets one line that quotes nothing of it."""
+    if not _id_line(path.stem).search(text):
+        raise RunbookError(
+            f"{path}:1: not a runbook: no top-level line `id: {path.stem}` (a runbook's id is its "
+            "file's name); nothing of the file is shown"
+        )
     try:
         doc = parse_yaml(text, str(path))
     except ConfigError as exc:

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
 from ms07 import keys
 from ms07.config import ServiceConfig, Settings, load_settings
+from tests.deploy import k8s_calls
 from tests.deploy.support import (
     BASE,
     K8S,
@@ -25,14 +27,6 @@ from tests.deploy.support import (
 GUIDE_RESOURCES = {
     "requests": {"cpu": "1000m", "memory": "2Gi"},
     "limits": {"cpu": "2000m", "memory": "4Gi"},
-}
-# What `ms07 recover` (and `diagnose memory`) do through the API: (group, resource) -> verbs.
-RECOVER_NEEDS = {
-    ("apps", "deployments"): {"get", "list", "patch"},
-    ("apps", "deployments/scale"): {"get", "update", "patch"},
-    ("", "pods"): {"get", "list", "watch", "delete"},
-    ("", "pods/log"): {"get"},
-    ("metrics.k8s.io", "pods"): {"get", "list"},
 }
 STANDALONE = ["secret.example.yaml", "toolbox.yaml", "migrate-job.yaml"]
 CRD_KINDS = {"ScaledObject", "TriggerAuthentication"}
@@ -263,20 +257,49 @@ def test_the_secret_template_has_every_key_and_only_placeholders(container: Any)
 # --------------------------------------------------------------------------- RBAC
 
 
-def _granted(role: Any) -> dict[tuple[str, str], set[str]]:
-    granted: dict[tuple[str, str], set[str]] = {}
+def _granted(role: Any) -> dict[tuple[str, str, str], set[tuple[str, ...]]]:
+    """(apiGroup, resource, verb) -> the resourceNames of each rule granting it (() = any)."""
+    granted: dict[tuple[str, str, str], set[tuple[str, ...]]] = {}
     for rule in role.rules:
         assert "*" not in rule.verbs and "*" not in rule.resources and "*" not in rule.api_groups
         for group in rule.api_groups:
             for resource in rule.resources:
-                granted.setdefault((group, resource), set()).update(rule.verbs)
+                for verb in rule.verbs:
+                    granted.setdefault((group, resource, verb), set()).add(tuple(rule.resource_names or ()))
     return granted
 
 
-def test_the_role_grants_exactly_what_recover_needs(base: list[dict[str, Any]]) -> None:
+def test_the_role_grants_exactly_what_the_code_calls(base: list[dict[str, Any]]) -> None:
+    """Verbs, resources and names derived from every kubernetes client call in ms07/
+    (tests/deploy/k8s_calls.py): the Role grants those and nothing else, and a call on the
+    configured Deployment is granted on that one Deployment only."""
+    calls = k8s_calls.needs()
+    assert calls, "no kubernetes client call found in ms07/: update tests/deploy/k8s_calls.py"
+    wanted: dict[tuple[str, str, str], set[str | None]] = {}
+    for call in calls:
+        wanted.setdefault((call.group, call.resource, call.verb), set()).add(call.name)
+    role = deserialize(_one(base, "Role"))
+    granted = _granted(role)
+    extra = sorted(set(granted) - set(wanted))
+    missing = sorted(set(wanted) - set(granted))
+    assert not extra, f"the Role grants what no call needs: {extra}"
+    assert not missing, f"the Role lacks {missing}"
+    deployment = _one(base, "Deployment")["metadata"]["name"]
+    for key, names in wanted.items():
+        if names == {"self.deployment"}:
+            assert granted[key] == {(deployment,)}, f"{key} must be limited to resourceNames [{deployment}]"
+        else:
+            # Pod names are generated: they cannot be listed in advance.
+            assert key[1].startswith("pods"), f"{key} is not limited to one object: {names}"
+    # The name in the Role is the one the toolkit is configured with.
+    toolbox = deserialize(_one(load_docs(K8S / "toolbox.yaml"), "Pod"))
+    (container,) = toolbox.spec.containers
+    assert _env(container)["MS07_K8S_DEPLOYMENT"].value == deployment == Settings().k8s_deployment
+
+
+def test_the_role_is_bound_to_the_toolkit_account_only(base: list[dict[str, Any]]) -> None:
     assert not [d for d in base if d["kind"] in ("ClusterRole", "ClusterRoleBinding")]
     role = deserialize(_one(base, "Role"))
-    assert _granted(role) == RECOVER_NEEDS
     binding = deserialize(_one(base, "RoleBinding"))
     assert (binding.role_ref.kind, binding.role_ref.name) == ("Role", role.metadata.name)
     accounts = {d["metadata"]["name"] for d in base if d["kind"] == "ServiceAccount"}
@@ -285,6 +308,46 @@ def test_the_role_grants_exactly_what_recover_needs(base: list[dict[str, Any]]) 
     assert subject.name != "ms07-distributor"
     toolbox = deserialize(_one(load_docs(K8S / "toolbox.yaml"), "Pod"))
     assert toolbox.spec.service_account_name == subject.name
+
+
+# --------------------------------------------------------------------------- network policy
+
+METADATA_SERVICE = {"169.254.169.254/32", "fd00:ec2::254/128"}
+
+
+def _port(url: str) -> int:
+    parts = urlsplit(url)
+    return parts.port or {"https": 443, "http": 80}[parts.scheme]
+
+
+def test_the_engine_has_a_network_policy(
+    base: list[dict[str, Any]], deployment: Any, container: Any, settings: Settings
+) -> None:
+    policy = deserialize(_one(base, "NetworkPolicy")).spec
+    selector = policy.pod_selector.match_labels
+    assert selector and selector.items() <= deployment.spec.template.metadata.labels.items()
+    assert set(policy.policy_types) == {"Ingress", "Egress"}
+    # In: the container's own ports only.
+    assert all(rule.ports for rule in policy.ingress), "an ingress rule without ports opens every port"
+    assert {p.port for rule in policy.ingress for p in rule.ports} == {p.container_port for p in container.ports}
+    # Out: DNS, PostgreSQL, Redis and every destination, health and token URL the config names.
+    assert all(rule.ports for rule in policy.egress), "an egress rule without ports opens every port"
+    allowed = {(p.protocol, p.port) for rule in policy.egress for p in rule.ports}
+    needed = {("UDP", 53), ("TCP", 53), ("TCP", 5432), ("TCP", 6379)}
+    for dest in settings.destinations:
+        urls = [dest.url, dest.health_url, getattr(dest.auth, "token_url", None)]
+        needed |= {("TCP", _port(u)) for u in urls if u}
+    assert needed <= allowed, f"not allowed out: {needed - allowed}"
+    # ... but never the cloud metadata service, on any port beyond DNS.
+    for rule in policy.egress:
+        if {p.port for p in rule.ports} <= {53}:
+            continue
+        assert rule.to, "a rule to everywhere includes the metadata service"
+        for peer in rule.to:
+            if peer.ip_block is not None:
+                assert set(peer.ip_block._except or []) & METADATA_SERVICE, peer.ip_block.cidr
+            else:
+                assert peer.namespace_selector is not None or peer.pod_selector is not None
 
 
 # ----------------------------------------------------------------- service, PDB, autoscaling
@@ -399,29 +462,3 @@ def test_the_production_overlay_builds() -> None:
         for t in scaled["triggers"]
         if t["type"] == "redis-streams"
     )
-
-
-def test_the_role_covers_every_permission_the_kubernetes_client_declares(
-    base: list[dict[str, Any]],
-) -> None:
-    """Once ms07/recover/k8s.py exists, every ``Permission(verb, resource[, group])`` it
-    declares for its API calls must be granted by the Role."""
-    import re
-
-    from tests.deploy.support import ROOT
-
-    source = ROOT / "ms07" / "recover" / "k8s.py"
-    if not source.exists():
-        pytest.skip("ms07/recover/k8s.py is not in this tree yet")
-    declared = re.findall(
-        r'Permission\(\s*"([a-z]+)"\s*,\s*"([a-z/]+)"\s*(?:,\s*"([a-z0-9.]*)"\s*)?\)',
-        source.read_text(),
-    )
-    assert declared, "no Permission(...) declarations found: update this test to the client's API"
-    granted = _granted(deserialize(_one(base, "Role")))
-    missing = [
-        f"{verb} {resource} ({group or 'core'})"
-        for verb, resource, group in declared
-        if verb not in granted.get((group, resource), set())
-    ]
-    assert not missing, f"the Role lacks {missing}"

@@ -48,3 +48,31 @@ def test_pip_audit_finds_no_known_vulnerability() -> None:
                     "pypi.org or osv.dev answers")
     vulnerable = [f"{d['name']} {d['version']}: {[v['id'] for v in d['vulns']]}" for d in audited if d["vulns"]]
     assert vulnerable == [], "\n".join(vulnerable)
+
+
+# Lowest versions past the advisories reachable through the dependency tree (issue 16).
+ADVISORY_FLOORS = {
+    "aiohttp": "3.13.3",  # request smuggling (lenient parser, chunk extensions), decompression bombs
+    "h11": "0.16",  # malformed chunked bodies accepted: request smuggling
+    "requests": "2.32.4",  # .netrc credentials sent to the wrong host
+    "urllib3": "2.5",  # redirects followed although disabled
+    "idna": "3.7",  # quadratic-time idna.encode
+}
+
+
+def test_dependency_floors_are_past_known_advisories() -> None:
+    """pyproject.toml refuses every version below each floor (the installed tree too), so no
+    resolver can pick a vulnerable one; the offline pip-audit above cannot tell."""
+    import tomllib
+    from importlib.metadata import version
+
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    requirements = {Requirement(r).name.lower(): Requirement(r) for r in project["dependencies"]}
+    for name, floor in ADVISORY_FLOORS.items():
+        assert name in requirements, f"{name} needs a lower bound in [project].dependencies"
+        lows = [Version(s.version) for s in requirements[name].specifier if s.operator in (">=", "==", "~=")]
+        assert lows and max(lows) >= Version(floor), f"{requirements[name]}: needs {name}>={floor}"
+        assert Version(version(name)) >= Version(floor), f"installed {name} {version(name)} < {floor}"

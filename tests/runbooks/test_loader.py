@@ -307,7 +307,8 @@ def test_escalation_matrix_and_teams(tmp_path: Path) -> None:
 
 
 def test_structure(tmp_path: Path) -> None:
-    fails(tmp_path, GOOD.replace("id: sample", "id: other"), 1, "'other' must be the file's name")
+    fails(tmp_path, GOOD.replace("id: sample", "id: other"), 1, "not a runbook: no top-level line `id: sample`")
+    fails(tmp_path, GOOD.replace("id: sample", "id: [sample]"), 1, "not a runbook")
     fails(tmp_path, GOOD.replace("prevention: [watch it]\n", ""), 1, "prevention: is required")
     fails(
         tmp_path,
@@ -315,7 +316,8 @@ def test_structure(tmp_path: Path) -> None:
         10,
         "diagnose: needs at least one step",
     )
-    fails(tmp_path, "- just\n- a list\n", 1, "a runbook is a mapping")
+    fails(tmp_path, "- just\n- a list\n", 1, "not a runbook")
+    fails(tmp_path, "id: sample\n", 1, "title: is required")
     fails(
         tmp_path,
         GOOD.replace("  - run: ms07 recover reclaim-pending --yes\n", "  - title: no command\n"),
