@@ -455,7 +455,7 @@ _ENV_IGNORED = {"MS07_CONFIG", "MS07_API_TOKEN"}  # read where they are used, ne
 
 
 def _env_overlay(data: dict[str, Any], environ: typing.Mapping[str, str]) -> dict[str, str]:
-    """Apply MS07_* variables. ``MS07_SECTION__KEY`` sets any scalar of a section.
+    """Apply MS07_* variables. ``MS07_<SECTION>__<KEY>`` sets any scalar of a section.
 
     Returns the variable that set each key (``service.http_port`` -> ``MS07_HTTP_PORT``)
     so that a bad value is reported under the variable's name, not the file's."""

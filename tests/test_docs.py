@@ -4,7 +4,12 @@ route and metric the code defines must be named in its page."""
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -15,3 +20,113 @@ def test_cli_reference_is_current() -> None:
 
     committed = (DOCS / "cli.md").read_text(encoding="utf-8")
     assert committed == render(), f"docs/cli.md is stale: run `{REGENERATE}` and commit it"
+
+
+# ---------------------------------------------------------------- configuration.md
+
+def _sections(text: str) -> dict[str, str]:
+    """Markdown ``### `name` `` (or ``### Name``) sections of a page, by their title."""
+    out: dict[str, str] = {}
+    for block in re.split(r"^### ", text, flags=re.MULTILINE)[1:]:
+        title, _, body = block.partition("\n")
+        out[title.strip().strip("`")] = body.split("\n## ", 1)[0]
+    return out
+
+
+def _rows(section: str) -> dict[str, list[str]]:
+    """Table rows whose first cell is one key in backticks: key -> the other cells."""
+    rows = {}
+    for line in section.splitlines():
+        m = re.match(r"\| `([a-z0-9_]+)` \|(.*)\|\s*$", line)
+        if m:
+            rows[m.group(1)] = [c.strip() for c in m.group(2).split("|")]
+    return rows
+
+
+def _config_tables() -> list[tuple[str, type, bool]]:
+    """(section title in the page, dataclass, top level?) for every settings table."""
+    from ms07 import config
+
+    tables: list[tuple[str, type, bool]] = [("Top-level keys", config.Settings, True)]
+    for f in dataclasses.fields(config.Settings):
+        cls = _dataclass_of(f.type)
+        if cls is not None and f.name != "destinations":
+            tables.append((f.name, cls, False))
+    tables.append(("destinations", config.DestinationConfig, False))
+    for f in dataclasses.fields(config.DestinationConfig):
+        cls = _dataclass_of(f.type)
+        if cls is not None:
+            tables.append((f"destinations[].{f.name}", cls, False))
+    return tables
+
+
+def _dataclass_of(tp: Any) -> type | None:
+    from ms07 import config
+
+    name = tp if isinstance(tp, str) else getattr(tp, "__name__", "")
+    for part in re.findall(r"[A-Za-z_]+", str(name)):
+        cls = getattr(config, part, None)
+        if dataclasses.is_dataclass(cls) and part != "Settings":
+            return cls  # type: ignore[return-value]
+    return None
+
+
+def test_every_setting_is_documented_with_its_default() -> None:
+    text = (DOCS / "configuration.md").read_text(encoding="utf-8")
+    sections = _sections(text)
+    problems = []
+    for title, cls, top in _config_tables():
+        if title not in sections:
+            problems.append(f"no section '### `{title}`'")
+            continue
+        rows = _rows(sections[title])
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        for name, f in fields.items():
+            if top and _dataclass_of(f.type) is not None or (top and name == "destinations"):
+                continue  # a section of its own
+            if name not in rows:
+                problems.append(f"{title}: `{name}` is not documented")
+                continue
+            if _dataclass_of(f.type) is not None:
+                continue  # a nested mapping: its own table holds the defaults
+            cell = rows[name][1]
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                if cell != "(required)":
+                    problems.append(f"{title}: `{name}` is required, the page says {cell}")
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            shown = yaml.safe_load(cell.strip("`")) if cell.startswith("`") else cell
+            if shown != default:
+                problems.append(f"{title}: `{name}` defaults to {default!r}, the page says {cell}")
+        for name in rows:
+            if name not in fields:
+                problems.append(f"{title}: `{name}` is documented but is no setting")
+    assert not problems, "docs/configuration.md: " + "; ".join(problems)
+
+
+def _variables_read() -> set[str]:
+    """Every MS07_* name in the code, the test fixtures and the benchmarks."""
+    names: set[str] = set()
+    files = [*ROOT.joinpath("ms07").rglob("*.py"), ROOT / "tests" / "conftest.py", *ROOT.joinpath("bench").glob("*.py")]
+    for path in files:
+        names.update(re.findall(r"\bMS07_[A-Z][A-Z0-9_]*[A-Z0-9](?![A-Za-z0-9_<])", path.read_text(encoding="utf-8")))
+    return names
+
+
+def test_every_environment_variable_is_documented() -> None:
+    from ms07.config import Settings
+
+    text = (DOCS / "configuration.md").read_text(encoding="utf-8")
+    sections = {f.name: f.type for f in dataclasses.fields(Settings)}
+    missing = []
+    for name in sorted(_variables_read()):
+        if "__" in name:  # MS07_<SECTION>__<KEY>: documented as the pattern, checked here
+            section, _, key = name[len("MS07_"):].lower().partition("__")
+            cls = _dataclass_of(sections.get(section, ""))
+            if cls is None or key not in {f.name for f in dataclasses.fields(cls)}:
+                missing.append(f"{name} (no such setting)")
+            continue
+        if f"`{name}`" not in text:
+            missing.append(name)
+    assert "`MS07_<SECTION>__<KEY>`" in text
+    assert not missing, f"docs/configuration.md does not list: {', '.join(missing)}"
