@@ -130,3 +130,26 @@ def test_every_environment_variable_is_documented() -> None:
             missing.append(name)
     assert "`MS07_<SECTION>__<KEY>`" in text
     assert not missing, f"docs/configuration.md does not list: {', '.join(missing)}"
+
+
+# ---------------------------------------------------------------- http-api.md
+
+def test_every_http_route_is_documented_with_its_token_rule() -> None:
+    from ms07.config import Settings
+    from ms07.engine.engine import Engine
+    from ms07.engine.server import OPEN_PATHS, build_app
+
+    app = build_app(Engine(Settings()))  # builds the router only: nothing connects or listens
+    routes = {f"{r.method} {r.resource.canonical}" for r in app.router.routes() if r.method != "HEAD"}
+    assert routes, "no route found: has build_app changed?"
+    text = (DOCS / "http-api.md").read_text(encoding="utf-8")
+    table = {m.group(1): m.group(2) for m in re.finditer(r"^\| `([A-Z]+ /[^`]*)` \| (\w+) \|", text, re.MULTILINE)}
+    problems = [f"{r} is not in the route table" for r in sorted(routes - set(table))]
+    problems += [f"{r} is documented but not served" for r in sorted(set(table) - routes)]
+    for route, token in table.items():
+        expected = "no" if route.split(" ", 1)[1] in OPEN_PATHS else "yes"
+        if route in routes and token != expected:
+            problems.append(f"{route}: token says {token!r}, the server's rule is {expected!r}")
+        if route in routes and f"## `{route}`" not in text:
+            problems.append(f"{route} has no section '## `{route}`'")
+    assert not problems, "docs/http-api.md: " + "; ".join(problems)
