@@ -153,3 +153,30 @@ def test_every_http_route_is_documented_with_its_token_rule() -> None:
         if route in routes and f"## `{route}`" not in text:
             problems.append(f"{route} has no section '## `{route}`'")
     assert not problems, "docs/http-api.md: " + "; ".join(problems)
+
+
+# ---------------------------------------------------------------- metrics.md
+
+def test_every_metric_is_documented_with_its_type_and_labels() -> None:
+    from prometheus_client.metrics import MetricWrapperBase
+
+    from ms07.metrics import Metrics
+
+    metrics = [m for m in vars(Metrics()).values() if isinstance(m, MetricWrapperBase)]
+    assert len(metrics) > 10, "no metric found: has ms07.metrics.Metrics changed?"
+    text = (DOCS / "metrics.md").read_text(encoding="utf-8")
+    rows = {m.group(1): (m.group(2), m.group(3)) for m in re.finditer(
+        r"^\| `(zenia_[a-z_]+)` \| (\w+) \|([^|]*)\|", text, re.MULTILINE)}
+    problems = []
+    for metric in metrics:
+        name = metric._name + ("_total" if metric._type == "counter" else "")
+        if name not in rows:
+            problems.append(f"{name} is not in a table")
+            continue
+        kind, labels = rows.pop(name)
+        if kind != metric._type:
+            problems.append(f"{name} is a {metric._type}, the page says {kind}")
+        if sorted(re.findall(r"`(\w+)`", labels)) != sorted(metric._labelnames):
+            problems.append(f"{name} has labels {list(metric._labelnames)}, the page says {labels.strip() or 'none'}")
+    problems += [f"{name} is documented but not defined" for name in rows]
+    assert not problems, "docs/metrics.md: " + "; ".join(problems)
