@@ -27,6 +27,19 @@ HEADER = f"""# CLI reference
 Every command takes `-h` / `--help`, which prints the same information. The options of
 `ms07` itself are listed under [`ms07`](#ms07). Environment variables and configuration
 keys: [configuration.md](configuration.md).
+
+Exit codes (ms07/errors.py): **0** done, **1** failed, **2** bad usage, configuration or
+runbook, **3** a dependency (PostgreSQL, Redis, the engine) out of reach, **4** not found,
+**5** a queue backup could not be written or verified, **130** interrupted (Ctrl-C). Some
+commands say more with their code:
+
+| command | exit codes |
+|---|---|
+| `ms07 run` | 0 after a clean drain, 75 after the memory guard drained it (restart it), 2 bad configuration |
+| `ms07 diagnose ...` | the monitoring-plugins convention: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (could not check) |
+| `ms07 health` | 0 healthy, 1 degraded, 2 unhealthy, 3 unreachable or no verdict |
+| `ms07 recover ...` | 0 done, 1 failed, blocked or not confirmed, 2 bad usage, 130 interrupted |
+| `ms07 runbook run` | 0 completed (or dry run), 1 a step failed or was not confirmed, 2 invalid runbook or usage, 4 no such runbook, 130 interrupted |
 """
 
 
