@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -20,6 +21,30 @@ def test_cli_reference_is_current() -> None:
 
     committed = (DOCS / "cli.md").read_text(encoding="utf-8")
     assert committed == render(), f"docs/cli.md is stale: run `{REGENERATE}` and commit it"
+
+
+def test_cli_reference_ignores_the_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same file at any width, with or without colour: the test above must not fail
+    because of the terminal it runs in."""
+    from ms07.cli.docs import render
+
+    first = render()
+    monkeypatch.setenv("COLUMNS", "37")
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    assert render() == first
+    assert "\x1b[" not in first and "&#x27;" not in first
+
+
+def test_cli_docs_check_mode(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from ms07.cli.docs import REGENERATE, main
+
+    target = tmp_path / "cli.md"
+    assert main([str(target)]) == 0
+    assert main(["--check", str(target)]) == 0
+    target.write_text(target.read_text(encoding="utf-8") + "drift\n", encoding="utf-8")
+    assert main(["--check", str(target)]) == 1
+    assert REGENERATE in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- configuration.md
