@@ -341,11 +341,14 @@ def parse_yaml(text: str, source: str) -> Any:
 
 
 class _Converter:
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, origins: dict[str, str] | None = None) -> None:
         self.source = source
+        self.origins = origins or {}  # key -> the MS07_* variable that set it
         self.lines: dict[str, int] = {}
 
     def fail(self, path: str, message: str, line: int | None) -> typing.NoReturn:
+        if path in self.origins:  # the value came from the environment, not from the file
+            raise ConfigError(_one_line(f"{self.origins[path]}: {path}: {message}"))
         where = f" (line {line})" if line else ""
         raise ConfigError(_one_line(f"{self.source}: {path}: {message}{where}"))
 
@@ -444,33 +447,47 @@ _ENV_TOP = {
     "MS07_K8S_LABEL_SELECTOR": "k8s_label_selector",
     "MS07_HEALTH_URL": "health_url",
 }
-_ENV_SECTION = {"MS07_HTTP_PORT": ("service", "http_port")}
-_ENV_IGNORED = {"MS07_CONFIG", "MS07_API_TOKEN"}
+# Two settings have a short spelling besides ``MS07_SERVICE__<KEY>``. They are the same
+# knob: set to different values, neither silently wins (the order of os.environ would
+# pick one), the load fails naming both.
+ENV_ALIASES = {"MS07_HTTP_PORT": "MS07_SERVICE__HTTP_PORT", "MS07_CONCURRENCY": "MS07_SERVICE__CONCURRENCY"}
+_ENV_IGNORED = {"MS07_CONFIG", "MS07_API_TOKEN"}  # read where they are used, never stored
 
 
-def _env_overlay(data: dict[str, Any], environ: typing.Mapping[str, str]) -> None:
-    """Apply MS07_* variables. ``MS07_SECTION__KEY`` sets any scalar of a section."""
-    for name, value in environ.items():
-        if not name.startswith(ENV_PREFIX) or name in _ENV_IGNORED or value == "":
+def _env_overlay(data: dict[str, Any], environ: typing.Mapping[str, str]) -> dict[str, str]:
+    """Apply MS07_* variables. ``MS07_<SECTION>__<KEY>`` sets any scalar of a section.
+
+    Returns the variable that set each key (``service.http_port`` -> ``MS07_HTTP_PORT``)
+    so that a bad value is reported under the variable's name, not the file's."""
+    env = {k: v for k, v in environ.items() if k.startswith(ENV_PREFIX) and k not in _ENV_IGNORED and v != ""}
+    named = {k: k for k in env}
+    for short, long in ENV_ALIASES.items():
+        if short not in env:
             continue
+        if long in env and env[long].strip() != env[short].strip() and _scalar(env[long]) != _scalar(env[short]):
+            raise ConfigError(_one_line(
+                f"{short}={env[short][:40]!r} and {long}={env[long][:40]!r} set the same setting "
+                f"differently; unset one"))
+        named[long] = short if long not in env else long
+        env[long] = env.pop(short)
+        named.pop(short)
+    origins: dict[str, str] = {}
+    for name, value in env.items():
         if name in _ENV_TOP:
             data[_ENV_TOP[name]] = value
-        elif name in _ENV_SECTION:
-            section, key = _ENV_SECTION[name]
-            current = data.get(section) or {}
-            if not isinstance(current, dict):
-                continue  # the file's section is not a mapping: the loader says so
-            data[section] = {**current, key: _scalar(value)}
+            origins[_ENV_TOP[name]] = named[name]
         elif "__" in name:
             section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
             if section not in {f.name for f in dataclasses.fields(Settings)}:
                 continue
             current = data.get(section) or {}
             if not isinstance(current, dict):
-                continue
-            current = dict(current)
-            current[key] = _scalar(value)
+                continue  # the file's section is not a mapping: the loader says so
+            # Keep the file's key lines: an error in the file's part still names its line.
+            current = _Mapping({**current, key: _scalar(value)}, getattr(current, "lines", {}))
             data[section] = current
+            origins[f"{section}.{key}"] = named[name]
+    return origins
 
 
 def _scalar(value: str) -> Any:
@@ -505,13 +522,15 @@ def load_settings(
         if not isinstance(loaded, dict):
             raise ConfigError(f"{source}: the top level must be a mapping")
         data = loaded
-    _env_overlay(data, environ)
+    origins = _env_overlay(data, environ)
     data.update({k: v for k, v in overrides.items() if v is not None})
-    converter = _Converter(source)
+    for key in overrides:
+        origins.pop(key, None)
+    converter = _Converter(source, origins)
     settings = converter.dataclass(Settings, data, "", None)
     settings = dataclasses.replace(settings, source=source,
                                    k8s_namespace=settings.k8s_namespace or default_k8s_namespace(environ))
-    validate(settings, source, converter.lines)
+    validate(settings, source, converter.lines, origins)
     return settings
 
 
@@ -553,12 +572,18 @@ def _check_url(url: str, what: str) -> None:
         raise ConfigError(f"{what}: credentials in the URL are not allowed; use auth")
 
 
-def validate(settings: Settings, source: str, lines: dict[str, int] | None = None) -> None:
-    """Cross-field rules the types alone cannot express."""
+def validate(
+    settings: Settings, source: str, lines: dict[str, int] | None = None, origins: dict[str, str] | None = None
+) -> None:
+    """Cross-field rules the types alone cannot express. ``origins``: keys set by MS07_*
+    variables, reported under the variable's name."""
     lines = lines or {}
+    origins = origins or {}
     index = {d.name: i for i, d in enumerate(settings.destinations)}
 
     def fail(key: str, message: str) -> typing.NoReturn:
+        if key in origins:
+            raise ConfigError(_one_line(f"{origins[key]}: {key}: {message}"))
         # Find the line of the key, or of its closest parent the parser saw.
         parts = key.split(".")
         if parts[0] == "destinations" and len(parts) > 1 and parts[1] in index:

@@ -46,7 +46,7 @@ def root(
     ctx: typer.Context,
     config: str = common.CONFIG_OPTION,
     log_level: str = typer.Option(
-        None, "--log-level", envvar="MS07_LOG_LEVEL", help="DEBUG, INFO, WARNING, ERROR"
+        None, "--log-level", help="DEBUG, INFO, WARNING, ERROR \\[env: MS07_LOG_LEVEL]"
     ),
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Show the version and exit."

@@ -17,9 +17,9 @@ from ms07.config import Settings, load_settings
 
 T = TypeVar("T")
 
-CONFIG_OPTION = typer.Option(
-    None, "--config", "-c", envvar="MS07_CONFIG", help="YAML config file"
-)
+# Environment variables are read by ms07.config's overlay alone (for every command alike),
+# never by a Typer ``envvar``: an option given on the command line overrides them.
+CONFIG_OPTION = typer.Option(None, "--config", "-c", help="YAML config file \\[env: MS07_CONFIG]")
 
 
 class State:

@@ -27,8 +27,9 @@ NOTIFY = typer.Option(
     "(Alertmanager v2 /api/v2/alerts).",
 )
 URL = typer.Option(
-    None, "--url", envvar="MS07_HEALTH_URL",
-    help="Engine base URL for /health and /debug/memory (default http://127.0.0.1:<http_port>)",
+    None, "--url",
+    help="Engine base URL for /health and /debug/memory (default http://127.0.0.1:<http_port>) "
+    "\\[env: MS07_HEALTH_URL]",
 )
 STUCK = typer.Option(None, "--stuck-after", help="Processing longer than this is stuck (config: diagnose.stuck_after_minutes, 30m).")
 STALE_HEALTH = typer.Option(None, "--stale-health", help="Health checks older than this are stale (config: 10m).")

@@ -17,8 +17,8 @@ def health(
         False, "--detailed", "-d", help="GET /health/detailed: pools, queues, destinations, workers, RSS."
     ),
     url: str = typer.Option(
-        None, "--url", envvar="MS07_HEALTH_URL",
-        help="Engine base URL (default http://127.0.0.1:<service.http_port>) [env: MS07_HEALTH_URL]",
+        None, "--url",
+        help="Engine base URL (default http://127.0.0.1:<service.http_port>) \\[env: MS07_HEALTH_URL]",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     timeout: float = typer.Option(10.0, "--timeout", help="Seconds to wait for the engine's answer."),

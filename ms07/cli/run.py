@@ -10,16 +10,19 @@ from ms07.cli import common
 def run(
     ctx: typer.Context,
     config: str = typer.Option(
-        None, "--config", "-c", envvar="MS07_CONFIG", help="YAML config file (same as ms07 --config F run)"
+        None, "--config", "-c", help="YAML config file (same as ms07 --config F run) \\[env: MS07_CONFIG]"
     ),
     concurrency: int = typer.Option(
-        None, "--concurrency", "-n", envvar="MS07_CONCURRENCY", help="Deliveries in flight"
+        None, "--concurrency", "-n",
+        help="Deliveries in flight (service.concurrency) \\[env: MS07_CONCURRENCY or MS07_SERVICE__CONCURRENCY]"
     ),
     http_port: int = typer.Option(
-        None, "--http-port", envvar="MS07_HTTP_PORT", help="Port of the health/metrics/API server"
+        None, "--http-port",
+        help="Port of the health/metrics/API server (service.http_port) "
+        "\\[env: MS07_HTTP_PORT or MS07_SERVICE__HTTP_PORT]"
     ),
     log_format: str = typer.Option(
-        None, "--log-format", envvar="MS07_LOG_FORMAT", help="auto (console at a terminal, else json), json or console"
+        None, "--log-format", help="auto (console at a terminal, else json), json or console \\[env: MS07_LOG_FORMAT]"
     ),
 ) -> None:
     """Run the delivery engine until SIGTERM/SIGINT (uses the embedded servers when no URLs are set)."""
@@ -33,7 +36,7 @@ def run(
         st.config = config
     settings = st.settings
     service = settings.service
-    if concurrency:
+    if concurrency is not None:  # 0 too: validate() refuses it rather than ignoring it
         service = dataclasses.replace(service, concurrency=concurrency)
     if http_port is not None:
         service = dataclasses.replace(service, http_port=http_port)
