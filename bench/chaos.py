@@ -6,9 +6,11 @@ Dedicated servers under a temporary directory: an embedded PostgreSQL and a redi
 with AOF ``everysec`` (never another session's servers). 2-3 ``ms07 run`` processes share
 the queue; a client submits through their API (idempotency keys, retried on another engine
 until accepted) to a plain and a batching destination of one sink that fails 30% of
-requests with 500 and hangs 5% past the delivery timeout. Meanwhile:
+requests with 500 and hangs 5% past the delivery timeout (with ``max_attempts: 20`` a job
+exhausts its retries once in about 10^9: that sink parks nothing). Meanwhile:
 
-- every few seconds one engine, chosen at random, is SIGKILLed and restarted;
+- every few seconds one engine is SIGKILLed and restarted: chosen at random among those
+  holding entries (any, if none does), so the kills take work down with them;
 - at a quarter of the run PostgreSQL restarts (``pg_ctl restart -m immediate``: a crash);
 - at half, Redis is SIGKILLed and restarted (AOF everysec: up to a second of writes lost);
 - at three quarters, Redis gets a FLUSHALL, which the reconciler must repair from Postgres.
@@ -17,7 +19,10 @@ Then submitting stops, the run settles, and the ledger is printed with the recov
 every fault: *flowing* is the time from the fault to the first delivery of a distribution
 accepted after it; *settled* the time until everything the fault touched (the entries a
 killed worker held; every job open at a Redis fault) was delivered or parked.
-Exit code 0 when the ledger adds up and nothing was lost.
+The ledger (tests/faults/ledger.py) is told the Redis faults (a parked job's DLQ entry may
+be gone only if one of them explains it) and bounds the DLQ by the faults: poison entries
+at most as many as the kills caught held, nothing else. Exit code 0 when the ledger adds
+up, nothing was lost, and at least one kill caught an engine holding entries.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import ROOT, free_port, sink_process
-from tests.faults.ledger import Ledger, collect, open_count, table
+from tests.faults.ledger import Ledger, RedisFault, collect, open_count, table
 
 STREAM = "distribution:queue:{default}"
 
@@ -66,6 +71,7 @@ class Fault:
     touched: list[str] = field(default_factory=list)  # ids the fault left to recover
     flowing_s: float | None = None
     settled_s: float | None = None
+    ended: float = 0.0
 
 
 def engine_config(path: Path, sink_port: int) -> Path:
@@ -78,7 +84,7 @@ distribution:
   claim_idle_seconds: 3
   retry_base_delay_seconds: 0.2
   max_retry_delay: 2
-  max_attempts: 10
+  max_attempts: 20
   max_deliveries: 3
   scheduler_interval_seconds: 0.1
   reconcile_interval_seconds: 1
@@ -99,6 +105,7 @@ class Chaos:
         self.token = secrets.token_hex(16)
         self.accepted: dict[str, float] = {}  # distribution id -> when the client got it
         self.gave_up = 0
+        self.tried = 0
         self.faults: list[Fault] = []
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self.ports: dict[int, int] = {}
@@ -205,6 +212,7 @@ class Chaos:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
             while time.monotonic() < until:
                 n += 1
+                self.tried = n
                 task = asyncio.create_task(self.submit_one(http, n))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
@@ -239,9 +247,10 @@ class Chaos:
                 _, kind = scheduled.pop(0)
                 await self.inject(kind, redis)
             elif now >= next_kill:
-                slot = self.rng.choice(list(self.procs))
+                holding = {slot: await self.held_by(redis, self.worker_id(slot)) for slot in self.procs}
+                slot = self.rng.choice([s for s, held in holding.items() if held] or list(self.procs))
                 consumer = self.worker_id(slot)
-                held = await self.held_by(redis, consumer)
+                held = holding[slot]
                 self.procs[slot].kill()
                 await asyncio.to_thread(self.procs[slot].wait)
                 self.faults.append(Fault("SIGKILL engine", time.time(), f"{consumer}, holding {len(held)}", held))
@@ -262,6 +271,7 @@ class Chaos:
             await asyncio.to_thread(self.restart_redis)
         else:
             await redis.flushall()
+        fault.ended = time.time()
         fault.detail = (fault.detail + f"; took {time.time() - fault.at:.1f}s").lstrip("; ")
 
     # ------------------------------------------------------------------ the run
@@ -296,7 +306,8 @@ class Chaos:
                 deliveries, first = _sink_json(sink_port, "/keys"), _sink_json(sink_port, "/first")
                 async with await psycopg.AsyncConnection.connect(self.database_url) as conn:
                     ledger = await collect(conn, redis, f"chaos {self.opts.minutes:g} min", self.accepted,
-                                           Counter(deliveries))
+                                           Counter(deliveries), redis_faults=self.redis_faults(),
+                                           allowed_dlq={"poison": self.kills_held()})
                     cur = await conn.execute("SELECT distribution_id::text, extract(epoch FROM completed_at) "
                                              "FROM distribution_jobs")
                     completed = {r[0]: float(r[1]) for r in await cur.fetchall() if r[1] is not None}
@@ -307,6 +318,17 @@ class Chaos:
                         proc.kill()
         self.measure(first, completed)
         return self.report(ledger, settled)
+
+    def redis_faults(self) -> list[RedisFault]:
+        return [RedisFault(f.kind, f.at, f.ended) for f in self.faults if f.kind in ("redis restart", "redis flushall")]
+
+    def kills(self) -> list[Fault]:
+        return [f for f in self.faults if f.kind == "SIGKILL engine"]
+
+    def kills_held(self) -> int:
+        """Entries the killed engines held: a poison entry is one of them (held by
+        ``max_deliveries`` + 1 of them, in fact)."""
+        return sum(len(f.touched) for f in self.kills())
 
     async def wait_live(self) -> None:
         import aiohttp
@@ -328,7 +350,8 @@ class Chaos:
             self.supervise()
             with contextlib.suppress(psycopg.OperationalError):
                 async with await psycopg.AsyncConnection.connect(self.database_url) as conn:
-                    if await open_count(conn, list(self.accepted)) == 0:
+                    # Every job: the indeterminate submits (accepted, the answer lost) too.
+                    if await open_count(conn) == 0:
                         return True
             await asyncio.sleep(0.5)
         return False
@@ -348,7 +371,13 @@ class Chaos:
             ledger.notes.append(f"submits never accepted (client gave up): {self.gave_up}")
         if self.exits:
             ledger.notes.append(f"engines that exited on their own and were restarted: {self.exits}")
-        return {"ledger": ledger, "faults": self.faults, "settled": settled, "passed": ledger.passed and settled}
+        hit = sum(1 for f in self.kills() if f.touched)
+        ledger.notes.append(f"submits tried: {self.tried}; kills that caught entries held: {hit} of "
+                            f"{len(self.kills())} ({self.kills_held()} entries)")
+        if not hit:
+            ledger.notes.append("NO KILL caught an engine holding entries: the kills proved nothing")
+        return {"ledger": ledger, "faults": self.faults, "settled": settled, "tried": self.tried,
+                "kills_that_hit": hit, "passed": ledger.passed and settled and hit > 0}
 
 
 def faults_table(faults: list[Fault], t0: float) -> str:
@@ -403,8 +432,11 @@ def main(argv: list[str] | None = None) -> int:
     if opts.json:
         Path(opts.json).write_text(json.dumps({
             "passed": result["passed"], "settled": result["settled"], "ledger": ledger.row(),
+            "tried": result["tried"], "kills_that_hit": result["kills_that_hit"],
+            "in_dlq": len(ledger.in_dlq), "indeterminate": len(ledger.indeterminate),
             "problems": ledger.problems(), "lost": sorted(ledger.lost), "summary": ledger.summary(),
-            "faults": [{**f.__dict__, "at": round(f.at - chaos.t0, 2), "touched": len(f.touched)}
+            "faults": [{**f.__dict__, "at": round(f.at - chaos.t0, 2), "ended": round(f.ended - chaos.t0, 2),
+                        "touched": len(f.touched)}
                        for f in result["faults"]],
             "table": table([ledger]), "faults_table": faults_table(result["faults"], chaos.t0),
         }, indent=2))

@@ -25,9 +25,7 @@ async def list_dlq(conn: psycopg.AsyncConnection[Any], queue: Queue, limit: int 
     ]
     reasons = {f.get("distribution_id"): f.get("reason") for _, f in entries if f.get("distribution_id")}
     for p in parked:
-        p["reason"] = reasons.get(p["distribution_id"]) or (
-            "permanent_failure" if p["status"] == "failed" else "max_retries_exceeded"
-        )
+        p["reason"] = reasons.get(p["distribution_id"]) or jobs.dlq_reason(p["status"], p["last_error_code"])
     counts = await jobs.count_by_status(conn)
     return {
         "parked_jobs": parked,

@@ -400,6 +400,13 @@ class Engine:
             # Stopping while Postgres is down: the entries stay pending for a reclaim.
             self._release([self._held[(e.queue, e.entry_id)] for e, _ in valid])
             return
+        refile = [(e, did) for e, did in valid if e.deliveries > 1 and statuses.get(did) in jobs.PARKED_STATUSES]
+        if refile:
+            from ms07.engine import upkeep
+
+            if not await upkeep.refile_parked(self, refile):
+                self._release([self._held[(e.queue, e.entry_id)] for e, _ in refile])
+                valid = [v for v in valid if v not in refile]
         taken: set[str] = set()
         for e, did in valid:
             job = claimed.get(did)

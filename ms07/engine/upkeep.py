@@ -178,6 +178,34 @@ async def _take_over(engine: Engine, q: str, result: Any, alone: Any = None) -> 
             await engine.dispatch([alone])
 
 
+async def refile_parked(engine: Engine, entries: list[tuple[Any, str]]) -> bool:
+    """Reclaimed entries whose jobs Postgres already holds parked: their worker died between
+    recording the outcome and writing the DLQ entry (``Engine._commit`` writes Postgres
+    first). Their DLQ entries are filed now, before the entries are acked as duplicates.
+    A worker that died after its DLQ write but before its ack leaves the job filed twice: a
+    duplicate DLQ entry, never a parked job missing from the DLQ. False if Postgres or
+    Redis failed: the entries stay pending, to be filed at the next reclaim."""
+    try:
+        async with engine.pool.connection() as conn:
+            parked = await jobs.parked_errors(conn, [did for _, did in entries])
+        records = []
+        for e, did in entries:
+            if did in parked:
+                destination, status, code, error = parked[did]
+                records.append({"distribution_id": did, "destination": destination,
+                                "reason": jobs.dlq_reason(status, code), "error_code": code or "",
+                                "last_error": (error or "")[:500], "entry_id": e.entry_id, "queue": e.queue})
+        await engine.queue.to_dlq(records)
+    except Exception as exc:  # Postgres or Redis away: the next reclaim tries again
+        log.warning("cannot file the DLQ entries of reclaimed parked jobs; they stay pending",
+                    count=len(entries), error=f"{type(exc).__name__}: {exc}"[:200])
+        return False
+    if records:
+        log.warning("filed the DLQ entries of parked jobs whose worker died before writing them",
+                    count=len(records))
+    return True
+
+
 async def park_poison(engine: Engine, entries: list[Any]) -> None:
     """Entries that killed their worker on every try: job dead, DLQ entry, ack."""
     from ms07.queue import InvalidMessage, parse_entry

@@ -181,6 +181,27 @@ async def claim_jobs(
     return {r[0]: ClaimedJob(*r) for r in rows}
 
 
+def dlq_reason(status: str, error_code: str | None) -> str:
+    """The reason a parked job's DLQ entry gives (as ``Engine._commit`` and ``park_poison`` file it)."""
+    if status == "failed":
+        return "permanent_failure"
+    return "poison" if error_code == "POISON_MESSAGE" else "max_retries_exceeded"
+
+
+async def parked_errors(
+    conn: psycopg.AsyncConnection[Any], ids: Sequence[str]
+) -> dict[str, tuple[str, str, str | None, str | None]]:
+    """(destination, status, last error code, last error) of those of ``ids`` that are parked."""
+    if not ids:
+        return {}
+    cur = await conn.execute(
+        "SELECT distribution_id::text, destination_name, status, last_error_code, last_error FROM distribution_jobs"
+        " WHERE distribution_id = ANY(%s::uuid[]) AND status IN ('failed', 'dead')",
+        (list(ids),),
+    )
+    return {r[0]: (r[1], r[2], r[3], r[4]) for r in await cur.fetchall()}
+
+
 async def job_statuses(conn: psycopg.AsyncConnection[Any], ids: Sequence[str]) -> dict[str, str]:
     if not ids:
         return {}

@@ -62,12 +62,15 @@ async def wait_settled(database_url: str, ids: list[str], seconds: float = 40) -
     await wait_for(lambda: settled(database_url, ids), timeout=seconds, interval=0.2, what="every job settled")
 
 
-async def ledger(name: str, database_url: str, redis_url: str, sink: Sink, submitted: list[str]) -> Ledger:
+async def ledger(name: str, database_url: str, redis_url: str, sink: Sink, submitted: list[str], *,
+                 allowed_dlq: dict[str, int] | None = None) -> Ledger:
+    """The run's ledger; ``allowed_dlq``: how many parked jobs per reason the test's faults
+    explain (default none)."""
     deliveries = deliveries_from((r.headers, r.body, r.status) for r in sink.received)
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
     try:
         async with await psycopg.AsyncConnection.connect(database_url) as conn:
-            return await collect(conn, client, name, submitted, deliveries)
+            return await collect(conn, client, name, submitted, deliveries, allowed_dlq=allowed_dlq)
     finally:
         await client.aclose()
 

@@ -28,7 +28,7 @@ from tests.faults.harness import (
     wait_settled,
 )
 from tests.faults.ledger import Ledger, ids_in_request
-from tests.support import EngineProcess, Sink, destination
+from tests.support import EngineProcess, Sink, destination, status, wait_for
 
 pytestmark = pytest.mark.faults
 
@@ -48,6 +48,9 @@ async def crash_and_take_over(tmp_path: Path, config: Path, env_for: dict[str, s
     second = EngineProcess(config, env_for, tmp_path / "second.log").start()
     try:
         await wait_settled(database_url, ids)
+        # Settled in Postgres is not the end: an entry of a job that was already settled
+        # there (recorded, then the crash) is still to be reclaimed and acked.
+        await wait_for(lambda: _queue_empty(env_for["MS07_REDIS_URL"]), timeout=30, what="every entry acked")
     finally:
         second.terminate()
         rc = await exit_code(second)
@@ -55,8 +58,18 @@ async def crash_and_take_over(tmp_path: Path, config: Path, env_for: dict[str, s
     assert rc == 0
 
 
-async def _ledger(name: str, database_url: str, redis_url: str, sink: Sink, ids: list[str]) -> Ledger:
-    lg = await ledger(name, database_url, redis_url, sink, ids)
+async def _queue_empty(redis_url: str) -> bool:
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        stream = keys.stream("default")
+        return await client.xlen(stream) == 0 and await client.zcard(keys.delayed("default")) == 0
+    finally:
+        await client.aclose()
+
+
+async def _ledger(name: str, database_url: str, redis_url: str, sink: Sink, ids: list[str],
+                  allowed_dlq: dict[str, int] | None = None) -> Ledger:
+    lg = await ledger(name, database_url, redis_url, sink, ids, allowed_dlq=allowed_dlq)
     REPORT.append(lg)
     lg.check()
     return lg
@@ -112,6 +125,25 @@ async def test_after_commit_never_redelivers(tmp_path, sink: Sink, env_for, make
     lg = await _ledger("crash after_commit (committed, not acked)", database_url, redis_url, sink, ids)
     assert lg.duplicated == 0  # the committed outcome is the truth: the entry is only acked
     assert [s for _, s in await attempts_by_worker(database_url, "crash-a")] == ["success"] * 4
+
+
+async def test_after_commit_of_a_parked_job_still_files_its_dlq_entry(tmp_path, sink: Sink, env_for, make_settings,
+                                                                     database_url, redis_url) -> None:
+    """The worker recorded a job as failed (a 400: permanent) and died before writing its DLQ
+    entry. The next worker reclaims the entry, finds the job parked and must file the DLQ
+    entry before acking: acked as a plain duplicate, the job was parked with no DLQ entry,
+    invisible to ``ms07 dlq`` and to replays."""
+    sink.on("/in", status(400))
+    dests = [destination("a", sink.url("/in"))]
+    config = engine_config(tmp_path, dests, concurrency=1, prefetch=1)
+    ids = await submit_many(make_settings(destinations=dests), "a", [{"i": i} for i in range(3)])
+    await crash_and_take_over(tmp_path, config, env_for, database_url, ids, "after_commit")
+    lg = await _ledger("crash after_commit of a parked job (recorded, no DLQ entry yet)", database_url, redis_url,
+                       sink, ids, allowed_dlq={"permanent_failure": 3})
+    assert lg.in_dlq == set(ids)
+    assert {f["reason"] for f in lg.dlq_stream.values()} == {"permanent_failure"}
+    assert {f["error_code"] for f in lg.dlq_stream.values()} == {lg.jobs[ids[0]].code}
+    assert sink.counts["/in"] == 3  # the reclaim files the entry; it does not deliver again
 
 
 async def test_mid_batch_redelivers_that_batch_only(tmp_path, sink: Sink, env_for, make_settings, database_url,

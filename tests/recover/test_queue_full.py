@@ -4,14 +4,21 @@ against the fake API server."""
 from __future__ import annotations
 
 import json
+import time
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import redis as redis_sync
 
 from ms07 import backup, keys
+from ms07.recover import plan as P
+from ms07.recover import queue_full
 from tests.k8s_fake import FakeKube
 from tests.recover.conftest import audit_lines, audit_rows, seed, snapshot
+from tests.support import Sink, destination, wait_for
 
 SCALE = "/apis/apps/v1/namespaces/ms07/deployments/ms07-distributor/scale"
 
@@ -151,3 +158,64 @@ def test_deployment_already_at_zero_needs_an_explicit_count(
     ok = cli("recover", "queue-full", "--yes", "--watch-seconds", "0", "--replicas", "2")
     assert ok.exit_code == 0, ok.output
     assert len(fake_kube.ready_pods()) == 2
+
+
+class _AddsBeforeTheClear(P.Reporter):
+    """Calls ``add`` when step 4 (the clear) starts: after the verified backup, before the clear."""
+
+    def __init__(self, add: Callable[[], None]) -> None:
+        self.add = add
+        self.added = False
+
+    def step_started(self, step: P.StepResult) -> None:
+        if step.index == 4:
+            self.add()
+            self.added = True
+
+
+def _job(database_url: str, destination: str) -> str:
+    """A queued job row, as submit writes it (its stream entry is the test's to add)."""
+    did = str(uuid.uuid4())
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO distribution_jobs (distribution_id, destination_name, status, payload, priority) "
+            "VALUES (%s, %s, 'queued', '\\x7b7d', 'default')", (did, destination))
+    return did
+
+
+async def test_the_clear_removes_only_what_the_backup_holds(
+    make_settings: Any, fake_kube: FakeKube, rc: redis_sync.Redis, database_url: str, tmp_path: Path,
+    sink: Sink, start_engine: Any,
+) -> None:
+    """A distribution submitted after the backup and a retry that fell due after it are in
+    no backup: the clear must leave them, and the workers, scaled back, deliver them."""
+    dest = "ms09-reporter"
+    settings = make_settings(destinations=[destination(dest, sink.url("/in"))],
+                             distribution={"reconcile_after_seconds": 3600, "reconcile_interval_seconds": 3600})
+    backed_up = seed(rc, 20, delayed=3)
+    late_entry, late_retry = _job(database_url, dest), _job(database_url, dest)
+
+    def add() -> None:
+        rc.xadd(keys.stream("default"), {"id": late_entry, "destination": dest})
+        rc.zadd(keys.delayed("default"), {late_retry: time.time()})
+
+    reporter = _AddsBeforeTheClear(add)
+    path = tmp_path / "queue.jsonl"
+    plan = queue_full.build(settings, queue_full.Options(backup=str(path), watch_seconds=0, idle_seconds=0.2))
+    async with P.PlanContext(settings, reporter=reporter,
+                             kube_options={"kubeconfig": str(fake_kube.kubeconfig_path), "namespace": "ms07"}) as ctx:
+        result = await P.execute(plan, ctx)
+    assert result.status == "completed", result.message
+    assert reporter.added
+
+    held = backup.verify(path)
+    in_backup = {o["fields"]["id"] for o in held.entries if o["t"] == "stream"} | {
+        o["member"] for o in held.entries if o["t"] == "delayed"}
+    assert set(backed_up) <= in_backup and not {late_entry, late_retry} & in_backup
+    # Exactly what the backup holds is gone; what came after it is still there.
+    assert [f["id"] for _, f in rc.xrange(keys.stream("default"))] == [late_entry]
+    assert rc.zrange(keys.delayed("default"), 0, -1) == [late_retry]
+
+    await start_engine(settings)  # the workers, scaled back
+    await wait_for(lambda: sink.unique_keys("/in") == {late_entry, late_retry}, timeout=20,
+                   what="both late distributions delivered")
