@@ -197,7 +197,7 @@ async def test_oauth2_token_fetches_respect_the_guard(make_settings, sink: Sink,
     monkeypatch.setenv("T_CLIENT_SECRET", "cs-guarded")
     sink.on("/token", status(200, body='{"access_token": "t", "expires_in": 60}'))
     engine = await start_engine(make_settings(
-        destinations=[{"name": "o", "url": "http://93.184.216.34:9/in",
+        destinations=[{"name": "o", "url": f"http://localhost:{sink.port}/in",
                        "auth": {"type": "oauth2_client_credentials", "token_url": sink.url("/token"),
                                 "client_id": "c", "client_secret_env": "T_CLIENT_SECRET"}}],
         network={"deny_private": True}, distribution={"max_attempts": 1}))
@@ -207,6 +207,33 @@ async def test_oauth2_token_fetches_respect_the_guard(make_settings, sink: Sink,
     assert sink.counts["/token"] == 0
     assert code == "DESTINATION_FORBIDDEN" and "SSRF guard" in (message or "")
     assert state == "failed"
+
+
+async def test_an_allowed_range_is_reached_by_deliveries_probes_and_token_fetches(make_settings, sink: Sink,
+                                                                                  start_engine, monkeypatch) -> None:
+    """The guard's other side: with 127.0.0.1 allowed, the token is fetched, the health URL
+    probed and the distribution delivered, all through the guarded connector."""
+    monkeypatch.setenv("T_CLIENT_SECRET", "cs-allowed")
+    sink.on("/token", status(200, body='{"access_token": "tok-1", "expires_in": 60}'))
+    engine = await start_engine(make_settings(
+        destinations=[{"name": "o", "url": f"http://localhost:{sink.port}/in", "health_url": sink.url("/health"),
+                       "auth": {"type": "oauth2_client_credentials", "token_url": sink.url("/token"),
+                                "client_id": "c", "client_secret_env": "T_CLIENT_SECRET"}}],
+        network={"deny_private": True, "allow_cidrs": ["127.0.0.1/32"]},
+        service={"health_check_interval_seconds": 0.1}))
+    async with engine.pool.connection() as conn:
+        await submit(conn, engine.queue, engine.settings, ["o"], {"x": 1})
+    state, _, _ = await wait_for(lambda: _settled_one(engine), what="settled")
+    assert state == "delivered"
+    [delivery] = [r for r in sink.received if r.path == "/in"]
+    assert delivery.headers["Authorization"] == "Bearer tok-1" and sink.counts["/token"] == 1
+
+    async def healthy() -> bool:
+        async with engine.pool.connection() as conn:
+            cur = await conn.execute("SELECT health_status FROM destinations WHERE name = 'o'")
+            return (await cur.fetchone())[0] == "healthy"
+
+    await wait_for(healthy, what="probed healthy")
 
 
 # ---------------------------------------------------------------------- hosts that normalise inside
