@@ -331,7 +331,27 @@ def build_app(engine: Engine, memory: MemoryDebug | None = None) -> web.Applicat
     return app
 
 
+class _MalformedRequests(logging.Filter):
+    """aiohttp logs a request it cannot parse (a bad header character, a broken chunk,
+    a header line too long) at ERROR with a traceback, once per request: anyone who can
+    connect could fill the log with them. The client's mistake becomes one WARNING line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from aiohttp.http_exceptions import HttpProcessingError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            reason = " ".join(str(exc.message or type(exc).__name__).split())[:200]
+            record.msg, record.args = "malformed HTTP request refused (%s): %s", (exc.code, reason)
+            record.exc_info = record.exc_text = None
+        return True
+
+
 async def start_server(engine: Engine, host: str, port: int) -> Server:
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, _MalformedRequests) for f in server_log.filters):
+        server_log.addFilter(_MalformedRequests())
     memory = MemoryDebug(engine.settings.service.debug_memory)
     # A short shutdown: aiohttp would otherwise wait up to 60 s for open requests, past the drain grace.
     # auto_decompress off: bodies are inflated by read_body, bounded, with a 4xx for a bad

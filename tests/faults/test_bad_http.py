@@ -208,3 +208,32 @@ async def test_the_largest_allowed_payload_still_fits(api) -> None:
         assert status == 413 and b"over the 262144-byte limit of destination 'big'" in resp, resp
     finally:
         await conn.close()
+
+
+MALFORMED = [
+    b"POST /api/v1/distributions HTTP/1.1\r\nHost: x\r\nX-Correlation-ID: a\x7fb\r\nContent-Length: 2\r\n\r\n{}",
+    b"POST /api/v1/distributions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+    b"POST /api/v1/distributions HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n{}",
+    b"POST /api/v1/distributions HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
+    b"GET /health/live HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n",
+    b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\nNOT-HTTP garbage\r\n\r\n",  # the second request is junk
+    b"GET /health/live HTTP/1.1\r\nHost: x\r\nbad header line\r\n\r\n",
+]
+
+
+@pytest.mark.parametrize("data", MALFORMED, ids=range(len(MALFORMED)))
+async def test_malformed_http_is_a_400_and_one_warning_line(api, caplog, data: bytes) -> None:
+    conn = await Raw.open(api.http_port)
+    try:
+        await conn.send(data)
+        status, _, _ = await conn.response()
+        if status == 200:  # the good request before the junk
+            status, _, _ = await conn.response()
+        assert status == 400  # aiohttp logs before it answers: the record is there now
+    finally:
+        await conn.close()
+    assert _no_errors_logged(caplog) == []
+    # aiohttp logs junk in place of a request line at DEBUG itself; the rest is one WARNING line.
+    logged = [r for r in caplog.records if r.name == "aiohttp.server" and r.levelno >= logging.INFO]
+    assert all(r.levelno == logging.WARNING and r.exc_info is None and "\n" not in r.getMessage()
+               for r in logged), [(r.levelname, r.getMessage()) for r in logged]
