@@ -3,8 +3,9 @@
 The engine posts with aiohttp directly. httpx's default transport collapses under
 concurrency (encode/httpx#3215) and even on the ``httpx-aiohttp`` transport it reaches
 about half of bare aiohttp here (see bench/throughput.py and the README), which is below
-the engine's target, so the delivery path uses aiohttp's client; httpx stays the client
-of the CLI probes and of the OAuth2 token fetch.
+the engine's target, so the delivery path uses aiohttp's client (and so do the OAuth2
+token fetch and the health probes, through the same SSRF-guarded connector:
+``ms07.engine.ssrf.connector``).
 """
 
 from __future__ import annotations
