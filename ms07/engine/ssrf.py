@@ -30,6 +30,7 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 if not callable(getattr(aiohttp.TCPConnector, "_resolve_host", None)):  # pragma: no cover
     raise ImportError("aiohttp.TCPConnector._resolve_host is gone: the SSRF guard cannot hook in")
 
+
 class ForbiddenAddress(OSError):
     """A destination resolved only to addresses the SSRF guard refuses."""
 
