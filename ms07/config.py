@@ -12,6 +12,7 @@ import dataclasses
 import ipaddress
 import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -560,6 +561,28 @@ def default_k8s_namespace(environ: typing.Mapping[str, str]) -> str:
 # --------------------------------------------------------------------------- validation
 
 
+# A last label of digits or 0x-hex makes a host numeric to inet_aton (RFC 3696: no
+# top-level domain is all-numeric), whatever its other labels say.
+_NUMERIC_LABEL = re.compile(r"(0x[0-9a-f]*|[0-9]+)", re.IGNORECASE)
+_HOST_NAME = re.compile(r"[a-z0-9_.-]+", re.IGNORECASE)
+
+
+def host_problem(host: str) -> str | None:
+    """Why ``host`` (as a URL carries it, brackets removed) is neither an ASCII host name
+    nor a canonical IP literal, or None. The C library reads ``2130706433``, ``127.1``
+    or ``0x7f.1`` as addresses a URL parser does not see; the SSRF guard uses this too."""
+    try:
+        ipaddress.ip_address(host)
+        return None
+    except ValueError:
+        pass
+    if not _HOST_NAME.fullmatch(host):
+        return f"{host!r} is not a host name (letters, digits, '-', '.')"
+    if _NUMERIC_LABEL.fullmatch(host.rstrip(".").rsplit(".", 1)[-1]):
+        return f"{host!r} is a numeric host but not a canonical IP address"
+    return None
+
+
 def _check_url(url: str, what: str) -> None:
     try:
         parts = urlsplit(url)
@@ -570,6 +593,23 @@ def _check_url(url: str, what: str) -> None:
         raise ConfigError(f"{what}: {redact_url(url)!r} is not an http(s) URL")
     if parts.username or parts.password:
         raise ConfigError(f"{what}: credentials in the URL are not allowed; use auth")
+    if not parts.hostname.isascii():
+        # Refused, not converted: IDNA maps "①②⑦.0.0.1" to 127.0.0.1, and a config should say
+        # where it sends data in the spelling the connection uses.
+        raise ConfigError(f"{what}: host {parts.hostname!r} is not ASCII{_idna_hint(url)}; write the "
+                          "host in ASCII (punycode xn--... for an internationalised name)")
+    problem = host_problem(parts.hostname)
+    if problem is not None:
+        raise ConfigError(f"{what}: host {problem}")
+
+
+def _idna_hint(url: str) -> str:
+    try:
+        from yarl import URL
+
+        return f" (the HTTP client would connect to {URL(url).raw_host!r})"
+    except ValueError:
+        return ""
 
 
 def validate(

@@ -12,8 +12,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
+import aiohttp
 
+from ms07.config import NetworkConfig
 from ms07.logs import redact
 
 
@@ -68,28 +69,34 @@ def _ms(t0: float) -> float:
 
 
 def _describe(exc: BaseException) -> str:
-    if isinstance(exc, httpx.TimeoutException | TimeoutError):
+    if isinstance(exc, TimeoutError):
         return "timed out"
     text = str(exc) or type(exc).__name__
     return redact(text)[:300]  # an auth failure may quote what the endpoint was sent
 
 
-async def probe_http(url: str, *, timeout: float = 5.0, auth: Any = None) -> ProbeResult:
-    """GET ``url``; healthy when it answers 2xx within ``timeout``."""
+async def probe_http(url: str, *, timeout: float = 5.0, auth: Any = None,
+                     network: NetworkConfig | None = None) -> ProbeResult:
+    """GET ``url``; healthy when it answers 2xx within ``timeout``. With ``network`` (the
+    engine's health loop) the request goes through the SSRF guard's connector."""
+    from ms07.engine import ssrf
+
     result = ProbeResult(url)
     headers = {}
     t0 = time.perf_counter()
     try:
         if auth is not None:
             headers.update(await auth.headers())
-        async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client:
-            resp = await client.get(url, headers=headers)
-        result.status_code = resp.status_code
-        result.healthy = 200 <= resp.status_code < 300
+        async with aiohttp.ClientSession(connector=ssrf.connector(network),
+                                         timeout=aiohttp.ClientTimeout(total=timeout)) as client:
+            async with client.get(url, headers=headers, allow_redirects=False) as resp:
+                result.status_code = resp.status
+        result.healthy = 200 <= result.status_code < 300
         if not result.healthy:
-            result.error = f"HTTP {resp.status_code}"
+            result.error = f"HTTP {result.status_code}"
     except Exception as exc:  # every failure is a verdict, not a crash
-        result.error = _describe(exc)
+        refused = ssrf.refusal(exc)
+        result.error = str(refused) if refused is not None else _describe(exc)
     result.latency_ms = _ms(t0)
     return result
 

@@ -4,25 +4,27 @@ Secret values are read from the env var or mounted file the config names, when n
 (a rotated file is picked up within ``SECRET_TTL`` seconds, no restart), registered with
 the log redactor, and never stored in settings, the database or Redis.
 
-OAuth2 is the client-credentials grant written against httpx: one form POST. Authlib's
-httpx integration was the first choice, but Authlib 1.9 deprecates it (it warns at
-import and moves to httpx2), and the parts that matter here -- a cache shared by many
-concurrent deliveries, one fetch for all of them (single flight), refresh ahead of
-expiry, and one forced refresh after a 401 -- are ours to write either way.
+OAuth2 is the client-credentials grant: one form POST, through aiohttp and the SSRF
+guard's connector like deliveries. Authlib's httpx integration was the first choice, but
+Authlib 1.9 deprecates it (it warns at import and moves to httpx2), and the parts that
+matter here -- a cache shared by many concurrent deliveries, one fetch for all of them
+(single flight), refresh ahead of expiry, and one forced refresh after a 401 -- are ours
+to write either way.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import time
 from typing import Any
 
-import httpx
+import aiohttp
 
 from ms07 import logs
 from ms07.config import AuthConfig, DestinationConfig, NetworkConfig, resolve_secret
-from ms07.engine.ssrf import refusal
+from ms07.engine import ssrf
 from ms07.errors import ConfigError
 
 SECRET_TTL = 30.0
@@ -142,31 +144,37 @@ class OAuth2ClientCredentials:
             data["scope"] = cfg.scope
         if cfg.audience:
             data["audience"] = cfg.audience
-        refused = await refusal(self.network, cfg.token_url or "")
-        if refused is not None:
-            raise AuthError(f"token endpoint of {self.name}: {refused}", code="DESTINATION_FORBIDDEN", permanent=True)
         secret = self.secret.get()
-        auth: Any = None
+        headers = {"Accept": "application/json"}
         # "client_secret_post" names a token auth method; it is no secret.
         if cfg.token_auth_method == "client_secret_post":  # nosec B105
             data.update({"client_id": cfg.client_id or "", "client_secret": secret})
         else:
-            auth = httpx.BasicAuth(cfg.client_id or "", secret)
-            # The header carries the secret base64-encoded: mask that spelling too.
-            logs.register_secret(base64.b64encode(f"{cfg.client_id or ''}:{secret}".encode()).decode())
+            # Written by hand, not aiohttp.BasicAuth: that one refuses a client id with ':'.
+            basic = base64.b64encode(f"{cfg.client_id or ''}:{secret}".encode()).decode()
+            logs.register_secret(basic)  # the header carries the secret in this spelling too
+            headers["Authorization"] = f"Basic {basic}"
         self.fetches += 1
         try:
-            async with httpx.AsyncClient(timeout=self.timeout, follow_redirects=False) as client:
-                resp = await client.post(cfg.token_url or "", data=data, auth=auth,
-                                         headers={"Accept": "application/json"})
-        except httpx.HTTPError as exc:
+            # The engine's guarded connector, as for deliveries: token_url may not reach inside either.
+            async with aiohttp.ClientSession(connector=ssrf.connector(self.network),
+                                             timeout=aiohttp.ClientTimeout(total=self.timeout)) as client:
+                async with client.post(cfg.token_url or "", data=data, headers=headers,
+                                       allow_redirects=False) as resp:
+                    status, raw = resp.status, await resp.read()
+        except (aiohttp.ClientError, OSError) as exc:  # TimeoutError is an OSError
+            refused = ssrf.refusal(exc)
+            if refused is not None:
+                raise AuthError(f"token endpoint of {self.name}: {refused}", code="DESTINATION_FORBIDDEN",
+                                permanent=True) from None
             raise AuthError(f"token endpoint of {self.name} unreachable: {type(exc).__name__}") from None
-        if resp.status_code != 200:
-            code = "AUTHENTICATION_FAILED" if resp.status_code in (400, 401, 403) else "AUTH_CONFIG_ERROR"
-            raise AuthError(f"token endpoint of {self.name} answered HTTP {resp.status_code}: "
-                            f"{logs.redact(resp.text[:200])}", code=code, status=resp.status_code)
+        text = raw.decode("utf-8", "replace")
+        if status != 200:
+            code = "AUTHENTICATION_FAILED" if status in (400, 401, 403) else "AUTH_CONFIG_ERROR"
+            raise AuthError(f"token endpoint of {self.name} answered HTTP {status}: "
+                            f"{logs.redact(text[:200])}", code=code, status=status)
         try:
-            body = resp.json()
+            body = json.loads(text)
             token = body["access_token"]
             expires_in = float(body.get("expires_in", 3600))
         except (ValueError, KeyError, TypeError):

@@ -3,8 +3,9 @@
 The engine posts with aiohttp directly. httpx's default transport collapses under
 concurrency (encode/httpx#3215) and even on the ``httpx-aiohttp`` transport it reaches
 about half of bare aiohttp here (see bench/throughput.py and the README), which is below
-the engine's target, so the delivery path uses aiohttp's client; httpx stays the client
-of the CLI probes and of the OAuth2 token fetch.
+the engine's target, so the delivery path uses aiohttp's client (and so do the OAuth2
+token fetch and the health probes, through the same SSRF-guarded connector:
+``ms07.engine.ssrf.connector``).
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from typing import Any
 import aiohttp
 
 from ms07 import __version__
-from ms07.config import DestinationConfig, DistributionConfig
-from ms07.engine.ssrf import ForbiddenAddress
+from ms07.config import DestinationConfig, DistributionConfig, NetworkConfig
+from ms07.engine import ssrf
 from ms07.errors import Ms07Error
 from ms07.logs import redact
 
@@ -125,7 +126,7 @@ class DestinationClient:
         *,
         auth: Any = None,
         signer: Any = None,
-        resolver: Any = None,
+        network: NetworkConfig | None = None,
     ) -> None:
         self.config = config
         self.name = config.name
@@ -139,20 +140,18 @@ class DestinationClient:
         self.auth = auth
         self.signer = signer
         self.limiter: Any = None
-        self._resolver = resolver
-        # A literal IP in the URL skips the resolver, so the SSRF guard checks it here.
-        self.forbidden: str | None = resolver.check_literal(config.url) if resolver is not None else None
+        self.network = network
         self._static = {"User-Agent": USER_AGENT, **config.headers}
         self.session: aiohttp.ClientSession | None = None
 
     async def open(self) -> None:
         pool = self.config.pool
-        connector = aiohttp.TCPConnector(
+        connector = ssrf.connector(
+            self.network,
             limit=pool.max_connections,
             limit_per_host=pool.max_connections,
             keepalive_timeout=pool.keepalive_expiry,
             ttl_dns_cache=60,
-            resolver=self._resolver,
         )
         self.session = aiohttp.ClientSession(
             connector=connector,
@@ -205,8 +204,6 @@ class DestinationClient:
         t0 = time.perf_counter()
         generation = None
         try:
-            if self.forbidden is not None:
-                return self._failed(started, t0, ErrorCode.DESTINATION_FORBIDDEN, self.forbidden, retryable=False)
             if self.auth is not None:
                 headers.update(await self.auth.headers())
                 generation = self.auth.generation
@@ -244,8 +241,9 @@ class DestinationClient:
         except TimeoutError:
             return self._failed(started, t0, ErrorCode.READ_TIMEOUT, f"no response within {self.timeout:g}s")
         except aiohttp.ClientConnectorError as exc:
-            if isinstance(exc.os_error, ForbiddenAddress):
-                return self._failed(started, t0, ErrorCode.DESTINATION_FORBIDDEN, str(exc.os_error), retryable=False)
+            refused = ssrf.refusal(exc)
+            if refused is not None:
+                return self._failed(started, t0, ErrorCode.DESTINATION_FORBIDDEN, str(refused), retryable=False)
             return self._failed(started, t0, ErrorCode.CONNECTION_ERROR, f"cannot connect: {exc.os_error or exc}")
         except (aiohttp.ClientError, OSError) as exc:
             reason = str(exc) or type(exc).__name__

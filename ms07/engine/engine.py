@@ -165,7 +165,7 @@ class Engine:
         if self._started:
             return
         self._started = True
-        from ms07.engine import auth, batching, signing, ssrf, upkeep
+        from ms07.engine import auth, batching, signing, upkeep
         from ms07.engine.ratelimit import RateLimiter
 
         self.pool = await self.runtime.pool()
@@ -189,7 +189,7 @@ class Engine:
                 self.dist,
                 auth=auth.provider_for(dest, self),
                 signer=signing.signer_for(dest),
-                resolver=ssrf.resolver_for(self.settings.network),
+                network=self.settings.network,
             )
             if dest.rate_limit is not None:
                 client.limiter = RateLimiter(self.queue.redis, dest.name, dest.rate_limit.per_second,

@@ -27,6 +27,7 @@ from aiohttp import web
 
 from ms07 import __version__, logs
 from ms07.engine import health
+from ms07.engine.body import BodyError, body_limit, read_body
 from ms07.engine.upkeep import rss_bytes
 from ms07.errors import ConfigError, UsageError
 
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
 
 log = logs.get("api")
 ENGINE = web.AppKey("engine", object)
-MAX_BODY = 64 * 1024 * 1024
+BODY_LIMIT = web.AppKey("body_limit", int)
 
 
 OPEN_PATHS = frozenset({"/health/live", "/metrics"})
@@ -182,9 +183,12 @@ async def submit(request: web.Request) -> web.Response:
     if engine.draining:
         return _error(503, "draining: not accepting new distributions")
     try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        return _error(413, "request body too large")
+        raw = await read_body(request, request.app[BODY_LIMIT])
+    except BodyError as exc:
+        resp = _error(exc.status, str(exc))
+        if exc.status == 413:
+            resp.force_close()  # the rest of the body is not worth waiting for
+        return resp
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
@@ -311,8 +315,10 @@ def build_app(engine: Engine, memory: MemoryDebug | None = None) -> web.Applicat
     token = ApiToken(engine.settings)
     logs.register_settings(engine.settings)
     memory = memory or MemoryDebug(engine.settings.service.debug_memory)
-    app = web.Application(middlewares=[_token_guard(token), _correlate, _json_errors], client_max_size=MAX_BODY)
+    limit = body_limit(engine.settings)
+    app = web.Application(middlewares=[_token_guard(token), _correlate, _json_errors], client_max_size=limit)
     app[ENGINE] = engine
+    app[BODY_LIMIT] = limit
     app.add_routes([
         web.get("/health/live", live),
         web.get("/health/ready", ready),
@@ -325,10 +331,33 @@ def build_app(engine: Engine, memory: MemoryDebug | None = None) -> web.Applicat
     return app
 
 
+class _MalformedRequests(logging.Filter):
+    """aiohttp logs a request it cannot parse (a bad header character, a broken chunk,
+    a header line too long) at ERROR with a traceback, once per request: anyone who can
+    connect could fill the log with them. The client's mistake becomes one WARNING line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from aiohttp.http_exceptions import HttpProcessingError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            reason = " ".join(str(exc.message or type(exc).__name__).split())[:200]
+            record.msg, record.args = "malformed HTTP request refused (%s): %s", (exc.code, reason)
+            record.exc_info = record.exc_text = None
+        return True
+
+
 async def start_server(engine: Engine, host: str, port: int) -> Server:
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, _MalformedRequests) for f in server_log.filters):
+        server_log.addFilter(_MalformedRequests())
     memory = MemoryDebug(engine.settings.service.debug_memory)
     # A short shutdown: aiohttp would otherwise wait up to 60 s for open requests, past the drain grace.
-    runner = web.AppRunner(build_app(engine, memory), access_log=None, handle_signals=False, shutdown_timeout=2.0)
+    # auto_decompress off: bodies are inflated by read_body, bounded, with a 4xx for a bad
+    # stream (aiohttp's parser raised out of the protocol: a 500 and a reset connection).
+    runner = web.AppRunner(build_app(engine, memory), access_log=None, handle_signals=False, shutdown_timeout=2.0,
+                           auto_decompress=False)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
     await site.start()

@@ -1,31 +1,41 @@
-"""SSRF guard (opt-in, ``network.deny_private``): destinations may not reach loopback,
-private, link-local, multicast or reserved addresses, IPv4-mapped IPv6 included.
+"""SSRF guard (opt-in, ``network.deny_private``): the engine's outbound requests --
+deliveries, OAuth2 token fetches, health probes -- may not reach loopback, private,
+link-local (the cloud metadata address), multicast or reserved addresses, IPv4-mapped,
+6to4 and NAT64 IPv6 spellings included. ``network.allow_cidrs`` opens chosen ranges.
 
-The check runs on the addresses the resolver returns -- the ones aiohttp then connects
-to -- so a DNS answer pointing inside is refused, not just a URL that names an inside
-address. Redirects are never followed, so a 3xx cannot lead inside either.
-``network.allow_cidrs`` opens chosen ranges.
+The check lives in the connector, on the host aiohttp is about to connect to: yarl has
+already normalised it by then (IDNA/UTS 46 turns ``①②⑦.0.0.1`` or ``127。0。0。1`` into
+``127.0.0.1``), and literal IP hosts, which aiohttp never hands to a resolver, pass
+through the same method as resolved names, DNS cache hits included. Every address of the
+answer is checked, so a name pointing inside is refused too, not only a URL that spells
+an inside address. A numeric host that is not a canonical dotted quad (``2130706433``,
+``127.1``, ``0x7f.1``) or a host with a percent-escape is refused outright: the C
+library reads such hosts in ways a URL parser does not. Redirects are never followed, so
+a 3xx cannot lead inside either.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import socket
 from typing import Any
-from urllib.parse import urlsplit
 
-from aiohttp.abc import AbstractResolver
-from aiohttp.resolver import DefaultResolver
+import aiohttp
 
-from ms07.config import NetworkConfig
+from ms07.config import NetworkConfig, host_problem
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# The hook below is aiohttp's own: a version without it would silently skip the guard.
+if not callable(getattr(aiohttp.TCPConnector, "_resolve_host", None)):  # pragma: no cover
+    raise ImportError("aiohttp.TCPConnector._resolve_host is gone: the SSRF guard cannot hook in")
 
 
 class ForbiddenAddress(OSError):
     """A destination resolved only to addresses the SSRF guard refuses."""
 
     permanent = True
+    code = "DESTINATION_FORBIDDEN"
 
 
 def _unmapped(ip: IPAddress) -> IPAddress:
@@ -37,7 +47,7 @@ def _unmapped(ip: IPAddress) -> IPAddress:
     return ip
 
 
-def forbidden_reason(address: str, allow: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> str | None:
+def forbidden_reason(address: str, allow: list[Network]) -> str | None:
     """Why ``address`` may not be connected to, or None when it may."""
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
@@ -64,66 +74,47 @@ def forbidden_reason(address: str, allow: list[ipaddress.IPv4Network | ipaddress
     return None
 
 
-class GuardedResolver(AbstractResolver):
-    def __init__(self, network: NetworkConfig, inner: AbstractResolver | None = None) -> None:
-        self.allow = [ipaddress.ip_network(c, strict=False) for c in network.allow_cidrs]
-        self._inner = inner
+def allowed_networks(network: NetworkConfig) -> list[Network]:
+    return [ipaddress.ip_network(c, strict=False) for c in network.allow_cidrs]
 
-    def check_literal(self, url: str) -> str | None:
-        host = urlsplit(url).hostname or ""
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            return None
-        reason = forbidden_reason(host, self.allow)
-        return f"destination address refused by the SSRF guard: {reason}" if reason else None
 
-    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list[dict[str, Any]]:
-        if self._inner is None:
-            self._inner = DefaultResolver()
-        answers = await self._inner.resolve(host, port, family)
-        allowed = [a for a in answers if forbidden_reason(a["host"], self.allow) is None]
+class GuardedConnector(aiohttp.TCPConnector):
+    """A TCPConnector that connects only to addresses the guard allows."""
+
+    def __init__(self, network: NetworkConfig, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._allow = allowed_networks(network)
+
+    async def _resolve_host(self, host: str, port: int, traces: Any = None) -> list[Any]:
+        problem = host_problem(host)
+        if problem is not None:
+            raise ForbiddenAddress(f"{host} refused by the SSRF guard: {problem}")
+        name = host.rstrip(".").lower()
+        if name == "localhost" or name.endswith(".localhost"):
+            # Loopback by definition (RFC 6761), whatever this resolver makes of "localhost.".
+            self._check(host, [{"host": "127.0.0.1"}, {"host": "::1"}])
+        return self._check(host, await super()._resolve_host(host, port, traces=traces))
+
+    def _check(self, host: str, answers: list[Any]) -> list[Any]:
+        allowed = [a for a in answers if forbidden_reason(a["host"], self._allow) is None]
         if not allowed:
-            reasons = "; ".join(sorted({forbidden_reason(a["host"], self.allow) or "" for a in answers}))
-            raise ForbiddenAddress(f"{host} refused by the SSRF guard: {reasons}")
+            reasons = "; ".join(sorted({forbidden_reason(a["host"], self._allow) or "" for a in answers}))
+            raise ForbiddenAddress(f"{host} refused by the SSRF guard: {reasons or 'no address'}")
         return allowed
 
-    async def close(self) -> None:
-        if self._inner is not None:
-            await self._inner.close()
+
+def connector(network: NetworkConfig | None, **kwargs: Any) -> aiohttp.TCPConnector:
+    """The connector for an outbound session of the engine: guarded when the config says so."""
+    if network is not None and network.deny_private:
+        return GuardedConnector(network, **kwargs)
+    return aiohttp.TCPConnector(**kwargs)
 
 
-def resolver_for(network: NetworkConfig) -> GuardedResolver | None:
-    return GuardedResolver(network) if network.deny_private else None
-
-
-async def refusal(network: NetworkConfig | None, url: str) -> str | None:
-    """Why the guard refuses ``url``, or None: for the requests the engine makes outside
-    its guarded connector (health probes and OAuth2 token fetches go through httpx).
-
-    The host's answer is checked here and resolved again by the request itself, so these
-    requests keep a DNS-rebinding window that deliveries (checked on the very addresses
-    they connect to) do not have; what they can reveal is a status code."""
-    if network is None or not network.deny_private:
-        return None
-    guard = GuardedResolver(network)
-    try:
-        literal = guard.check_literal(url)
-        if literal is not None:
-            return literal
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        try:
-            ipaddress.ip_address(host)
-            return None  # an allowed literal
-        except ValueError:
-            pass
-        try:
-            await guard.resolve(host, parts.port or 0, socket.AF_UNSPEC)
-        except ForbiddenAddress as exc:
-            return str(exc)
-        except OSError:
-            return None  # unresolvable: the request fails on its own
-        return None
-    finally:
-        await guard.close()
+def refusal(exc: BaseException) -> ForbiddenAddress | None:
+    """The guard's refusal behind an aiohttp client error, if that is what it was."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ForbiddenAddress):
+            return seen
+        seen = getattr(seen, "os_error", None) or seen.__cause__
+    return None

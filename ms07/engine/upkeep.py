@@ -382,23 +382,17 @@ async def farewell(engine: Engine) -> None:
 
 
 async def probe_health(engine: Engine) -> None:
-    from ms07.engine.ssrf import refusal
-    from ms07.probe import ProbeResult, probe_http
+    from ms07.probe import probe_http
 
     targets = [c for c in engine.clients.values() if c.config.health_url]
     if not targets:
         return
     timeout = min(5.0, engine.settings.diagnose.probe_timeout_seconds * 2)
 
-    async def probe(url: str, auth: Any) -> Any:
-        # With network.deny_private the probes may not reach inside any more than deliveries.
-        reason = await refusal(engine.settings.network, url)
-        if reason is not None:
-            return ProbeResult(url, healthy=False, error=reason)
-        return await probe_http(url, timeout=timeout, auth=auth)
-
+    # With network.deny_private the probes may not reach inside any more than deliveries.
     results = await asyncio.gather(
-        *(probe(c.config.health_url, c.auth) for c in targets),  # type: ignore[arg-type]
+        *(probe_http(c.config.health_url, timeout=timeout, auth=c.auth, network=engine.settings.network)  # type: ignore[arg-type]
+          for c in targets),
         return_exceptions=True,
     )
     verdicts = []

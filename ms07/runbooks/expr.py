@@ -82,11 +82,22 @@ def tokenize(text: str) -> list[Token]:
 
 # --------------------------------------------------------------------------- parser
 
+# Parentheses, `not`, lists and calls nest; each level costs the recursive parser, the
+# checker and the evaluator a few Python frames, so 3,000 levels were a RecursionError.
+# Real expressions nest three or four deep.
+MAX_DEPTH = 64
+
 
 class _Parser:
     def __init__(self, text: str) -> None:
         self.tokens = tokenize(text)
         self.i = 0
+        self.depth = 0
+
+    def deeper(self, column: int) -> None:
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise ExprError(f"nested more than {MAX_DEPTH} levels deep", column)
 
     @property
     def tok(self) -> Token:
@@ -142,7 +153,10 @@ class _Parser:
     def not_(self) -> Node:
         if self.at("not"):
             t = self.take()
-            return Not(t.column, operand=self.not_())
+            self.deeper(t.column)
+            node = Not(t.column, operand=self.not_())
+            self.depth -= 1
+            return node
         return self.compare()
 
     def compare(self) -> Node:
@@ -180,26 +194,32 @@ class _Parser:
             return Name(t.column, name=t.text)
         if self.at("("):
             self.take()
+            self.deeper(t.column)
             node = self.or_()
             self.expect(")")
+            self.depth -= 1
             return node
         if self.at("["):
             self.take()
+            self.deeper(t.column)
             items: list[Node] = []
             while not self.at("]"):
                 items.append(self.operand())
                 self.separator("]")
             self.expect("]")
+            self.depth -= 1
             return ListLit(t.column, items=items)
         raise ExprError(f"expected a value, found {self._shown()}", t.column)
 
     def call(self, name: Token) -> Node:
         self.expect("(")
+        self.deeper(name.column)
         args: list[Node] = []
         while not self.at(")"):
             args.append(self.or_())
             self.separator(")")
         self.expect(")")
+        self.depth -= 1
         return Call(name.column, fn=name.text, args=args)
 
 

@@ -262,7 +262,11 @@ class Validator:
         try:
             expr = compile_expression(value)
         except ExprError as exc:
-            raise self.fail(at, f"{where}.{key}", f"{exc} in {value!r}") from None
+            # Quoted up to a point: the error must stay one readable line.
+            shown = value
+            if isinstance(value, str) and len(value) > 120:
+                shown = f"{value[:100]}... ({len(value)} characters)"
+            raise self.fail(at, f"{where}.{key}", f"{exc} in {shown!r}") from None
         from ms07.diagnose.runner import CHECKS
 
         known = commands.known_findings()

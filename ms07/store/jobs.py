@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -332,20 +333,21 @@ async def reset_for_replay(
 
 
 async def get_job(conn: psycopg.AsyncConnection[Any], distribution_id: str) -> dict[str, Any] | None:
-    """A job with its attempts, or None."""
+    """A job with its attempts, or None (also for a string that is no UUID at all: NUL
+    bytes and such reached PostgreSQL as a DataError, a 500)."""
+    try:
+        distribution_id = str(uuid.UUID(distribution_id))
+    except (ValueError, TypeError):
+        return None
     async with conn.cursor(row_factory=dict_row) as cur:
-        try:
-            await cur.execute(
-                """SELECT distribution_id::text, destination_name AS destination, correlation_id,
-                          status, priority, content_type, attempts AS attempt_count, max_attempts,
-                          next_attempt_at, last_error_code, last_error, created_at, updated_at,
-                          started_at, completed_at, octet_length(payload) AS payload_bytes
-                     FROM distribution_jobs WHERE distribution_id = %s::uuid""",
-                (distribution_id,),
-            )
-        except psycopg.errors.InvalidTextRepresentation:
-            await conn.rollback()
-            return None
+        await cur.execute(
+            """SELECT distribution_id::text, destination_name AS destination, correlation_id,
+                      status, priority, content_type, attempts AS attempt_count, max_attempts,
+                      next_attempt_at, last_error_code, last_error, created_at, updated_at,
+                      started_at, completed_at, octet_length(payload) AS payload_bytes
+                 FROM distribution_jobs WHERE distribution_id = %s::uuid""",
+            (distribution_id,),
+        )
         job = await cur.fetchone()
         if job is None:
             return None

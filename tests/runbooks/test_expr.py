@@ -106,3 +106,26 @@ def test_never_evaluates_python() -> None:
     for text in ("[x for x in ()]", "lambda: 1", "a if b else c", "finding('a')()", "2 ** 8 > 1"):
         with pytest.raises(ExprError):
             compile_expression(text)
+
+
+DEEP = 3000
+
+
+@pytest.mark.parametrize("text", [
+    "(" * DEEP + "true" + ")" * DEEP,
+    "not " * DEEP + "true",
+    "status in " + "[" * DEEP + "]" * DEEP,
+    "finding(" * DEEP + "'a'" + ")" * DEEP,
+    "(not " * DEEP + "true" + ")" * DEEP,
+    "(" * DEEP,  # unterminated as well
+])
+def test_deep_nesting_is_an_expression_error_not_a_recursion_error(text: str) -> None:
+    """Each nesting construct (parentheses, not, lists, calls): a clear ExprError with the
+    column where the limit was passed, never Python's RecursionError."""
+    with pytest.raises(ExprError) as info:
+        compile_expression(text)
+    assert "nested more than" in info.value.message and info.value.column is not None
+
+
+def test_reasonable_nesting_still_compiles() -> None:
+    assert compile_expression("(" * 30 + "not " * 30 + "true" + ")" * 30).evaluate(Facts()) is True

@@ -324,3 +324,10 @@ def test_structure(tmp_path: Path) -> None:
         13,
         "remediation[0].run: is required",
     )
+
+
+def test_a_deeply_nested_when_is_one_short_line(tmp_path: Path) -> None:
+    deep = "(" * 3000 + "finding('queue.dead_consumers')" + ")" * 3000
+    message = fails(tmp_path, GOOD.replace("when: finding('queue.dead_consumers')", f'when: "{deep}"'), 14,
+                    "remediation[0].when:", "nested more than")
+    assert len(message) < 500
