@@ -138,7 +138,7 @@ async def _dlq_has(engine: Any, did: str) -> bool:
     (["status", "00000000-0000-0000-0000-000000000000"], 4, "no distribution"),
     (["status", "not-a-uuid"], 4, "no distribution"),
     (["dlq", "replay", "not-a-uuid"], 2, "is not a distribution id"),
-    (["dlq", "replay"], 2, "give distribution ids or --all"),
+    (["dlq", "replay"], 2, "nothing to replay: give distribution ids, or --all"),
 ])
 async def test_cli_bad_input_one_line(engine: Any, env_for: dict[str, str], tmp_path: Path, args: list[str],
                                       code: int, message: str) -> None:
