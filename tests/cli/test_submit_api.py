@@ -136,7 +136,7 @@ async def _dlq_has(engine: Any, did: str) -> bool:
     (["submit", "-d", "a"], 2, "exactly one of --data or --file"),
     (["submit", "-d", "zzz", "--data", "{}"], 2, "unknown destination 'zzz'"),
     (["status", "00000000-0000-0000-0000-000000000000"], 4, "no distribution"),
-    (["status", "not-a-uuid"], 4, "no distribution"),
+    (["status", "not-a-uuid"], 2, "is not a distribution id"),
     (["dlq", "replay", "not-a-uuid"], 2, "is not a distribution id"),
     (["dlq", "replay"], 2, "nothing to replay: give distribution ids, or --all"),
 ])
