@@ -50,7 +50,7 @@ IDS = ["6d6d823d-0000-4000-8000-000000000001", "6d6d823d-0000-4000-8000-00000000
 @pytest.fixture
 def jobs_with_ids(database_url: str) -> list[str]:
     with psycopg.connect(database_url, autocommit=True) as conn:
-        for i, did in enumerate(IDS):
+        for did in IDS:
             conn.execute(
                 """INSERT INTO distribution_jobs (distribution_id, destination_name, status, payload, attempts,
                                                   max_attempts, next_attempt_at, created_at)
