@@ -179,7 +179,7 @@ class Engine:
             # Listen before this worker announces itself (consumer, heartbeat row) or opens
             # clients and tasks: a port taken (a second `ms07 run`) leaves nothing behind.
             await self._listen()
-        await self.queue.ensure_groups()
+        await self.queue.join(self.worker_id)
         async with self.pool.connection() as conn:
             await dest_store.sync_destinations(conn, self.settings.destinations)
         for dest in self.settings.destinations:
