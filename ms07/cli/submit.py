@@ -14,7 +14,7 @@ from ms07.errors import NotFound, UsageError
 def submit(
     ctx: typer.Context,
     destination: list[str] = typer.Option(..., "--destination", "-d", help="Destination name (repeatable)."),
-    data: str = typer.Option(None, "--data", help="The payload, as JSON."),
+    data: str = typer.Option(None, "--data", help="The payload, as JSON text (a file: --file PATH)."),
     file: Path = typer.Option(None, "--file", help="Read the JSON payload from a file ('-' for stdin)."),
     correlation_id: str = typer.Option(None, "--correlation-id", help="Shared by the jobs of this submit."),
     priority: str = typer.Option(None, "--priority", help="Queue to use (default: distribution.default_priority)."),
@@ -39,6 +39,8 @@ def submit(
     try:
         payload = json.loads(text)
     except json.JSONDecodeError as exc:
+        if file is None and text.startswith("@"):  # curl's habit: --data @payload.json
+            raise UsageError(f"--data takes the JSON itself, not a file: use --file {text[1:] or 'PATH'}") from None
         raise UsageError(f"payload is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except RecursionError:
         raise UsageError("payload is nested too deeply") from None
