@@ -42,9 +42,11 @@ def test_config_read_before_or_after_the_subcommand(bad_config: Path, args: list
     assert len(result.output.strip().splitlines()) == 1
 
 
-def test_env_var_still_names_the_config(bad_config: Path) -> None:
+def test_env_vars_still_work(bad_config: Path) -> None:
     result = cli(["queue", "stats"], {"NO_COLOR": "1", "MS07_CONFIG": str(bad_config)})
     assert result.exit_code == 2 and "bogus: unknown key" in result.output
+    result = cli(["queue", "stats"], {"NO_COLOR": "1", "MS07_LOG_LEVEL": "NOPE"})
+    assert result.exit_code == 2 and "'NOPE' is not a log level" in result.output
 
 
 def test_log_level_and_version_after_the_subcommand() -> None:
