@@ -58,7 +58,9 @@ def root(
         False, "--version", callback=_version, is_eager=True, help="Show the version and exit."
     ),
 ) -> None:
-    """MS07 Distributor: the delivery engine and its on-call toolkit."""
+    """MS07 Distributor: the delivery engine and its on-call toolkit.
+
+    The options below also work after the command: ms07 diagnose all --config F."""
     ctx.obj = common.State(config=config, log_level=log_level)
 
 
