@@ -33,7 +33,8 @@ class Ms07Group(TyperGroup):
 app = typer.Typer(
     name="ms07",
     cls=Ms07Group,
-    help="MS07 Distributor: the delivery engine and its on-call toolkit.",
+    help="MS07 Distributor: the delivery engine and its on-call toolkit. "
+    "The options below also work after the command (ms07 diagnose all --config F).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -58,9 +59,7 @@ def root(
         False, "--version", callback=_version, is_eager=True, help="Show the version and exit."
     ),
 ) -> None:
-    """MS07 Distributor: the delivery engine and its on-call toolkit.
-
-    The options below also work after the command: ms07 diagnose all --config F."""
+    """MS07 Distributor: the delivery engine and its on-call toolkit."""
     ctx.obj = common.State(config=config, log_level=log_level)
 
 
