@@ -635,6 +635,15 @@ def validate(
         where = f" (line {line})" if line else ""
         raise ConfigError(_one_line(f"{source}: {key}: {message}{where}"))
 
+    def check_url(url: str, key: str) -> None:
+        try:
+            _check_url(url, key)
+        except ConfigError as exc:  # the same message, with the file and the line
+            message = str(exc).removeprefix(f"{key}: ")
+            if "://" not in url:
+                message = f"{redact_url(url)!r} has no scheme: write http:// or https:// before the host"
+            fail(key, message)
+
     dist = settings.distribution
     if dist.timeout_seconds <= 0:
         fail("distribution.timeout_seconds", "must be positive")
@@ -678,21 +687,23 @@ def validate(
             ipaddress.ip_network(cidr, strict=False)
         except ValueError:
             fail("network.allow_cidrs", f"{cidr!r} is not a CIDR range")
-    _validate_diagnose(settings, fail)
-    seen: set[str] = set()
-    for dest in settings.destinations:
+    _validate_diagnose(settings, fail, check_url)
+    seen: dict[str, int] = {}
+    for i, dest in enumerate(settings.destinations):
         key = f"destinations.{dest.name}"
         if not dest.name or not all(c.isalnum() or c in "-_." for c in dest.name):
-            fail("destinations", f"{dest.name!r} is not a valid destination name")
+            fail(f"destinations[{i}].name", f"{dest.name!r} is not a valid destination name")
         if dest.name in seen:
-            fail("destinations", f"destination {dest.name!r} is defined twice")
-        seen.add(dest.name)
-        _check_url(dest.url, f"{key}.url")
+            first = lines.get(f"destinations[{seen[dest.name]}].name")
+            fail(f"destinations[{i}].name", f"destination {dest.name!r} is defined twice"
+                 + (f", first at line {first}" if first else ""))
+        seen[dest.name] = i
+        check_url(dest.url, f"{key}.url")
         if dest.health_url:
-            _check_url(dest.health_url, f"{key}.health_url")
+            check_url(dest.health_url, f"{key}.health_url")
         if dest.method.upper() not in ("POST", "PUT", "PATCH"):
             fail(f"{key}.method", "must be POST, PUT or PATCH")
-        _validate_auth(dest, fail)
+        _validate_auth(dest, fail, check_url)
         if dest.batch and not (1 <= dest.batch.max_items <= 10000):
             fail(f"{key}.batch.max_items", "must be between 1 and 10000")
         if dest.batch and dest.batch.max_concurrent < 1:
@@ -711,7 +722,8 @@ def validate(
                 fail(f"{key}.headers.{header}", "is set by ms07; use auth instead")
 
 
-def _validate_diagnose(settings: Settings, fail: typing.Callable[[str, str], Any]) -> None:
+def _validate_diagnose(settings: Settings, fail: typing.Callable[[str, str], Any],
+                       check_url: typing.Callable[[str, str], Any]) -> None:
     for f in dataclasses.fields(DiagnoseConfig):
         if getattr(settings.diagnose, f.name) <= 0:
             fail(f"diagnose.{f.name}", "must be positive")
@@ -720,7 +732,7 @@ def _validate_diagnose(settings: Settings, fail: typing.Callable[[str, str], Any
     if esc.min_severity not in severities:
         fail("escalation.min_severity", f"must be one of {', '.join(severities)}")
     if esc.alertmanager_url:
-        _check_url(esc.alertmanager_url, "escalation.alertmanager_url")
+        check_url(esc.alertmanager_url, "escalation.alertmanager_url")
     for sev, prio in esc.priorities.items():
         if sev not in severities:
             fail(f"escalation.priorities.{sev}", f"unknown severity (one of {', '.join(severities)})")
@@ -728,7 +740,8 @@ def _validate_diagnose(settings: Settings, fail: typing.Callable[[str, str], Any
             fail(f"escalation.priorities.{sev}", f"{prio!r} is not a priority P1-P4")
 
 
-def _validate_auth(dest: DestinationConfig, fail: typing.Callable[[str, str], Any]) -> None:
+def _validate_auth(dest: DestinationConfig, fail: typing.Callable[[str, str], Any],
+                   check_url: typing.Callable[[str, str], Any]) -> None:
     auth = dest.auth
     key = f"destinations.{dest.name}.auth"
     if auth.type not in AUTH_TYPES:
@@ -747,7 +760,7 @@ def _validate_auth(dest: DestinationConfig, fail: typing.Callable[[str, str], An
         if not any(getattr(auth, k) for k in group):
             fail(f"{key}.{group[0]}", f"is required for auth type {auth.type}")
     if auth.type == "oauth2_client_credentials" and auth.token_url:
-        _check_url(auth.token_url, f"{key}.token_url")
+        check_url(auth.token_url, f"{key}.token_url")
     if auth.token_auth_method not in ("client_secret_basic", "client_secret_post"):
         fail(f"{key}.token_auth_method", "must be client_secret_basic or client_secret_post")
 

@@ -62,6 +62,17 @@ async def replay(
     return [r[0] for r in reset]
 
 
+async def not_replayed(
+    conn: psycopg.AsyncConnection[Any], ids: Sequence[str], replayed: Sequence[str]
+) -> dict[str, str | None]:
+    """Each asked-for id that was not replayed -> its status (``delivered``, ``queued``...),
+    or None when no distribution has that id: the answer names which is which."""
+    done = set(replayed)
+    missing = [i for i in _check_ids(ids) if i not in done]
+    statuses = await jobs.job_statuses(conn, missing)
+    return {i: statuses.get(i) for i in dict.fromkeys(missing)}
+
+
 async def purge(conn: psycopg.AsyncConnection[Any], queue: Queue, ids: Sequence[str] | None) -> dict[str, int]:
     """Forget parked jobs (and their DLQ entries) for good."""
     wanted = None if ids is None else _check_ids(ids)

@@ -148,6 +148,17 @@ class Queue:
         for queue in self.priorities:
             await self.ensure_group(queue)
 
+    async def join(self, consumer: str) -> None:
+        """Create the groups and this consumer in each: before 7.0 Redis creates a consumer
+        only when a read returns entries, so an engine idle since its start was not one of
+        the group's consumers (``queue stats``: 0 consumers)."""
+        await self.ensure_groups()
+        for queue in self.priorities:
+            try:
+                await self.redis.xgroup_createconsumer(keys.stream(queue), keys.GROUP, consumer)
+            except ResponseError:  # Redis < 6.2: no CREATECONSUMER; the first read creates it
+                pass
+
     # ------------------------------------------------------------------ produce
 
     async def enqueue(self, items: Iterable[tuple[str, str, str]]) -> list[str]:
@@ -175,7 +186,7 @@ class Queue:
             if "NOGROUP" not in str(exc):
                 raise
             # Redis restarted without persistence, or someone deleted the stream.
-            await self.ensure_groups()
+            await self.join(consumer)
             return []
         out: list[Entry] = []
         for stream_key, entries in reply or []:

@@ -6,11 +6,30 @@ from typing import Any
 
 import psycopg
 
+from ms07.errors import NotFound, UsageError
 from ms07.store import jobs
+
+HEX = frozenset("0123456789abcdef")
 
 
 def _iso(value: Any) -> Any:
     return value.isoformat() if hasattr(value, "isoformat") else value
+
+
+async def resolve_id(conn: psycopg.AsyncConnection[Any], text: str) -> str:
+    """The distribution id that ``text`` names: a whole id, or the first hex digits of
+    exactly one (a short id copied from a log). NotFound when none matches, UsageError
+    when it is not hex or when several match (naming a few)."""
+    digits = text.strip().lower().replace("-", "")
+    if not digits or not set(digits) <= HEX or len(digits) > 32:
+        raise UsageError(f"{text!r} is not a distribution id (a UUID, or its first hex digits)")
+    found = await jobs.ids_with_prefix(conn, digits)
+    if not found:
+        raise NotFound(f"no distribution {text}" if len(digits) == 32 else f"no distribution id starts with {text}")
+    if len(found) > 1:
+        shown = ", ".join(found[:5]) + (", ..." if len(found) > 5 else "")
+        raise UsageError(f"{text!r} is the start of more than one distribution id ({shown}); give more digits")
+    return found[0]
 
 
 async def distribution_status(conn: psycopg.AsyncConnection[Any], distribution_id: str) -> dict[str, Any] | None:

@@ -14,7 +14,13 @@ from ms07.errors import Ms07Error
 
 class Ms07Group(TyperGroup):
     """Turns every ms07 error into one line on stderr and its exit code, for the real
-    console script and for tests driving the app with CliRunner alike."""
+    console script and for tests driving the app with CliRunner alike; and takes the
+    global options after the subcommand too (``ms07 diagnose all --config F``)."""
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:  # type: ignore[override]
+        from ms07.cli.hoist import hoist
+
+        return super().parse_args(ctx, hoist(self, args))
 
     def invoke(self, ctx: typer.Context) -> object:  # type: ignore[override]
         try:
@@ -27,7 +33,8 @@ class Ms07Group(TyperGroup):
 app = typer.Typer(
     name="ms07",
     cls=Ms07Group,
-    help="MS07 Distributor: the delivery engine and its on-call toolkit.",
+    help="MS07 Distributor: the delivery engine and its on-call toolkit. "
+    "The options below also work after the command (ms07 diagnose all --config F).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from ms07.cli import common
-from ms07.errors import UsageError
+from ms07.errors import NotFound, UsageError
 
 app = typer.Typer(help="The dead-letter queue: list, replay, purge.", no_args_is_help=True)
 
@@ -43,46 +43,79 @@ def list_(
     st.console.print(table)
 
 
+def _confirm(st: common.State, yes: bool, question: str, refusal: str) -> None:
+    """Go on with ``--yes``; at a terminal, ask (default No); otherwise refuse with the
+    reason: a script must say ``--yes``, never be held by a prompt nobody answers."""
+    import sys
+
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise UsageError(f"{refusal}; add --yes to confirm")
+    from rich.prompt import Confirm
+
+    try:
+        confirmed = Confirm.ask(question, default=False, console=st.console)
+    except (EOFError, KeyboardInterrupt):
+        confirmed = False
+    if not confirmed:
+        st.err.print("not confirmed: nothing was done.")
+        raise typer.Exit(1)
+
+
 @app.command("replay")
 def replay(
     ctx: typer.Context,
     ids: list[str] = typer.Argument(None, help="Distribution ids to replay."),
-    all_: bool = typer.Option(False, "--all", help="Replay every parked distribution."),
+    all_: bool = typer.Option(False, "--all", help="Replay every parked distribution (asks, or --yes)."),
+    yes: bool = typer.Option(False, "--yes", help="With --all: do not ask (required when not at a terminal)."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Put parked distributions back in the queue with a fresh attempt budget."""
+    """Put parked distributions back in the queue with a fresh attempt budget.
+
+    Exit codes: 0 all replayed, 1 an id was not parked (named, with its status) or the
+    question was answered no, 2 bad usage (--all without --yes when not at a terminal),
+    4 an id names no distribution."""
     from ms07 import dlq
 
     st = common.state(ctx)
-    if bool(ids) == all_:
-        raise UsageError("give distribution ids or --all (not both)")
+    if ids and all_:
+        raise UsageError("give distribution ids or --all, not both")
+    if not ids and not all_:
+        raise UsageError("nothing to replay: give distribution ids, or --all for every parked distribution")
+    if all_:
+        _confirm(st, yes, "Replay every parked distribution?",
+                 "replay --all puts every parked distribution back in the queue")
 
     async def go(rt):  # type: ignore[no-untyped-def]
         async with rt.connection() as conn:
-            return await dlq.replay(conn, await rt.queue(), None if all_ else ids)
+            replayed = await dlq.replay(conn, await rt.queue(), None if all_ else ids)
+            return replayed, await dlq.not_replayed(conn, ids or [], replayed)
 
-    replayed = common.with_runtime(st.settings, go)
+    replayed, skipped = common.with_runtime(st.settings, go)
     if as_json:
-        common.print_json({"replayed": replayed})
+        common.print_json({"replayed": replayed, "not_replayed": skipped})
     else:
         st.console.print(f"replayed {len(replayed)} distribution(s)")
-    if ids and len(replayed) < len(ids):
-        st.err.print(f"[yellow]{len(ids) - len(replayed)} id(s) were not parked[/]")
-        raise typer.Exit(1)
+    for did, state in skipped.items():
+        st.err.print(f"no distribution {did}" if state is None
+                     else f"{did} not replayed: it is {state}, not parked", soft_wrap=True)
+    if skipped:
+        raise typer.Exit(NotFound.exit_code if None in skipped.values() else 1)
 
 
 @app.command("purge")
 def purge(
     ctx: typer.Context,
     ids: list[str] = typer.Argument(None, help="Distribution ids (default: all)."),
-    yes: bool = typer.Option(False, "--yes", help="Required: purging cannot be undone."),
+    yes: bool = typer.Option(False, "--yes", help="Purge without asking (required when not at a terminal)."),
 ) -> None:
     """Delete parked distributions and their DLQ entries for good."""
     from ms07 import dlq
 
     st = common.state(ctx)
-    if not yes:
-        raise UsageError("purge deletes parked distributions for good; add --yes to confirm")
+    _confirm(st, yes, f"Purge {'these' if ids else 'every'} parked distribution(s) for good?",
+             "purge deletes parked distributions for good")
 
     async def go(rt):  # type: ignore[no-untyped-def]
         async with rt.connection() as conn:

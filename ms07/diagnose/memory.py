@@ -1,7 +1,7 @@
 """``diagnose memory`` (guide, problem 5): workers that leak.
 
 RSS of every worker from its heartbeats and its linear trend over the window (sustained
-growth above the threshold is flagged); the ms07 processes on this machine (psutil);
+growth above the threshold is flagged); this user's ms07 processes on this machine (psutil);
 the pods' memory, limits and ``OOMKilled`` restarts from the Kubernetes API when a
 cluster is configured; the top allocation sites from the engine's ``/debug/memory``
 (tracemalloc) when the engine has it enabled.
@@ -38,22 +38,38 @@ def trend(row: dict[str, Any]) -> dict[str, float | None]:
             "r2": row.get("r2")}
 
 
-def ms07_processes() -> list[dict[str, Any]]:
-    """ms07 processes on this machine (not this one): ``ms07 ...`` or ``python -m ms07``."""
-    me = os.getpid()
-    out = []
-    for p in psutil.process_iter(["pid", "cmdline", "memory_info", "create_time"]):
+def ms07_processes(uid: int | None = None) -> tuple[list[dict[str, Any]], int]:
+    """ms07 processes of user ``uid`` (default: ours) on this machine, not this one
+    (``ms07 ...`` or ``python -m ms07``), and how many other users' were left out: on a
+    shared host another user's ms07 is not this installation's worker."""
+    me, uid = os.getpid(), os.getuid() if uid is None else uid
+    out, others = [], 0
+    for p in psutil.process_iter(["pid", "cmdline", "memory_info", "create_time", "uids"]):
         cmd = p.info.get("cmdline") or []
         if p.pid == me or not cmd:
             continue
         is_ms07 = os.path.basename(cmd[0]) == "ms07" or any(
             a == "ms07" and i > 0 and cmd[i - 1] == "-m" for i, a in enumerate(cmd)
         ) or (len(cmd) > 1 and os.path.basename(cmd[1]) == "ms07")
-        if is_ms07:
-            mem = p.info.get("memory_info")
-            out.append({"pid": p.pid, "command": " ".join(cmd)[:80], "rss_bytes": mem.rss if mem else None,
-                        "create_time": p.info.get("create_time")})
-    return out
+        if not is_ms07:
+            continue
+        uids = p.info.get("uids")
+        if uids is None or uids.real != uid:
+            others += 1
+            continue
+        mem = p.info.get("memory_info")
+        out.append({"pid": p.pid, "command": " ".join(cmd)[:80], "rss_bytes": mem.rss if mem else None,
+                    "create_time": p.info.get("create_time")})
+    return out, others
+
+
+def _user(uid: int) -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
 
 
 async def check(ctx: Context) -> CheckResult:
@@ -112,13 +128,16 @@ async def check(ctx: Context) -> CheckResult:
                   f"{fmt_duration(o.rss_trend_min_seconds)}")
 
     await part(r, "worker RSS", workers)
-    procs = await asyncio.to_thread(ms07_processes)
-    table = r.section("ms07 processes on this machine", ["pid", "command", "RSS"])
+    procs, others = await asyncio.to_thread(ms07_processes)
+    user = _user(os.getuid())
+    table = r.section(f"ms07 processes of user {user} on this machine", ["pid", "command", "RSS"])
     for p in procs:
         table.rows.append([str(p["pid"]), p["command"], fmt_bytes(p["rss_bytes"])])
     r.details["processes"] = procs
-    r.add("local_processes", "info", f"{len(procs)} ms07 process(es) on this machine",
-          ", ".join(f"pid {p['pid']} {fmt_bytes(p['rss_bytes'])}" for p in procs[:5]))
+    r.details["other_users_processes"] = others
+    r.add("local_processes", "info", f"{len(procs)} ms07 process(es) of user {user} on this machine",
+          ", ".join(f"pid {p['pid']} {fmt_bytes(p['rss_bytes'])}" for p in procs[:5])
+          + (f"; {others} of other users not listed" if others else ""))
     await part(r, "pods", lambda: _pods(ctx, r))
     await _allocations(ctx, r)
     return r

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import errno
 import os
 import socket
 import time
@@ -39,6 +40,7 @@ from ms07.engine import crash
 from ms07.engine.breaker import CircuitBreaker
 from ms07.engine.delivery import AttemptResult, DestinationClient, ErrorCode
 from ms07.engine.retry import RetryPolicy
+from ms07.errors import ConfigError
 from ms07.metrics import Metrics
 from ms07.queue import Entry, InvalidMessage, parse_entry
 from ms07.runtime import Runtime
@@ -173,7 +175,11 @@ class Engine:
         from ms07.submit import SubmitBatcher
 
         self.submitter = SubmitBatcher(self.pool, self.queue)
-        await self.queue.ensure_groups()
+        if self.http_port is not None and self.http_port >= 0:
+            # Listen before this worker announces itself (consumer, heartbeat row) or opens
+            # clients and tasks: a port taken (a second `ms07 run`) leaves nothing behind.
+            await self._listen()
+        await self.queue.join(self.worker_id)
         async with self.pool.connection() as conn:
             await dest_store.sync_destinations(conn, self.settings.destinations)
         for dest in self.settings.destinations:
@@ -209,11 +215,6 @@ class Engine:
         self._workers = [asyncio.create_task(self._work(), name=f"delivery-{i}") for i in range(self.concurrency)]
         self._reader = asyncio.create_task(self._read_loop(), name="reader")
         self._loops = upkeep.start_loops(self)
-        if self.http_port is not None and self.http_port >= 0:
-            from ms07.engine.server import start_server
-
-            self.server = await start_server(self, self.settings.service.http_host, self.http_port)
-            self.http_port = self.server.port
         self.ready = True
         log.info(
             "engine started",
@@ -223,6 +224,23 @@ class Engine:
             http_port=self.http_port,
             version=__version__,
         )
+
+    async def _listen(self) -> None:
+        from ms07.engine.server import start_server
+
+        host, port = self.settings.service.http_host, self.http_port
+        try:
+            self.server = await start_server(self, host, port)
+        except OSError as exc:
+            await self.submitter.close()
+            if self._owns_runtime:
+                await self.runtime.aclose()
+            reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+            if exc.errno == errno.EADDRINUSE:
+                reason += " (a second `ms07 run`?)"
+            raise ConfigError(f"cannot listen on {host}:{port}: {reason}; choose another port with --http-port, "
+                              "MS07_HTTP_PORT or service.http_port (0: any free port)") from None
+        self.http_port = self.server.port
 
     def request_stop(self, reason: str = "requested", exit_code: int = EXIT_OK) -> None:
         """Ask the engine to drain and stop (signal handlers, memory guard)."""

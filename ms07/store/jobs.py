@@ -355,7 +355,7 @@ async def get_job(conn: psycopg.AsyncConnection[Any], distribution_id: str) -> d
             """SELECT attempt, status, response_status_code, error_code, error_message,
                       worker_id, started_at, completed_at
                  FROM distribution_attempts WHERE distribution_id = %s::uuid
-                ORDER BY attempt, id""",
+                ORDER BY started_at, id""",  # a timeline: a replay numbers its attempts from 1 again
             (distribution_id,),
         )
         job["attempts"] = await cur.fetchall()
@@ -440,3 +440,15 @@ async def purge_parked(conn: psycopg.AsyncConnection[Any], ids: Sequence[str] | 
     if gone:
         await conn.execute("DELETE FROM distribution_attempts WHERE distribution_id = ANY(%s)", (gone,))
     return len(gone)
+
+
+async def ids_with_prefix(conn: psycopg.AsyncConnection[Any], hex_prefix: str, limit: int = 6) -> list[str]:
+    """Distribution ids whose 32 hex digits start with ``hex_prefix`` (lowercase hex, no
+    dashes), at most ``limit``: a range of the primary key, so one index probe."""
+    low, high = hex_prefix.ljust(32, "0"), hex_prefix.ljust(32, "f")
+    cur = await conn.execute(
+        """SELECT distribution_id::text FROM distribution_jobs
+            WHERE distribution_id BETWEEN %s::uuid AND %s::uuid ORDER BY distribution_id LIMIT %s""",
+        (low, high, limit),
+    )
+    return [r[0] for r in await cur.fetchall()]

@@ -134,11 +134,13 @@ async def _dlq_has(engine: Any, did: str) -> bool:
 @pytest.mark.parametrize("args, code, message", [
     (["submit", "-d", "a", "--data", "{bad"], 2, "payload is not valid JSON"),
     (["submit", "-d", "a"], 2, "exactly one of --data or --file"),
+    (["submit", "-d", "a", "--data", "@payload.json"], 2,
+     "--data takes the JSON itself, not a file: use --file payload.json"),
     (["submit", "-d", "zzz", "--data", "{}"], 2, "unknown destination 'zzz'"),
     (["status", "00000000-0000-0000-0000-000000000000"], 4, "no distribution"),
-    (["status", "not-a-uuid"], 4, "no distribution"),
+    (["status", "not-a-uuid"], 2, "is not a distribution id"),
     (["dlq", "replay", "not-a-uuid"], 2, "is not a distribution id"),
-    (["dlq", "replay"], 2, "give distribution ids or --all"),
+    (["dlq", "replay"], 2, "nothing to replay: give distribution ids, or --all"),
 ])
 async def test_cli_bad_input_one_line(engine: Any, env_for: dict[str, str], tmp_path: Path, args: list[str],
                                       code: int, message: str) -> None:

@@ -87,6 +87,33 @@ def test_bad_config_is_one_clear_line(tmp_path: Path, text: str, message: str) -
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("service: {http_port: 8080}\ndestinations:\n  - name: a\n    url: http://x/\n  - name: b\n"
+         "    url: example.com/in\n",
+         "destinations.b.url: 'example.com/in' has no scheme: write http:// or https:// before the host (line 6)"),
+        ("destinations:\n  - name: a\n    url: 'ftp://x'\n",
+         "destinations.a.url: 'ftp://x' is not an http(s) URL (line 3)"),
+        ("destinations:\n  - name: a\n    url: http://x/\n    health_url: x.local/health\n",
+         "destinations.a.health_url: 'x.local/health' has no scheme"),
+        ("destinations:\n  - name: a\n    url: http://x/\n    auth:\n      type: oauth2_client_credentials\n"
+         "      token_url: 'http://u:p@x/t'\n      client_id: c\n      client_secret_env: S\n",
+         "destinations.a.auth.token_url: credentials in the URL are not allowed; use auth (line 6)"),
+        ("destinations: []\nescalation:\n  alertmanager_url: am:9093\n",
+         "escalation.alertmanager_url: 'am:9093' has no scheme: write http:// or https:// before the host (line 3)"),
+        ("service: {http_port: 8080}\ndestinations:\n  - name: a\n    url: http://x/\n  - name: a\n"
+         "    url: http://y/\n",
+         "destinations[1].name: destination 'a' is defined twice, first at line 3 (line 5)"),
+    ],
+)
+def test_url_and_duplicate_errors_name_the_file_and_line(tmp_path: Path, text: str, message: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_settings(path, environ={})
+    assert str(err.value).startswith(f"{path}: {message}")
+
+
 def test_bad_config_cli_exit_code_2(tmp_path: Path) -> None:
     path = write(tmp_path, "distribution:\n  timeout_secs: 3\n")
     result = cli(["--config", str(path), "queue", "stats"], env={"NO_COLOR": "1"})

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from aiohttp import web
 
 from ms07.diagnose import DiagnoseOptions, run_check_async
+from ms07.diagnose.memory import ms07_processes
 from tests.diagnose.conftest import acli, ids, parse, validate_check
 from tests.support import Sink
 
@@ -135,3 +141,32 @@ async def test_top_allocations_from_the_engine(make_settings, monkeypatch, start
     assert f.severity == "info" and f.summary.startswith("traced memory")
     assert any(s.title.startswith("top allocation sites") and s.rows for s in result.sections)
     assert refused.finding("engine_unavailable").unknown
+
+
+
+@pytest.fixture
+def two_users_ms07() -> Iterator[tuple[int, int]]:
+    """Two processes that look like `ms07 300` to ps: one ours, one of nobody (65534),
+    as on a shared host. Their pids."""
+    if os.geteuid() != 0:
+        pytest.skip("starting a process as another user needs root")
+    sleep = shutil.which("sleep")
+    mine = subprocess.Popen(["ms07", "300"], executable=sleep)  # noqa: S603
+    theirs = subprocess.Popen(["ms07", "300"], executable=sleep, user=65534)  # noqa: S603
+    try:
+        yield mine.pid, theirs.pid
+    finally:
+        for p in (mine, theirs):
+            p.kill()
+            p.wait(10)
+
+
+async def test_other_users_ms07_processes_are_not_listed(make_settings, two_users_ms07: tuple[int, int]) -> None:
+    mine, theirs = two_users_ms07
+    result = await run_check_async(make_settings(), "memory")
+    section = next(s for s in result.sections if s.title.startswith("ms07 processes"))
+    assert str(mine) in {r[0] for r in section.rows} and str(theirs) not in {r[0] for r in section.rows}
+    assert section.title == "ms07 processes of user root on this machine"
+    assert "of other users not listed" in result.finding("local_processes").evidence
+    procs, others = ms07_processes()
+    assert mine in {p["pid"] for p in procs} and theirs not in {p["pid"] for p in procs} and others >= 1
