@@ -164,7 +164,7 @@ class OAuth2ClientCredentials:
         if resp.status_code != 200:
             code = "AUTHENTICATION_FAILED" if resp.status_code in (400, 401, 403) else "AUTH_CONFIG_ERROR"
             raise AuthError(f"token endpoint of {self.name} answered HTTP {resp.status_code}: "
-                            f"{logs.redact(resp.text[:200])}", code=code, status=resp.status_code)
+                            f"{logs.clip(resp.text, 200)}", code=code, status=resp.status_code)
         try:
             body = resp.json()
             token = body["access_token"]

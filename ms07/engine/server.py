@@ -131,7 +131,7 @@ async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse
     except web.HTTPException:
         raise
     except (psycopg.OperationalError, psycopg.InterfaceError, RedisError, OSError) as exc:
-        log.warning("storage unavailable; request refused", path=request.path, error=str(exc)[:200])
+        log.warning("storage unavailable; request refused", path=request.path, error=logs.clip(str(exc), 200))
         return _error(503, "storage unavailable; retry later")
     except Exception:
         log.exception("request failed", path=request.path)

@@ -16,6 +16,8 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from ms07 import logs
+
 OPEN_STATUSES = ("queued", "retrying", "processing")
 PARKED_STATUSES = ("failed", "dead")
 TERMINAL_STATUSES = ("delivered", "failed", "dead")
@@ -260,10 +262,13 @@ def _iso(when: dt.datetime | None) -> str | None:
 
 
 def _text(value: str | None) -> str | None:
-    """Text PostgreSQL can store: no NUL, no lone surrogate. An error message quoting a
-    destination's binary answer would otherwise fail the whole outcome statement."""
+    """Error text as stored: redacted (again: whoever made it should have, and a secret
+    registered since is caught too), and text PostgreSQL can store: no NUL, no lone
+    surrogate. An error message quoting a destination's binary answer would otherwise
+    fail the whole outcome statement."""
     if not value:
         return value
+    value = logs.redact(value)
     if "\x00" in value:
         value = value.replace("\x00", "\ufffd")
     try:
@@ -309,7 +314,7 @@ async def park_jobs(
                   updated_at = now(), completed_at = now()
             WHERE distribution_id = ANY(%s::uuid[]) AND status NOT IN ('delivered', 'failed', 'dead')
         RETURNING distribution_id::text""",
-        (error_code, message, list(ids)),
+        (error_code, _text(message), list(ids)),
         prepare=False,
     )
     return [r[0] for r in await cur.fetchall()]
