@@ -9,10 +9,13 @@ an exception is logged) and ``metadata`` (every other field, e.g. ``attempt``,
 
 Redaction runs on every string of a record (message, fields, stack trace) *before* it is
 serialised, so a secret can neither leak nor break the JSON: values registered with
-:func:`register_secret` (every secret ms07 resolves registers itself), bearer/basic
+:func:`register_secret` (every secret ms07 resolves registers itself), in every form a
+destination may echo them in (URL-encoded, JSON-escaped, base64, hex: :func:`encoded_forms`),
+bearer/basic
 credentials, ``Authorization`` headers, URL userinfo, ``password=``/``token=``-style
 pairs and JSON ``"access_token": "..."`` members; fields whose *name* is a credential
-(``authorization``, ``password``, ``token``, ...) are replaced whole.
+(``authorization``, ``password``, ``token``, ...) are replaced whole. Text that is cut
+(error messages, log fields) goes through :func:`clip`: redacted whole, then cut.
 """
 
 from __future__ import annotations

@@ -164,6 +164,9 @@ class Engine:
         """Connect, migrate, sync destinations, open clients, start every loop."""
         if self._started:
             return
+        # Refused before anything is opened: an API that would answer without a token.
+        serve_http = self.http_port is not None and self.http_port >= 0
+        http_host = self.settings.api_listen()[1] if serve_http else "127.0.0.1"
         self._started = True
         from ms07.engine import auth, batching, signing, ssrf, upkeep
         from ms07.engine.ratelimit import RateLimiter
@@ -209,10 +212,10 @@ class Engine:
         self._workers = [asyncio.create_task(self._work(), name=f"delivery-{i}") for i in range(self.concurrency)]
         self._reader = asyncio.create_task(self._read_loop(), name="reader")
         self._loops = upkeep.start_loops(self)
-        if self.http_port is not None and self.http_port >= 0:
+        if serve_http:
             from ms07.engine.server import start_server
 
-            self.server = await start_server(self, self.settings.service.http_host, self.http_port)
+            self.server = await start_server(self, http_host, self.http_port)
             self.http_port = self.server.port
         self.ready = True
         log.info(
