@@ -101,7 +101,10 @@ async def insert_jobs(
             await conn.execute(_INSERT_JOBS, _insert_params(jobs))
         return list(jobs), existing
     fresh: list[NewJob] = []
-    pending = list(jobs)
+    # One order for every inserter: two replicas inserting one key for destinations a and b
+    # in opposite orders would each wait for the row the other holds (a deadlock, which
+    # PostgreSQL breaks by failing one transaction: its whole group commit).
+    pending = sorted(jobs, key=lambda j: (j.idempotency_key or "", j.destination))
     # A winner read back can be gone already (``dlq purge`` of a parked job): the key is
     # free again and the next round inserts it. Two rounds suffice but for a purge per round.
     for _ in range(_KEY_ROUNDS):
