@@ -30,6 +30,7 @@ pytestmark = pytest.mark.faults
 API_KEY = f"k/{secrets.token_urlsafe(9)}+=\"\\q"
 BEARER = f"Tk{secrets.token_urlsafe(15)}"
 API_TOKEN = f"api-token-{secrets.token_hex(8)}"
+SIGNING_KEY = base64.b64encode(secrets.token_bytes(24)).decode()
 SHORTEST = 6  # no piece this long of a secret's form may be left
 
 
@@ -114,6 +115,7 @@ CASES: dict[str, tuple[int, Callable[[web.Request], str]]] = {
     "key in base64 credentials": (30, lambda r: base64.b64encode(f"me:{r.headers['X-API-Key']}".encode()).decode()),
     "key hex": (40, lambda r: r.headers["X-API-Key"].encode().hex()),
     "bearer at the cut": (495, lambda r: r.headers["Authorization"]),
+    "signing key without its prefix": (498, lambda r: quote(SIGNING_KEY, safe="")),
 }
 
 
@@ -121,13 +123,15 @@ async def test_every_store_and_view_of_a_refusal_is_clean(make_settings, sink: S
                                                           env_for, database_url, redis_url, monkeypatch) -> None:
     monkeypatch.setenv("T_KEY", API_KEY)
     monkeypatch.setenv("T_BEARER", BEARER)
+    monkeypatch.setenv("T_SIGNING", f"whsec_{SIGNING_KEY}")
     monkeypatch.setenv("MS07_API_TOKEN", API_TOKEN)
     dests = []
     for i, (name, (before, echo)) in enumerate(CASES.items()):
         sink.on(f"/p{i}", hostile(before, echo))
         auth = ({"type": "bearer", "token_env": "T_BEARER"} if "bearer" in name
                 else {"type": "api_key", "header": "X-API-Key", "value_env": "T_KEY"})
-        dests.append({"name": f"d{i}", "url": sink.url(f"/p{i}"), "auth": auth, "max_attempts": 2})
+        signing = {"signing": {"secret_env": "T_SIGNING"}} if "signing" in name else {}
+        dests.append({"name": f"d{i}", "url": sink.url(f"/p{i}"), "auth": auth, "max_attempts": 2, **signing})
     engine = await start_engine(make_settings(destinations=dests))
     auth = {"Authorization": f"Bearer {API_TOKEN}"}
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{engine.http_port}", timeout=10, headers=auth) as http:
@@ -167,7 +171,7 @@ async def test_every_store_and_view_of_a_refusal_is_clean(make_settings, sink: S
     views["the logs"] = captured_logs.getvalue()
     assert "HTTP 500" in views["the logs"]
     for where, text in views.items():
-        for secret in (API_KEY, BEARER):
+        for secret in (API_KEY, BEARER, SIGNING_KEY):
             assert not pieces(text, secret), f"a piece of a secret in {where}: {pieces(text, secret)}"
             # JSON views escape once more: look in the decoded text too.
             assert not pieces(text.replace('\\\\', '\\').replace('\\"', '"'), secret), where
