@@ -20,6 +20,7 @@ from ms07.diagnose import sql
 from ms07.diagnose.common import num, rows
 from ms07.diagnose.context import Context, part
 from ms07.diagnose.model import CheckResult, fmt_bytes, fmt_duration, listing
+from ms07.logs import clip
 
 MIN_SAMPLES = 6
 MIN_R2 = 0.5
@@ -141,7 +142,7 @@ async def _pods(ctx: Context, r: CheckResult) -> None:
         pods = await asyncio.wait_for(kube.pods(), 15.0)
         metrics = await asyncio.wait_for(kube.pod_metrics(), 15.0)
     except Exception as exc:
-        r.not_checked("kubernetes", "pods", f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}",
+        r.not_checked("kubernetes", "pods", clip(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", 200),
                       "check the kubeconfig / service account and that the API server answers",
                       "ms07 recover worker-crash --dry-run")
         return
