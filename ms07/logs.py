@@ -42,6 +42,8 @@ REDACTED = "***"
 _secrets: set[str] = set()  # every form of every secret, as it may appear in text
 _registered: set[str] = set()  # the secrets themselves (registering again is then free)
 _ordered: tuple[str, ...] = ()  # _secrets, longest first (a form may contain a shorter one)
+# Finds whether any form occurs, in ~1 us where a test of each form took ~0.4 us each.
+_finder: re.Pattern[str] | None = None
 _longest = 0  # the longest form: what a cut text's tail may hold of a secret
 # Encoded forms shorter than this are not looked for (they would match ordinary text).
 _MIN_FORM = 8
@@ -61,6 +63,9 @@ _PATTERNS = [
     # scheme://user:password@host and scheme://token@host
     (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s\"']+@"), r"\1***@"),
 ]
+_WORDS = ("password", "passwd", "pwd", "secret", "token", "api_key", "apikey")
+# Words without which each of _PATTERNS cannot match (lower case).
+_HINTS = (("authorization",), ("bearer", "basic"), _WORDS, _WORDS, _WORDS, ("@",))
 _SENSITIVE_KEY = re.compile(
     rf"(?i)^(?:(?:proxy-)?authorization|cookie|set-cookie|x-api-key|api-key|"
     rf"(?:[a-z0-9]+_)?(?:{_SENSITIVE_WORDS}))$"
@@ -71,13 +76,14 @@ _context: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.Context
 def register_secret(value: str | None) -> None:
     """Remember a secret value so that it never appears in a log line or a stored error,
     in any of the forms a destination may echo it in (:func:`encoded_forms`)."""
-    global _longest, _ordered
+    global _longest, _ordered, _finder
     if not value or len(value) < 4 or value in _registered:
         return
     _registered.add(value)
     forms = encoded_forms(value)
     _secrets.update(forms)
     _ordered = tuple(sorted(_secrets, key=len, reverse=True))
+    _finder = re.compile("|".join(map(re.escape, _ordered)))
     _longest = max(_longest, *map(len, forms))
 
 
@@ -146,11 +152,19 @@ def register_settings(settings: Any) -> None:
 
 
 def redact(text: str) -> str:
-    for secret in _ordered:
-        if secret in text:
-            text = text.replace(secret, REDACTED)
-    for pattern, repl in _PATTERNS:
-        text = pattern.sub(repl, text)
+    if _finder is not None and _finder.search(text):
+        # Longest first, each everywhere: a leftmost regex replacement could take a short
+        # form and leave the rest of a longer one that overlaps it.
+        for secret in _ordered:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+    # A pattern runs only where one of its words occurs (checked on the lower-cased text:
+    # ~1 us instead of ~10-30 us a pattern on an error body). Non-ASCII text runs them
+    # all: (?i) matching folds some characters that lower() turns into two.
+    low = text.lower() if text.isascii() else None
+    for (pattern, repl), hints in zip(_PATTERNS, _HINTS, strict=True):
+        if low is None or any(h in low for h in hints):
+            text = pattern.sub(repl, text)
     return text
 
 
