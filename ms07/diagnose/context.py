@@ -143,7 +143,7 @@ async def part(result: CheckResult, name: str, fn: Callable[[], Awaitable[None]]
                            problem=exc.problem)
     except RedisError as exc:
         remedy, command = _REMEDIES["redis"]
-        result.not_checked("redis", name, describe_redis_error(exc)[:300], remedy, command)
+        result.not_checked("redis", name, clip(describe_redis_error(exc), 300), remedy, command)
     except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
         remedy, command = _REMEDIES["postgres"]
         result.not_checked("postgres", name, describe_pg_error(exc), remedy, command)

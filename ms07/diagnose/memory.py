@@ -52,7 +52,7 @@ def ms07_processes() -> list[dict[str, Any]]:
         ) or (len(cmd) > 1 and os.path.basename(cmd[1]) == "ms07")
         if is_ms07:
             mem = p.info.get("memory_info")
-            out.append({"pid": p.pid, "command": " ".join(cmd)[:80], "rss_bytes": mem.rss if mem else None,
+            out.append({"pid": p.pid, "command": clip(" ".join(cmd), 80), "rss_bytes": mem.rss if mem else None,
                         "create_time": p.info.get("create_time")})
     return out
 

@@ -59,7 +59,7 @@ async def _connect_only(url: str, stage_timeout: float) -> FullProbe:
         _, writer = await asyncio.wait_for(asyncio.open_connection(out.addresses[0], out.port), stage_timeout)
         writer.close()
     except Exception as exc:
-        out.tcp_error = "timed out" if isinstance(exc, TimeoutError) else (str(exc) or type(exc).__name__)[:200]
+        out.tcp_error = "timed out" if isinstance(exc, TimeoutError) else clip(str(exc) or type(exc).__name__, 200)
     out.tcp_ms = round((time.perf_counter() - t0) * 1000, 2)
     return out
 
