@@ -3,7 +3,11 @@
 # The ms07 engine image: `ms07 run` as a non-root user on python:3.11-slim.
 #
 #   docker build -t ms07:0.1.0 .
-#   docker run --rm -p 8080:8080 -e MS07_DATABASE_URL=... -e MS07_REDIS_URL=... ms07:0.1.0
+#   docker run --rm -p 8080:8080 -e MS07_DATABASE_URL=... -e MS07_REDIS_URL=... \
+#       -e MS07_API_TOKEN=... ms07:0.1.0
+#
+# Without MS07_API_TOKEN (or service.api_token_file) the engine refuses to start: a
+# container's port is published to the network, and the API must not answer anyone.
 #
 # The builder stage turns the project and every dependency into wheels (it may compile
 # one where no wheel exists for the platform); the final stage installs those wheels

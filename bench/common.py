@@ -21,6 +21,10 @@ from typing import Any
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
+# The engines started here guard their API with this token (an engine without one refuses
+# to start); a token, not service.allow_unauthenticated, so that bench/ab.py can start a
+# tree from before that setting existed.
+API_TOKEN = os.environ.get("MS07_API_TOKEN") or f"bench-{uuid.uuid4().hex}"
 PAYLOAD = json.dumps({"report": "x" * 990}).encode()  # ~1 KiB JSON
 
 
@@ -349,7 +353,7 @@ def engine_env(srv: Servers | None, config: Path | None, extra_env: dict[str, st
     checkout). ``python -m`` puts its working directory first on sys.path, ahead of
     PYTHONPATH, so another tree's engine must also start in that tree: from this checkout
     it would import this checkout's ms07 whatever PYTHONPATH says."""
-    env = {**os.environ, "MS07_LOG_LEVEL": "WARNING", **(extra_env or {})}
+    env = {**os.environ, "MS07_LOG_LEVEL": "WARNING", "MS07_API_TOKEN": API_TOKEN, **(extra_env or {})}
     if config is not None:
         env["MS07_CONFIG"] = str(config)
     if srv is not None:

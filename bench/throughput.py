@@ -42,6 +42,7 @@ async def _api_load(port: int, n: int, concurrency: int, rate: float | None) -> 
     ids: list[str] = []
     body = json.dumps({"destinations": ["sink"], "payload": {"report": "x" * 990}}).encode()
     url = f"http://127.0.0.1:{port}/api/v1/distributions"
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {common.API_TOKEN}"}
     t0 = time.perf_counter()
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
         counter = iter(range(n))
@@ -52,7 +53,7 @@ async def _api_load(port: int, n: int, concurrency: int, rate: float | None) -> 
                     delay = t0 + i / rate - time.perf_counter()
                     if delay > 0:
                         await asyncio.sleep(delay)
-                async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as r:
+                async with session.post(url, data=body, headers=headers) as r:
                     data = await r.json()
                     ids.append(data["distributions"][0]["distribution_id"])
 

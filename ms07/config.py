@@ -122,8 +122,11 @@ class DestinationConfig:
 @dataclass(frozen=True)
 class ServiceConfig:
     http_port: int = 8080
-    # A pod serves its probes and the API on its own IP: all interfaces, narrowed by http_host.
-    http_host: str = "0.0.0.0"  # nosec B104
+    # Unset: every interface when an API token guards the API (a pod serves its probes and
+    # the API on its own IP), loopback only when none does (see api_listen).
+    http_host: str | None = None
+    # Without an API token the engine refuses to start unless this is true; then it warns.
+    allow_unauthenticated: bool = False
     drain_grace_seconds: float = 30.0
     concurrency: int = 64
     prefetch: float = 16.0
@@ -247,14 +250,37 @@ class Settings:
     def destination_names(self) -> list[str]:
         return [d.name for d in self.destinations]
 
-    def api_token(self) -> str | None:
-        """The bearer token guarding /health and /api, from MS07_API_TOKEN or a file."""
-        token = os.environ.get("MS07_API_TOKEN")
-        if token:
-            return token
+    def api_token(self, *, strict: bool = False) -> str | None:
+        """The bearer token guarding /health and /api, from MS07_API_TOKEN or a file.
+
+        ``strict`` (the engine guarding its API): a source that is configured but empty
+        is a ConfigError, as an unreadable file always is. An engine whose Secret was
+        mounted empty would otherwise start with its API open to anyone. Clients (the
+        CLI sending the token) take an empty source as no token."""
+        env = os.environ.get("MS07_API_TOKEN")
+        if env is not None and (env.strip() or strict):
+            if not env.strip():
+                raise ConfigError("MS07_API_TOKEN is set but empty: set the token, or unset the variable")
+            return env.strip()
         if self.service.api_token_file:
-            return _read_secret_file(self.service.api_token_file, "service.api_token_file")
+            token = _read_secret_file(self.service.api_token_file, "service.api_token_file")
+            if not token and strict:
+                raise ConfigError(f"service.api_token_file: {self.service.api_token_file} is empty")
+            return token or None
         return None
+
+    def api_listen(self) -> tuple[str | None, str]:
+        """(token, host) of the engine's HTTP server, or a ConfigError saying why it must
+        not start: no token and no ``service.allow_unauthenticated: true``. The host is
+        ``service.http_host``, else every interface with a token and loopback without."""
+        token = self.api_token(strict=True)
+        if token is None and not self.service.allow_unauthenticated:
+            raise ConfigError(
+                "no API token: set MS07_API_TOKEN or service.api_token_file, or set "
+                "service.allow_unauthenticated: true to serve the API without authentication"
+            )
+        default = "0.0.0.0" if token else "127.0.0.1"  # nosec B104 - guarded by the token
+        return token, self.service.http_host or default
 
     def resolved_state_dir(self) -> Path:
         if self.state_dir:
@@ -448,10 +474,11 @@ _ENV_TOP = {
     "MS07_K8S_LABEL_SELECTOR": "k8s_label_selector",
     "MS07_HEALTH_URL": "health_url",
 }
-# Two settings have a short spelling besides ``MS07_SERVICE__<KEY>``. They are the same
+# Three settings have a short spelling besides ``MS07_SERVICE__<KEY>``. They are the same
 # knob: set to different values, neither silently wins (the order of os.environ would
 # pick one), the load fails naming both.
-ENV_ALIASES = {"MS07_HTTP_PORT": "MS07_SERVICE__HTTP_PORT", "MS07_CONCURRENCY": "MS07_SERVICE__CONCURRENCY"}
+ENV_ALIASES = {"MS07_HTTP_PORT": "MS07_SERVICE__HTTP_PORT", "MS07_HTTP_HOST": "MS07_SERVICE__HTTP_HOST",
+               "MS07_CONCURRENCY": "MS07_SERVICE__CONCURRENCY"}
 _ENV_IGNORED = {"MS07_CONFIG", "MS07_API_TOKEN"}  # read where they are used, never stored
 
 

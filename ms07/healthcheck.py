@@ -57,7 +57,7 @@ async def fetch_health(
         result["error"] = f"no answer within {timeout:g}s"
         return result
     except (httpx.HTTPError, ValueError, OSError) as exc:
-        result["error"] = logs.redact(f"cannot connect: {str(exc) or type(exc).__name__}")[:300]
+        result["error"] = logs.clip(f"cannot connect: {str(exc) or type(exc).__name__}", 300)
         return result
     result["http_status"] = resp.status_code
     if resp.status_code in (401, 403):

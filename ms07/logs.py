@@ -9,18 +9,23 @@ an exception is logged) and ``metadata`` (every other field, e.g. ``attempt``,
 
 Redaction runs on every string of a record (message, fields, stack trace) *before* it is
 serialised, so a secret can neither leak nor break the JSON: values registered with
-:func:`register_secret` (every secret ms07 resolves registers itself), bearer/basic
+:func:`register_secret` (every secret ms07 resolves registers itself), in every form a
+destination may echo them in (URL-encoded, JSON-escaped, base64, hex: :func:`encoded_forms`),
+bearer/basic
 credentials, ``Authorization`` headers, URL userinfo, ``password=``/``token=``-style
 pairs and JSON ``"access_token": "..."`` members; fields whose *name* is a credential
-(``authorization``, ``password``, ``token``, ...) are replaced whole.
+(``authorization``, ``password``, ``token``, ...) are replaced whole. Text that is cut
+(error messages, log fields) goes through :func:`clip`: redacted whole, then cut.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import contextvars
 import datetime as dt
 import decimal
+import html
 import json
 import logging
 import re
@@ -28,13 +33,20 @@ import sys
 import traceback
 from collections.abc import Iterator, Mapping
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qsl, quote, quote_plus, urlencode, urlsplit
 
 from ms07 import SERVICE_NAME
 
 TOP_FIELDS = ("distribution_id", "destination", "error_code", "correlation_id")
 REDACTED = "***"
-_secrets: set[str] = set()
+_secrets: set[str] = set()  # every form of every secret, as it may appear in text
+_registered: set[str] = set()  # the secrets themselves (registering again is then free)
+_ordered: tuple[str, ...] = ()  # _secrets, longest first (a form may contain a shorter one)
+# Finds whether any form occurs, in ~1 us where a test of each form took ~0.4 us each.
+_finder: re.Pattern[str] | None = None
+_longest = 0  # the longest form: what a cut text's tail may hold of a secret
+# Encoded forms shorter than this are not looked for (they would match ordinary text).
+_MIN_FORM = 8
 _SENSITIVE_WORDS = r"password|passwd|pwd|secret|client_secret|token|access_token|refresh_token|id_token|api_key|apikey"
 _PATTERNS = [
     # "Authorization: Bearer x", 'Authorization': 'Basic x', authorization=x (headers in reprs)
@@ -51,6 +63,9 @@ _PATTERNS = [
     # scheme://user:password@host and scheme://token@host
     (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s\"']+@"), r"\1***@"),
 ]
+_WORDS = ("password", "passwd", "pwd", "secret", "token", "api_key", "apikey")
+# Words without which each of _PATTERNS cannot match (lower case).
+_HINTS = (("authorization",), ("bearer", "basic"), _WORDS, _WORDS, _WORDS, ("@",))
 _SENSITIVE_KEY = re.compile(
     rf"(?i)^(?:(?:proxy-)?authorization|cookie|set-cookie|x-api-key|api-key|"
     rf"(?:[a-z0-9]+_)?(?:{_SENSITIVE_WORDS}))$"
@@ -59,9 +74,53 @@ _context: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.Context
 
 
 def register_secret(value: str | None) -> None:
-    """Remember a secret value so that it never appears in a log line."""
-    if value and len(value) >= 4:
-        _secrets.add(value)
+    """Remember a secret value so that it never appears in a log line or a stored error,
+    in any of the forms a destination may echo it in (:func:`encoded_forms`)."""
+    global _longest, _ordered, _finder
+    if not value or len(value) < 4 or value in _registered:
+        return
+    _registered.add(value)
+    forms = encoded_forms(value)
+    _secrets.update(forms)
+    _ordered = tuple(sorted(_secrets, key=len, reverse=True))
+    _finder = re.compile("|".join(map(re.escape, _ordered)))
+    _longest = max(_longest, *map(len, forms))
+
+
+def encoded_forms(secret: str) -> set[str]:
+    """``secret`` as text may carry it: as is; URL-encoded (``quote`` with and without
+    ``/`` safe, ``quote_plus``, lower-case escapes, twice encoded); JSON-escaped (ASCII or
+    not, ``\\/`` too); HTML-escaped; hex; base64 and base64url, alone or inside a longer
+    base64 text such as ``Basic base64(user:password)`` (the characters only the
+    secret's bytes determine, at each of the three alignments)."""
+    forms = {secret}
+    for q in (quote(secret, safe=""), quote(secret), quote_plus(secret), quote_plus(secret, safe="/")):
+        forms |= {q, re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), q), quote(q, safe="")}
+    for j in (json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1]):
+        forms |= {j, j.replace("/", "\\/")}
+    forms.add(html.escape(secret))
+    raw = secret.encode("utf-8", "surrogatepass")
+    forms |= {raw.hex(), raw.hex().upper()}
+    for b64 in (base64.b64encode(raw).decode(), *_base64_cores(raw)):
+        forms |= {b64, b64.translate(_URLSAFE), b64.rstrip("="), b64.translate(_URLSAFE).rstrip("=")}
+    return {f for f in forms if f == secret or len(f) >= _MIN_FORM}
+
+
+_URLSAFE = str.maketrans("+/", "-_")
+# The bytes of a 3-byte group each base64 character depends on (by its place in the group).
+_B64_DEPENDS = ((0,), (0, 1), (1, 2), (2,))
+
+
+def _base64_cores(raw: bytes) -> list[str]:
+    """For each alignment ``k`` of ``raw`` inside a longer byte string, the longest run of
+    base64 characters that depend only on ``raw``'s bytes (its neighbours unknown)."""
+    cores = []
+    for k in range(3):
+        enc = base64.b64encode(b"\0" * k + raw).decode()
+        kept = [c for p, c in enumerate(enc)
+                if all(k <= 3 * (p // 4) + b < k + len(raw) for b in _B64_DEPENDS[p % 4])]
+        cores.append("".join(kept))  # contiguous: the determined places form one run
+    return cores
 
 
 def register_url_secrets(url: str | None) -> None:
@@ -93,12 +152,33 @@ def register_settings(settings: Any) -> None:
 
 
 def redact(text: str) -> str:
-    for secret in sorted(_secrets, key=len, reverse=True):
-        if secret in text:
-            text = text.replace(secret, REDACTED)
-    for pattern, repl in _PATTERNS:
-        text = pattern.sub(repl, text)
+    if _finder is not None and _finder.search(text):
+        # Longest first, each everywhere: a leftmost regex replacement could take a short
+        # form and leave the rest of a longer one that overlaps it.
+        for secret in _ordered:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+    # A pattern runs only where one of its words occurs (checked on the lower-cased text:
+    # ~1 us instead of ~10-30 us a pattern on an error body). Non-ASCII text runs them
+    # all: (?i) matching folds some characters that lower() turns into two.
+    low = text.lower() if text.isascii() else None
+    for (pattern, repl), hints in zip(_PATTERNS, _HINTS, strict=True):
+        if low is None or any(h in low for h in hints):
+            text = pattern.sub(repl, text)
     return text
+
+
+def clip(text: str, limit: int, *, partial: bool = False) -> str:
+    """``text`` redacted, *then* cut to ``limit`` characters: cut first, a secret across
+    the cut would lose the characters that make it recognisable and keep the rest.
+    ``partial`` says ``text`` is itself only the head of something longer (a response
+    body read up to a window): its last characters may then begin a secret cut off by the
+    window, and as many as the longest form of a secret are dropped before redacting.
+    Every error text stored or logged goes through here."""
+    if partial and _longest:
+        text = text[: max(0, len(text) - _longest)]
+    text = redact(text)
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
 
 
 def safe_url(url: str | None) -> str | None:

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from ms07.config import NetworkConfig
-from ms07.logs import redact
+from ms07.logs import clip
 
 
 @dataclass
@@ -72,7 +72,7 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "timed out"
     text = str(exc) or type(exc).__name__
-    return redact(text)[:300]  # an auth failure may quote what the endpoint was sent
+    return clip(text, 300)  # an auth failure may quote what the endpoint was sent
 
 
 async def probe_http(url: str, *, timeout: float = 5.0, auth: Any = None,

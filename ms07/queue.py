@@ -28,6 +28,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from ms07 import keys
 from ms07.config import redact_url
 from ms07.errors import DependencyUnavailable
+from ms07.logs import clip
+
 
 # Move due retries back to their stream. KEYS: delayed, stream. ARGV: now, limit.
 _MOVE_DUE = """
@@ -67,7 +69,7 @@ def parse_entry(fields: dict[str, str]) -> str:
     try:
         return str(uuid.UUID(raw))
     except (ValueError, TypeError, AttributeError):
-        raise InvalidMessage(f"entry id {str(raw)[:64]!r} is not a UUID") from None
+        raise InvalidMessage(f"entry id {clip(str(raw), 64)!r} is not a UUID") from None
 
 
 def describe_redis_error(exc: BaseException) -> str:

@@ -153,7 +153,7 @@ async def record_and_enqueue(
             enqueued = False
             log.warning(
                 "accepted but not enqueued; the reconciler will enqueue from Postgres",
-                error=str(exc)[:200],
+                error=logs.clip(str(exc), 200),
                 count=len(fresh),
             )
     return Recorded(fresh, existing, enqueued)

@@ -124,7 +124,9 @@ def make_settings(database_url: str, redis_url: str, tmp_path: Path) -> Callable
             "database_url": database_url,
             "redis_url": redis_url,
             "state_dir": str(tmp_path / "state"),
-            "service": {"http_port": 0, "drain_grace_seconds": 5, "heartbeat_interval_seconds": 1},
+            # Without a token on loopback unless a test sets MS07_API_TOKEN (or turns this off).
+            "service": {"http_port": 0, "drain_grace_seconds": 5, "heartbeat_interval_seconds": 1,
+                        "allow_unauthenticated": True},
             "distribution": {"retry_base_delay_seconds": 0.05, "max_retry_delay": 0.2, "timeout_seconds": 5,
                              "claim_idle_seconds": 8, "scheduler_interval_seconds": 0.05},
         }

@@ -158,11 +158,13 @@ def write_config(path: Path, data: dict[str, Any]) -> Path:
 
 
 class EngineProcess:
-    """``python -m ms07 run`` in a subprocess, for crash and signal tests."""
+    """``python -m ms07 run`` in a subprocess, for crash and signal tests (on loopback,
+    without an API token unless ``env`` names one or turns ``allow_unauthenticated`` off)."""
 
     def __init__(self, config: Path, env: dict[str, str], log: Path, extra_env: dict[str, str] | None = None) -> None:
         self.config = config
-        self.env = {**os.environ, **env, **(extra_env or {}), "MS07_CONFIG": str(config)}
+        self.env = {**os.environ, "MS07_SERVICE__ALLOW_UNAUTHENTICATED": "true", **env, **(extra_env or {}),
+                    "MS07_CONFIG": str(config)}
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
 

@@ -6,6 +6,7 @@ import typer
 
 from ms07.cli import common
 from ms07.errors import NotFound, UsageError
+from ms07.logs import clip
 
 app = typer.Typer(help="The dead-letter queue: list, replay, purge.", no_args_is_help=True)
 
@@ -36,10 +37,10 @@ def list_(
         table.add_column(col, overflow="fold")
     for p in data["parked_jobs"]:
         table.add_row(p["distribution_id"], p["destination"], p["status"], p["reason"],
-                      p["last_error_code"] or "", (p["last_error"] or "")[:80])
+                      p["last_error_code"] or "", clip(p["last_error"] or "", 80))
     for o in data["entries_without_job"]:
         table.add_row(o.get("distribution_id") or "-", o.get("destination") or "-", "no job",
-                      o.get("reason", ""), o.get("error_code", ""), o.get("last_error", "")[:80])
+                      o.get("reason", ""), o.get("error_code", ""), clip(o.get("last_error", ""), 80))
     st.console.print(table)
 
 

@@ -198,7 +198,7 @@ async def _probe(ctx: Context, r: CheckResult) -> None:
                 await provider.headers()
             except Exception as exc:  # AuthError: missing secret, token endpoint refused
                 r.add("probe_credentials", "critical", f"{d.name}: no credentials could be obtained",
-                      str(exc)[:300], "fix the secret or the token endpoint settings (token_url, client_id)",
+                      logs.clip(str(exc), 300), "fix the secret or the token endpoint settings (token_url, client_id)",
                       "ms07 diagnose auth --probe", subject=d.name)
                 return [d.name, url, "-", "credentials unavailable"]
         res = await probe_http(url, timeout=timeout, auth=provider)

@@ -20,6 +20,7 @@ from ms07.config import Settings
 from ms07.diagnose.model import CheckResult
 from ms07.diagnose.options import DiagnoseOptions
 from ms07.errors import Ms07Error
+from ms07.logs import clip
 from ms07.queue import Queue, describe_redis_error
 from ms07.runtime import Runtime
 from ms07.store.db import describe_pg_error
@@ -43,7 +44,7 @@ class Unavailable(Exception):
 
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text[:300]
+    return clip(text, 300)
 
 
 class Context:
@@ -142,7 +143,7 @@ async def part(result: CheckResult, name: str, fn: Callable[[], Awaitable[None]]
                            problem=exc.problem)
     except RedisError as exc:
         remedy, command = _REMEDIES["redis"]
-        result.not_checked("redis", name, describe_redis_error(exc)[:300], remedy, command)
+        result.not_checked("redis", name, clip(describe_redis_error(exc), 300), remedy, command)
     except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
         remedy, command = _REMEDIES["postgres"]
         result.not_checked("postgres", name, describe_pg_error(exc), remedy, command)

@@ -12,6 +12,7 @@ import httpx
 
 from ms07.diagnose.context import Context
 from ms07.diagnose.model import CheckResult, fmt_bytes, fmt_duration, listing
+from ms07.logs import clip
 
 TIMEOUT = 10.0  # the engine's own checks take up to 2 s each when a dependency hangs
 
@@ -52,7 +53,7 @@ async def check(ctx: Context) -> CheckResult:
         body = _json(ready)
         if body is None or "status" not in body:
             r.add("bad_answer", "critical", f"{base}/health/ready did not answer with the health report",
-                  f"HTTP {ready.status_code}: {ready.text[:200]}", "is --url the engine's address?",
+                  f"HTTP {ready.status_code}: {clip(ready.text, 200)}", "is --url the engine's address?",
                   "ms07 diagnose health")
             return r
         _ready(r, base, body)
@@ -61,7 +62,7 @@ async def check(ctx: Context) -> CheckResult:
             data = _json(detailed)
         except httpx.HTTPError as exc:
             data = None
-            r.add("detailed_failed", "warning", "/health/detailed did not answer", str(exc)[:200],
+            r.add("detailed_failed", "warning", "/health/detailed did not answer", clip(str(exc), 200),
                   "the engine may be overloaded", "ms07 diagnose health", unknown=True)
         if data is not None and "status" in data:
             _detailed(r, data)

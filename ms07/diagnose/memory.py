@@ -20,6 +20,7 @@ from ms07.diagnose import sql
 from ms07.diagnose.common import num, rows
 from ms07.diagnose.context import Context, part
 from ms07.diagnose.model import CheckResult, fmt_bytes, fmt_duration, listing
+from ms07.logs import clip
 
 MIN_SAMPLES = 6
 MIN_R2 = 0.5
@@ -58,7 +59,7 @@ def ms07_processes(uid: int | None = None) -> tuple[list[dict[str, Any]], int]:
             others += 1
             continue
         mem = p.info.get("memory_info")
-        out.append({"pid": p.pid, "command": " ".join(cmd)[:80], "rss_bytes": mem.rss if mem else None,
+        out.append({"pid": p.pid, "command": clip(" ".join(cmd), 80), "rss_bytes": mem.rss if mem else None,
                     "create_time": p.info.get("create_time")})
     return out, others
 
@@ -160,7 +161,7 @@ async def _pods(ctx: Context, r: CheckResult) -> None:
         pods = await asyncio.wait_for(kube.pods(), 15.0)
         metrics = await asyncio.wait_for(kube.pod_metrics(), 15.0)
     except Exception as exc:
-        r.not_checked("kubernetes", "pods", f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}",
+        r.not_checked("kubernetes", "pods", clip(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", 200),
                       "check the kubeconfig / service account and that the API server answers",
                       "ms07 recover worker-crash --dry-run")
         return

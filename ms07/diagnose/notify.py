@@ -18,6 +18,7 @@ from ms07 import SERVICE_NAME
 from ms07.config import Settings, redact_url
 from ms07.diagnose.model import Report, severity_at_least
 from ms07.errors import Ms07Error
+from ms07.logs import clip
 
 API_PATH = "/api/v2/alerts"
 
@@ -80,7 +81,8 @@ async def notify(settings: Settings, report: Report, min_severity: str | None = 
         async with httpx.AsyncClient(timeout=http_timeout, follow_redirects=False) as client:
             resp = await client.post(url, json=alerts)
     except httpx.HTTPError as exc:
-        raise NotifyError(f"cannot post alerts to {redact_url(url)}: {type(exc).__name__}: {str(exc)[:200]}") from None
+        reason = clip(str(exc), 200)
+        raise NotifyError(f"cannot post alerts to {redact_url(url)}: {type(exc).__name__}: {reason}") from None
     if not 200 <= resp.status_code < 300:
-        raise NotifyError(f"{redact_url(url)} answered HTTP {resp.status_code}: {resp.text[:200]}")
+        raise NotifyError(f"{redact_url(url)} answered HTTP {resp.status_code}: {clip(resp.text, 200)}")
     return Notified(url, len(alerts))

@@ -11,6 +11,7 @@ from ms07.diagnose import auth, health, latency, memory, queue, timeouts
 from ms07.diagnose.context import Context
 from ms07.diagnose.model import _RANK, CheckResult, Report
 from ms07.diagnose.options import DiagnoseOptions
+from ms07.logs import clip
 from ms07.runtime import Runtime
 
 CheckFn = Callable[[Context], Awaitable[CheckResult]]
@@ -32,7 +33,7 @@ async def _run_one(name: str, ctx: Context) -> CheckResult:
         result = await CHECKS[name](ctx)
     except Exception as exc:  # a bug must not cost the other checks their verdict
         result = CheckResult(name)
-        result.add("failed", "warning", f"the {name} check failed: {type(exc).__name__}", str(exc)[:300],
+        result.add("failed", "warning", f"the {name} check failed: {type(exc).__name__}", clip(str(exc), 300),
                    "report this as a bug in ms07 diagnose, with the evidence", unknown=True)
     # Worst first; parts keep their order within a severity.
     result.findings.sort(key=lambda f: -_RANK[f.status])

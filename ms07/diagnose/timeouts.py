@@ -19,6 +19,7 @@ from ms07.diagnose import sql
 from ms07.diagnose.common import effective, rows
 from ms07.diagnose.context import Context, part
 from ms07.diagnose.model import CheckResult, fmt_duration, listing
+from ms07.logs import clip
 from ms07.probe import FullProbe, probe_full
 
 
@@ -49,7 +50,7 @@ async def _connect_only(url: str, stage_timeout: float) -> FullProbe:
         )
         out.addresses = sorted({str(i[4][0]) for i in infos})
     except Exception as exc:
-        out.dns_error = "timed out" if isinstance(exc, TimeoutError) else str(exc)[:200]
+        out.dns_error = "timed out" if isinstance(exc, TimeoutError) else clip(str(exc), 200)
         return out
     finally:
         out.dns_ms = round((time.perf_counter() - t0) * 1000, 2)
@@ -58,7 +59,7 @@ async def _connect_only(url: str, stage_timeout: float) -> FullProbe:
         _, writer = await asyncio.wait_for(asyncio.open_connection(out.addresses[0], out.port), stage_timeout)
         writer.close()
     except Exception as exc:
-        out.tcp_error = "timed out" if isinstance(exc, TimeoutError) else (str(exc) or type(exc).__name__)[:200]
+        out.tcp_error = "timed out" if isinstance(exc, TimeoutError) else clip(str(exc) or type(exc).__name__, 200)
     out.tcp_ms = round((time.perf_counter() - t0) * 1000, 2)
     return out
 

@@ -172,7 +172,7 @@ class OAuth2ClientCredentials:
         if status != 200:
             code = "AUTHENTICATION_FAILED" if status in (400, 401, 403) else "AUTH_CONFIG_ERROR"
             raise AuthError(f"token endpoint of {self.name} answered HTTP {status}: "
-                            f"{logs.redact(text[:200])}", code=code, status=status)
+                            f"{logs.clip(text, 200)}", code=code, status=status)
         try:
             body = json.loads(text)
             token = body["access_token"]

@@ -26,7 +26,7 @@ from ms07 import __version__
 from ms07.config import DestinationConfig, DistributionConfig, NetworkConfig
 from ms07.engine import ssrf
 from ms07.errors import Ms07Error
-from ms07.logs import redact
+from ms07.logs import clip
 
 
 class ErrorCode(StrEnum):
@@ -51,6 +51,9 @@ class ErrorCode(StrEnum):
 
 
 _MAX_ERROR_BODY = 512
+# How much of an error body is read: redaction sees this much, so that a secret the first
+# _MAX_ERROR_BODY characters reach into is whole when it is looked for (see logs.clip).
+_ERROR_WINDOW = 8 * _MAX_ERROR_BODY
 USER_AGENT = f"ms07-distributor/{__version__}"
 
 
@@ -89,15 +92,17 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, when.timestamp() - now)
 
 
-def classify(status: int, body: bytes, headers: Any) -> tuple[bool, str | None, str | None, float | None]:
-    """(retryable, error_code, message, retry_after) of a non-2xx response."""
-    # Scrubbed: a destination that echoes our request would otherwise put a token into
-    # Postgres, the DLQ and `ms07 status`.
-    text = redact(body[:_MAX_ERROR_BODY].decode("utf-8", "replace").strip())
+def classify(status: int, body: bytes, headers: Any, *, whole: bool = True
+             ) -> tuple[bool, str | None, str | None, float | None]:
+    """(retryable, error_code, message, retry_after) of a non-2xx response; ``whole``
+    False says ``body`` is only the head of the response body."""
+    # Scrubbed, then cut: a destination that echoes our request would otherwise put a
+    # token, or the part of it before the cut, into Postgres, the DLQ and `ms07 status`.
+    text = clip(body.decode("utf-8", "replace").strip(), _MAX_ERROR_BODY, partial=not whole)
     message = f"HTTP {status}" + (f": {text}" if text else "")
     if 300 <= status < 400:
-        location = redact(headers.get("Location", ""))
-        return False, ErrorCode.HTTP_3XX, f"HTTP {status} redirect to {location[:200]} not followed", None
+        location = clip(headers.get("Location", ""), 200)
+        return False, ErrorCode.HTTP_3XX, f"HTTP {status} redirect to {location} not followed", None
     if status in (401, 403):
         return True, ErrorCode.AUTHENTICATION_FAILED, message, None
     if status == 408:
@@ -220,8 +225,9 @@ class DestinationClient:
                     await resp.read()
                     return AttemptResult(True, False, started, _now(), time.perf_counter() - t0, status,
                                          auth_generation=generation)
-                body = await resp.content.read(_MAX_ERROR_BODY)
-                retryable, code, message, retry_after = classify(status, body, resp.headers)
+                body = await _read_head(resp.content, _ERROR_WINDOW)
+                retryable, code, message, retry_after = classify(status, body, resp.headers,
+                                                                 whole=len(body) < _ERROR_WINDOW)
                 return AttemptResult(
                     False, retryable, started, _now(), time.perf_counter() - t0, status, code, message,
                     retry_after, generation,
@@ -255,7 +261,21 @@ class DestinationClient:
         self, started: dt.datetime, t0: float, code: str, message: str, *, retryable: bool = True
     ) -> AttemptResult:
         return AttemptResult(False, retryable, started, _now(), time.perf_counter() - t0, None, code,
-                             redact(message)[:500])
+                             clip(message, 500))
+
+
+async def _read_head(stream: aiohttp.StreamReader, limit: int) -> bytes:
+    """Up to ``limit`` bytes of a body: ``read(n)`` returns what is buffered, which can be
+    any prefix of it, and the head must not end early where the body does not."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = await stream.read(limit - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 async def gather_close(clients: list[DestinationClient]) -> None:

@@ -166,6 +166,10 @@ class Engine:
         """Connect, migrate, sync destinations, open clients, start every loop."""
         if self._started:
             return
+        # Refused before anything is opened: an API that would answer without a token.
+        serve_http = self.http_port is not None and self.http_port >= 0
+        if serve_http:
+            self.settings.api_listen()
         self._started = True
         from ms07.engine import auth, batching, signing, upkeep
         from ms07.engine.ratelimit import RateLimiter
@@ -175,7 +179,7 @@ class Engine:
         from ms07.submit import SubmitBatcher
 
         self.submitter = SubmitBatcher(self.pool, self.queue)
-        if self.http_port is not None and self.http_port >= 0:
+        if serve_http:
             # Listen before this worker announces itself (consumer, heartbeat row) or opens
             # clients and tasks: a port taken (a second `ms07 run`) leaves nothing behind.
             await self._listen()
@@ -228,7 +232,7 @@ class Engine:
     async def _listen(self) -> None:
         from ms07.engine.server import start_server
 
-        host, port = self.settings.service.http_host, self.http_port
+        host, port = self.settings.api_listen()[1], self.http_port
         try:
             self.server = await start_server(self, host, port)
         except OSError as exc:
@@ -315,7 +319,7 @@ class Engine:
                    *(c.close() for c in self.clients.values())]
         for result in await asyncio.gather(*closers, return_exceptions=True):
             if isinstance(result, BaseException):
-                log.warning("error while closing", error=f"{type(result).__name__}: {result}"[:200])
+                log.warning("error while closing", error=logs.clip(f"{type(result).__name__}: {result}", 200))
         if self._owns_runtime:
             await self.runtime.aclose()
 
@@ -360,7 +364,7 @@ class Engine:
                 entries = await self.queue.read(self.worker_id, min(free, self.dist.read_batch), 1000)
             except (RedisError, OSError) as exc:
                 delay = backoff.next()
-                log.warning("cannot read the queue; retrying", error=str(exc)[:200], retry_in=delay)
+                log.warning("cannot read the queue; retrying", error=logs.clip(str(exc), 200), retry_in=delay)
                 await asyncio.sleep(delay)
                 continue
             backoff.reset()
@@ -470,7 +474,7 @@ class Engine:
                 if self._stopping:
                     return None
                 delay = backoff.next()
-                log.warning("PostgreSQL unavailable; waiting", error=str(exc)[:200], retry_in=delay)
+                log.warning("PostgreSQL unavailable; waiting", error=logs.clip(str(exc), 200), retry_in=delay)
                 await asyncio.sleep(delay)
             except Exception as exc:  # a pool timeout while Postgres restarts
                 if type(exc).__name__ != "PoolTimeout" or self._stopping:
@@ -676,7 +680,7 @@ class Engine:
                     "reason": "permanent_failure" if outcome.status == "failed" else (
                         "max_retries_exceeded" if held.job is not None else "unprocessable_entry"),
                     "error_code": outcome.error_code or "",
-                    "last_error": (outcome.error_message or "")[:500],
+                    "last_error": logs.clip(outcome.error_message or "", 500),
                     "entry_id": e.entry_id,
                     "queue": e.queue,
                 })
@@ -693,10 +697,10 @@ class Engine:
                 break
             except (RedisError, OSError) as exc:
                 if self._stopping and backoff.n > 20:
-                    log.error("Redis unavailable at shutdown; entries stay pending", error=str(exc)[:200])
+                    log.error("Redis unavailable at shutdown; entries stay pending", error=logs.clip(str(exc), 200))
                     break
                 delay = backoff.next()
-                log.warning("Redis unavailable; retrying ack", error=str(exc)[:200], retry_in=delay)
+                log.warning("Redis unavailable; retrying ack", error=logs.clip(str(exc), 200), retry_in=delay)
                 await asyncio.sleep(delay)
         self._account(batch)
         self._release([h for h, _ in batch])

@@ -1,10 +1,12 @@
 """The engine's HTTP server (aiohttp.web): health, metrics, the submit API, debug.
 
 ``/health/live`` (the liveness probe) and ``/metrics`` (Prometheus scrapes) are open;
-with ``MS07_API_TOKEN`` (or ``service.api_token_file``) set, every other path --
-``/health/ready``, ``/health/detailed``, ``/api/*``, ``/debug/*``, unknown paths too --
-needs ``Authorization: Bearer <token>``, compared in constant time; a missing or wrong
-token gets 401 ``{"error": "unauthorized"}`` and nothing else.
+every other path -- ``/health/ready``, ``/health/detailed``, ``/api/*``, ``/debug/*``,
+unknown paths too -- needs ``Authorization: Bearer <token>`` (``MS07_API_TOKEN`` or
+``service.api_token_file``), compared in constant time; a missing or wrong token gets 401
+``{"error": "unauthorized"}`` and nothing else. Without a token the engine does not start
+(:meth:`Settings.api_listen`) unless ``service.allow_unauthenticated: true`` says so, and
+then listens on loopback unless ``service.http_host`` says otherwise.
 
 ``/debug/memory`` answers only with ``service.debug_memory: true``; tracing starts with
 the server so that the first snapshot already sees the engine's allocations.
@@ -65,14 +67,15 @@ class ApiToken:
     """The bearer token guarding the API. From ``service.api_token_file`` it follows the
     file: a rotated Kubernetes Secret (the kubelet swaps the mounted file) takes effect
     within ``RECHECK_SECONDS``, without a restart. A file that turns unreadable or empty
-    keeps the last token: the guard never opens by itself. Set at start or never: an
-    engine started without a token stays open (nothing to rotate)."""
+    keeps the last token: the guard never opens by itself. A source that is empty at
+    start is refused there (``api_token(strict=True)``); an engine started without any
+    source (``service.allow_unauthenticated``) stays open: nothing to rotate."""
 
     RECHECK_SECONDS = 1.0
 
     def __init__(self, settings: Any) -> None:
         self._settings = settings
-        token = settings.api_token()
+        token = settings.api_token(strict=True)
         self.value: bytes | None = token.encode() if token else None
         env = bool(os.environ.get("MS07_API_TOKEN"))
         self._path = settings.service.api_token_file if self.value is not None and not env else None
@@ -132,7 +135,7 @@ async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse
     except web.HTTPException:
         raise
     except (psycopg.OperationalError, psycopg.InterfaceError, RedisError, OSError) as exc:
-        log.warning("storage unavailable; request refused", path=request.path, error=str(exc)[:200])
+        log.warning("storage unavailable; request refused", path=request.path, error=logs.clip(str(exc), 200))
         return _error(503, "storage unavailable; retry later")
     except Exception:
         log.exception("request failed", path=request.path)
@@ -363,6 +366,20 @@ async def start_server(engine: Engine, host: str, port: int) -> Server:
     await site.start()
     memory.start()
     server = Server(runner, site, memory)
-    log.info("HTTP server listening", host=host, port=server.port, version=__version__,
-             auth="bearer token" if engine.settings.api_token() else "none", debug_memory=memory.enabled)
+    auth = "bearer token" if engine.settings.api_token() else "none"
+    log.info("HTTP server listening", host=host, port=server.port, version=__version__, auth=auth,
+             debug_memory=memory.enabled)
+    if auth == "none":
+        log.warning("the API answers without authentication (service.allow_unauthenticated): anyone who "
+                    "reaches the port can submit and read distributions", host=host, port=server.port,
+                    loopback_only=_loopback(host))
     return server
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"

@@ -22,6 +22,8 @@ PREFIX = "whsec_"
 def secret_bytes(secret: str) -> bytes:
     """``whsec_<base64>`` secrets are decoded; anything else is used as UTF-8 bytes."""
     if secret.startswith(PREFIX):
+        # The key alone is a secret too: a receiver may echo it without its prefix.
+        logs.register_secret(secret[len(PREFIX) :])
         return base64.b64decode(secret[len(PREFIX) :])
     return secret.encode()
 

@@ -68,7 +68,7 @@ async def _forever(engine: Engine, name: str, interval: float, fn: Callable[[Eng
             if engine.loops_stopping:
                 return
             engine.loop_errors[name] += 1
-            component.warning(f"{name} pass failed; will retry", error=f"{type(exc).__name__}: {exc}"[:300])
+            component.warning(f"{name} pass failed; will retry", error=logs.clip(f"{type(exc).__name__}: {exc}", 300))
         stop_swallowed_cancel(task)
         await asyncio.sleep(interval)
 
@@ -375,7 +375,7 @@ async def farewell(engine: Engine) -> None:
             if mine and int(mine[0].get("pending", 0)) == 0:
                 await engine.queue.redis.xgroup_delconsumer(keys.stream(q), keys.GROUP, engine.worker_id)
     except Exception as exc:
-        log.warning("could not say goodbye", error=str(exc)[:200])
+        log.warning("could not say goodbye", error=logs.clip(str(exc), 200))
 
 
 # ---------------------------------------------------------------------- health probes
@@ -398,7 +398,7 @@ async def probe_health(engine: Engine) -> None:
     verdicts = []
     for client, result in zip(targets, results, strict=True):
         if isinstance(result, BaseException):
-            healthy, latency, error = False, None, f"{type(result).__name__}: {result}"[:300]
+            healthy, latency, error = False, None, logs.clip(f"{type(result).__name__}: {result}", 300)
         else:
             healthy, latency, error = result.healthy, result.latency_ms, result.error
         # The gauge first: it must not freeze while Postgres is away.

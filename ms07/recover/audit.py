@@ -137,7 +137,7 @@ class AuditTrail:
             raise
         except Exception as exc:  # PostgreSQL down is exactly when db-connection runs
             text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            self.db_error = logs.redact(text)[:200]
+            self.db_error = logs.clip(text, 200)
             self.ctx.reporter.info(
                 f"audit: PostgreSQL unavailable ({self.db_error}); recording in {self.path} only"
             )

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ms07.logs import clip
 from ms07.recover.k8s_types import (
     CRASH_REASONS,
     RESTARTED_AT,
@@ -130,7 +131,7 @@ class Kube:
         except (config.ConfigException, OSError) as exc:
             raise KubeError(
                 f"kubernetes: no usable configuration (not in a cluster, and the kubeconfig "
-                f"failed: {str(exc).splitlines()[0][:200]}); set KUBECONFIG or --kubeconfig"
+                f"failed: {clip(str(exc).splitlines()[0], 200)}); set KUBECONFIG or --kubeconfig"
             ) from None
         self._api = client.ApiClient(cfg)
         return self._api
@@ -156,7 +157,7 @@ class Kube:
             host = getattr(api.configuration, "host", "?")
             reason = getattr(exc, "reason", None) or exc
             raise KubeError(
-                f"kubernetes: cannot reach the API server at {host}: {str(reason)[:200]}"
+                f"kubernetes: cannot reach the API server at {host}: {clip(str(reason), 200)}"
             ) from None
         data = resp.data
         if raw:

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ms07.errors import Ms07Error, NotFound
+from ms07.logs import clip
 
 RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
 CRASH_REASONS = {
@@ -194,7 +195,7 @@ def api_error(
     try:
         message = json.loads(body or "{}").get("message", "")
     except (ValueError, AttributeError):
-        message = body[:200] if isinstance(body, str) else ""
+        message = clip(body, 200) if isinstance(body, str) else ""
     api = f" (API: {message})" if message else ""
     if status == 403:
         return KubeError(
@@ -211,7 +212,7 @@ def api_error(
             f"kubernetes: unauthorized (401): the credentials from {source} were rejected"
         )
     if not status:
-        return KubeError(f"kubernetes: {perm.verb} {perm.resource} failed: {str(reason)[:200]}")
+        return KubeError(f"kubernetes: {perm.verb} {perm.resource} failed: {clip(str(reason), 200)}")
     return KubeError(
         f"kubernetes: {perm.verb} {perm.resource} ({what}) failed: HTTP {status} {reason}"
         + (f": {message}" if message else "")

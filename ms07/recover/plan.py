@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from ms07.config import Settings
 from ms07.errors import Ms07Error
+from ms07.logs import clip
 from ms07.recover.model import (
     DONE,
     Action,
@@ -154,7 +155,7 @@ async def _check(probe: Probe | None, ctx: PlanContext) -> Check:
     except Ms07Error as exc:
         return Check.failed(str(exc))
     except Exception as exc:  # a check that cannot run is a failed check, not a traceback
-        return Check.failed(f"unexpected {type(exc).__name__}: {str(exc)[:300]}")
+        return Check.failed(f"unexpected {type(exc).__name__}: {clip(str(exc), 300)}")
 
 
 def _operator() -> str:
@@ -288,7 +289,7 @@ async def _run_step(step: Step, sr: StepResult, ctx: PlanContext) -> str | None:
     except Ms07Error as exc:
         return str(exc)
     except Exception as exc:  # the plan reports it and stops; it must not leave a traceback
-        return f"unexpected {type(exc).__name__}: {str(exc)[:300]}"
+        return f"unexpected {type(exc).__name__}: {clip(str(exc), 300)}"
     sr.status, sr.message, sr.detail = outcome.status, outcome.message, outcome.detail
     if outcome.status != "skipped" and step.verify is not None:
         check = await _check(step.verify, ctx)

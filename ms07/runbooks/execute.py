@@ -17,7 +17,7 @@ from typing import Any
 
 from ms07.config import Settings
 from ms07.errors import Ms07Error
-from ms07.logs import redact
+from ms07.logs import clip
 from ms07.runbooks.commands import Command
 
 PLAN_LEVEL = {
@@ -81,7 +81,7 @@ async def run(
     except Exception as exc:  # PostgreSQL or Redis out of reach, or a bug: one line, and stop
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         return Outcome(
-            False, "error", "unknown", lines=[redact(f"{type(exc).__name__}: {text}")[:300]]
+            False, "error", "unknown", lines=[clip(f"{type(exc).__name__}: {text}", 300)]
         )
 
 

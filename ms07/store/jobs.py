@@ -17,6 +17,8 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from ms07 import logs
+
 OPEN_STATUSES = ("queued", "retrying", "processing")
 PARKED_STATUSES = ("failed", "dead")
 TERMINAL_STATUSES = ("delivered", "failed", "dead")
@@ -83,31 +85,62 @@ class Outcome:
 async def insert_jobs(
     conn: psycopg.AsyncConnection[Any], jobs: Sequence[NewJob]
 ) -> tuple[list[NewJob], dict[tuple[str, str], tuple[str, str | None]]]:
-    """Insert new jobs (call inside a transaction).
+    """Insert new jobs (call inside a transaction when some have an idempotency key).
 
     Returns the jobs actually inserted and, for jobs whose (idempotency_key, destination)
     already existed, a map to the existing (distribution id, correlation id).
+
+    A key is claimed by the insert itself (``ON CONFLICT DO NOTHING``), not by a look-up
+    before it: two replicas inserting one key at once then both succeed, the loser
+    waiting for the winner's commit and reading the winner's row back. A look-up first
+    left both free to insert, and the loser's unique violation failed its whole group
+    commit, unrelated submissions included (a 500 to each).
     """
     existing: dict[tuple[str, str], tuple[str, str | None]] = {}
-    keyed = [j for j in jobs if j.idempotency_key]
-    if keyed:
+    if not any(j.idempotency_key for j in jobs):
+        if jobs:
+            await conn.execute(_INSERT_JOBS, _insert_params(jobs))
+        return list(jobs), existing
+    fresh: list[NewJob] = []
+    # One order for every inserter: two replicas inserting one key for destinations a and b
+    # in opposite orders would each wait for the row the other holds (a deadlock, which
+    # PostgreSQL breaks by failing one transaction: its whole group commit).
+    pending = sorted(jobs, key=lambda j: (j.idempotency_key or "", j.destination))
+    # A winner read back can be gone already (``dlq purge`` of a parked job): the key is
+    # free again and the next round inserts it. Two rounds suffice but for a purge per round.
+    for _ in range(_KEY_ROUNDS):
+        cur = await conn.execute(_INSERT_JOBS + _ON_KEY_CONFLICT, _insert_params(pending), prepare=False)
+        inserted = {r[0] for r in await cur.fetchall()}
+        fresh += [j for j in pending if j.distribution_id in inserted]
+        lost = [j for j in pending if j.distribution_id not in inserted]
+        if not lost:
+            break
         cur = await conn.execute(
             """SELECT idempotency_key, destination_name, distribution_id::text, correlation_id
                  FROM distribution_jobs
                 WHERE (idempotency_key, destination_name) IN
                       (SELECT * FROM unnest(%s::text[], %s::text[]))""",
-            ([j.idempotency_key for j in keyed], [j.destination for j in keyed]),
+            ([j.idempotency_key for j in lost], [j.destination for j in lost]),
         )
         for key, dest, did, corr in await cur.fetchall():
             existing[(key, dest)] = (did, corr)
-    fresh = [j for j in jobs if not j.idempotency_key or (j.idempotency_key, j.destination) not in existing]
-    if fresh:
-        # (Correlation ids and idempotency keys were checked storable by submit.build_jobs.)
-        rows = _json([{"i": j.distribution_id, "d": j.destination, "c": j.correlation_id, "p": j.priority,
-                       "y": j.content_type, "k": j.idempotency_key, "m": j.max_attempts} for j in fresh])
-        # The payloads as one binary bytea[] (%b): no hex text to build and escape.
-        await conn.execute(_INSERT_JOBS, (rows, [j.payload for j in fresh]))
+        pending = [j for j in lost if (j.idempotency_key or "", j.destination) not in existing]
+        if not pending:
+            break
+    else:
+        raise psycopg.errors.SerializationFailure("idempotency keys kept changing hands; retry")
     return fresh, existing
+
+
+_KEY_ROUNDS = 3
+
+
+def _insert_params(jobs: Sequence[NewJob]) -> tuple[str, list[bytes]]:
+    # (Correlation ids and idempotency keys were checked storable by submit.build_jobs.)
+    rows = _json([{"i": j.distribution_id, "d": j.destination, "c": j.correlation_id, "p": j.priority,
+                   "y": j.content_type, "k": j.idempotency_key, "m": j.max_attempts} for j in jobs])
+    # The payloads as one binary bytea[] (%b): no hex text to build and escape.
+    return rows, [j.payload for j in jobs]
 
 
 # The columns travel as one JSON document and the payloads as a binary array, zipped by
@@ -121,6 +154,11 @@ INSERT INTO distribution_jobs (distribution_id, destination_name, correlation_id
 SELECT t.i, t.d, t.c, t.p, t.payload, t.y, t.k, t.m, 'queued'
   FROM ROWS FROM (json_to_recordset(%s::json) AS (i uuid, d text, c text, p text, y text, k text, m int),
                   unnest(%b::bytea[])) AS t(i, d, c, p, y, k, m, payload)
+"""
+# Only the idempotency index is an arbiter: a clash of distribution ids still raises.
+_ON_KEY_CONFLICT = """
+ON CONFLICT (idempotency_key, destination_name) WHERE idempotency_key IS NOT NULL DO NOTHING
+RETURNING distribution_id::text
 """
 
 
@@ -249,10 +287,13 @@ def _iso(when: dt.datetime | None) -> str | None:
 
 
 def _text(value: str | None) -> str | None:
-    """Text PostgreSQL can store: no NUL, no lone surrogate. An error message quoting a
-    destination's binary answer would otherwise fail the whole outcome statement."""
+    """Error text as stored: redacted (again: whoever made it should have, and a secret
+    registered since is caught too), and text PostgreSQL can store: no NUL, no lone
+    surrogate. An error message quoting a destination's binary answer would otherwise
+    fail the whole outcome statement."""
     if not value:
         return value
+    value = logs.redact(value)
     if "\x00" in value:
         value = value.replace("\x00", "\ufffd")
     try:
@@ -298,7 +339,7 @@ async def park_jobs(
                   updated_at = now(), completed_at = now()
             WHERE distribution_id = ANY(%s::uuid[]) AND status NOT IN ('delivered', 'failed', 'dead')
         RETURNING distribution_id::text""",
-        (error_code, message, list(ids)),
+        (error_code, _text(message), list(ids)),
         prepare=False,
     )
     return [r[0] for r in await cur.fetchall()]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from typing import Any
 
 import psycopg
 import pytest
@@ -55,3 +57,32 @@ async def test_inside_the_callers_transaction_it_joins_it(make_settings, databas
             await record_and_enqueue(conn, q, [job])
             await conn.rollback()
             assert not await _exists(database_url, job.distribution_id)
+
+
+async def test_one_key_for_two_destinations_in_opposite_orders_does_not_deadlock(make_settings, database_url) -> None:
+    """Two replicas insert (k, a), (k, b) and (k, b), (k, a): each would wait for the row
+    the other holds, and PostgreSQL would fail one of them (with its whole group commit).
+    A trigger that pauses before each row makes the interleaving certain."""
+    settings = make_settings(destinations=[{"name": "a", "url": "http://127.0.0.1:9/in"},
+                                           {"name": "b", "url": "http://127.0.0.1:9/in"}])
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as admin:
+        await admin.execute("""
+            CREATE FUNCTION test_pause() RETURNS trigger LANGUAGE plpgsql AS
+              $$ BEGIN PERFORM pg_sleep(0.3); RETURN NEW; END $$;
+            CREATE TRIGGER test_pause BEFORE INSERT ON distribution_jobs
+              FOR EACH ROW WHEN (NEW.idempotency_key IS NOT NULL) EXECUTE FUNCTION test_pause();""")
+    async with Runtime(settings, migrate=False) as rt:
+        q = await rt.queue()
+
+        async def record(order: list[str]) -> Any:
+            async with rt.connection() as conn:
+                return await record_and_enqueue(conn, q, [jobs.NewJob(str(uuid.uuid4()), d, b"{}", idempotency_key="k")
+                                                          for d in order])
+
+        first, second = await asyncio.gather(record(["a", "b"]), record(["b", "a"]))
+    fresh = [{j.destination for j in done.fresh} for done in (first, second)]
+    assert sorted(fresh, key=len) == [set(), {"a", "b"}]  # one made both, the other replays both
+    winner = first if first.fresh else second
+    loser = second if first.fresh else first
+    assert {d: i for (_, d), (i, _) in loser.existing.items()} == {j.destination: j.distribution_id
+                                                                   for j in winner.fresh}
