@@ -26,7 +26,7 @@ def _run(config: Path, env: dict[str, str], port: int) -> subprocess.CompletedPr
 async def test_run_on_a_busy_port_is_one_line_and_leaves_no_worker(tmp_path: Path, env_for: dict[str, str],
                                                                    database_url: str, redis_url: str) -> None:
     config = write_config(tmp_path / "engine.yaml", {
-        "service": {"http_host": "127.0.0.1", "heartbeat_interval_seconds": 1},
+        "service": {"http_host": "127.0.0.1", "allow_unauthenticated": True, "heartbeat_interval_seconds": 1},
         "destinations": [destination("a", "http://127.0.0.1:9/in")],
     })
     with socket.socket() as taken:
