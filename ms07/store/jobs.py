@@ -101,7 +101,7 @@ async def insert_jobs(
         if jobs:
             await conn.execute(_INSERT_JOBS, _insert_params(jobs))
         return list(jobs), existing
-    fresh: list[NewJob] = []
+    inserted: set[str] = set()
     # One order for every inserter: two replicas inserting one key for destinations a and b
     # in opposite orders would each wait for the row the other holds (a deadlock, which
     # PostgreSQL breaks by failing one transaction: its whole group commit).
@@ -110,8 +110,7 @@ async def insert_jobs(
     # free again and the next round inserts it. Two rounds suffice but for a purge per round.
     for _ in range(_KEY_ROUNDS):
         cur = await conn.execute(_INSERT_JOBS + _ON_KEY_CONFLICT, _insert_params(pending), prepare=False)
-        inserted = {r[0] for r in await cur.fetchall()}
-        fresh += [j for j in pending if j.distribution_id in inserted]
+        inserted.update(r[0] for r in await cur.fetchall())
         lost = [j for j in pending if j.distribution_id not in inserted]
         if not lost:
             break
@@ -129,7 +128,8 @@ async def insert_jobs(
             break
     else:
         raise psycopg.errors.SerializationFailure("idempotency keys kept changing hands; retry")
-    return fresh, existing
+    # In the order given (the insert's order is the lock order above): they are enqueued so.
+    return [j for j in jobs if j.distribution_id in inserted], existing
 
 
 _KEY_ROUNDS = 3

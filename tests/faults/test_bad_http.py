@@ -105,7 +105,9 @@ async def test_cli_status_of_an_odd_id_is_one_line(api, env_for: dict[str, str])
         result = await acli(["status", distribution_id], env_for)
         assert result.exit_code != 0 and result.exception is None or isinstance(result.exception, SystemExit)
         lines = result.output.strip().splitlines()
-        assert len(lines) == 1 and "no distribution" in lines[0] and "Traceback" not in result.output, result.output
+        assert len(lines) == 1 and "is not a distribution id" in lines[0] and "Traceback" not in result.output, \
+            result.output
+        assert result.exit_code == 2  # a usage error: not an id at all (an unknown id is 4)
 
 
 def _bomb(size: int) -> bytes:
