@@ -269,17 +269,37 @@ async def reconcile(engine: Engine, older_than: float | None = None) -> int:
     """Enqueue again the open jobs Redis no longer holds. Returns how many."""
     redis = engine.queue.redis
     token = f"{engine.worker_id}:{time.time()}"
-    lock_ttl = max(30, int(engine.dist.reconcile_interval_seconds * 2))
-    if not await redis.set(keys.RECONCILER_LOCK, token, nx=True, ex=lock_ttl):
+    # A short lease renewed while the pass runs, not one as long as the longest pass: a
+    # replica killed while holding it (chaos: a SIGKILL just after a FLUSHALL) blocked
+    # every other replica's repair for the whole TTL (30-120 s); now for RECONCILE_LEASE.
+    if not await redis.set(keys.RECONCILER_LOCK, token, nx=True, px=int(RECONCILE_LEASE * 1000)):
         return 0
+    renew = asyncio.create_task(_renew_lease(redis, token), name="reconciler-lease")
     try:
         n = await requeue_lost(engine.pool, engine.queue, older_than or engine.dist.reconcile_after_seconds)
         engine.metrics.requeued.inc(n)
         await housekeeping(engine)
         return n
     finally:
-        if await redis.get(keys.RECONCILER_LOCK) == token:
-            await redis.delete(keys.RECONCILER_LOCK)
+        renew.cancel()
+        await asyncio.gather(renew, return_exceptions=True)
+        await redis.eval(_RELEASE_IF_OURS, 1, keys.RECONCILER_LOCK, token)
+
+
+RECONCILE_LEASE = 10.0  # seconds; renewed every third of it while a pass runs
+_EXTEND_IF_OURS = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0"""
+_RELEASE_IF_OURS = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0"""
+
+
+async def _renew_lease(redis: Any, token: str, lease: float = RECONCILE_LEASE) -> None:
+    while True:
+        await asyncio.sleep(lease / 3)
+        if not await redis.eval(_EXTEND_IF_OURS, 1, keys.RECONCILER_LOCK, token, int(lease * 1000)):
+            return  # lost (expired under a stall, or Redis flushed): the pass finishes; the next one re-takes it
 
 
 async def requeue_lost(pool: Any, queue: Any, older_than: float, limit: int = 100_000) -> int:
