@@ -25,7 +25,7 @@ def list_(
         async with rt.connection() as conn:
             return await dlq.list_dlq(conn, await rt.queue(), limit)
 
-    data = common.with_runtime(st.settings, go)
+    data = common.with_runtime(st.settings, go, console=None if as_json else st.err)
     if as_json:
         common.print_json(data)
         return
@@ -61,7 +61,7 @@ def replay(
         async with rt.connection() as conn:
             return await dlq.replay(conn, await rt.queue(), None if all_ else ids)
 
-    replayed = common.with_runtime(st.settings, go)
+    replayed = common.with_runtime(st.settings, go, console=None if as_json else st.err)
     if as_json:
         common.print_json({"replayed": replayed})
     else:
@@ -88,5 +88,5 @@ def purge(
         async with rt.connection() as conn:
             return await dlq.purge(conn, await rt.queue(), ids or None)
 
-    result = common.with_runtime(st.settings, go)
+    result = common.with_runtime(st.settings, go, console=st.err)
     st.console.print(f"purged {result['jobs']} parked job(s) and {result['dlq_entries']} DLQ entries")
