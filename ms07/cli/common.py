@@ -69,13 +69,15 @@ def with_runtime(settings: Settings, fn: Callable[[Any], Awaitable[T]], *, conso
     embedded start`` have their own paths). ``console``: where to say which servers."""
     from ms07.runtime import Runtime
 
-    say_sources(console, settings)
-
     async def main() -> T:
         async with Runtime(settings, **kwargs) as rt:
             return await fn(rt)
 
-    return asyncio.run(main())
+    result = asyncio.run(main())
+    # Said once the data is in, before it is shown; an error names its server itself and
+    # stays one line.
+    say_sources(console, settings)
+    return result
 
 
 def print_json(data: Any) -> None:
