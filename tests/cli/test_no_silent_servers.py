@@ -63,3 +63,26 @@ def test_read_commands_say_which_servers_they_read(env_for: dict[str, str]) -> N
     assert "0 parked jobs" in res.stdout
     res = cli(["dlq", "list", "--json"], env_for)  # machine output stays machine output
     assert res.exit_code == 0 and "reading" not in res.output
+
+
+def test_embedded_start_creates_what_the_other_commands_then_read() -> None:
+    import shutil
+    import tempfile
+
+    # Not under pytest's basetemp (see tests/conftest.py: the embedded PostgreSQL runs as
+    # its own user when we are root).
+    state = Path(tempfile.mkdtemp(prefix="ms07-diag-"))
+    env = _env(state)
+    try:
+        res = cli(["dlq", "list"], env)
+        assert res.exit_code == 3 and "no embedded PostgreSQL runs in" in res.stderr
+        res = cli(["embedded", "start"], env)
+        assert res.exit_code == 0, res.output
+        assert "schema:     applied 0001_initial" in res.stdout
+        res = cli(["dlq", "list"], env)
+        assert res.exit_code == 0, res.output
+        assert "0 parked jobs" in res.stdout
+        assert f"reading PostgreSQL embedded at {state / 'postgres'}" in res.stderr
+    finally:
+        embedded.stop_servers(state)
+        shutil.rmtree(state, ignore_errors=True)
