@@ -3,8 +3,8 @@
 A worker is live while its ``worker:heartbeat:<id>`` key exists, except when the key
 outlives the worker: after a ``kill -9`` the key stays for ``heartbeat_ttl_seconds``
 (60 s), and the queue check used to call the dead consumer live for that minute. So a
-key whose beat is more than three intervals old, or whose process is gone from this
-very host, does not count.
+key whose beat is more than three intervals old (told by what is left of its TTL, not by
+another host's clock), or whose process is gone from this very host, does not count.
 
 A worker that stopped beating without saying goodbye is a WARNING only while it still
 matters: it holds pending entries nobody took over, and no new worker came up on its
@@ -14,11 +14,9 @@ marks it seen with ``ms07 workers forget ID`` (audited).
 
 from __future__ import annotations
 
-import calendar
 import json
 import os
 import socket
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,10 +54,14 @@ async def live_workers(ctx: Context) -> Liveness:
     out = Liveness()
     if not found:
         return out
-    values = await queue.redis.mget(found)
-    too_old = MISSED_BEATS * ctx.settings.service.heartbeat_interval_seconds + 5
-    now = time.time()
-    for key, raw in zip(found, values, strict=True):
+    pipe = queue.redis.pipeline(transaction=False)
+    for key in found:
+        pipe.get(key)
+        pipe.pttl(key)
+    replies = await pipe.execute()
+    service = ctx.settings.service
+    too_old = MISSED_BEATS * service.heartbeat_interval_seconds + 5
+    for key, raw, pttl in zip(found, replies[::2], replies[1::2], strict=True):
         wid = key.split(":", 2)[2]
         try:
             beat = json.loads(raw) if raw else {}
@@ -67,13 +69,9 @@ async def live_workers(ctx: Context) -> Liveness:
             beat = {}
         if not isinstance(beat, dict):
             beat = {}
-        stamp = beat.get("timestamp")
-        age = None
-        if isinstance(stamp, str):
-            try:
-                age = now - calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ"))
-            except ValueError:
-                age = None
+        # Every beat sets the key with a TTL of heartbeat_ttl_seconds, so what is left of it
+        # says how long ago the last beat was, with no clock of another host involved.
+        age = service.heartbeat_ttl_seconds - pttl / 1000 if isinstance(pttl, int) and pttl >= 0 else None
         if process_gone(beat.get("host"), beat.get("pid")):
             out.dead_keys[wid] = f"process {beat.get('pid')} is gone from {beat.get('host')}"
         elif age is not None and age > too_old:

@@ -21,7 +21,9 @@ def _beat(redis_url: str, worker_id: str, *, pid: int, host: str | None = None, 
     r = redis.Redis.from_url(redis_url)
     payload = {"worker_id": worker_id, "pid": pid, "host": host or socket.gethostname(),
                "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - age))}
-    r.set(keys.heartbeat(worker_id), json.dumps(payload), ex=60)
+    # As the engine does: the TTL is heartbeat_ttl_seconds (60) at each beat, so what is
+    # left of it says how old the beat is.
+    r.set(keys.heartbeat(worker_id), json.dumps(payload), ex=int(60 - age))
     r.close()
 
 
