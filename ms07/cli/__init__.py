@@ -64,7 +64,20 @@ def root(
 
 
 def _register() -> None:
-    from ms07.cli import db, destinations, diagnose, dlq, embedded, health, queue, recover, run, runbook, submit
+    from ms07.cli import (
+        db,
+        destinations,
+        diagnose,
+        dlq,
+        embedded,
+        health,
+        queue,
+        recover,
+        run,
+        runbook,
+        submit,
+        workers,
+    )
 
     app.command("run")(run.run)
     app.command("submit")(submit.submit)
@@ -78,6 +91,7 @@ def _register() -> None:
     app.add_typer(db.app, name="db")
     app.add_typer(queue.app, name="queue")
     app.add_typer(embedded.app, name="embedded")
+    app.add_typer(workers.app, name="workers")
 
 
 _register()

@@ -51,15 +51,33 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
 
-def with_runtime(settings: Settings, fn: Callable[[Any], Awaitable[T]], **kwargs: Any) -> T:
-    """Run ``fn(runtime)`` in a fresh loop with a Runtime that is closed afterwards."""
+def say_sources(console: Console | None, settings: Settings) -> None:
+    """One dim line on stderr naming the PostgreSQL and Redis a command reads (no password),
+    so a shell pointed at the wrong state directory or URL shows it at once."""
+    if console is not None:
+        from ms07.runtime import sources
+
+        console.print(f"[dim]reading {sources(settings)}[/]", soft_wrap=True)
+
+
+def with_runtime(settings: Settings, fn: Callable[[Any], Awaitable[T]], *, console: Console | None = None,
+                 **kwargs: Any) -> T:
+    """Run ``fn(runtime)`` in a fresh loop with a Runtime that is closed afterwards.
+
+    The Runtime attaches to running servers and refuses a database without the schema
+    unless ``create=True`` (only ``ms07 db migrate`` passes it; ``ms07 run`` and ``ms07
+    embedded start`` have their own paths). ``console``: where to say which servers."""
     from ms07.runtime import Runtime
 
     async def main() -> T:
         async with Runtime(settings, **kwargs) as rt:
             return await fn(rt)
 
-    return asyncio.run(main())
+    result = asyncio.run(main())
+    # Said once the data is in, before it is shown; an error names its server itself and
+    # stays one line.
+    say_sources(console, settings)
+    return result
 
 
 def print_json(data: Any) -> None:

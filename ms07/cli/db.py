@@ -17,7 +17,7 @@ def migrate(ctx: typer.Context) -> None:
     async def go(rt):  # type: ignore[no-untyped-def]
         return await rt.migrate()
 
-    applied = common.with_runtime(st.settings, go, migrate=False)
+    applied = common.with_runtime(st.settings, go, create=True, console=st.err)
     if applied:
         for name in applied:
             st.console.print(f"applied {name}")
@@ -39,7 +39,7 @@ def status(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) ->
         finally:
             await conn.close()
 
-    current = common.with_runtime(st.settings, go, migrate=False)
+    current = common.with_runtime(st.settings, go, console=None if as_json else st.err)
     latest = max(v for v, _, _ in db.migrations())
     if as_json:
         common.print_json({"current": current, "latest": latest, "up_to_date": current == latest})

@@ -15,7 +15,7 @@ def list_(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help
     from ms07 import registry
 
     st = common.state(ctx)
-    data = common.with_runtime(st.settings, registry.listing)
+    data = common.with_runtime(st.settings, registry.listing, console=None if as_json else st.err)
     if as_json:
         common.print_json(data)
         return
@@ -38,7 +38,7 @@ def sync(ctx: typer.Context) -> None:
     from ms07 import registry
 
     st = common.state(ctx)
-    names = common.with_runtime(st.settings, registry.sync)
+    names = common.with_runtime(st.settings, registry.sync, console=st.err)
     st.console.print(f"synced {len(names)} destination(s): {', '.join(names) or 'none'}")
 
 

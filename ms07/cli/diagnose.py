@@ -61,6 +61,7 @@ def _run(ctx: typer.Context, names: list[str], *, since: str, as_json: bool, not
     options = DiagnoseOptions.from_settings(settings, since_seconds=_seconds(since, "--since"), **overrides)
     if notify and not settings.escalation.alertmanager_url:
         raise DiagnoseUsageError("--notify: escalation.alertmanager_url is not set in the config")
+    common.say_sources(None if as_json else st.err, settings)
     report = run_checks(settings, names, options)
     if as_json:
         common.print_json(report.results[0].as_json() if len(names) == 1 else report.as_json())
@@ -120,6 +121,18 @@ def auth(
     _run(ctx, ["auth"], since=since, as_json=as_json, notify=notify, probe=probe or None,
          token_expiry_warning_seconds=_seconds(token_expiry_warning, "--token-expiry-warning"),
          probe_timeout_seconds=probe_timeout)
+
+
+@app.command("errors")
+def errors(ctx: typer.Context, since: str = SINCE, as_json: bool = JSON, notify: bool = NOTIFY) -> None:
+    """Why deliveries fail: failed attempts per destination by error code and HTTP status.
+
+    Count, first and last seen and the latest message of each; per destination and kind
+    the next step: 5xx the receiver's side (replay once fixed), 4xx the payload or
+    contract, 401/403 `diagnose auth`, timeouts `diagnose timeouts`, refused connections
+    `destinations check`. A destination whose attempts all failed is CRITICAL.
+    """
+    _run(ctx, ["errors"], since=since, as_json=as_json, notify=notify)
 
 
 @app.command("queue")

@@ -26,7 +26,7 @@ def list_(
         async with rt.connection() as conn:
             return await dlq.list_dlq(conn, await rt.queue(), limit)
 
-    data = common.with_runtime(st.settings, go)
+    data = common.with_runtime(st.settings, go, console=None if as_json else st.err)
     if as_json:
         common.print_json(data)
         return
@@ -93,7 +93,7 @@ def replay(
             replayed = await dlq.replay(conn, await rt.queue(), None if all_ else ids)
             return replayed, await dlq.not_replayed(conn, ids or [], replayed)
 
-    replayed, skipped = common.with_runtime(st.settings, go)
+    replayed, skipped = common.with_runtime(st.settings, go, console=None if as_json else st.err)
     if as_json:
         common.print_json({"replayed": replayed, "not_replayed": skipped})
     else:
@@ -122,5 +122,5 @@ def purge(
         async with rt.connection() as conn:
             return await dlq.purge(conn, await rt.queue(), ids or None)
 
-    result = common.with_runtime(st.settings, go)
+    result = common.with_runtime(st.settings, go, console=st.err)
     st.console.print(f"purged {result['jobs']} parked job(s) and {result['dlq_entries']} DLQ entries")

@@ -11,14 +11,28 @@ app = typer.Typer(help="The embedded PostgreSQL and Redis (used when no URLs are
 
 @app.command("start")
 def start(ctx: typer.Context) -> None:
-    """Start the embedded servers (or find them running) and print their URLs."""
+    """Start the embedded servers (or find them running), apply the schema, print their URLs."""
     from ms07 import embedded
 
     st = common.state(ctx)
     servers = embedded.ensure_servers(st.settings.resolved_state_dir())
+    applied = common.run(_migrate(servers.database_url))
     st.console.print(f"PostgreSQL: {servers.database_url}")
     st.console.print(f"Redis:      {servers.redis_url}")
     st.console.print(f"state dir:  {servers.state_dir}")
+    if applied:
+        st.console.print(f"schema:     applied {', '.join(applied)}")
+
+
+async def _migrate(url: str) -> list[str]:
+    """The schema too: other commands only attach, and refuse a database without it."""
+    from ms07.store import db
+
+    conn = await db.connect(url)
+    try:
+        return await db.migrate(conn)
+    finally:
+        await conn.close()
 
 
 @app.command("stop")

@@ -19,7 +19,7 @@ def stats(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help
     async def go(rt):  # type: ignore[no-untyped-def]
         return await (await rt.queue()).stats()
 
-    data = common.with_runtime(st.settings, go)
+    data = common.with_runtime(st.settings, go, console=None if as_json else st.err)
     if as_json:
         common.print_json(data)
         return
@@ -78,7 +78,7 @@ def backup(
                 progress=lambda n: progress.advance(task, n),
             )
 
-    result = common.with_runtime(st.settings, go)
+    result = common.with_runtime(st.settings, go, console=None if as_json else st.err)
     if as_json:
         common.print_json(result.summary())
     else:
@@ -103,7 +103,7 @@ def restore(
             task = progress.add_task("restore", total=verified.count)
             return await bk.restore(queue, file, progress=lambda n: progress.advance(task, n))
 
-    result = common.with_runtime(st.settings, go)
+    result = common.with_runtime(st.settings, go, console=None if as_json else st.err)
     if as_json:
         common.print_json(result.__dict__)
     else:

@@ -161,6 +161,8 @@ def _drive(ctx: typer.Context, run: Run, build: Callable[[Any, list[str]], Any])
         from rich.text import Text
 
         st.err.print(Text.assemble(("not run: ", "bold red"), shown.message))
+        for hint in shown.next_steps:
+            st.err.print(Text(f"next: {hint}"), overflow="fold")
         raise typer.Exit(1)
     if run.dry_run:
         console.print("dry run: nothing was changed.")

@@ -2,8 +2,8 @@
 
 Runbooks are read from ``$MS07_RUNBOOKS_DIR``, else the repository's ``runbooks/``, else
 the copy installed with the package, else ``/usr/share/ms07/runbooks``.
-Exit codes of ``run``: 0 completed (or dry run), 1 a step failed or was not confirmed,
-2 invalid runbook or usage, 4 no such runbook.
+Exit codes of ``run``: 0 completed (or a dry run that found nothing), 1 a step failed or
+was not confirmed, or a dry run found a problem; 2 invalid runbook or usage, 4 no such runbook.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ Name = Annotated[
 Json = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 _STATE_STYLE = {
     "passed": "green",
+    "found": "bold yellow",
+    "unchecked": "magenta",
     "failed": "bold red",
     "skipped": "dim",
     "unmet": "yellow",
@@ -255,7 +257,7 @@ def _rich_observer(console: Any, total: int) -> Any:
                 self.console.print(
                     Text(f"    ... {len(step.lines) - 15} more (--json shows all)", style="dim")
                 )
-            if step.message and step.state in ("failed", "unmet"):
+            if step.message and step.state in ("failed", "unmet") and step.message not in step.lines[:15]:
                 self.console.print(
                     Text(f"    {step.message}", style=_STATE_STYLE[step.state]), overflow="fold"
                 )
@@ -294,6 +296,37 @@ def _rich_observer(console: Any, total: int) -> Any:
     return RichObserver(console, total)
 
 
+def _dry_run_summary(console: Any, result: Any) -> None:
+    """What the preview found, what a real run would change and what it would not."""
+    from rich.text import Text
+
+    def steps(states: tuple[str, ...]) -> str:
+        return ", ".join(str(s.index) for s in result.steps if s.state in states)
+
+    console.print("dry run: nothing was changed.")
+    if steps(("found",)):
+        console.print(Text(f"problem found at step(s) {steps(('found',))}: see their findings above",
+                           style="bold yellow"), overflow="fold")
+    if steps(("unchecked",)):
+        console.print(Text(f"could not check at step(s) {steps(('unchecked',))}", style="magenta"), overflow="fold")
+    if result.would_change:
+        console.print("a real run would run: " + "; ".join(result.would_change), overflow="fold")
+    else:
+        console.print(Text("a real run would change nothing: no remediation step would run", style="bold"),
+                      overflow="fold")
+    for line in result.would_not:
+        console.print(f"a real run would skip {line}", overflow="fold")
+    unmet = steps(("unmet",))
+    if unmet:
+        console.print(
+            Text(f"verification not met at step(s) {unmet}: "
+                 + ("the remediation above is meant to fix it; verify after a real run"
+                    if result.would_change else "a real run would not fix it: act on the findings above"),
+                 style="yellow"),
+            overflow="fold",
+        )
+
+
 def _summary(console: Any, result: Any) -> None:
     from rich.table import Table
     from rich.text import Text
@@ -316,7 +349,8 @@ def _summary(console: Any, result: Any) -> None:
         failed = next(s for s in result.steps if s.index == result.failed_step)
         console.print(Text.assemble(("FAILED ", "bold red"), result.message), overflow="fold")
         for line in failed.lines[:10]:
-            console.print(Text(f"  {line}"), overflow="fold")
+            if line != failed.message:  # already in the FAILED line
+                console.print(Text(f"  {line}"), overflow="fold")
         if result.remedy:
             console.print(Text.assemble(("what to do: ", "bold"), result.remedy), overflow="fold")
         if result.next_command:
@@ -325,16 +359,7 @@ def _summary(console: Any, result: Any) -> None:
             )
         console.print(Text.assemble(("escalate: ", "bold"), esc), overflow="fold")
     elif result.status == "dry-run":
-        unmet = [s.index for s in result.steps if s.state == "unmet"]
-        console.print(
-            "dry run: nothing was changed."
-            + (
-                f" Verification not met yet at step(s) {', '.join(map(str, unmet))}:"
-                " run without --dry-run to fix."
-                if unmet
-                else ""
-            )
-        )
+        _dry_run_summary(console, result)
     else:
         console.print(
             Text.assemble(

@@ -19,7 +19,7 @@ from redis.exceptions import RedisError
 from ms07.config import Settings
 from ms07.diagnose.model import CheckResult
 from ms07.diagnose.options import DiagnoseOptions
-from ms07.errors import Ms07Error
+from ms07.errors import Ms07Error, NoSchema
 from ms07.logs import clip
 from ms07.queue import Queue, describe_redis_error
 from ms07.runtime import Runtime
@@ -74,6 +74,12 @@ class Context:
                 raise Unavailable("postgres", self._pg_error)
             try:
                 self._pool = await asyncio.wait_for(self.runtime.pool(), CONNECT_TIMEOUT * 2)
+            except NoSchema as exc:
+                self._pg_error = _one_line(exc)
+                raise Unavailable("postgres", self._pg_error, "has no ms07 schema",
+                                  "check MS07_DATABASE_URL / MS07_STATE_DIR point at the engine's database; "
+                                  "if they do, apply the schema (ms07 run does it at start)",
+                                  "ms07 db migrate") from None
             except (Ms07Error, psycopg.Error, OSError, TimeoutError) as exc:
                 self._pg_error = _one_line(exc) if not isinstance(exc, TimeoutError) else (
                     f"no answer from PostgreSQL within {CONNECT_TIMEOUT * 2:g}s"

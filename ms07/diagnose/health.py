@@ -42,8 +42,9 @@ async def check(ctx: Context) -> CheckResult:
             what = "timed out" if isinstance(exc, httpx.TimeoutException) else (str(exc) or type(exc).__name__)
             r.add("unreachable", "critical", f"the engine does not answer at {base}",
                   f"GET {base}/health/ready: {what[:200]}",
-                  "the engine is down or elsewhere: check its pods, or give its address with --url / "
-                  "MS07_HEALTH_URL", "ms07 recover worker-crash --dry-run")
+                  "the engine is down or elsewhere: its pods, its systemd unit (systemctl status ms07) "
+                  "or its `ms07 run` process; or give its address with --url / MS07_HEALTH_URL",
+                  "ms07 recover worker-crash --dry-run")
             return r
         if ready.status_code in (401, 403):
             r.add("unauthorized", "warning", f"the engine refused our token ({ready.status_code})",

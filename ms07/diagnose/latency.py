@@ -129,6 +129,7 @@ async def check(ctx: Context) -> CheckResult:
         r.add("failure_rate", "warning",
               f"{s['destination_name']}: {rate:.0f}% of attempts failed in the last {o.since_text}",
               f"{s['failures']} of {s['attempts']} attempts",
-              "see which errors: timeouts or authentication", "ms07 diagnose timeouts",
+              "see which errors, with their HTTP status and latest message, and what to do for each",
+              f"ms07 diagnose errors --since {o.since_text}",
               subject=s["destination_name"])
     return r

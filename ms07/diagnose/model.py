@@ -19,6 +19,22 @@ _RANK = {HEALTHY: 0, UNKNOWN: 1, WARNING: 2, CRITICAL: 3}
 EXIT_CODES = {HEALTHY: 0, WARNING: 1, CRITICAL: 2, UNKNOWN: 3}
 FINDING_KEYS = ("id", "severity", "summary", "evidence", "remedy", "command")
 
+# What matters most among findings of one status (issue 21: the headline after a crash
+# was a dead consumer, the engine being down was the last row): nothing is delivering >
+# a destination is down > everything else. Checks may set ``impact`` on a finding; these
+# are the defaults by finding id.
+NOTHING_DELIVERS, DESTINATION_DOWN, OTHER = 2, 1, 0
+IMPACT = {
+    "health.unreachable": NOTHING_DELIVERS,
+    "queue.no_live_workers": NOTHING_DELIVERS,
+    "errors.destination_down": DESTINATION_DOWN,
+    "timeouts.circuit_open": DESTINATION_DOWN,
+    "timeouts.probe_unreachable": DESTINATION_DOWN,
+    "timeouts.probe_timeout": DESTINATION_DOWN,
+    "timeouts.probe_http_error": DESTINATION_DOWN,
+    "timeouts.destination_unhealthy": DESTINATION_DOWN,
+}
+
 
 def worst(*statuses: str) -> str:
     """The status that wins when several are combined (max_state_alt order)."""
@@ -46,10 +62,18 @@ class Finding:
     command: str = ""
     unknown: bool = False
     subject: str = ""
+    impact: int | None = None  # None: IMPACT's default for the id
 
     def __post_init__(self) -> None:
         if self.severity not in SEVERITIES:
             raise ValueError(f"bad severity {self.severity!r}")
+        if self.impact is None:
+            self.impact = IMPACT.get(self.id, OTHER)
+
+    @property
+    def order(self) -> tuple[int, int]:
+        """Sort key, most important first: the status, then what it stops (``IMPACT``)."""
+        return (-_RANK[self.status], -(self.impact or 0))
 
     @property
     def status(self) -> str:
@@ -97,10 +121,11 @@ class CheckResult:
         *,
         unknown: bool = False,
         subject: str = "",
+        impact: int | None = None,
     ) -> Finding:
         # Evidence quotes destinations' error bodies: never let a credential through.
         finding = Finding(f"{self.check}.{name}", severity, redact(summary), redact(evidence), remedy, command,
-                          unknown, subject)
+                          unknown, subject, impact)
         self.findings.append(finding)
         return finding
 
@@ -167,6 +192,15 @@ class Report:
 
     def findings(self) -> list[tuple[str, Finding]]:
         return [(r.check, f) for r in self.results for f in r.findings]
+
+    def ranked(self) -> list[tuple[str, Finding]]:
+        """Every finding, most important first (stable: checks keep their order on ties)."""
+        return sorted(self.findings(), key=lambda cf: cf[1].order)
+
+    def headline(self) -> tuple[str, Finding] | None:
+        """The one finding to read first, if anything is not healthy."""
+        top = self.ranked()
+        return top[0] if top and top[0][1].status != HEALTHY else None
 
     def as_json(self) -> dict[str, Any]:
         return {"status": self.status, "checks": [r.as_json() for r in self.results]}

@@ -14,19 +14,10 @@ from ms07 import keys
 from ms07.diagnose import sql
 from ms07.diagnose.common import rows
 from ms07.diagnose.context import Context, part
-from ms07.diagnose.model import CheckResult, fmt_duration, listing, plural
+from ms07.diagnose.model import NOTHING_DELIVERS, CheckResult, fmt_duration, listing, plural
+from ms07.diagnose.workers import GONE_AFTER, judge, live_workers
 
 LOST_SCAN_LIMIT = 5000
-GONE_AFTER = 86400.0  # a worker silent this long is history, not an incident
-
-
-async def live_workers(ctx: Context) -> set[str]:
-    """Worker ids with a live ``worker:heartbeat:<id>`` key (consumer name == worker id)."""
-    queue = await ctx.queue()
-    found = set()
-    async for key in queue.redis.scan_iter(match=keys.HEARTBEAT_PATTERN, count=500):
-        found.add(key.split(":", 2)[2])
-    return found
 
 
 async def check(ctx: Context) -> CheckResult:
@@ -39,8 +30,9 @@ async def check(ctx: Context) -> CheckResult:
     async def streams() -> None:
         queue = await ctx.queue()
         stats = await queue.stats(overdue_grace_seconds=60.0)
-        live = await live_workers(ctx)
-        r.details.update({"queue": stats, "live_workers": sorted(live)})
+        liveness = await live_workers(ctx)
+        live = liveness.live
+        r.details.update({"queue": stats, "live_workers": sorted(live), "dead_heartbeats": liveness.dead_keys})
         table = r.section("streams", ["queue", "stream", "XLEN", "pending", "consumers", "delayed", "overdue",
                                       "oldest pending idle"])
         consumers = r.section("consumers (XPENDING per consumer)",
@@ -58,7 +50,7 @@ async def check(ctx: Context) -> CheckResult:
             for c in q["consumers"]:
                 alive = c["name"] in live
                 consumers.rows.append([name, c["name"], str(c["pending"]), fmt_duration(c["idle_ms"] / 1000),
-                                       "live" if alive else "none"])
+                                       "live" if alive else liveness.dead_keys.get(c["name"], "none")])
                 if c["pending"] > 0 and not alive:
                     dead.append(f"{c['name']} holds {c['pending']} in {name} (idle {fmt_duration(c['idle_ms'] / 1000)})")
                     max_dead_idle = max(max_dead_idle, c["idle_ms"])
@@ -69,6 +61,7 @@ async def check(ctx: Context) -> CheckResult:
               f"{len(live)} live worker heartbeat(s): {listing(sorted(live), 5) or 'none'}")
         if dead:
             critical = not live or max_dead_idle > 2 * claim_ms
+            # With no live worker the headline is no_live_workers; this one is its detail.
             r.add("dead_consumers", "critical" if critical else "warning",
                   f"{len(dead)} consumer(s) without a heartbeat hold pending entries",
                   "; ".join(dead) + ("; no live worker will reclaim them" if not live else
@@ -80,7 +73,7 @@ async def check(ctx: Context) -> CheckResult:
                   f"no {keys.HEARTBEAT_PATTERN} key in Redis (heartbeat TTL "
                   f"{ctx.settings.service.heartbeat_ttl_seconds}s)",
                   "start or restart the engine (ms07 run / the deployment); find out why it died",
-                  "ms07 recover worker-crash --dry-run")
+                  "ms07 recover worker-crash --dry-run", impact=NOTHING_DELIVERS)
         if no_group:
             r.add("group_missing", "warning", f"no consumer group '{keys.GROUP}' on {listing(no_group)}",
                   "reads fail with NOGROUP until an engine starts and creates it (after a Redis restart "
@@ -121,23 +114,28 @@ async def check(ctx: Context) -> CheckResult:
     async def workers() -> None:
         async with ctx.connection() as conn:
             found = await rows(conn, sql.WORKERS)
-        stale: list[str] = []
-        gone: list[str] = []
-        for w in found:
-            age = float(w["seconds_since_update"])
-            if w["status"] == "stopped" or age <= o.stale_worker_seconds:
-                continue
-            (gone if age > max(GONE_AFTER, o.since_seconds) else stale).append(
-                f"{w['worker_id']} ({w['host']} pid {w['pid']}, last beat {fmt_duration(age)} ago)")
+        queue_stats = r.details.get("queue")
+        pending: dict[str, int] | None = None
+        if queue_stats is not None:
+            pending = {}
+            for q in queue_stats["queues"].values():
+                for c in q["consumers"]:
+                    pending[c["name"]] = pending.get(c["name"], 0) + int(c["pending"])
+        v = judge(found, pending, o.stale_worker_seconds, max(GONE_AFTER, o.since_seconds))
         r.details["workers"] = found
-        if stale:
+        if v.stale:
             r.add("stale_workers", "warning",
-                  f"{len(stale)} worker(s) stopped beating more than {fmt_duration(o.stale_worker_seconds)} ago "
-                  "without saying goodbye", listing(stale, 5),
-                  "they crashed or hang: look at the pods' restarts and previous logs",
+                  f"{len(v.stale)} worker(s) stopped beating more than {fmt_duration(o.stale_worker_seconds)} ago "
+                  "without saying goodbye, and nothing took their place", listing(v.stale, 5),
+                  "they crashed or hang: look at the process or pod, its restarts and its last logs",
                   "ms07 recover worker-crash --dry-run")
-        if gone:
-            r.add("gone_workers", "info", f"{len(gone)} worker(s) silent for more than a day", listing(gone, 5))
+        if v.crashed:
+            r.add("crashed_workers", "info", f"{len(v.crashed)} worker(s) crashed earlier; their work went on",
+                  listing(v.crashed, 5),
+                  "read why in their logs; once seen, drop them from this report",
+                  f"ms07 workers forget {' '.join(v.crashed_ids[:5])}")
+        if v.gone:
+            r.add("gone_workers", "info", f"{len(v.gone)} worker(s) silent for more than a day", listing(v.gone, 5))
 
     async def lost() -> None:
         async with ctx.connection() as conn:

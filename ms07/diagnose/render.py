@@ -32,14 +32,21 @@ def verdict(result: CheckResult) -> Text:
 
 
 def report_verdict(report: Report) -> Text:
+    """``CRITICAL: the engine does not answer at ... (health); +4 more in queue CRITICAL, ...``:
+    the most important finding of all (``Report.headline``), then where the others are."""
     text = Text()
     text.append(LABELS[report.status], style=STATUS_STYLE[report.status])
-    bad = [r for r in report.results if r.status != "healthy"]
-    if not bad:
+    head = report.headline()
+    if head is None:
         text.append(f": all {len(report.results)} checks healthy")
-    else:
-        text.append(f": {len(bad)} of {len(report.results)} checks need attention: ")
-        text.append(", ".join(f"{r.check} {LABELS[r.status]}" for r in bad))
+        return text
+    check, first = head
+    text.append(f": {first.summary} ({check})")
+    more = sum(1 for _, f in report.findings() if f.status != "healthy") - 1
+    if more:
+        bad = sorted((r for r in report.results if r.status != "healthy"),
+                     key=lambda r: min(f.order for f in r.findings))
+        text.append(f"; +{more} more in " + ", ".join(f"{r.check} {LABELS[r.status]}" for r in bad))
     return text
 
 
@@ -107,13 +114,15 @@ def render_report(console: Console, report: Report) -> None:
     summary = Table(title="summary", title_justify="left")
     for col in ("check", "status", "critical", "warning", "unknown", "first problem", "ms"):
         summary.add_column(col, overflow="fold")
-    for r in report.results:
+    # Checks ordered by their most important finding, so the first row is where to look.
+    ordered = sorted(report.results, key=lambda r: min((f.order for f in r.findings), default=(0, 0)))
+    for r in ordered:
         counts = {k: sum(1 for f in r.findings if f.status == k) for k in ("critical", "warning", "unknown")}
         first = next((f.summary for f in r.findings if f.status != "healthy"), "")
         summary.add_row(r.check, Text(LABELS[r.status], style=STATUS_STYLE[r.status]),
                         *(str(counts[k]) for k in ("critical", "warning", "unknown")), first, f"{r.duration_ms:.0f}")
     console.print(summary)
-    for r in report.results:
+    for r in ordered:
         console.print()
         console.print(verdict(r))
         render_result(console, r, with_verdict=False)

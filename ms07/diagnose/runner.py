@@ -7,20 +7,23 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 
 from ms07.config import Settings
-from ms07.diagnose import auth, health, latency, memory, queue, timeouts
+from ms07.diagnose import auth, errors, health, latency, memory, queue, timeouts
 from ms07.diagnose.context import Context
-from ms07.diagnose.model import _RANK, CheckResult, Report
+from ms07.diagnose.model import CheckResult, Report
 from ms07.diagnose.options import DiagnoseOptions
 from ms07.logs import clip
 from ms07.runtime import Runtime
 
 CheckFn = Callable[[Context], Awaitable[CheckResult]]
 
-# The guide's order (docs/architecture.md, "Guide procedures"): its five problems, then the engine's own health report.
+# The guide's order (docs/architecture.md, "Guide procedures"): its five problems, then the
+# engine's own health report; ``errors`` (why attempts fail, whatever the cause) sits with
+# the failures it explains.
 CHECKS: dict[str, CheckFn] = {
     "timeouts": timeouts.check,
     "latency": latency.check,
     "auth": auth.check,
+    "errors": errors.check,
     "queue": queue.check,
     "memory": memory.check,
     "health": health.check,
@@ -35,8 +38,9 @@ async def _run_one(name: str, ctx: Context) -> CheckResult:
         result = CheckResult(name)
         result.add("failed", "warning", f"the {name} check failed: {type(exc).__name__}", clip(str(exc), 300),
                    "report this as a bug in ms07 diagnose, with the evidence", unknown=True)
-    # Worst first; parts keep their order within a severity.
-    result.findings.sort(key=lambda f: -_RANK[f.status])
+    # Worst first, then what it stops (nothing delivers > a destination is down); parts
+    # keep their order otherwise.
+    result.findings.sort(key=lambda f: f.order)
     result.duration_ms = round((time.perf_counter() - t0) * 1000, 1)
     return result
 

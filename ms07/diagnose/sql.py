@@ -57,6 +57,33 @@ SELECT destination_name,
  GROUP BY destination_name
 """
 
+# distribution_attempts_started_idx: failures per destination, error code and HTTP status,
+# with when each was first and last seen, its latest message and distribution (diagnose errors).
+ERRORS = """
+SELECT destination_name, coalesce(error_code, 'UNKNOWN') AS error_code, response_status_code,
+       count(*) AS n, min(started_at) AS first_at, max(started_at) AS last_at,
+       (array_agg(coalesce(error_message, '') ORDER BY started_at DESC))[1] AS last_message,
+       (array_agg(distribution_id::text ORDER BY started_at DESC))[1] AS last_distribution_id
+  FROM distribution_attempts
+ WHERE status = 'failed'
+   AND started_at >= now() - make_interval(secs => %(since)s)
+ GROUP BY destination_name, error_code, response_status_code
+ ORDER BY n DESC
+ LIMIT 100
+"""
+
+# distribution_attempts_started_idx: attempts and successes per destination in the window,
+# and when the last success was (a destination with failures and no success is down).
+OUTCOMES = """
+SELECT destination_name, count(*) AS attempts,
+       count(*) FILTER (WHERE status = 'success') AS successes,
+       max(started_at) FILTER (WHERE status = 'success') AS last_success_at,
+       max(started_at) AS last_at
+  FROM distribution_attempts
+ WHERE started_at >= now() - make_interval(secs => %(since)s)
+ GROUP BY destination_name
+"""
+
 # distribution_jobs_processing_created_idx: the guide's "resource usage" query (problem 2, docs/architecture.md).
 ACTIVE = """
 SELECT destination_name, count(*) AS active,
@@ -155,6 +182,8 @@ BIG_TABLE_QUERIES = {
     "latency": LATENCY,
     "active": ACTIVE,
     "auth failures": AUTH_FAILURES,
+    "errors": ERRORS,
+    "outcomes": OUTCOMES,
     "last attempt": LAST_ATTEMPT,
     "open jobs": OPEN_JOBS,
     "still open": STILL_OPEN,

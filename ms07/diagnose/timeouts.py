@@ -77,6 +77,11 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}ms"
 
 
+def _names(entries: list[str]) -> str:
+    """The destinations of ``name: detail`` entries, so the headline says which."""
+    return listing([e.partition(":")[0] for e in entries], 5)
+
+
 def _probe_findings(r: CheckResult, targets: list[dict[str, Any]], probes: list[FullProbe], timeout: float) -> None:
     table = r.section("live probes (DNS, TCP, HTTP)",
                       ["destination", "url", "addresses", "dns", "tcp", "http", "verdict"])
@@ -113,16 +118,16 @@ def _probe_findings(r: CheckResult, targets: list[dict[str, Any]], probes: list[
                            _ms(p.http_ms) if http_checked else "-", verdict])
     r.details["probes"] = [p.as_dict() for p in probes]
     if unreachable:
-        r.add("probe_unreachable", "critical", f"{len(unreachable)} destination(s) cannot be reached",
+        r.add("probe_unreachable", "critical", f"{len(unreachable)} destination(s) cannot be reached: {_names(unreachable)}",
               "; ".join(unreachable), "; ".join(causes[k] for k in sorted(causes)), "ms07 destinations check")
     if hung:
-        r.add("probe_timeout", "critical", f"{len(hung)} destination(s) accept connections but do not answer",
+        r.add("probe_timeout", "critical", f"{len(hung)} destination(s) accept connections but do not answer: {_names(hung)}",
               "; ".join(hung),
               "the service is hung or overloaded: deliveries to it end in READ_TIMEOUT and pile up in "
               "processing; restart or scale the destination, then re-check",
               "ms07 destinations check")
     if http_5xx:
-        r.add("probe_http_error", "critical", f"{len(http_5xx)} destination(s) answer their health check with an error",
+        r.add("probe_http_error", "critical", f"{len(http_5xx)} destination(s) answer their health check with an error: {_names(http_5xx)}",
               "; ".join(http_5xx), "the destination reports itself broken: escalate to its owners",
               "ms07 destinations check")
     if http_bad:
@@ -261,7 +266,7 @@ async def _circuits(ctx: Context, r: CheckResult, targets: list[dict[str, Any]])
         else:
             table.rows.append([t["name"], "-", "-", "-", "-", "-", state, since])
         if state == "open":
-            opened.append(f"{t['name']} (open since {since})")
+            opened.append(f"{t['name']}: open since {since}")
         elif state == "half_open":
             half.append(t["name"])
     d = ctx.settings.distribution
@@ -272,7 +277,7 @@ async def _circuits(ctx: Context, r: CheckResult, targets: list[dict[str, Any]])
     r.add("settings", "info", f"effective defaults: {summary}",
           f"claim_idle_seconds {d.claim_idle_seconds:g}s; per-destination overrides in the table")
     if opened:
-        r.add("circuit_open", "critical", f"circuit open for {len(opened)} destination(s): deliveries are deferred",
+        r.add("circuit_open", "critical", f"circuit open for {len(opened)} destination(s): {_names(opened)}: deliveries are deferred",
               "; ".join(opened),
               "the destination failed failure_threshold times in a row; it is probed again after "
               "recovery_timeout. Fix the destination (see the live probe)", "ms07 destinations check")

@@ -100,7 +100,7 @@ class Engine:
     ) -> None:
         self.settings = settings
         self.dist = settings.distribution
-        self.runtime = runtime or Runtime(settings, pool_size=8, check_connections=False)
+        self.runtime = runtime or Runtime(settings, pool_size=8, check_connections=False, create=True, migrate=True)
         self._owns_runtime = runtime is None
         self.worker_id = worker_id or settings.service.worker_id or (
             f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"

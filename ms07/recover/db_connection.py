@@ -102,8 +102,19 @@ def ready_url(url: str | None) -> str | None:
     return url if url.endswith("/health/ready") else f"{url}/health/ready"
 
 
+OUTSIDE_CLUSTER = [
+    "ms07 health   # the engine reconnects to PostgreSQL by itself: is it healthy again?",
+    "systemctl restart ms07   # under systemd, only if /health/ready stays unhealthy once "
+    "PostgreSQL answers (otherwise restart the `ms07 run` process)",
+]
+
+
 def build(settings: Settings, opts: Options, args: list[str] | None = None) -> Plan:
-    health_url = ready_url(opts.health_url or settings.health_url)
+    from ms07.healthcheck import base_url
+
+    # The same discovery as `ms07 health`: --health-url, else MS07_HEALTH_URL, else the
+    # engine's own port on this machine (not "no health URL, skipped").
+    health_url = ready_url(base_url(settings, opts.health_url))
 
     def ns(c: PlanContext) -> str:
         return f"deployment/{c.kube.deployment} -n {c.kube.namespace}"
@@ -213,6 +224,7 @@ def build(settings: Settings, opts: Options, args: list[str] | None = None) -> P
         summary="Check PostgreSQL and its replication, then restart the pods so they reconnect.",
         cli="ms07 recover db-connection",
         args=list(args or []),
+        outside_cluster=OUTSIDE_CLUSTER,
         steps=[
             Step(
                 "Check that PostgreSQL answers (SELECT 1, timed) and who answered",
@@ -241,6 +253,7 @@ def build(settings: Settings, opts: Options, args: list[str] | None = None) -> P
                 restart,
                 deployment_ok,
                 restarted,
+                needs_cluster=True,
                 if_interrupted=(
                     "the rollout may be under way; the Deployment controller finishes it "
                     "(kubectl rollout status shows it)"

@@ -28,6 +28,7 @@ from ms07.recover.k8s_types import (
     RESTARTED_AT,
     DeploymentState,
     KubeError,
+    KubeNotConfigured,
     KubeNotFound,
     KubeTimeout,
     Permission,
@@ -129,7 +130,7 @@ class Kube:
                 )
                 self.source = f"kubeconfig {default}"
         except (config.ConfigException, OSError) as exc:
-            raise KubeError(
+            raise KubeNotConfigured(
                 f"kubernetes: no usable configuration (not in a cluster, and the kubeconfig "
                 f"failed: {clip(str(exc).splitlines()[0], 200)}); set KUBECONFIG or --kubeconfig"
             ) from None

@@ -33,6 +33,11 @@ class KubeError(Ms07Error):
     status: int | None = None  # the HTTP status, when the API answered
 
 
+class KubeNotConfigured(KubeError):
+    """No cluster here: not in a pod, and no usable kubeconfig. A plan that needs one says
+    so once and what works without it, instead of repeating this on every step."""
+
+
 class KubeNotFound(KubeError, NotFound):
     """A Kubernetes object does not exist."""
 

@@ -67,6 +67,7 @@ class Step:
     verify: Probe | None = None
     changes: bool = True  # False: reads only (shown as such to the reviewer)
     if_interrupted: str = "its effect may be partial"
+    needs_cluster: bool = False  # talks to the Kubernetes API
 
 
 @dataclass
@@ -79,6 +80,8 @@ class Plan:
     cli: str = ""
     args: list[str] = field(default_factory=list)
     after: Callable[[PlanContext], list[str]] | None = None
+    # What to do where there is no Kubernetes (a process, systemd): "command   # why" lines.
+    outside_cluster: list[str] = field(default_factory=list)
 
 
 class Reporter:

@@ -88,6 +88,7 @@ class PlanContext:
         self.facts: dict[str, Any] = {}
         self.resume: dict[str, str | list[str]] = {}
         self.plan_id = ""
+        self.no_cluster: str | None = None  # why Kubernetes cannot be reached, once known
         self._runtime = runtime
         self._owns_runtime = runtime is None
         self._kube = kube
@@ -148,10 +149,15 @@ def resume_command(plan: Plan, ctx: PlanContext, step: int) -> str:
 
 
 async def _check(probe: Probe | None, ctx: PlanContext) -> Check:
+    from ms07.recover.k8s_types import KubeNotConfigured
+
     if probe is None:
         return Check.passed()
     try:
         return await probe(ctx)
+    except KubeNotConfigured as exc:
+        ctx.no_cluster = str(exc)
+        return Check.failed(str(exc))
     except Ms07Error as exc:
         return Check.failed(str(exc))
     except Exception as exc:  # a check that cannot run is a failed check, not a traceback
@@ -182,6 +188,8 @@ async def preview(plan: Plan, ctx: PlanContext, *, from_step: int = 1) -> PlanRe
     finally:
         ctx.facts, ctx.resume = saved
         ctx.previewing = False
+    if ctx.no_cluster is not None:
+        _no_cluster(plan, steps, from_step)
     blocked = [s for s in steps if s.precondition is not None and s.precondition.ok is False]
     result = PlanResult(
         plan.name,
@@ -194,7 +202,23 @@ async def preview(plan: Plan, ctx: PlanContext, *, from_step: int = 1) -> PlanRe
     if blocked:
         result.failed_step = blocked[0].index
         result.message = f"step {blocked[0].index} cannot run: {blocked[0].precondition.message}"  # type: ignore[union-attr]
+    if ctx.no_cluster is not None:
+        # Said once, with what works here instead of the command that just failed.
+        result.message = (f"this procedure needs a Kubernetes cluster and none is configured here "
+                          f"({ctx.no_cluster})" + ("; without one:" if plan.outside_cluster else ""))
+        result.next_steps = list(plan.outside_cluster)
     return result
+
+
+def _no_cluster(plan: Plan, steps: list[StepResult], from_step: int) -> None:
+    """Every step that talks to Kubernetes is blocked with one short line; the reason is
+    given once, in the plan's message."""
+    for sr, step in zip(steps, plan.steps, strict=True):
+        if sr.index < from_step:
+            continue
+        pre = sr.precondition
+        if step.needs_cluster or (pre is not None and pre.ok is False and pre.message.startswith("kubernetes:")):
+            sr.precondition = Check.failed("needs Kubernetes (none is configured here)")
 
 
 async def execute(

@@ -17,6 +17,17 @@ from ms07.recover.k8s import KubeNotFound, PodInfo
 from ms07.recover.plan import Check, Outcome, Plan, PlanContext, Step
 
 LOG_BYTES = 256 * 1024
+# Without Kubernetes the engine is a process (maybe a systemd unit): these work there.
+OUTSIDE_CLUSTER = [
+    "ms07 health   # is an engine answering? (MS07_HEALTH_URL, else 127.0.0.1:service.http_port)",
+    "ms07 diagnose queue   # whether any worker is alive, and what the dead ones still hold",
+    "systemctl status ms07; journalctl -u ms07 -n 50   # under systemd: why it stopped; "
+    "then systemctl restart ms07",
+    "ms07 run   # not under systemd: start the engine again; the last lines of the old one's "
+    "log say why it died",
+    "ms07 recover reclaim-pending --dry-run   # a new engine takes a dead worker's entries over "
+    "by itself after claim_idle_seconds; this does it now",
+]
 
 
 @dataclass
@@ -223,6 +234,7 @@ def build(settings: Settings, opts: Options, args: list[str] | None = None) -> P
         summary="Find crashed worker pods, read why they died, replace them one by one.",
         cli="ms07 recover worker-crash",
         args=list(args or []),
+        outside_cluster=OUTSIDE_CLUSTER,
         steps=[
             Step(
                 "List the deployment's pods with status, restarts and last termination",
@@ -234,6 +246,7 @@ def build(settings: Settings, opts: Options, args: list[str] | None = None) -> P
                 listable,
                 changes=False,
                 if_interrupted="nothing was changed",
+                needs_cluster=True,
             ),
             Step(
                 "Read the previous (crashed) container's logs",
@@ -243,6 +256,7 @@ def build(settings: Settings, opts: Options, args: list[str] | None = None) -> P
                 previous_logs,
                 changes=False,
                 if_interrupted="nothing was changed",
+                needs_cluster=True,
             ),
             Step(
                 "Delete each crashed pod and wait for its replacement to be Ready",
@@ -258,6 +272,7 @@ def build(settings: Settings, opts: Options, args: list[str] | None = None) -> P
                     "a pod may be deleted with its replacement not Ready yet; the Deployment "
                     "controller still creates it (kubectl get pods shows it)"
                 ),
+                needs_cluster=True,
             ),
             Step(
                 "Show the first log lines of each new pod",
@@ -267,6 +282,7 @@ def build(settings: Settings, opts: Options, args: list[str] | None = None) -> P
                 still_up,
                 changes=False,
                 if_interrupted="nothing was changed",
+                needs_cluster=True,
             ),
         ],
     )

@@ -181,11 +181,14 @@ async def _recover(
         else:
             text = s.message or s.verification
             out.lines.append(f"{s.index}. {s.title}: {s.status}" + (f": {text}" if text else ""))
-    if result.message:
-        out.lines.append(result.message)
     out.lines += [f"next: {n}" for n in result.next_steps]
+    if result.message:
+        out.lines.append(result.message)  # last: the runbook quotes it as the step's message
     if result.status == "failed":
         out.next_command = result.resume_command
+    elif result.status == "blocked" and result.next_steps:
+        # e.g. no Kubernetes here: what works here, not the command that just failed.
+        out.next_command = result.next_steps[0].split("   #")[0].strip()
     elif result.status in ("blocked", "declined"):
         out.next_command = f"{plan.cli} {' '.join([*plan.args, '--dry-run'])}".strip()
     elif result.next_steps:

@@ -10,7 +10,9 @@ Every step's start and end is written to ``recovery_audit`` (and the audit JSONL
 under the run id, which is also the plan id of the recover procedures the run starts.
 A dry run writes nothing anywhere: recover steps are previewed, diagnose steps read, and
 a verification that is not met yet is reported as ``unmet`` (the remediation was only
-previewed), not as a failure.
+previewed), not as a failure. A diagnose step that finds a problem is ``found``, never
+``passed``; a dry run that found one exits 1, and says what a real run would change
+(``would_change``) and what it would not (``would_not``).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ class StepRun:
     command: str
     when: str | None = None
     expect: str | None = None
-    state: str = "not run"  # passed, failed, skipped, unmet (dry run), interrupted, not run
+    state: str = "not run"  # passed, found, failed, skipped, unmet (dry run), interrupted, not run
     verdict: str = ""  # the command's own: healthy, critical, completed, dry-run, failed, ...
     status: str = "none"
     severity: str = "none"
@@ -71,13 +73,22 @@ class RunbookRun:
     remedy: str = ""
     audit_file: str | None = None
     audit_db: str | None = None
+    would_change: list[str] = field(default_factory=list)  # dry run: what a real run would do
+    would_not: list[str] = field(default_factory=list)  # dry run: remediation it would skip
 
     @property
     def ok(self) -> bool:
         return self.status in ("completed", "dry-run")
 
     @property
+    def problems(self) -> list[int]:
+        """Steps that found a problem still there (a diagnose finding, an unmet verification)."""
+        return [s.index for s in self.steps if s.state in ("found", "unchecked", "unmet")]
+
+    @property
     def exit_code(self) -> int:
+        if self.status == "dry-run":
+            return 1 if self.problems else 0  # a preview of a problem is not an all-clear
         return 0 if self.ok else 1
 
     def to_dict(self) -> dict[str, Any]:
@@ -174,6 +185,8 @@ async def run(
                 break
         if result.status == "running":
             result.status = "dry-run" if dry_run else "completed"
+        if result.status == "dry-run":
+            _what_a_real_run_would_do(book, result)
         if trail is not None:
             await trail.write(
                 None,
@@ -192,6 +205,16 @@ async def run(
     finally:
         await asyncio.shield(audit_ctx.aclose())
     return result
+
+
+def _what_a_real_run_would_do(book: Runbook, result: RunbookRun) -> None:
+    for step, sr in zip(book.steps, result.steps, strict=True):
+        if step.phase != "remediation":
+            continue
+        if sr.state == "skipped":
+            result.would_not.append(f"step {sr.index} ({step.run}): {sr.message}")
+        elif step.command.changes:
+            result.would_change.append(f"step {sr.index}: {step.run}")
 
 
 async def _interrupted(trail: Any, sr: StepRun, line: str) -> None:
@@ -262,6 +285,11 @@ async def _step(
         problem = f"could not verify: {unknown}"
     elif expect is not None and not expect.evaluate(facts):
         problem = f"expect: {expect.text} is not met ({sr.command}: {out.verdict})"
+    elif step.phase == "diagnose" and out.status in ("warning", "critical", "unknown"):
+        # Finding it is the step's job (the run goes on), but it is not a pass; nor is a
+        # check that could not look.
+        sr.state = "found" if out.status != "unknown" else "unchecked"
+        sr.message = out.lines[0] if out.lines else out.verdict
     else:
         sr.state = "passed"
     if problem is not None:

@@ -88,3 +88,27 @@ async def prune(conn: psycopg.AsyncConnection[Any], keep_days: float = 7.0) -> N
         "AND updated_at < now() - make_interval(days => %s)",
         (int(keep_days),),
     )
+
+
+async def forget(conn: psycopg.AsyncConnection[Any], worker_id: str, silent_seconds: float) -> dict[str, Any] | None:
+    """Delete the row of a worker silent for at least ``silent_seconds`` (an operator has
+    read that it crashed) and return it; None when there is no such worker. A worker that
+    beat more recently is alive: :class:`ValueError`, nothing is deleted."""
+    async with conn.transaction():
+        async with conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                """SELECT worker_id, host, pid, started_at, updated_at, status,
+                          EXTRACT(EPOCH FROM (now() - updated_at)) AS seconds_since_update
+                     FROM worker_heartbeats WHERE worker_id = %s FOR UPDATE""",
+                (worker_id,),
+            )
+            row = await cur.fetchone()
+            if row is None:
+                return None
+            if row["status"] != "stopped" and float(row["seconds_since_update"]) < silent_seconds:
+                raise ValueError(
+                    f"worker {worker_id} beat {float(row['seconds_since_update']):.0f}s ago: it is alive; "
+                    "only a worker that stopped beating can be forgotten"
+                )
+            await cur.execute("DELETE FROM worker_heartbeats WHERE worker_id = %s", (worker_id,))
+            return dict(row)

@@ -82,6 +82,24 @@ async def acli(cli: Callable[..., Result], *args: Any, **kwargs: Any) -> Result:
     return await asyncio.to_thread(cli, *args, **kwargs)
 
 
+def hold(redis_url: str, consumer: str, n: int = 1, queue: str = "default") -> None:
+    """Make ``consumer`` hold ``n`` pending entries of ``queue`` (it read them, never acked)."""
+    import redis
+
+    from ms07 import keys
+
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    stream = keys.stream(queue)
+    try:
+        r.xgroup_create(stream, keys.GROUP, id="$", mkstream=True)
+    except redis.ResponseError:
+        pass  # BUSYGROUP: it exists
+    for i in range(n):
+        r.xadd(stream, {"id": f"00000000-0000-0000-0000-{i:012d}", "destination": "d1"})
+    r.xreadgroup(keys.GROUP, consumer, {stream: ">"}, count=n)
+    r.close()
+
+
 def parse(result: Result) -> dict[str, Any]:
     return json.loads(result.stdout)
 

@@ -46,6 +46,7 @@ async def test_healthy_system_exits_0_without_warnings(
         "timeouts",
         "latency",
         "auth",
+        "errors",
         "queue",
         "memory",
         "health",
@@ -54,7 +55,7 @@ async def test_healthy_system_exits_0_without_warnings(
         cli, ["diagnose", "all", "--url", url], config=config_file(destinations=dests)
     )
     assert text.exit_code == 0
-    assert text.stdout.splitlines()[0] == "OK: all 6 checks healthy"
+    assert text.stdout.splitlines()[0] == "OK: all 7 checks healthy"
     report = await run_checks_async(settings)
     assert {r.check: r.status for r in report.results}["latency"] == "healthy"
 

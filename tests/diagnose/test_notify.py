@@ -71,6 +71,10 @@ async def test_min_severity_and_priorities_come_from_config(
         "INSERT INTO worker_heartbeats (worker_id, host, pid, started_at, updated_at, version) "
         "VALUES ('w-stale', 'h', 1, now(), now() - interval '10 minutes', 'x')"
     )
+    # A warning of the queue check (a silent worker holding nothing is only INFO now).
+    r = redis.Redis.from_url(redis_url)
+    r.xadd(keys.DLQ, {"distribution_id": "x", "reason": "permanent_failure"})
+    r.close()
     settings = make_settings(
         escalation={
             "alertmanager_url": sink.url("/api/v2/alerts"),
@@ -82,7 +86,7 @@ async def test_min_severity_and_priorities_come_from_config(
     alerts = build_alerts(settings, report)
     assert {(a["labels"]["finding"], a["labels"]["priority"]) for a in alerts} == {
         ("queue.maxmemory_policy", "P2"),
-        ("queue.stale_workers", "P3"),
+        ("queue.dlq", "P3"),
     }
     assert all(
         a["labels"]["team"] == "backend" for a in alerts

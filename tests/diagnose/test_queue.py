@@ -6,7 +6,7 @@ import redis
 
 from ms07 import keys
 from ms07.diagnose import run_check_async
-from tests.diagnose.conftest import acli, ids, parse, validate_check
+from tests.diagnose.conftest import acli, hold, ids, parse, validate_check
 
 
 def client(url: str) -> redis.Redis:
@@ -108,7 +108,7 @@ async def test_stale_workers_dlq_and_overdue_retries(make_settings, db, redis_ur
     import time
 
     db.execute("INSERT INTO worker_heartbeats (worker_id, host, pid, started_at, updated_at, version) VALUES "
-               "('w-stale', 'h', 1, now(), now() - interval '10 minutes', 'x'), "
+               "('w-stale', 'h-old', 1, now(), now() - interval '10 minutes', 'x'), "
                "('w-ancient', 'h', 2, now(), now() - interval '3 days', 'x'), "
                "('w-ok', 'h', 3, now(), now(), 'x')")
     db.execute("INSERT INTO worker_heartbeats (worker_id, host, pid, started_at, updated_at, status, version) "
@@ -119,6 +119,7 @@ async def test_stale_workers_dlq_and_overdue_retries(make_settings, db, redis_ur
     r.zadd(keys.delayed("default"), {"00000000-0000-0000-0000-000000000002": time.time() - 600})
     r.set(keys.heartbeat("w-ok"), "{}")
     r.close()
+    hold(redis_url, "w-stale", 2)  # still holds work and nothing took its place: a WARNING
     result = await run_check_async(make_settings(), "queue")
     stale = result.finding("stale_workers")
     assert stale.severity == "warning" and "w-stale" in stale.evidence

@@ -70,7 +70,7 @@ async def test_queue_message_loss_reclaims_requeues_and_delivers(live: Any) -> N
     assert mine == [
         (None, "started"),
         (1, "running"),
-        (1, "passed"),
+        (1, "found"),  # the diagnose step found the problem: not a pass
         (2, "skipped"),
         (3, "running"),
         (3, "passed"),
@@ -95,8 +95,12 @@ async def test_queue_message_loss_dry_run_describes_and_changes_nothing(live: An
     env = await live()
     lost = [env.job() for _ in range(2)]
     result = await env.run("queue-message-loss", dry_run=True)
-    assert result.status == "dry-run" and result.exit_code == 0
+    assert result.status == "dry-run" and result.exit_code == 1  # it found a problem
     by = {s.index: s for s in result.steps}
+    assert by[1].state == "found"
+    # What a real run would and would not change.
+    assert result.would_change == ["step 4: ms07 recover requeue-from-db --yes"], result.would_change
+    assert any(x.startswith("step 3 (ms07 recover reclaim-pending") for x in result.would_not)
     assert "queue.lost_messages" in " ".join(by[1].lines)
     assert by[3].state == "skipped"  # no dead consumer
     assert by[4].verdict == "dry-run" and any("would run" in x for x in by[4].lines)
