@@ -30,7 +30,6 @@ from ms07.config import redact_url
 from ms07.errors import DependencyUnavailable
 from ms07.logs import clip
 
-
 # Move due retries back to their stream. KEYS: delayed, stream. ARGV: now, limit.
 _MOVE_DUE = """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
