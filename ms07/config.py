@@ -749,12 +749,11 @@ def validate(
             f"must exceed timeout_seconds ({dist.timeout_seconds:g}) or a slow delivery "
             "is handed to a second worker while the first still runs",
         )
-    for dest in settings.destinations:
-        eff = dest.timeout_seconds if dest.timeout_seconds is not None else dist.timeout_seconds
-        if dist.claim_idle_seconds <= eff:
+    for resolved in settings.effective.values():  # built here, once: what every reader gets
+        if dist.claim_idle_seconds <= resolved.timeout_seconds:
             fail(
-                f"destinations.{dest.name}.timeout_seconds",
-                f"{eff:g}s is not below distribution.claim_idle_seconds "
+                f"destinations.{resolved.name}.timeout_seconds",
+                f"{resolved.timeout_seconds:g}s is not below distribution.claim_idle_seconds "
                 f"({dist.claim_idle_seconds:g})",
             )
     if dist.default_priority not in dist.priorities:

@@ -170,12 +170,14 @@ def test_redact_url() -> None:
         ("max_attempts: 0", "destinations.a.max_attempts: must be between 1 and 2147483647, got 0 (line 4)"),
         ("connect_timeout_seconds: -1", "destinations.a.connect_timeout_seconds: must be positive, got -1 (line 4)"),
         ("retry_base_delay_seconds: 0", "destinations.a.retry_base_delay_seconds: must be positive, got 0 (line 4)"),
-        ("retry_backoff_multiplier: 0.5", "destinations.a.retry_backoff_multiplier: must be at least 1, got 0.5 (line 4)"),
+        ("retry_backoff_multiplier: 0.5",
+         "destinations.a.retry_backoff_multiplier: must be at least 1, got 0.5 (line 4)"),
         ("max_payload_bytes: 0", "destinations.a.max_payload_bytes: must be between 1 and 1073741823, got 0 (line 4)"),
         ("circuit_breaker: {failure_threshold: 0}",
          "destinations.a.circuit_breaker.failure_threshold: must be at least 1, got 0 (line 4)"),
         ("pool: {keepalive_expiry: -1}", "destinations.a.pool.keepalive_expiry: must be at least 0, got -1 (line 4)"),
-        ("rate_limit: {per_second: 5, burst: 0}", "destinations.a.rate_limit.burst: must be at least 1, got 0 (line 4)"),
+        ("rate_limit: {per_second: 5, burst: 0}",
+         "destinations.a.rate_limit.burst: must be at least 1, got 0 (line 4)"),
     ],
 )
 def test_a_destination_number_out_of_range_is_refused_at_load(tmp_path: Path, entry: str, message: str) -> None:
@@ -237,7 +239,8 @@ destinations:
 
 
 def test_moved_diagnose_keys_still_work_and_warn(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    path = write(tmp_path, "diagnose:\n  stuck_after_minutes: 20\n  stale_worker_minutes: 2\n  probe_timeout_seconds: 1.5\n")
+    path = write(tmp_path, "diagnose:\n  stuck_after_minutes: 20\n  stale_worker_minutes: 2\n"
+                           "  probe_timeout_seconds: 1.5\n")
     with caplog.at_level("WARNING", logger="ms07.config"):
         s = load_settings(path, environ={})
     assert (s.service.stale_worker_minutes, s.service.probe_timeout_seconds) == (2.0, 1.5)
@@ -260,7 +263,8 @@ def test_moved_diagnose_keys_still_work_and_warn(tmp_path: Path, caplog: pytest.
         load_settings(None, environ={"MS07_DIAGNOSE__PROBE_TIMEOUT_SECONDS": "fast"})
 
 
-def test_new_keys_load_silently_and_both_spellings_are_refused(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_new_keys_load_silently_and_both_spellings_are_refused(tmp_path: Path,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level("WARNING", logger="ms07.config"):
         s = load_settings(write(tmp_path, "service: {stale_worker_minutes: 3}\n"), environ={})
     assert s.service.stale_worker_minutes == 3.0 and not caplog.records
