@@ -166,7 +166,7 @@ def settings_for(database_url: str, redis_url: str, state: Path) -> Any:
     from ms07.config import load_settings
 
     cfg = state / "bench-config.yaml"
-    lines = ["service: {http_port: 9}", "diagnose: {probe_timeout_seconds: 1}", "destinations:"]
+    lines = ["service: {http_port: 9, probe_timeout_seconds: 1}", "destinations:"]
     for i in range(DESTINATIONS):
         lines += [f"  - name: dest-{i}", "    url: http://127.0.0.1:9/in", "    health_url: http://127.0.0.1:9/health"]
     cfg.write_text("\n".join(lines) + "\n")

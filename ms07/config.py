@@ -9,7 +9,9 @@ settings: they are *references* (``token_env`` / ``token_file``) resolved at use
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
+import logging
 import math
 import os
 import re
@@ -17,12 +19,15 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import yaml
 
 from ms07.errors import ConfigError
+
+if TYPE_CHECKING:
+    from ms07.resolved import ResolvedDestination
 
 ENV_PREFIX = "MS07_"
 AUTH_TYPES = ("none", "bearer", "api_key", "basic", "oauth2_client_credentials")
@@ -110,7 +115,9 @@ class DestinationConfig:
     retry_backoff_multiplier: float | None = None
     max_retry_delay: float | None = None
     max_payload_bytes: int | None = None
-    circuit_breaker: dict[str, float] = field(default_factory=dict)
+    # None: the global section. From a file, the keys a destination leaves out are the
+    # global section's (load_settings fills them in).
+    circuit_breaker: CircuitBreakerConfig | None = None
 
     def public(self) -> dict[str, Any]:
         """The configuration as stored in ``destinations.configuration``: no secret values."""
@@ -133,6 +140,11 @@ class ServiceConfig:
     heartbeat_interval_seconds: float = 10.0
     heartbeat_ttl_seconds: int = 60
     health_check_interval_seconds: float = 30.0
+    # Each stage of a destination probe: the engine's health checks (twice this, at most
+    # 5 s), ``destinations check`` and diagnose's live probes.
+    probe_timeout_seconds: float = 3.0
+    # A worker silent this long is stale (/health/ready, diagnose); 3x: marked dead.
+    stale_worker_minutes: float = 5.0
     debug_memory: bool = False
     api_token_file: str | None = None
     worker_id: str | None = None
@@ -174,9 +186,7 @@ class NetworkConfig:
 class DiagnoseConfig:
     stuck_after_minutes: float = 30.0
     stale_health_minutes: float = 10.0
-    stale_worker_minutes: float = 5.0
     p95_threshold_ms: float = 500.0
-    probe_timeout_seconds: float = 3.0
     rss_growth_warning_percent: float = 20.0
     token_expiry_warning_hours: float = 24.0
     # Open jobs younger than this are not yet "lost" (the XADD follows the INSERT).
@@ -249,6 +259,20 @@ class Settings:
     @property
     def destination_names(self) -> list[str]:
         return [d.name for d in self.destinations]
+
+    @functools.cached_property
+    def effective(self) -> dict[str, ResolvedDestination]:
+        """Every destination with the settings it actually gets (see ms07.resolved), in
+        file order. Built once per Settings: by load_settings, which validates them."""
+        from ms07.resolved import resolve
+
+        return {d.name: resolve(self, d) for d in self.destinations}
+
+    def resolved(self, name: str) -> ResolvedDestination:
+        try:
+            return self.effective[name]
+        except KeyError:
+            raise ConfigError(f"unknown destination {name!r}") from None
 
     def api_token(self, *, strict: bool = False) -> str | None:
         """The bearer token guarding /health and /api, from MS07_API_TOKEN or a file.
@@ -372,6 +396,7 @@ class _Converter:
         self.source = source
         self.origins = origins or {}  # key -> the MS07_* variable that set it
         self.lines: dict[str, int] = {}
+        self.given: dict[str, set[str]] = {}  # path of a mapping -> the keys it set
 
     def fail(self, path: str, message: str, line: int | None) -> typing.NoReturn:
         if path in self.origins:  # the value came from the environment, not from the file
@@ -445,6 +470,7 @@ class _Converter:
                 and f.name not in kwargs
             ):
                 self.fail(f"{path}.{f.name}" if path else f.name, "is required", line)
+        self.given[path] = set(kwargs)
         return cls(**kwargs)
 
 
@@ -554,12 +580,53 @@ def load_settings(
     data.update({k: v for k, v in overrides.items() if v is not None})
     for key in overrides:
         origins.pop(key, None)
+    _move_deprecated(data, source, origins)
     converter = _Converter(source, origins)
     settings = converter.dataclass(Settings, data, "", None)
-    settings = dataclasses.replace(settings, source=source,
+    settings = dataclasses.replace(settings, source=source, destinations=_inherit_breakers(settings, converter.given),
                                    k8s_namespace=settings.k8s_namespace or default_k8s_namespace(environ))
     validate(settings, source, converter.lines, origins)
     return settings
+
+
+def _inherit_breakers(settings: Settings, given: dict[str, set[str]]) -> list[DestinationConfig]:
+    """A destination's ``circuit_breaker`` names the keys it changes; the others are the
+    global section's (not the class defaults)."""
+    out = []
+    for i, dest in enumerate(settings.destinations):
+        if dest.circuit_breaker is not None:
+            own = {k: getattr(dest.circuit_breaker, k) for k in given.get(f"destinations[{i}].circuit_breaker", ())}
+            dest = dataclasses.replace(dest, circuit_breaker=dataclasses.replace(settings.circuit_breaker, **own))
+        out.append(dest)
+    return out
+
+
+# Keys that moved: (old section, key) -> new section. The old spelling still works, with
+# one WARNING line at load. Both spellings at once is an error: neither silently wins.
+MOVED_KEYS = {("diagnose", "stale_worker_minutes"): "service", ("diagnose", "probe_timeout_seconds"): "service"}
+_log = logging.getLogger("ms07.config")
+
+
+def _move_deprecated(data: dict[str, Any], source: str, origins: dict[str, str]) -> None:
+    for (old_section, key), new_section in MOVED_KEYS.items():
+        old, new = data.get(old_section), data.get(new_section)
+        if not isinstance(old, dict) or key not in old or not isinstance(new, dict | None):
+            continue  # a section that is not a mapping: the converter says so
+        old_key, new_key = f"{old_section}.{key}", f"{new_section}.{key}"
+        old_line = getattr(old, "lines", {}).get(key)
+        variable = origins.pop(old_key, None)
+        if variable is not None:  # MS07_DIAGNOSE__<KEY>
+            where, instead = f"{variable}: {old_key}", f"{ENV_PREFIX}{new_section.upper()}__{key.upper()}"
+            origins[new_key] = variable
+        else:
+            where, instead = f"{source}: {old_key}" + (f" (line {old_line})" if old_line else ""), new_key
+        new = new or {}
+        if key in new:
+            raise ConfigError(_one_line(f"{where} and {new_key} are the same setting: remove {old_key}"))
+        _log.warning(_one_line(f"{where} is deprecated: set {instead} instead"))
+        lines = {**getattr(new, "lines", {}), **({key: old_line} if old_line else {})}
+        data[new_section] = _Mapping({**new, key: old[key]}, lines)
+        data[old_section] = _Mapping({k: v for k, v in old.items() if k != key}, getattr(old, "lines", {}))
 
 
 SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
@@ -671,29 +738,24 @@ def validate(
                 message = f"{redact_url(url)!r} has no scheme: write http:// or https:// before the host"
             fail(key, message)
 
+    from ms07.resolved import range_problems
+
     dist = settings.distribution
-    if dist.timeout_seconds <= 0:
-        fail("distribution.timeout_seconds", "must be positive")
+    for key, problem in range_problems(settings):
+        fail(key, problem)
     if dist.claim_idle_seconds <= dist.timeout_seconds:
         fail(
             "distribution.claim_idle_seconds",
             f"must exceed timeout_seconds ({dist.timeout_seconds:g}) or a slow delivery "
             "is handed to a second worker while the first still runs",
         )
-    for dest in settings.destinations:
-        eff = dest.timeout_seconds or dist.timeout_seconds
-        if dist.claim_idle_seconds <= eff:
+    for resolved in settings.effective.values():  # built here, once: what every reader gets
+        if dist.claim_idle_seconds <= resolved.timeout_seconds:
             fail(
-                f"destinations.{dest.name}.timeout_seconds",
-                f"{eff:g}s is not below distribution.claim_idle_seconds "
+                f"destinations.{resolved.name}.timeout_seconds",
+                f"{resolved.timeout_seconds:g}s is not below distribution.claim_idle_seconds "
                 f"({dist.claim_idle_seconds:g})",
             )
-    if dist.max_attempts < 1:
-        fail("distribution.max_attempts", "must be at least 1")
-    if dist.retry_backoff_multiplier < 1:
-        fail("distribution.retry_backoff_multiplier", "must be at least 1")
-    if dist.max_payload_bytes <= 0:
-        fail("distribution.max_payload_bytes", "must be positive")
     if dist.default_priority not in dist.priorities:
         fail("distribution.default_priority", f"must be one of {dist.priorities}")
     for p in dist.priorities:
@@ -731,19 +793,8 @@ def validate(
         if dest.method.upper() not in ("POST", "PUT", "PATCH"):
             fail(f"{key}.method", "must be POST, PUT or PATCH")
         _validate_auth(dest, fail, check_url)
-        if dest.batch and not (1 <= dest.batch.max_items <= 10000):
-            fail(f"{key}.batch.max_items", "must be between 1 and 10000")
-        if dest.batch and dest.batch.max_concurrent < 1:
-            fail(f"{key}.batch.max_concurrent", "must be at least 1")
         if dest.signing and not (dest.signing.secret_env or dest.signing.secret_file):
             fail(f"{key}.signing", "needs secret_env or secret_file")
-        if dest.rate_limit and dest.rate_limit.per_second <= 0:
-            fail(f"{key}.rate_limit.per_second", "must be positive")
-        if dest.pool.max_connections < 1:
-            fail(f"{key}.pool.max_connections", "must be at least 1")
-        unknown_cb = set(dest.circuit_breaker) - {"failure_threshold", "recovery_timeout"}
-        if unknown_cb:
-            fail(f"{key}.circuit_breaker.{sorted(unknown_cb)[0]}", "unknown key")
         for header in dest.headers:
             if header.lower() in ("authorization", "idempotency-key"):
                 fail(f"{key}.headers.{header}", "is set by ms07; use auth instead")
@@ -754,6 +805,9 @@ def _validate_diagnose(settings: Settings, fail: typing.Callable[[str, str], Any
     for f in dataclasses.fields(DiagnoseConfig):
         if getattr(settings.diagnose, f.name) <= 0:
             fail(f"diagnose.{f.name}", "must be positive")
+    for name in ("probe_timeout_seconds", "stale_worker_minutes"):
+        if getattr(settings.service, name) <= 0:
+            fail(f"service.{name}", "must be positive")
     esc = settings.escalation
     severities = ("info", "warning", "critical")
     if esc.min_severity not in severities:

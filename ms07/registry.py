@@ -31,7 +31,7 @@ async def listing(rt: Runtime) -> list[dict[str, Any]]:
         rows = {r["name"]: r for r in await dest_store.list_destinations(conn)}
     redis = await rt.redis()
     out = []
-    for dest in settings.destinations:
+    for dest in settings.effective.values():
         row = rows.get(dest.name, {})
         circuit = await redis.hgetall(keys.circuit(dest.name))
         out.append({
@@ -46,7 +46,7 @@ async def listing(rt: Runtime) -> list[dict[str, Any]]:
             "pool": {"max_connections": dest.pool.max_connections,
                      "max_keepalive_connections": dest.pool.max_keepalive_connections,
                      "keepalive_expiry": dest.pool.keepalive_expiry},
-            "timeout_seconds": dest.timeout_seconds or settings.distribution.timeout_seconds,
+            "timeout_seconds": dest.timeout_seconds,
             "batch": None if dest.batch is None else {"max_items": dest.batch.max_items,
                                                       "max_wait_ms": dest.batch.max_wait_ms},
             "rate_limit_per_second": dest.rate_limit.per_second if dest.rate_limit else None,
@@ -61,13 +61,13 @@ async def check(settings: Settings, names: list[str] | None = None, timeout: flo
     """The live probe (DNS, TCP, HTTP GET of the health URL, or the URL) of each destination."""
     from ms07.engine.auth import provider_for
 
-    dests = settings.destinations
+    dests = list(settings.effective.values())
     if names:
         unknown = [n for n in names if n not in settings.destination_names]
         if unknown:
             raise NotFound(f"unknown destination {unknown[0]!r} (known: {', '.join(settings.destination_names)})")
         dests = [d for d in dests if d.name in names]
-    timeout = timeout or settings.diagnose.probe_timeout_seconds
+    timeout = timeout or settings.service.probe_timeout_seconds
     probes = await asyncio.gather(*(
         probe_full(d.health_url or d.url, timeout=timeout, auth=provider_for(d)) for d in dests
     ))

@@ -72,7 +72,7 @@ def build_jobs(
         raise UsageError("at least one destination is required")
     if len(set(destinations)) != len(destinations):
         raise UsageError("a destination is named twice")
-    known = {d.name: d for d in settings.destinations if d.enabled}
+    known = {d.name: d for d in settings.effective.values() if d.enabled}
     for name in destinations:
         if not isinstance(name, str) or name not in known:
             listed = ", ".join(sorted(known)) or "none configured"
@@ -92,7 +92,7 @@ def build_jobs(
     out = []
     for name in destinations:
         dest = known[name]
-        limit = dest.max_payload_bytes or settings.distribution.max_payload_bytes
+        limit = dest.max_payload_bytes
         if len(body) > limit:
             raise PayloadTooLarge(
                 f"payload is {len(body)} bytes, over the {limit}-byte limit of destination {name!r}"
@@ -106,7 +106,7 @@ def build_jobs(
                 correlation_id=correlation,
                 priority=prio,
                 idempotency_key=idempotency_key,
-                max_attempts=dest.max_attempts or settings.distribution.max_attempts,
+                max_attempts=dest.max_attempts,
             )
         )
     return out, correlation

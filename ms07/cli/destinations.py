@@ -46,7 +46,7 @@ def sync(ctx: typer.Context) -> None:
 def check(
     ctx: typer.Context,
     names: list[str] = typer.Argument(None, help="Destinations to probe (default: all)."),
-    timeout: float = typer.Option(None, "--timeout", help="Seconds per stage (default diagnose.probe_timeout_seconds)."),
+    timeout: float = typer.Option(None, "--timeout", help="Seconds per stage (default service.probe_timeout_seconds)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Probe destinations live: DNS resolve, TCP connect and an authenticated GET of the health URL."""

@@ -11,18 +11,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from ms07.config import DestinationConfig
 from ms07.diagnose import sql
-from ms07.diagnose.common import effective, num, rows
+from ms07.diagnose.common import num, rows
 from ms07.diagnose.context import Context, part
 from ms07.diagnose.model import CheckResult, fmt_duration
+from ms07.resolved import ResolvedDestination
 
 BATCHING_RATE = 20.0  # attempts per second above which batching pays off
 SATURATION = 0.8
 
 
 def _remedy(
-    ctx: Context, name: str, cfg: DestinationConfig | None, row: dict[str, Any], active: dict[str, int],
+    ctx: Context, name: str, cfg: ResolvedDestination | None, row: dict[str, Any], active: dict[str, int],
     live_workers: int,
 ) -> tuple[str, str]:
     """(remedy, command) for a destination whose p95 is too high, from what the data shows."""
@@ -84,7 +84,7 @@ async def check(ctx: Context) -> CheckResult:
 
     if not await part(r, "latency per destination", load):
         return r
-    configs = {d.name: d for d in ctx.settings.destinations}
+    configs = ctx.settings.effective
     table = r.section(f"latency, last {o.since_text}",
                       ["destination", "attempts", "avg ms", "p50 ms", "p95 ms", "p99 ms", "max ms", "failed"])
     slow, failing = [], []
@@ -100,19 +100,18 @@ async def check(ctx: Context) -> CheckResult:
     pools = r.section("pool limits in force",
                       ["destination", "max_connections", "keepalive", "keepalive_expiry", "in flight", "batch",
                        "rate limit", "timeout"])
-    for d in ctx.settings.destinations:
-        e = effective(ctx.settings, d)
+    for d in ctx.settings.effective.values():
         pools.rows.append([d.name, str(d.pool.max_connections), str(d.pool.max_keepalive_connections),
                            f"{d.pool.keepalive_expiry:g}s", str(active.get(d.name, 0)),
                            f"{d.batch.max_items} / {d.batch.max_wait_ms}ms" if d.batch else "-",
-                           f"{d.rate_limit.per_second:g}/s" if d.rate_limit else "-", f"{e['timeout_seconds']:g}s"])
+                           f"{d.rate_limit.per_second:g}/s" if d.rate_limit else "-", f"{d.timeout_seconds:g}s"])
     if not stats:
         r.add("p95", "info", f"no delivery attempt in the last {o.since_text}")
     for s in slow:
         name = s["destination_name"]
         cfg = configs.get(name)
         remedy, command = _remedy(ctx, name, cfg, s, active, live_workers)
-        timeout_ms = float(effective(ctx.settings, cfg)["timeout_seconds"]) * 1000 if cfg else 0.0
+        timeout_ms = cfg.timeout_seconds * 1000 if cfg else 0.0
         near_timeout = bool(timeout_ms) and s["p95_ms"] >= 0.8 * timeout_ms
         r.add("p95_high", "critical" if near_timeout else "warning",
               f"{name}: p95 {s['p95_ms']:.0f} ms > {o.p95_threshold_ms:g} ms"

@@ -63,14 +63,15 @@ class DiagnoseOptions:
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> DiagnoseOptions:
-        """Defaults from the ``diagnose:`` config section; ``overrides`` (None = keep) win."""
+        """Defaults from the ``diagnose:`` config section (the probe timeout and the
+        stale-worker age: ``service:``, the engine uses them too); ``overrides`` (None = keep) win."""
         d = settings.diagnose
         base = cls(
             stuck_after_seconds=d.stuck_after_minutes * 60,
             stale_health_seconds=d.stale_health_minutes * 60,
-            stale_worker_seconds=d.stale_worker_minutes * 60,
+            stale_worker_seconds=settings.service.stale_worker_minutes * 60,
             p95_threshold_ms=d.p95_threshold_ms,
-            probe_timeout_seconds=d.probe_timeout_seconds,
+            probe_timeout_seconds=settings.service.probe_timeout_seconds,
             rss_growth_warning_percent=d.rss_growth_warning_percent,
             token_expiry_warning_seconds=d.token_expiry_warning_hours * 3600,
             lost_grace_seconds=d.lost_grace_seconds,

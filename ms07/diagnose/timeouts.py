@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from ms07 import keys
 from ms07.diagnose import sql
-from ms07.diagnose.common import effective, rows
+from ms07.diagnose.common import rows
 from ms07.diagnose.context import Context, part
 from ms07.diagnose.model import CheckResult, fmt_duration, listing
 from ms07.logs import clip
@@ -27,7 +27,7 @@ def destinations(ctx: Context, db_rows: list[dict[str, Any]]) -> list[dict[str, 
     """Enabled destinations: the config's, then any other the database still lists."""
     by_name = {r["name"]: r for r in db_rows}
     out = []
-    for d in ctx.settings.destinations:
+    for d in ctx.settings.effective.values():
         if d.enabled:
             out.append({"name": d.name, "url": d.url, "health_url": d.health_url, "config": d,
                         "row": by_name.get(d.name)})
@@ -258,11 +258,11 @@ async def _circuits(ctx: Context, r: CheckResult, targets: list[dict[str, Any]])
         since = fmt_duration(time.time() - float(changed)) + " ago" if changed else (
             str(row.get("circuit_changed_at"))[:19] if row.get("circuit_changed_at") else "-")
         if cfg is not None:
-            e = effective(ctx.settings, cfg)
-            table.rows.append([t["name"], f"{e['timeout_seconds']:g}s", f"{e['connect_timeout_seconds']:g}s",
-                               f"{e['retry_base_delay_seconds']:g}s x{e['retry_backoff_multiplier']:g}^n "
-                               f"<= {e['max_retry_delay']:g}s", str(e["max_attempts"]),
-                               f"{e['failure_threshold']} failures / {e['recovery_timeout']:g}s", state, since])
+            table.rows.append([t["name"], f"{cfg.timeout_seconds:g}s", f"{cfg.connect_timeout_seconds:g}s",
+                               f"{cfg.retry_base_delay_seconds:g}s x{cfg.retry_backoff_multiplier:g}^n "
+                               f"<= {cfg.max_retry_delay:g}s", str(cfg.max_attempts),
+                               f"{cfg.circuit_breaker.failure_threshold} failures / "
+                               f"{cfg.circuit_breaker.recovery_timeout:g}s", state, since])
         else:
             table.rows.append([t["name"], "-", "-", "-", "-", "-", state, since])
         if state == "open":

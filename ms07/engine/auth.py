@@ -26,6 +26,7 @@ from ms07 import logs
 from ms07.config import AuthConfig, DestinationConfig, NetworkConfig, resolve_secret
 from ms07.engine import ssrf
 from ms07.errors import ConfigError
+from ms07.resolved import ResolvedDestination
 
 SECRET_TTL = 30.0
 log = logs.get("auth")
@@ -186,7 +187,7 @@ class OAuth2ClientCredentials:
         log.info("OAuth2 token refreshed", destination=self.name, expires_in=int(expires_in))
 
 
-def provider_for(dest: DestinationConfig, engine: Any = None) -> Any:
+def provider_for(dest: DestinationConfig | ResolvedDestination, engine: Any = None) -> Any:
     """The auth provider a destination's config asks for (None for ``none``)."""
     a = dest.auth
     where = f"destinations.{dest.name}.auth"

@@ -36,7 +36,7 @@ def body_limit(settings: Settings) -> int:
     """The largest request body worth reading: the largest payload any destination
     accepts, plus the envelope."""
     largest = max([settings.distribution.max_payload_bytes,
-                   *(d.max_payload_bytes or 0 for d in settings.destinations)])
+                   *(d.max_payload_bytes for d in settings.effective.values())])
     return largest + ENVELOPE
 
 

@@ -23,10 +23,11 @@ from typing import Any
 import aiohttp
 
 from ms07 import __version__
-from ms07.config import DestinationConfig, DistributionConfig, NetworkConfig
+from ms07.config import DistributionConfig, NetworkConfig
 from ms07.engine import ssrf
 from ms07.errors import Ms07Error
 from ms07.logs import clip
+from ms07.resolved import ResolvedDestination
 
 
 class ErrorCode(StrEnum):
@@ -126,7 +127,7 @@ class DestinationClient:
 
     def __init__(
         self,
-        config: DestinationConfig,
+        config: ResolvedDestination,
         dist: DistributionConfig,
         *,
         auth: Any = None,
@@ -137,10 +138,8 @@ class DestinationClient:
         self.name = config.name
         self.url = config.url
         self.method = config.method.upper()
-        self.timeout = config.timeout_seconds or dist.timeout_seconds
-        self.connect_timeout = min(
-            config.connect_timeout_seconds or dist.connect_timeout_seconds, self.timeout
-        )
+        self.timeout = config.timeout_seconds
+        self.connect_timeout = config.connect_timeout_seconds
         self.stream_threshold = dist.stream_threshold_bytes
         self.auth = auth
         self.signer = signer

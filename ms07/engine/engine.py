@@ -186,14 +186,11 @@ class Engine:
         await self.queue.join(self.worker_id)
         async with self.pool.connection() as conn:
             await dest_store.sync_destinations(conn, self.settings.destinations)
-        for dest in self.settings.destinations:
-            cb = {**{"failure_threshold": self.settings.circuit_breaker.failure_threshold,
-                     "recovery_timeout": self.settings.circuit_breaker.recovery_timeout},
-                  **dest.circuit_breaker}
-            self.breakers[dest.name] = CircuitBreaker(
-                dest.name, int(cb["failure_threshold"]), float(cb["recovery_timeout"]), self._on_circuit
-            )
-            self.policies[dest.name] = RetryPolicy.for_destination(self.dist, dest)
+        for dest in self.settings.effective.values():
+            cb = dest.circuit_breaker
+            self.breakers[dest.name] = CircuitBreaker(dest.name, cb.failure_threshold, cb.recovery_timeout,
+                                                      self._on_circuit)
+            self.policies[dest.name] = RetryPolicy.for_destination(dest)
             client = DestinationClient(
                 dest,
                 self.dist,
@@ -594,8 +591,8 @@ class Engine:
         if attempt >= job.max_attempts:
             return self._outcome(job, "dead", result.error_code,
                                  f"retries exhausted after {attempt} attempts: {result.error_message}", rows=rows)
-        policy = self.policies.get(job.destination) or RetryPolicy.for_destination(self.dist, None)
-        delay = policy.delay(attempt)
+        # Only jobs of configured destinations get here (deliver() fails the others).
+        delay = self.policies[job.destination].delay(attempt)
         if result.retry_after is not None:
             delay = max(delay, min(result.retry_after, MAX_RETRY_AFTER))
         return self._outcome(job, "retrying", result.error_code, result.error_message, rows=rows, next_in=delay)

@@ -100,7 +100,7 @@ async def _workers(engine: Engine) -> tuple[str, list[dict[str, Any]]]:
         rows, live = await _timed(collect())
     except Exception:
         return UNHEALTHY, []
-    stale_after = engine.settings.diagnose.stale_worker_minutes * 60
+    stale_after = engine.settings.service.stale_worker_minutes * 60
     workers = []
     for r in rows:
         since = float(r["seconds_since_update"])

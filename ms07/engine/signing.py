@@ -15,6 +15,7 @@ import time
 from ms07 import logs
 from ms07.config import DestinationConfig
 from ms07.engine.auth import _Secret
+from ms07.resolved import ResolvedDestination
 
 PREFIX = "whsec_"
 
@@ -49,7 +50,7 @@ class Signer:
         return {"webhook-id": msg_id, "webhook-timestamp": str(ts), "webhook-signature": " ".join(sigs)}
 
 
-def signer_for(dest: DestinationConfig) -> Signer | None:
+def signer_for(dest: DestinationConfig | ResolvedDestination) -> Signer | None:
     s = dest.signing
     if s is None:
         return None

@@ -328,7 +328,7 @@ async def requeue_lost(pool: Any, queue: Any, older_than: float, limit: int = 10
 async def housekeeping(engine: Engine, consumer_idle_ms: int | None = None) -> None:
     """Workers silent long enough are marked dead; consumers that died holding nothing
     leave the group (one with pending entries stays: deleting it would lose them)."""
-    silent = max(3 * engine.settings.diagnose.stale_worker_minutes * 60, 3 * engine.dist.claim_idle_seconds)
+    silent = max(3 * engine.settings.service.stale_worker_minutes * 60, 3 * engine.dist.claim_idle_seconds)
     async with engine.pool.connection() as conn:
         dead = await heartbeats.mark_dead(conn, silent)
         await heartbeats.prune(conn)
@@ -407,7 +407,7 @@ async def probe_health(engine: Engine) -> None:
     targets = [c for c in engine.clients.values() if c.config.health_url]
     if not targets:
         return
-    timeout = min(5.0, engine.settings.diagnose.probe_timeout_seconds * 2)
+    timeout = min(5.0, engine.settings.service.probe_timeout_seconds * 2)
 
     # With network.deny_private the probes may not reach inside any more than deliveries.
     results = await asyncio.gather(

@@ -161,3 +161,115 @@ def test_redact_url() -> None:
     assert redact_url("redis://:pw@h:6379/0") == "redis://:***@h:6379/0"
     assert redact_url("postgresql://h/db?password=pw&sslmode=require") == "postgresql://h/db?password=***&sslmode=require"
     assert redact_url("http://h/x") == "http://h/x"
+
+
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        ("timeout_seconds: 0", "destinations.a.timeout_seconds: must be positive, got 0 (line 4)"),
+        ("max_attempts: 0", "destinations.a.max_attempts: must be between 1 and 2147483647, got 0 (line 4)"),
+        ("connect_timeout_seconds: -1", "destinations.a.connect_timeout_seconds: must be positive, got -1 (line 4)"),
+        ("retry_base_delay_seconds: 0", "destinations.a.retry_base_delay_seconds: must be positive, got 0 (line 4)"),
+        ("retry_backoff_multiplier: 0.5",
+         "destinations.a.retry_backoff_multiplier: must be at least 1, got 0.5 (line 4)"),
+        ("max_payload_bytes: 0", "destinations.a.max_payload_bytes: must be between 1 and 1073741823, got 0 (line 4)"),
+        ("circuit_breaker: {failure_threshold: 0}",
+         "destinations.a.circuit_breaker.failure_threshold: must be at least 1, got 0 (line 4)"),
+        ("pool: {keepalive_expiry: -1}", "destinations.a.pool.keepalive_expiry: must be at least 0, got -1 (line 4)"),
+        ("rate_limit: {per_second: 5, burst: 0}",
+         "destinations.a.rate_limit.burst: must be at least 1, got 0 (line 4)"),
+    ],
+)
+def test_a_destination_number_out_of_range_is_refused_at_load(tmp_path: Path, entry: str, message: str) -> None:
+    """A 0 used to pass: the engine then read it as "unset" (the global 60 s, 5 attempts)
+    while diagnose reported 0. Now every number is in range or the load stops."""
+    path = write(tmp_path, f"destinations:\n  - name: a\n    url: http://x/\n    {entry}\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(path, environ={})
+    assert str(err.value) == f"{path}: {message}"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("distribution:\n  max_retry_delay: 0\n", "distribution.max_retry_delay: must be positive, got 0 (line 2)"),
+    ("circuit_breaker:\n  recovery_timeout: 0\n", "circuit_breaker.recovery_timeout: must be positive, got 0 (line 2)"),
+    ("service:\n  probe_timeout_seconds: 0\n", "service.probe_timeout_seconds: must be positive (line 2)"),
+])
+def test_a_global_number_out_of_range_is_refused_at_load(tmp_path: Path, text: str, message: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_settings(path, environ={})
+    assert str(err.value) == f"{path}: {message}"
+
+
+@pytest.mark.parametrize("entry", ["timeout_seconds: 0", "max_attempts: 0"])
+def test_a_zero_timeout_or_attempts_stops_the_cli_with_exit_2(tmp_path: Path, entry: str) -> None:
+    path = write(tmp_path, f"destinations:\n  - name: a\n    url: http://x/\n    {entry}\n")
+    result = cli(["--config", str(path), "queue", "stats"], env={"NO_COLOR": "1"})
+    assert result.exit_code == 2
+    key = entry.split(":")[0]
+    assert result.output.startswith(f"error: {path}: destinations.a.{key}: must be ")
+    assert result.output.strip().endswith("got 0 (line 4)") and "\n" not in result.output.strip()
+
+
+def test_resolved_destination_own_values_else_global_ones(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+distribution: {timeout_seconds: 20, connect_timeout_seconds: 8, max_attempts: 7, claim_idle_seconds: 60}
+circuit_breaker: {failure_threshold: 9, recovery_timeout: 30}
+destinations:
+  - name: own
+    url: http://x/
+    timeout_seconds: 5
+    connect_timeout_seconds: 6
+    max_attempts: 2
+    max_payload_bytes: 100
+    circuit_breaker: {failure_threshold: 2}
+  - {name: global, url: 'http://y/'}
+""")
+    s = load_settings(path, environ={})
+    own, other = s.resolved("own"), s.resolved("global")
+    assert (own.timeout_seconds, own.connect_timeout_seconds, own.max_attempts, own.max_payload_bytes) == (5, 5, 2, 100)
+    # A partial breaker keeps the section's other key, not the class default (60).
+    assert (own.circuit_breaker.failure_threshold, own.circuit_breaker.recovery_timeout) == (2, 30)
+    assert (other.timeout_seconds, other.connect_timeout_seconds, other.max_attempts) == (20, 8, 7)
+    assert other.max_payload_bytes == s.distribution.max_payload_bytes
+    assert other.circuit_breaker == s.circuit_breaker
+    assert list(s.effective) == ["own", "global"]
+    with pytest.raises(ConfigError, match="unknown destination 'nope'"):
+        s.resolved("nope")
+
+
+def test_moved_diagnose_keys_still_work_and_warn(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = write(tmp_path, "diagnose:\n  stuck_after_minutes: 20\n  stale_worker_minutes: 2\n"
+                           "  probe_timeout_seconds: 1.5\n")
+    with caplog.at_level("WARNING", logger="ms07.config"):
+        s = load_settings(path, environ={})
+    assert (s.service.stale_worker_minutes, s.service.probe_timeout_seconds) == (2.0, 1.5)
+    assert s.diagnose.stuck_after_minutes == 20.0
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{path}: diagnose.stale_worker_minutes (line 3) is deprecated: set service.stale_worker_minutes instead",
+        f"{path}: diagnose.probe_timeout_seconds (line 4) is deprecated: set service.probe_timeout_seconds instead",
+    ]
+    assert all(r.levelname == "WARNING" for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="ms07.config"):
+        s = load_settings(None, environ={"MS07_DIAGNOSE__PROBE_TIMEOUT_SECONDS": "4"})
+    assert s.service.probe_timeout_seconds == 4.0
+    assert [r.getMessage() for r in caplog.records] == [
+        "MS07_DIAGNOSE__PROBE_TIMEOUT_SECONDS: diagnose.probe_timeout_seconds is deprecated: "
+        "set MS07_SERVICE__PROBE_TIMEOUT_SECONDS instead"]
+    # A bad old value is still one line, under the variable that set it.
+    with pytest.raises(ConfigError, match="^MS07_DIAGNOSE__PROBE_TIMEOUT_SECONDS: service.probe_timeout_seconds: "
+                                         "expected a number"):
+        load_settings(None, environ={"MS07_DIAGNOSE__PROBE_TIMEOUT_SECONDS": "fast"})
+
+
+def test_new_keys_load_silently_and_both_spellings_are_refused(tmp_path: Path,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="ms07.config"):
+        s = load_settings(write(tmp_path, "service: {stale_worker_minutes: 3}\n"), environ={})
+    assert s.service.stale_worker_minutes == 3.0 and not caplog.records
+    path = write(tmp_path, "service: {probe_timeout_seconds: 2}\ndiagnose:\n  probe_timeout_seconds: 2\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(path, environ={})
+    assert str(err.value) == (f"{path}: diagnose.probe_timeout_seconds (line 3) and service.probe_timeout_seconds "
+                              "are the same setting: remove diagnose.probe_timeout_seconds")

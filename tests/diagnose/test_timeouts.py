@@ -92,3 +92,42 @@ async def test_healthy_timeouts(make_settings, sink, db) -> None:
     result = await run_check_async(settings, "timeouts")
     assert result.status == "healthy", [f.as_json() for f in result.findings]
     assert {f.severity for f in result.findings} == {"info"}
+
+
+async def test_diagnose_reports_what_the_engine_applies(make_settings, sink, start_engine) -> None:
+    """One destination overriding everything (a connect timeout above its timeout, a partial
+    breaker), one overriding nothing: the settings table of ``diagnose timeouts`` and the
+    pool table of ``diagnose latency`` show what the running engine uses, value for value."""
+    from ms07.registry import listing
+    from ms07.runtime import Runtime
+
+    settings = make_settings(
+        distribution={"timeout_seconds": 4, "connect_timeout_seconds": 3, "max_attempts": 6,
+                      "retry_base_delay_seconds": 0.5, "retry_backoff_multiplier": 3, "max_retry_delay": 9},
+        circuit_breaker={"failure_threshold": 8, "recovery_timeout": 40},
+        destinations=[
+            destination("own", sink.url("/own"), timeout_seconds=2, connect_timeout_seconds=7, max_attempts=3,
+                        retry_base_delay_seconds=0.25, retry_backoff_multiplier=1.5, max_retry_delay=2,
+                        circuit_breaker={"failure_threshold": 2}),
+            destination("global", sink.url("/global")),
+        ])
+    engine = await start_engine(settings)
+
+    def engine_view(name: str) -> list[str]:
+        client, breaker, policy = engine.clients[name], engine.breakers[name], engine.policies[name]
+        return [name, f"{client.timeout:g}s", f"{client.connect_timeout:g}s",
+                f"{policy.base:g}s x{policy.multiplier:g}^n <= {policy.max_delay:g}s", str(policy.max_attempts),
+                f"{breaker.failure_threshold} failures / {breaker.recovery_timeout:g}s"]
+
+    assert engine_view("own") == ["own", "2s", "2s", "0.25s x1.5^n <= 2s", "3", "2 failures / 40s"]
+    assert engine_view("global") == ["global", "4s", "3s", "0.5s x3^n <= 9s", "6", "8 failures / 40s"]
+    result = await run_check_async(settings, "timeouts")
+    table = next(s for s in result.sections if s.title.startswith("effective settings"))
+    assert {row[0]: row[:6] for row in table.rows} == {"own": engine_view("own"), "global": engine_view("global")}
+
+    latency = await run_check_async(settings, "latency")
+    pools = next(s for s in latency.sections if s.title.startswith("pool limits"))
+    assert {row[0]: row[-1] for row in pools.rows} == {n: f"{engine.clients[n].timeout:g}s" for n in ("own", "global")}
+    async with Runtime(settings) as rt:
+        listed = {d["name"]: d["timeout_seconds"] for d in await listing(rt)}
+    assert listed == {n: engine.clients[n].timeout for n in ("own", "global")}

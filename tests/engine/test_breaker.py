@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from ms07.config import DistributionConfig
+from ms07.config import DestinationConfig, DistributionConfig, Settings
 from ms07.engine.breaker import CircuitBreaker
 from ms07.engine.retry import RetryPolicy
 
@@ -59,10 +59,19 @@ def test_success_resets_the_failure_count() -> None:
 
 
 def test_backoff_is_exponential_capped_and_jittered() -> None:
-    p = RetryPolicy.for_destination(DistributionConfig(retry_base_delay_seconds=1, retry_backoff_multiplier=2,
-                                                       max_retry_delay=10), None)
+    settings = Settings(distribution=DistributionConfig(retry_base_delay_seconds=1, retry_backoff_multiplier=2,
+                                                        max_retry_delay=10),
+                        destinations=[DestinationConfig("d", "http://127.0.0.1/")])
+    p = RetryPolicy.for_destination(settings.resolved("d"))
     rng = random.Random(1)
     for attempt, full in [(1, 1), (2, 2), (3, 4), (4, 8), (5, 10), (9, 10)]:
         delays = [p.delay(attempt, rng) for _ in range(200)]
         assert all(full / 2 <= d <= full for d in delays)
         assert max(delays) - min(delays) > full / 4  # really jittered
+
+
+def test_backoff_past_the_float_range_is_the_cap() -> None:
+    """10 ** 400 does not fit a float: Python raises OverflowError rather than giving inf,
+    which crashed the delivery of a job on its 401st attempt."""
+    p = RetryPolicy(base=1.0, multiplier=10.0, max_delay=300.0, max_attempts=1000)  # floats, as loaded
+    assert 150 <= p.delay(401, random.Random(1)) <= 300
