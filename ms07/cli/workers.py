@@ -43,14 +43,14 @@ def forget(
 ) -> None:
     """Mark crashed workers as seen: drop their rows so diagnose stops reporting them.
 
-    Only workers silent longer than diagnose.stale_worker_minutes; each one forgotten is
+    Only workers silent longer than service.stale_worker_minutes; each one forgotten is
     written to recovery_audit with the row it had (who, when, host, pid, last beat)."""
     from ms07.recover.audit import operator
     from ms07.recover.model import new_plan_id
     from ms07.store import audit, heartbeats
 
     st = common.state(ctx)
-    silent = st.settings.diagnose.stale_worker_minutes * 60
+    silent = st.settings.service.stale_worker_minutes * 60
 
     async def go(rt):  # type: ignore[no-untyped-def]
         done, missing = [], []
