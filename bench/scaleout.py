@@ -147,7 +147,7 @@ def main() -> None:
     p.add_argument("--processes", default="1,2,4")
     p.add_argument("--runs", type=int, default=3, help="rounds; medians are reported")
     p.add_argument("--out", type=Path, default=common.ROOT / "docs" / "benchmarks")
-    p.add_argument("--no-readme", action="store_true", help="do not update the README's table")
+    p.add_argument("--no-readme", action="store_true", help="do not update the table in docs/benchmarks/README.md")
     a = p.parse_args()
     r = run(a.n, a.concurrency, [int(x) for x in a.processes.split(",")], a.runs)
     md = markdown(r)
@@ -157,7 +157,7 @@ def main() -> None:
     if not a.no_readme:
         from bench import report
 
-        report.update_readme(common.ROOT / "README.md", "scaleout", "\n".join(md.splitlines()[2:]))
+        report.update_readme(common.ROOT / "docs" / "benchmarks" / "README.md", "scaleout", "\n".join(md.splitlines()[2:]))
     print(md)
 
 

@@ -205,3 +205,18 @@ def test_every_metric_is_documented_with_its_type_and_labels() -> None:
             problems.append(f"{name} has labels {list(metric._labelnames)}, the page says {labels.strip() or 'none'}")
     problems += [f"{name} is documented but not defined" for name in rows]
     assert not problems, "docs/metrics.md: " + "; ".join(problems)
+
+
+def test_every_local_link_in_the_docs_resolves() -> None:
+    """README is the front door and docs/ holds the reference: a page moved or renamed
+    must not leave a link behind pointing nowhere."""
+    link = re.compile(r"\]\(([^)\s]+)\)")
+    broken = []
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:
+        for target in link.findall(page.read_text()):
+            if re.match(r"[a-z]+:", target) or target.startswith("#"):
+                continue
+            path = (page.parent / target.split("#")[0]).resolve()
+            if not path.exists():
+                broken.append(f"{page.relative_to(ROOT)} -> {target}")
+    assert not broken, "links to nothing: " + ", ".join(broken)
