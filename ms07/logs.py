@@ -35,6 +35,9 @@ from ms07 import SERVICE_NAME
 TOP_FIELDS = ("distribution_id", "destination", "error_code", "correlation_id")
 REDACTED = "***"
 _secrets: set[str] = set()
+# Secrets replaced over time (OAuth2 access tokens): the latest few of each owner.
+_rotating: dict[str, list[str]] = {}
+ROTATING_KEPT = 3
 _SENSITIVE_WORDS = r"password|passwd|pwd|secret|client_secret|token|access_token|refresh_token|id_token|api_key|apikey"
 _PATTERNS = [
     # "Authorization: Bearer x", 'Authorization': 'Basic x', authorization=x (headers in reprs)
@@ -62,6 +65,22 @@ def register_secret(value: str | None) -> None:
     """Remember a secret value so that it never appears in a log line."""
     if value and len(value) >= 4:
         _secrets.add(value)
+
+
+def register_rotating_secret(owner: str, value: str | None) -> None:
+    """Like :func:`register_secret`, for a value that replaces the previous one of
+    ``owner`` (an OAuth2 access token at each refresh): only the latest ``ROTATING_KEPT``
+    stay registered. Every token ever fetched stayed in the set before: it grew with each
+    refresh for the life of the process, and every log line scanned all of it."""
+    if not value or len(value) < 4:
+        return
+    if value in _secrets:
+        return  # registered already (for good, or by another owner): left as it is
+    kept = _rotating.setdefault(owner, [])
+    kept.append(value)
+    _secrets.add(value)
+    while len(kept) > ROTATING_KEPT:
+        _secrets.discard(kept.pop(0))
 
 
 def register_url_secrets(url: str | None) -> None:

@@ -24,6 +24,7 @@ from ms07 import logs
 from ms07.config import AuthConfig, DestinationConfig, NetworkConfig, resolve_secret
 from ms07.engine.ssrf import refusal
 from ms07.errors import ConfigError
+from ms07.probe import ssl_context
 
 SECRET_TTL = 30.0
 log = logs.get("auth")
@@ -156,7 +157,7 @@ class OAuth2ClientCredentials:
             logs.register_secret(base64.b64encode(f"{cfg.client_id or ''}:{secret}".encode()).decode())
         self.fetches += 1
         try:
-            async with httpx.AsyncClient(timeout=self.timeout, follow_redirects=False) as client:
+            async with httpx.AsyncClient(timeout=self.timeout, follow_redirects=False, verify=ssl_context()) as client:
                 resp = await client.post(cfg.token_url or "", data=data, auth=auth,
                                          headers={"Accept": "application/json"})
         except httpx.HTTPError as exc:
@@ -171,7 +172,7 @@ class OAuth2ClientCredentials:
             expires_in = float(body.get("expires_in", 3600))
         except (ValueError, KeyError, TypeError):
             raise AuthError(f"token endpoint of {self.name} gave no access_token") from None
-        logs.register_secret(token)
+        logs.register_rotating_secret(f"oauth2:{self.name}", token)
         self.token = token
         self.expires_at = time.time() + expires_in
         self.generation += 1
