@@ -47,6 +47,9 @@ _finder: re.Pattern[str] | None = None
 _longest = 0  # the longest form: what a cut text's tail may hold of a secret
 # Encoded forms shorter than this are not looked for (they would match ordinary text).
 _MIN_FORM = 8
+# Secrets replaced over time (OAuth2 access tokens): the latest few of each owner.
+_rotating: dict[str, list[str]] = {}
+ROTATING_KEPT = 3
 _SENSITIVE_WORDS = r"password|passwd|pwd|secret|client_secret|token|access_token|refresh_token|id_token|api_key|apikey"
 _PATTERNS = [
     # "Authorization: Bearer x", 'Authorization': 'Basic x', authorization=x (headers in reprs)
@@ -76,15 +79,18 @@ _context: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.Context
 def register_secret(value: str | None) -> None:
     """Remember a secret value so that it never appears in a log line or a stored error,
     in any of the forms a destination may echo it in (:func:`encoded_forms`)."""
-    global _longest, _ordered, _finder
     if not value or len(value) < 4 or value in _registered:
         return
     _registered.add(value)
-    forms = encoded_forms(value)
-    _secrets.update(forms)
+    _secrets.update(encoded_forms(value))
+    _rebuild()
+
+
+def _rebuild() -> None:
+    global _longest, _ordered, _finder
     _ordered = tuple(sorted(_secrets, key=len, reverse=True))
-    _finder = re.compile("|".join(map(re.escape, _ordered)))
-    _longest = max(_longest, *map(len, forms))
+    _finder = re.compile("|".join(map(re.escape, _ordered))) if _ordered else None
+    _longest = len(_ordered[0]) if _ordered else 0
 
 
 def encoded_forms(secret: str) -> set[str]:
@@ -121,6 +127,26 @@ def _base64_cores(raw: bytes) -> list[str]:
                 if all(k <= 3 * (p // 4) + b < k + len(raw) for b in _B64_DEPENDS[p % 4])]
         cores.append("".join(kept))  # contiguous: the determined places form one run
     return cores
+
+
+def register_rotating_secret(owner: str, value: str | None) -> None:
+    """Like :func:`register_secret`, for a value that replaces the previous one of
+    ``owner`` (an OAuth2 access token at each refresh): only the latest ``ROTATING_KEPT``
+    stay registered. Every token ever fetched stayed in the set before: it grew with each
+    refresh for the life of the process, and every log line scanned all of it."""
+    if not value or len(value) < 4 or value in _registered:
+        return  # registered already (for good, or by another owner): left as it is
+    kept = _rotating.setdefault(owner, [])
+    kept.append(value)
+    _registered.add(value)
+    _secrets.update(encoded_forms(value))
+    while len(kept) > ROTATING_KEPT:
+        old = kept.pop(0)
+        _registered.discard(old)
+        # Forms another registered secret also has stay (a shared form is rare, but kept).
+        others = set().union(*(encoded_forms(v) for v in _registered)) if _registered else set()
+        _secrets.difference_update(encoded_forms(old) - others)
+    _rebuild()
 
 
 def register_url_secrets(url: str | None) -> None:

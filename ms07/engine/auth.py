@@ -180,7 +180,7 @@ class OAuth2ClientCredentials:
             expires_in = float(body.get("expires_in", 3600))
         except (ValueError, KeyError, TypeError):
             raise AuthError(f"token endpoint of {self.name} gave no access_token") from None
-        logs.register_secret(token)
+        logs.register_rotating_secret(f"oauth2:{self.name}", token)
         self.token = token
         self.expires_at = time.time() + expires_in
         self.generation += 1

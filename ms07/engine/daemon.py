@@ -54,7 +54,9 @@ def _tune_gc() -> None:
     longer walks it; and a young collection runs every 20,000 allocations instead of 700,
     so the objects of one delivery mostly die by refcount before any collection sees them.
     Measured over 20,000 deliveries (bench/compare.py's drain): GC time fell from ~860 ms
-    of CPU (ten full collections of ~60 ms each, paused loop included) to under 10 ms."""
+    of CPU (ten full collections of ~60 ms each, paused loop included) to under 10 ms.
+    The other side: a quiet engine can go hours without a young collection, so cyclic
+    garbage is collected by the memory loop instead (upkeep.collect_cycles)."""
     if os.environ.get("MS07_GC_FREEZE", "1") == "0":
         return
     gc.freeze()

@@ -118,6 +118,28 @@ def classify(status: int, body: bytes, headers: Any, *, whole: bool = True
     return False, ErrorCode.HTTP_4XX, message, None
 
 
+def forget_tracebacks(exc: BaseException | None) -> None:
+    """Drop the tracebacks of an error caught here and of its causes.
+
+    A failed connection leaves reference cycles: an error's traceback holds the frames
+    that hold the error (aiohappyeyeballs' list of errors, asyncio's futures), and
+    aiohttp's frames hold the request, its headers and the payload. Only the cyclic GC
+    frees a cycle, and ``ms07 run`` tunes it to run rarely (engine/daemon.py): with a
+    destination down, every retry and half-open probe left ~80 objects (~6 KiB) and its
+    payload behind until the next collection. Without the tracebacks (nothing logs them: the attempt keeps its
+    message) nothing is left in a cycle and all of it is freed at once. The frames
+    themselves are not cleared: one may be a coroutine still running elsewhere."""
+    seen: set[int] = set()
+    stack = [exc]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        e.__traceback__ = None
+        stack += [e.__cause__, e.__context__, getattr(e, "os_error", None)]
+
+
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -237,20 +259,24 @@ class DestinationClient:
             result.http_status = getattr(exc, "status", None)
             return result
         except (aiohttp.ConnectionTimeoutError, aiohttp.ServerTimeoutError) as exc:
+            forget_tracebacks(exc)
             code = (
                 ErrorCode.CONNECTION_TIMEOUT
                 if isinstance(exc, aiohttp.ConnectionTimeoutError)
                 else ErrorCode.READ_TIMEOUT
             )
             return self._failed(started, t0, code, f"{code.lower().replace('_', ' ')} after {self.timeout:g}s")
-        except TimeoutError:
+        except TimeoutError as exc:
+            forget_tracebacks(exc)
             return self._failed(started, t0, ErrorCode.READ_TIMEOUT, f"no response within {self.timeout:g}s")
         except aiohttp.ClientConnectorError as exc:
+            forget_tracebacks(exc)
             refused = ssrf.refusal(exc)
             if refused is not None:
                 return self._failed(started, t0, ErrorCode.DESTINATION_FORBIDDEN, str(refused), retryable=False)
             return self._failed(started, t0, ErrorCode.CONNECTION_ERROR, f"cannot connect: {exc.os_error or exc}")
         except (aiohttp.ClientError, OSError) as exc:
+            forget_tracebacks(exc)
             reason = str(exc) or type(exc).__name__
             if getattr(exc, "permanent", False):
                 return self._failed(started, t0, getattr(exc, "code", ErrorCode.CONNECTION_ERROR), reason, retryable=False)

@@ -26,6 +26,12 @@ local new_tat = tat + interval
 redis.call('SET', KEYS[1], string.format('%.6f', new_tat), 'PX', math.ceil((new_tat - now) * 1000) + 1000)
 return string.format('%.6f', wait)
 """
+# Each job of a rate-limited destination waits in a task of its own (engine.py), so a
+# burst of held jobs reserved all at once: past the Redis client's 100 connections
+# redis-py raised MaxConnectionsError, the delivery "crashed" and its entry waited for a
+# reclaim (counted as a suspect, on the way to being parked as poison). A reservation
+# is one short script: a few at a time keep up with any rate.
+RESERVING_AT_ONCE = 4
 
 
 class RateLimiter:
@@ -34,10 +40,12 @@ class RateLimiter:
         self.interval = 1.0 / per_second
         self.burst = max(1, burst or 1)
         self._script = redis.register_script(_RESERVE)
+        self._reserving = asyncio.Semaphore(RESERVING_AT_ONCE)
 
     async def acquire(self) -> float:
         """Wait for this request's slot; returns how long it waited."""
-        wait = float(await self._script(keys=[self.key], args=[self.interval, self.burst]))
+        async with self._reserving:
+            wait = float(await self._script(keys=[self.key], args=[self.interval, self.burst]))
         if wait > 0:
             await asyncio.sleep(wait)
         return wait

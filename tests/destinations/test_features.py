@@ -170,6 +170,25 @@ async def test_rate_limit_holds_within_10_percent_over_5_seconds(make_settings, 
     assert second.delivered > 0  # both replicas delivered within the one shared budget
 
 
+async def test_a_burst_of_rate_limited_jobs_reserves_without_exhausting_redis(
+        make_settings, sink: Sink, start_engine, captured_logs) -> None:
+    """500 held jobs of a rate-limited destination reserved their slots at once: past the
+    Redis client's 100 connections the reservation raised, and those jobs waited for a
+    reclaim (``claim_idle_seconds``, 60 s here) instead of being delivered."""
+    from ms07.runtime import Runtime
+    from ms07.submit import build_jobs, record_and_enqueue
+
+    settings = make_settings(
+        destinations=[{"name": "r", "url": sink.url("/in"), "rate_limit": {"per_second": 5000, "burst": 5000}}],
+        distribution={"claim_idle_seconds": 60, "read_batch": 500})
+    async with Runtime(settings) as rt, rt.connection() as conn:
+        new = [job for _ in range(500) for job in build_jobs(settings, ["r"], b'{"n": 1}')[0]]
+        await record_and_enqueue(conn, await rt.queue(), new)
+    engine = await start_engine(settings)
+    await wait_for(lambda: engine.delivered >= 500, timeout=40, what="500 delivered")
+    assert "delivery crashed" not in captured_logs.getvalue()
+
+
 # ---------------------------------------------------------------------- health probes
 
 
