@@ -72,13 +72,15 @@ async def test_oauth2_refreshes_share_the_tls_context_and_keep_few_secrets(
         type="oauth2_client_credentials", token_url=sink.url("/token"), client_id="ms07",
         client_secret_env="T_CLIENT_SECRET"))
     await provider.headers()
-    contexts, secrets = _count(ssl.SSLContext), len(logs._secrets)
+    contexts, secrets, forms = _count(ssl.SSLContext), len(logs._registered), len(logs._secrets)
     for _ in range(10):
         await provider.invalidate()
         await provider.headers()
     assert len(tokens.issued) == 11
     assert _count(ssl.SSLContext) - contexts == 0
-    assert len(logs._secrets) - secrets <= logs.ROTATING_KEPT
+    assert len(logs._registered) - secrets <= logs.ROTATING_KEPT
+    # And their encoded forms with them: no more than the kept tokens' (same length each).
+    assert len(logs._secrets) - forms <= logs.ROTATING_KEPT * len(logs.encoded_forms(tokens.issued[-1]))
     # The token in use is still masked.
     assert tokens.issued[-1] not in logs.redact(f"sent {tokens.issued[-1]} upstream")
 
