@@ -190,7 +190,7 @@ async def time_checks(settings: Any, runs: int) -> list[tuple[str, str, float, f
 
 
 def time_sql(url: str, runs: int) -> list[tuple[str, float, str]]:
-    from ms07.diagnose import sql
+    from ms07.store import diagnose_sql as sql
 
     out = []
     with psycopg.connect(url, autocommit=True) as conn:
