@@ -35,8 +35,6 @@ PARKED = frozenset({JobStatus.FAILED, JobStatus.DEAD})
 # ``completed_at`` set; never claimed again.
 TERMINAL = frozenset({JobStatus.DELIVERED}) | PARKED
 
-assert OPEN | TERMINAL == set(JobStatus) and not OPEN & TERMINAL
-
 
 def sql_list(statuses: frozenset[JobStatus]) -> str:
     """``('a', 'b')`` for ``status IN <list>``, in the order the enum declares them (the
