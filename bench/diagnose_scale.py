@@ -190,12 +190,13 @@ async def time_checks(settings: Any, runs: int) -> list[tuple[str, str, float, f
 
 
 def time_sql(url: str, runs: int) -> list[tuple[str, float, str]]:
-    from ms07.diagnose import sql
+    from ms07.store import diagnose_sql as sql
 
     out = []
     with psycopg.connect(url, autocommit=True) as conn:
         names = [f"dest-{i}" for i in range(DESTINATIONS)]
-        params = {**sql.SAMPLE_PARAMS, "names": names, "ids": [str(uuid.uuid4()) for _ in range(100)]}
+        params = {**sql.SAMPLE_PARAMS, "names": names, "ids": [str(uuid.uuid4()) for _ in range(100)],
+                  "stamps": sql.SAMPLE_PARAMS["stamps"] * 100}
         for label, query in {**sql.BIG_TABLE_QUERIES, **sql.SMALL_TABLE_QUERIES}.items():
             times = []
             for _ in range(runs):

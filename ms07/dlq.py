@@ -11,9 +11,11 @@ from typing import Any
 
 import psycopg
 
+from ms07 import keys
 from ms07.errors import UsageError
 from ms07.queue import Queue
 from ms07.store import jobs
+from ms07.store.status import PARKED
 
 
 async def list_dlq(conn: psycopg.AsyncConnection[Any], queue: Queue, limit: int = 100) -> dict[str, Any]:
@@ -29,8 +31,8 @@ async def list_dlq(conn: psycopg.AsyncConnection[Any], queue: Queue, limit: int 
     counts = await jobs.count_by_status(conn)
     return {
         "parked_jobs": parked,
-        "parked_total": counts.get("failed", 0) + counts.get("dead", 0),
-        "stream_length": int(await queue.redis.xlen("distribution:dlq")),
+        "parked_total": sum(counts.get(s, 0) for s in PARKED),
+        "stream_length": int(await queue.redis.xlen(keys.DLQ)),
         "entries_without_job": [o for o in orphans if o.get("distribution_id", "") not in reasons or not o.get("distribution_id")][:limit],
     }
 

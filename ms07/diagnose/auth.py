@@ -17,11 +17,11 @@ from typing import Any
 
 from ms07 import keys, logs
 from ms07.config import DestinationConfig, resolve_secret
-from ms07.diagnose import sql
 from ms07.diagnose.common import rows
 from ms07.diagnose.context import Context, part
 from ms07.diagnose.model import CheckResult, fmt_duration
 from ms07.errors import ConfigError
+from ms07.store import diagnose_sql as sql
 
 _SECRET_REFS = {
     "bearer": ("token_env", "token_file", "token"),

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ms07.diagnose import sql
 from ms07.diagnose.common import rows
 from ms07.diagnose.context import Context, part
 from ms07.diagnose.model import DESTINATION_DOWN, CheckResult, plural
+from ms07.store import diagnose_sql as sql
 
 # error_code -> class. A code missing here is "other".
 CLASSES = {

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from ms07.diagnose import sql
 from ms07.diagnose.common import num, rows
 from ms07.diagnose.context import Context, part
 from ms07.diagnose.model import CheckResult, fmt_duration
 from ms07.resolved import ResolvedDestination
+from ms07.store import diagnose_sql as sql
 
 BATCHING_RATE = 20.0  # attempts per second above which batching pays off
 SATURATION = 0.8

@@ -16,11 +16,11 @@ from typing import Any
 import httpx
 import psutil
 
-from ms07.diagnose import sql
 from ms07.diagnose.common import num, rows
 from ms07.diagnose.context import Context, part
 from ms07.diagnose.model import CheckResult, fmt_bytes, fmt_duration, listing
 from ms07.logs import clip
+from ms07.store import diagnose_sql as sql
 
 MIN_SAMPLES = 6
 MIN_R2 = 0.5

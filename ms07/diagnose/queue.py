@@ -10,12 +10,14 @@ evicts stream keys), no AOF is a WARNING.
 
 from __future__ import annotations
 
-from ms07 import keys
-from ms07.diagnose import sql
+from dataclasses import asdict
+
+from ms07 import keys, reconcile
 from ms07.diagnose.common import rows
 from ms07.diagnose.context import Context, part
 from ms07.diagnose.model import NOTHING_DELIVERS, CheckResult, fmt_duration, listing, plural
 from ms07.diagnose.workers import GONE_AFTER, judge, live_workers
+from ms07.store import diagnose_sql as sql
 
 LOST_SCAN_LIMIT = 5000
 
@@ -138,31 +140,23 @@ async def check(ctx: Context) -> CheckResult:
             r.add("gone_workers", "info", f"{len(v.gone)} worker(s) silent for more than a day", listing(v.gone, 5))
 
     async def lost() -> None:
-        async with ctx.connection() as conn:
-            candidates = await rows(conn, sql.OPEN_JOBS, {"grace": o.lost_grace_seconds, "limit": LOST_SCAN_LIMIT})
-        if not candidates:
+        # The reconciler's own finding (ms07/reconcile.py), read only.
+        scan = await reconcile.find_lost(ctx.connection, ctx.queue, o.lost_grace_seconds, LOST_SCAN_LIMIT)
+        if not scan.scanned:
             r.add("lost_messages", "info", "every open job older than "
                   f"{fmt_duration(o.lost_grace_seconds)} is in a stream or the delayed set")
             return
-        queue = await ctx.queue()
-        present = await queue.contains([c["distribution_id"] for c in candidates])
-        missing = {c["distribution_id"]: c for c in candidates if c["distribution_id"] not in present}
-        if missing:
-            # A job that moved on meanwhile (acked, deferred) has a new updated_at: not lost.
-            async with ctx.connection() as conn:
-                again = await rows(conn, sql.STILL_OPEN, {"ids": list(missing)})
-            same = {a["distribution_id"] for a in again if a["updated_at"] == missing[a["distribution_id"]]["updated_at"]}
-            missing = {k: v for k, v in missing.items() if k in same}
+        missing = {j.distribution_id: asdict(j) for j in scan.lost}
         r.details["lost"] = list(missing.values())
         if not missing:
-            r.add("lost_messages", "info", f"all {len(candidates)} open job(s) older than "
+            r.add("lost_messages", "info", f"all {scan.scanned} open job(s) older than "
                   f"{fmt_duration(o.lost_grace_seconds)} are held by Redis")
             return
         heal_after = d.reconcile_after_seconds + d.reconcile_interval_seconds
         oldest = max(float(v["seconds_idle"]) for v in missing.values())
         ids = [f"{k} ({v['destination_name']}, {v['status']}, {fmt_duration(v['seconds_idle'])})"
                for k, v in sorted(missing.items(), key=lambda kv: -float(kv[1]["seconds_idle"]))]
-        more = " (at least: the scan stops at the oldest 5000 open jobs)" if len(candidates) >= LOST_SCAN_LIMIT else ""
+        more = f" (at least: the scan stops at the oldest {LOST_SCAN_LIMIT} open jobs)" if scan.truncated else ""
         r.add("lost_messages", "critical" if oldest > heal_after else "warning",
               f"{len(missing)} open job(s) in Postgres are in no stream or delayed set{more}",
               f"ids: {listing(ids, 10)}"

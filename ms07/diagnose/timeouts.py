@@ -15,12 +15,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ms07 import keys
-from ms07.diagnose import sql
 from ms07.diagnose.common import rows
 from ms07.diagnose.context import Context, part
 from ms07.diagnose.model import CheckResult, fmt_duration, listing
 from ms07.logs import clip
 from ms07.probe import FullProbe, probe_full
+from ms07.store import diagnose_sql as sql
 
 
 def destinations(ctx: Context, db_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

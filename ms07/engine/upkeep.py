@@ -25,6 +25,7 @@ import psutil
 from ms07 import __version__, keys, logs
 from ms07.engine import crash
 from ms07.engine.delivery import ErrorCode
+from ms07.reconcile import requeue_lost
 from ms07.store import destinations as dest_store
 from ms07.store import heartbeats, jobs
 
@@ -267,7 +268,8 @@ async def keep_alive(engine: Engine) -> None:
 
 
 async def reconcile(engine: Engine, older_than: float | None = None) -> int:
-    """Enqueue again the open jobs Redis no longer holds. Returns how many."""
+    """Enqueue again the open jobs Redis no longer holds (ms07/reconcile.py, shared with
+    ``recover requeue-from-db``), then the housekeeping. Returns how many."""
     redis = engine.queue.redis
     token = f"{engine.worker_id}:{time.time()}"
     # A short lease renewed while the pass runs, not one as long as the longest pass: a
@@ -277,7 +279,8 @@ async def reconcile(engine: Engine, older_than: float | None = None) -> int:
         return 0
     renew = asyncio.create_task(_renew_lease(redis, token), name="reconciler-lease")
     try:
-        n = await requeue_lost(engine.pool, engine.queue, older_than or engine.dist.reconcile_after_seconds)
+        n = await requeue_lost(engine.pool.connection, engine.queue,
+                               older_than or engine.dist.reconcile_after_seconds)
         engine.metrics.requeued.inc(n)
         await housekeeping(engine)
         return n
@@ -301,29 +304,6 @@ async def _renew_lease(redis: Any, token: str, lease: float = RECONCILE_LEASE) -
         await asyncio.sleep(lease / 3)
         if not await redis.eval(_EXTEND_IF_OURS, 1, keys.RECONCILER_LOCK, token, int(lease * 1000)):
             return  # lost (expired under a stall, or Redis flushed): the pass finishes; the next one re-takes it
-
-
-async def requeue_lost(pool: Any, queue: Any, older_than: float, limit: int = 100_000) -> int:
-    """The repair itself, shared with ``recover requeue-from-db``."""
-    async with pool.connection() as conn:
-        candidates = await jobs.open_jobs_older_than(conn, older_than, limit)
-    if not candidates:
-        return 0
-    present = await queue.contains([c[0] for c in candidates])
-    lost_ids = [c[0] for c in candidates if c[0] not in present]
-    if not lost_ids:
-        return 0
-    # Claim the repair in Postgres only for jobs still untouched: a job a worker deferred
-    # or finished while Redis was being scanned has a fresh updated_at and is left alone.
-    async with pool.connection() as conn:
-        claimed = set(await jobs.touch_stale_jobs(conn, lost_ids, older_than))
-    lost = [c for c in candidates if c[0] in claimed]
-    if not lost:
-        return 0
-    await queue.enqueue((prio if prio in queue.priorities else queue.priorities[0], did, dest)
-                        for did, dest, prio, _ in lost)
-    log.warning("re-enqueued jobs that Redis had lost", count=len(lost))
-    return len(lost)
 
 
 async def housekeeping(engine: Engine, consumer_idle_ms: int | None = None) -> None:

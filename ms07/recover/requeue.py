@@ -3,7 +3,7 @@
 Every job PostgreSQL holds as queued, retrying or processing, untouched for
 ``older_than`` seconds (a grace for a submit between its INSERT and its XADD), that no
 queue stream or delayed set holds, is enqueued again — the same repair the engine's
-reconciler runs (:func:`ms07.engine.upkeep.requeue_lost`). Delivery is at least once with
+reconciler runs (:mod:`ms07.reconcile`, with its race guard). Delivery is at least once with
 an ``Idempotency-Key``, so a job that was in fact still in flight is deduplicated by its
 receiver.
 """
@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ms07 import keys
+from ms07 import keys, reconcile
 from ms07.config import Settings
 from ms07.recover.plan import Check, Outcome, Plan, PlanContext, Step
+from ms07.store.status import OPEN_SQL
 
 LIMIT = 100_000
 SHOWN = 20
@@ -28,29 +29,24 @@ class Options:
 def build(settings: Settings, opts: Options, args: list[str] | None = None) -> Plan:
     priorities = settings.distribution.priorities
 
-    async def lost_jobs(ctx: PlanContext) -> tuple[int, list[tuple[str, str, str, str]]]:
-        from ms07.store import jobs
-
-        async with ctx.runtime.connection() as conn:
-            candidates = await jobs.open_jobs_older_than(conn, opts.older_than, LIMIT)
-        queue = await ctx.queue()
-        present = await queue.contains([c[0] for c in candidates]) if candidates else set()
-        return len(candidates), [c for c in candidates if c[0] not in present]
+    async def lost_jobs(ctx: PlanContext) -> reconcile.Scan:
+        return await reconcile.find_lost(ctx.runtime.connection, ctx.queue, opts.older_than, LIMIT)
 
     async def reachable(ctx: PlanContext) -> Check:
-        total, lost = await lost_jobs(ctx)
+        scan = await lost_jobs(ctx)
         return Check.passed(
-            f"{total} open job(s) older than {opts.older_than:g}s; {len(lost)} not in Redis now"
+            f"{scan.scanned} open job(s) older than {opts.older_than:g}s; {len(scan.lost)} not in Redis now"
         )
 
     async def find(ctx: PlanContext) -> Outcome:
-        total, lost = await lost_jobs(ctx)
-        ctx.facts["lost"] = [c[0] for c in lost]
+        scan = await lost_jobs(ctx)
+        total, lost = scan.scanned, scan.lost
+        ctx.facts["lost"] = [j.distribution_id for j in lost]
         if lost:
             ctx.reporter.table(
                 f"jobs Redis lost (first {min(SHOWN, len(lost))} of {len(lost)})",
                 ["distribution_id", "destination", "priority", "status"],
-                [list(c) for c in lost[:SHOWN]],
+                [[j.distribution_id, j.destination_name, j.priority, j.status] for j in lost[:SHOWN]],
             )
         return Outcome(
             f"{total} open job(s) older than {opts.older_than:g}s; {len(lost)} missing from Redis",
@@ -58,15 +54,13 @@ def build(settings: Settings, opts: Options, args: list[str] | None = None) -> P
         )
 
     async def requeue(ctx: PlanContext) -> Outcome:
-        from ms07.engine.upkeep import requeue_lost
-
         if "lost" not in ctx.facts:
             await find(ctx)
         if not ctx.facts["lost"]:
             return Outcome("nothing to enqueue", "skipped")
         queue = await ctx.queue()
-        count = await requeue_lost(
-            await ctx.runtime.pool(),
+        count = await reconcile.requeue_lost(
+            ctx.runtime.connection,
             queue,
             opts.older_than,
             limit=max(5000, len(ctx.facts["lost"]) * 2),
@@ -95,7 +89,7 @@ def build(settings: Settings, opts: Options, args: list[str] | None = None) -> P
                 # float option): ms07 runs its own parameterised query.
                 'psql "$MS07_DATABASE_URL" -c "SELECT distribution_id, destination_name, '  # nosec B608
                 "priority, status "
-                "FROM distribution_jobs WHERE status IN ('queued','retrying','processing') AND "
+                f"FROM distribution_jobs WHERE status IN {OPEN_SQL} AND "
                 f"updated_at < now() - interval '{opts.older_than:g} seconds'\"   # then each id: "
                 + "; ".join(
                     f"redis-cli ZSCORE {keys.delayed(q)} <id>; redis-cli XRANGE {keys.stream(q)} "

@@ -18,10 +18,10 @@ import psycopg
 from psycopg.rows import dict_row
 
 from ms07 import logs
+from ms07.store.status import PARKED, PARKED_SQL, TERMINAL_SQL, AttemptStatus, JobStatus
 
-OPEN_STATUSES = ("queued", "retrying", "processing")
-PARKED_STATUSES = ("failed", "dead")
-TERMINAL_STATUSES = ("delivered", "failed", "dead")
+# Kept for ms07/engine/engine.py until it reads ms07.store.status itself.
+PARKED_STATUSES = PARKED
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +74,7 @@ class Outcome:
 
     distribution_id: str
     destination: str
-    status: str  # delivered | retrying | failed | dead
+    status: str  # a JobStatus: delivered | retrying | failed | dead
     worker_id: str
     attempts: list[AttemptRow] = field(default_factory=list)
     error_code: str | None = None
@@ -148,10 +148,10 @@ def _insert_params(jobs: Sequence[NewJob]) -> tuple[str, list[bytes]]:
 # in text a bytea element is hex-encoded and then escaped for the array literal by a
 # regular expression. Batches of 100 jobs of 1 KiB: 25-30 us of client CPU per job
 # before, 5-9 after; batches of 5: 54-75 before, 33-39.
-_INSERT_JOBS = """
+_INSERT_JOBS = f"""
 INSERT INTO distribution_jobs (distribution_id, destination_name, correlation_id, priority, payload,
                                content_type, idempotency_key, max_attempts, status)
-SELECT t.i, t.d, t.c, t.p, t.payload, t.y, t.k, t.m, 'queued'
+SELECT t.i, t.d, t.c, t.p, t.payload, t.y, t.k, t.m, '{JobStatus.QUEUED}'
   FROM ROWS FROM (json_to_recordset(%s::json) AS (i uuid, d text, c text, p text, y text, k text, m int),
                   unnest(%b::bytea[])) AS t(i, d, c, p, y, k, m, payload)
 """
@@ -184,13 +184,13 @@ RETURNING distribution_id::text
 # request, and a disk stall on the host must not hold deliveries back. A claim lost in a
 # PostgreSQL crash costs at most a repeat delivery, which at-least-once allows; outcomes
 # (record_outcomes) still commit synchronously, and their flush covers earlier claims.
-_CLAIM = """
+_CLAIM = f"""
 UPDATE distribution_jobs
-   SET status = 'processing', started_at = now(), updated_at = now()
+   SET status = '{JobStatus.PROCESSING}', started_at = now(), updated_at = now()
   FROM (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit
  WHERE distribution_id = ANY(string_to_array(%s, ',')::uuid[])
-   AND status NOT IN ('delivered', 'failed', 'dead')
-   AND (status <> 'processing' OR started_at < now() - make_interval(secs => %s))
+   AND status NOT IN {TERMINAL_SQL}
+   AND (status <> '{JobStatus.PROCESSING}' OR started_at < now() - make_interval(secs => %s))
 RETURNING distribution_id::text, destination_name, payload, content_type, attempts,
           max_attempts, correlation_id, priority, created_at
 """
@@ -222,7 +222,7 @@ async def claim_jobs(
 
 def dlq_reason(status: str, error_code: str | None) -> str:
     """The reason a parked job's DLQ entry gives (as ``Engine._commit`` and ``park_poison`` file it)."""
-    if status == "failed":
+    if status == JobStatus.FAILED:
         return "permanent_failure"
     return "poison" if error_code == "POISON_MESSAGE" else "max_retries_exceeded"
 
@@ -233,12 +233,14 @@ async def parked_errors(
     """(destination, status, last error code, last error) of those of ``ids`` that are parked."""
     if not ids:
         return {}
-    cur = await conn.execute(
-        "SELECT distribution_id::text, destination_name, status, last_error_code, last_error FROM distribution_jobs"
-        " WHERE distribution_id = ANY(%s::uuid[]) AND status IN ('failed', 'dead')",
-        (list(ids),),
-    )
+    cur = await conn.execute(_PARKED_ERRORS, (list(ids),))
     return {r[0]: (r[1], r[2], r[3], r[4]) for r in await cur.fetchall()}
+
+
+_PARKED_ERRORS = (
+    "SELECT distribution_id::text, destination_name, status, last_error_code, last_error FROM distribution_jobs"
+    f" WHERE distribution_id = ANY(%s::uuid[]) AND status IN {PARKED_SQL}"
+)
 
 
 async def job_statuses(conn: psycopg.AsyncConnection[Any], ids: Sequence[str]) -> dict[str, str]:
@@ -260,7 +262,7 @@ async def job_statuses(conn: psycopg.AsyncConnection[Any], ids: Sequence[str]) -
 # element by element in Python (its ListDumper), which cost ~13 us per outcome for the
 # sixteen arrays this statement took before (~10 % of the engine's py-spy samples in a
 # drain); the JSON costs ~2.5 us, and PostgreSQL reads it with json_to_recordset in C.
-_RECORD_OUTCOMES = """
+_RECORD_OUTCOMES = f"""
 WITH attempts AS (
     INSERT INTO distribution_attempts (distribution_id, destination_name, attempt, worker_id, status,
                                        response_status_code, error_code, error_message, started_at,
@@ -273,10 +275,10 @@ UPDATE distribution_jobs AS j
    SET status = u.s,
        attempts = j.attempts + u.n,
        next_attempt_at = u.t,
-       last_error_code = CASE WHEN u.s = 'retrying' AND u.c IS NULL THEN j.last_error_code ELSE u.c END,
-       last_error = CASE WHEN u.s = 'retrying' AND u.c IS NULL THEN j.last_error ELSE u.e END,
+       last_error_code = CASE WHEN u.s = '{JobStatus.RETRYING}' AND u.c IS NULL THEN j.last_error_code ELSE u.c END,
+       last_error = CASE WHEN u.s = '{JobStatus.RETRYING}' AND u.c IS NULL THEN j.last_error ELSE u.e END,
        updated_at = now(),
-       completed_at = CASE WHEN u.s IN ('delivered', 'failed', 'dead') THEN now() END
+       completed_at = CASE WHEN u.s IN {TERMINAL_SQL} THEN now() END
   FROM json_to_recordset(%s::json) AS u(i uuid, s text, n int, t timestamptz, c text, e text)
  WHERE j.distribution_id = u.i
 """
@@ -315,7 +317,7 @@ async def record_outcomes(conn: psycopg.AsyncConnection[Any], outcomes: Sequence
         return
     attempts = _json([
         {"i": o.distribution_id, "d": o.destination, "n": a.attempt, "w": o.worker_id,
-         "s": "success" if a.success else "failed", "h": a.http_status, "c": a.error_code,
+         "s": AttemptStatus.SUCCESS if a.success else AttemptStatus.FAILED, "h": a.http_status, "c": a.error_code,
          "e": _text(a.error_message), "t0": a.started_at.isoformat(), "t1": a.completed_at.isoformat()}
         for o in outcomes for a in o.attempts
     ])
@@ -327,6 +329,15 @@ async def record_outcomes(conn: psycopg.AsyncConnection[Any], outcomes: Sequence
     await conn.execute(_RECORD_OUTCOMES, (attempts, updates), prepare=False)
 
 
+_PARK = f"""
+UPDATE distribution_jobs
+   SET status = '{JobStatus.DEAD}', last_error_code = %s, last_error = %s,
+       updated_at = now(), completed_at = now()
+ WHERE distribution_id = ANY(%s::uuid[]) AND status NOT IN {TERMINAL_SQL}
+RETURNING distribution_id::text
+"""
+
+
 async def park_jobs(
     conn: psycopg.AsyncConnection[Any], ids: Sequence[str], error_code: str, message: str
 ) -> list[str]:
@@ -334,15 +345,21 @@ async def park_jobs(
     if not ids:
         return []
     cur = await conn.execute(
-        """UPDATE distribution_jobs
-              SET status = 'dead', last_error_code = %s, last_error = %s,
-                  updated_at = now(), completed_at = now()
-            WHERE distribution_id = ANY(%s::uuid[]) AND status NOT IN ('delivered', 'failed', 'dead')
-        RETURNING distribution_id::text""",
+        _PARK,
         (error_code, _text(message), list(ids)),
         prepare=False,
     )
     return [r[0] for r in await cur.fetchall()]
+
+
+_REPLAY_ALL = f"""
+UPDATE distribution_jobs
+   SET status = '{JobStatus.QUEUED}', attempts = 0, next_attempt_at = NULL,
+       updated_at = now(), completed_at = NULL
+ WHERE status IN {PARKED_SQL}
+RETURNING distribution_id::text, destination_name, priority
+"""
+_REPLAY_IDS = _REPLAY_ALL.replace("\nRETURNING", " AND distribution_id = ANY(%s::uuid[])\nRETURNING")
 
 
 async def reset_for_replay(
@@ -354,22 +371,9 @@ async def reset_for_replay(
     reset, for the caller to enqueue.
     """
     if ids is None:
-        cur = await conn.execute(
-            """UPDATE distribution_jobs
-                  SET status = 'queued', attempts = 0, next_attempt_at = NULL,
-                      updated_at = now(), completed_at = NULL
-                WHERE status IN ('failed', 'dead')
-            RETURNING distribution_id::text, destination_name, priority"""
-        )
+        cur = await conn.execute(_REPLAY_ALL)
     else:
-        cur = await conn.execute(
-            """UPDATE distribution_jobs
-                  SET status = 'queued', attempts = 0, next_attempt_at = NULL,
-                      updated_at = now(), completed_at = NULL
-                WHERE status IN ('failed', 'dead') AND distribution_id = ANY(%s::uuid[])
-            RETURNING distribution_id::text, destination_name, priority""",
-            (list(ids),),
-        )
+        cur = await conn.execute(_REPLAY_IDS, (list(ids),))
     return [tuple(r) for r in await cur.fetchall()]  # type: ignore[misc]
 
 
@@ -403,38 +407,6 @@ async def get_job(conn: psycopg.AsyncConnection[Any], distribution_id: str) -> d
     return job
 
 
-async def open_jobs_older_than(
-    conn: psycopg.AsyncConnection[Any], seconds: float, limit: int
-) -> list[tuple[str, str, str, str]]:
-    """Open jobs untouched for ``seconds``: (id, destination, priority, status)."""
-    cur = await conn.execute(
-        """SELECT distribution_id::text, destination_name, priority, status
-             FROM distribution_jobs
-            WHERE status IN ('queued', 'retrying', 'processing')
-              AND updated_at < now() - make_interval(secs => %s)
-            ORDER BY updated_at
-            LIMIT %s""",
-        (seconds, limit),
-    )
-    return [tuple(r) for r in await cur.fetchall()]  # type: ignore[misc]
-
-
-_TOUCH_STALE = """
-UPDATE distribution_jobs SET updated_at = now()
- WHERE distribution_id = ANY(%s::uuid[])
-   AND status NOT IN ('delivered', 'failed', 'dead')
-   AND updated_at < now() - make_interval(secs => %s)
-RETURNING distribution_id::text
-"""
-
-
-async def touch_stale_jobs(conn: psycopg.AsyncConnection[Any], ids: Sequence[str], older_than: float) -> list[str]:
-    """Bump ``updated_at`` of the open jobs among ``ids`` still untouched for ``older_than``
-    seconds; returns those ids (the ones a repair may re-enqueue)."""
-    cur = await conn.execute(_TOUCH_STALE, (list(ids), older_than), prepare=False)
-    return [r[0] for r in await cur.fetchall()]
-
-
 async def touch_jobs(conn: psycopg.AsyncConnection[Any], ids: Iterable[str]) -> None:
     await conn.execute(
         "UPDATE distribution_jobs SET updated_at = now() WHERE distribution_id = ANY(%s::uuid[])",
@@ -447,10 +419,10 @@ async def parked_jobs(
 ) -> list[dict[str, Any]]:
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
-            """SELECT distribution_id::text, destination_name AS destination, status, attempts,
+            f"""SELECT distribution_id::text, destination_name AS destination, status, attempts,
                       last_error_code, last_error, completed_at
                  FROM distribution_jobs
-                WHERE status IN ('failed', 'dead')
+                WHERE status IN {PARKED_SQL}
                 ORDER BY completed_at DESC NULLS LAST
                 LIMIT %s OFFSET %s""",
             (limit, offset),
@@ -463,20 +435,17 @@ async def count_by_status(conn: psycopg.AsyncConnection[Any]) -> dict[str, int]:
     return {r[0]: r[1] for r in await cur.fetchall()}
 
 
+_PURGE_ALL = f"DELETE FROM distribution_jobs WHERE status IN {PARKED_SQL} RETURNING distribution_id"
+_PURGE_IDS = _PURGE_ALL.replace(" RETURNING", " AND distribution_id = ANY(%s::uuid[]) RETURNING")
+
+
 async def purge_parked(conn: psycopg.AsyncConnection[Any], ids: Sequence[str] | None) -> int:
     """Forget parked jobs for good (``dlq purge``): their rows stay, marked as purged errors
     would lose history, so they are deleted with their attempts."""
     if ids is None:
-        cur = await conn.execute(
-            "DELETE FROM distribution_jobs WHERE status IN ('failed', 'dead') RETURNING distribution_id"
-        )
+        cur = await conn.execute(_PURGE_ALL)
     else:
-        cur = await conn.execute(
-            """DELETE FROM distribution_jobs
-                WHERE status IN ('failed', 'dead') AND distribution_id = ANY(%s::uuid[])
-            RETURNING distribution_id""",
-            (list(ids),),
-        )
+        cur = await conn.execute(_PURGE_IDS, (list(ids),))
     gone = [r[0] for r in await cur.fetchall()]
     if gone:
         await conn.execute("DELETE FROM distribution_attempts WHERE distribution_id = ANY(%s)", (gone,))

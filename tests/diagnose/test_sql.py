@@ -5,7 +5,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from ms07.diagnose import sql
+from ms07.store import diagnose_sql as sql
 
 
 @pytest.mark.parametrize("name", sorted(sql.BIG_TABLE_QUERIES))

@@ -7,7 +7,7 @@ import uuid
 
 import psycopg
 
-from ms07.store import jobs
+from ms07.store import jobs, lost
 
 
 def _now() -> dt.datetime:
@@ -106,7 +106,7 @@ def _index_scans(plan: dict) -> set[str]:
 
 
 async def test_lookups_by_id_probe_the_primary_key_whatever_the_statistics(database_url: str) -> None:
-    """The claim (and the reconciler's touch) reach jobs by id through the primary key, with
+    """The claim (and the lost-jobs re-check and claim) reach jobs by id through the primary key, with
     statistics that date from an empty table (as after a fresh install or a TRUNCATE), and
     are never prepared: a generic plan cached while the table was small once made every
     claim scan a partial index of all open jobs."""
@@ -118,16 +118,21 @@ async def test_lookups_by_id_probe_the_primary_key_whatever_the_statistics(datab
                       CASE WHEN i % 4 = 0 THEN 'delivered' ELSE 'queued' END
                  FROM generate_series(1, 4000) AS i"""
         )
-        cur = await conn.execute("SELECT distribution_id::text FROM distribution_jobs LIMIT 7")
-        ids = [r[0] for r in await cur.fetchall()]
-        for name, sql, listed in (("claim", jobs._CLAIM, jobs.id_list(ids)), ("touch stale", jobs._TOUCH_STALE, ids)):
-            cur = await conn.execute(f"EXPLAIN (FORMAT JSON) {sql}", (listed, 30))
+        cur = await conn.execute("SELECT distribution_id::text, updated_at FROM distribution_jobs LIMIT 7")
+        scanned = [(r[0], r[1]) for r in await cur.fetchall()]
+        ids = [i for i, _ in scanned]
+        cur = await conn.execute(f"EXPLAIN (FORMAT JSON) {jobs._CLAIM}", (jobs.id_list(ids), 30))
+        plan = (await cur.fetchone())[0][0]["Plan"]
+        assert _index_scans(plan) == {"distribution_jobs_pkey"}, ("claim", plan)
+        for name, sql in (("lost: re-check", lost.UNCHANGED), ("lost: claim", lost.CLAIM_UNCHANGED)):
+            cur = await conn.execute(f"EXPLAIN (FORMAT JSON) {sql}", lost._scanned(scanned))
             plan = (await cur.fetchone())[0][0]["Plan"]
             assert _index_scans(plan) == {"distribution_jobs_pkey"}, (name, plan)
 
         for _ in range(12):  # psycopg prepares on the 5th run, PostgreSQL goes generic after 5 more
             await jobs.claim_jobs(conn, ids, 30)
-            await jobs.touch_stale_jobs(conn, ids, 3600)
+            await lost.unchanged(conn, scanned)
+            await lost.claim_unchanged(conn, scanned)
             await jobs.job_statuses(conn, ids)
         cur = await conn.execute("SELECT statement FROM pg_prepared_statements")
         assert [s for (s,) in await cur.fetchall() if "distribution_jobs" in s] == []

@@ -1,4 +1,6 @@
-"""Every SQL statement the checks run, in one place so a test can EXPLAIN each of them.
+"""Every SQL statement the diagnose checks run, in one place so a test can EXPLAIN each of
+them (tests/diagnose/test_sql.py). The lost-jobs statements are the reconciler's own, in
+``store/lost.py``, listed here for the same test.
 
 Each one is served by an index of migrations/0001_initial.sql (noted beside it) and
 bounded by the window or by a small set (processing jobs, workers), so they stay fast
@@ -7,25 +9,32 @@ at millions of rows. Parameters are named: ``since`` and ``stuck`` are seconds.
 
 from __future__ import annotations
 
+from ms07.store import lost
+from ms07.store.status import AttemptStatus, JobStatus
+
+_PROCESSING = f"'{JobStatus.PROCESSING}'"
+_SUCCESS = f"'{AttemptStatus.SUCCESS}'"
+_FAILED = f"'{AttemptStatus.FAILED}'"
+
 # distribution_jobs_processing_created_idx: started_at >= created_at, so a job whose
 # lease is older than `stuck` was also created before it, which bounds the index scan.
-STUCK_JOBS = """
+STUCK_JOBS = f"""
 SELECT distribution_id::text, destination_name, created_at, started_at,
        EXTRACT(EPOCH FROM (now() - created_at)) AS seconds_old,
        EXTRACT(EPOCH FROM (now() - coalesce(started_at, created_at))) AS seconds_processing,
        count(*) OVER () AS total
   FROM distribution_jobs
- WHERE status = 'processing'
+ WHERE status = {_PROCESSING}
    AND created_at < now() - make_interval(secs => %(stuck)s)
    AND coalesce(started_at, created_at) < now() - make_interval(secs => %(stuck)s)
  ORDER BY created_at
  LIMIT 10
 """
 
-STUCK_BY_DESTINATION = """
+STUCK_BY_DESTINATION = f"""
 SELECT destination_name, count(*)
   FROM distribution_jobs
- WHERE status = 'processing'
+ WHERE status = {_PROCESSING}
    AND created_at < now() - make_interval(secs => %(stuck)s)
    AND coalesce(started_at, created_at) < now() - make_interval(secs => %(stuck)s)
  GROUP BY destination_name
@@ -43,13 +52,13 @@ SELECT destination_name, error_code, count(*) AS n, max(started_at) AS last_at
 """
 
 # distribution_attempts_started_idx. The guide's latency query (problem 2, docs/architecture.md), with percentiles.
-LATENCY = """
+LATENCY = f"""
 SELECT destination_name,
        count(*) AS attempts,
        avg(ms) AS avg_ms,
        percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY ms) AS pct,
        max(ms) AS max_ms,
-       count(*) FILTER (WHERE status = 'failed') AS failures
+       count(*) FILTER (WHERE status = {_FAILED}) AS failures
   FROM (SELECT destination_name, status,
                EXTRACT(EPOCH FROM (completed_at - started_at)) * 1000 AS ms
           FROM distribution_attempts
@@ -59,13 +68,13 @@ SELECT destination_name,
 
 # distribution_attempts_started_idx: failures per destination, error code and HTTP status,
 # with when each was first and last seen, its latest message and distribution (diagnose errors).
-ERRORS = """
+ERRORS = f"""
 SELECT destination_name, coalesce(error_code, 'UNKNOWN') AS error_code, response_status_code,
        count(*) AS n, min(started_at) AS first_at, max(started_at) AS last_at,
        (array_agg(coalesce(error_message, '') ORDER BY started_at DESC))[1] AS last_message,
        (array_agg(distribution_id::text ORDER BY started_at DESC))[1] AS last_distribution_id
   FROM distribution_attempts
- WHERE status = 'failed'
+ WHERE status = {_FAILED}
    AND started_at >= now() - make_interval(secs => %(since)s)
  GROUP BY destination_name, error_code, response_status_code
  ORDER BY n DESC
@@ -74,10 +83,10 @@ SELECT destination_name, coalesce(error_code, 'UNKNOWN') AS error_code, response
 
 # distribution_attempts_started_idx: attempts and successes per destination in the window,
 # and when the last success was (a destination with failures and no success is down).
-OUTCOMES = """
+OUTCOMES = f"""
 SELECT destination_name, count(*) AS attempts,
-       count(*) FILTER (WHERE status = 'success') AS successes,
-       max(started_at) FILTER (WHERE status = 'success') AS last_success_at,
+       count(*) FILTER (WHERE status = {_SUCCESS}) AS successes,
+       max(started_at) FILTER (WHERE status = {_SUCCESS}) AS last_success_at,
        max(started_at) AS last_at
   FROM distribution_attempts
  WHERE started_at >= now() - make_interval(secs => %(since)s)
@@ -85,11 +94,11 @@ SELECT destination_name, count(*) AS attempts,
 """
 
 # distribution_jobs_processing_created_idx: the guide's "resource usage" query (problem 2, docs/architecture.md).
-ACTIVE = """
+ACTIVE = f"""
 SELECT destination_name, count(*) AS active,
        avg(EXTRACT(EPOCH FROM (now() - created_at))) AS avg_queue_seconds
   FROM distribution_jobs
- WHERE status = 'processing'
+ WHERE status = {_PROCESSING}
  GROUP BY destination_name
 """
 
@@ -125,25 +134,6 @@ SELECT worker_id, host, pid, status, in_flight, rss_bytes, version, started_at, 
  ORDER BY worker_id
 """
 
-# distribution_jobs_open_updated_idx: open jobs untouched for the grace period.
-OPEN_JOBS = """
-SELECT distribution_id::text, destination_name, priority, status, updated_at,
-       EXTRACT(EPOCH FROM (now() - updated_at)) AS seconds_idle
-  FROM distribution_jobs
- WHERE status IN ('queued', 'retrying', 'processing')
-   AND updated_at < now() - make_interval(secs => %(grace)s)
- ORDER BY updated_at
- LIMIT %(limit)s
-"""
-
-# Primary key: re-read the candidates after the Redis scan, to drop any that moved on.
-STILL_OPEN = """
-SELECT distribution_id::text, updated_at
-  FROM distribution_jobs
- WHERE distribution_id = ANY(%(ids)s::uuid[])
-   AND status IN ('queued', 'retrying', 'processing')
-"""
-
 # worker_heartbeat_samples_time_idx. Seconds are relative to now to keep the
 # regression's sums small; the slope is bytes per second.
 RSS_TREND = """
@@ -173,8 +163,9 @@ SELECT name, url, health_url, health_status, last_health_check, last_health_late
 """
 
 # (name, sql, params, tables whose every row it may read) for the index test and the bench.
-SAMPLE_PARAMS = {"since": 3600.0, "stuck": 1800.0, "grace": 120.0, "limit": 5000,
-                 "names": ["d1", "d2"], "ids": ["00000000-0000-0000-0000-000000000000"]}
+SAMPLE_PARAMS = {"since": 3600.0, "stuck": 1800.0, "older_than": 120.0, "limit": 5000,
+                 "names": ["d1", "d2"], "ids": ["00000000-0000-0000-0000-000000000000"],
+                 "stamps": ["2026-01-01T00:00:00+00:00"]}
 BIG_TABLE_QUERIES = {
     "stuck jobs": STUCK_JOBS,
     "stuck by destination": STUCK_BY_DESTINATION,
@@ -185,8 +176,8 @@ BIG_TABLE_QUERIES = {
     "errors": ERRORS,
     "outcomes": OUTCOMES,
     "last attempt": LAST_ATTEMPT,
-    "open jobs": OPEN_JOBS,
-    "still open": STILL_OPEN,
+    "open jobs": lost.SCAN,
+    "still open": lost.UNCHANGED,
     "rss trend": RSS_TREND,
 }
 # Small tables (one row per destination or worker) are read whole on purpose.

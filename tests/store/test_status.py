@@ -1,0 +1,103 @@
+"""Job and attempt statuses have one home, ms07/store/status.py: the enums match the
+schema, and no job status is spelled as a string literal anywhere else in ms07/."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+from ms07.store.status import OPEN, OPEN_SQL, PARKED, TERMINAL, TERMINAL_SQL, AttemptStatus, JobStatus
+
+ROOT = Path(__file__).resolve().parents[2]
+MS07 = ROOT / "ms07"
+HOME = "store/status.py"
+
+# Temporary: the engine core is being split by another change; the lead switches these
+# to the enum after merging, then removes them from here.
+NOT_YET = {"engine/engine.py", "engine/batching.py", "engine/delivery.py", "engine/upkeep.py"}
+
+# The same words in other vocabularies, each a different idea from a job's status.
+OTHER_VOCABULARIES = {
+    "metrics.py": {"failed"},  # the requests/attempts metric labels
+    "cli/health.py": {"delivered", "failed"},  # a worker's counters in /health
+    "engine/health.py": {"delivered", "failed", "dead"},  # a worker's counters and heartbeat status
+    "store/heartbeats.py": {"dead"},  # a worker's heartbeat status
+    "recover/reclaim.py": {"dead"},  # a consumer without a heartbeat
+    "recover/plan.py": {"failed"},  # a plan step's result
+    "recover/render.py": {"failed"},
+    "cli/runbook.py": {"failed"},  # a runbook step's state
+    "runbooks/": {"failed"},
+    "diagnose/auth.py": {"failed"},  # a probe's verdict
+    "diagnose/latency.py": {"failed"},  # a column header (failed attempts)
+    "diagnose/runner.py": {"failed"},  # the finding of a check that raised
+}
+
+_QUOTED = re.compile("'(" + "|".join(s.value for s in JobStatus) + ")'")
+
+
+def _allowed(rel: str, value: str) -> bool:
+    return any(rel.startswith(prefix) and value in words for prefix, words in OTHER_VOCABULARIES.items())
+
+
+def _docstrings(tree: ast.AST) -> set[int]:
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                found.add(id(first.value))
+    return found
+
+
+def _literals(path: Path) -> list[tuple[int, str]]:
+    """(line, status) of every job status spelled in a string: a whole string equal to one
+    (Python) or one quoted inside a string (SQL). Docstrings and comments are prose."""
+    tree = ast.parse(path.read_text())
+    prose = _docstrings(tree)
+    values = {s.value for s in JobStatus}
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in prose:
+            if node.value in values:
+                out.append((node.lineno, node.value))
+            out += [(node.lineno, m) for m in _QUOTED.findall(node.value)]
+    return out
+
+
+def test_no_job_status_literal_outside_its_home() -> None:
+    found = []
+    for path in sorted(MS07.rglob("*.py")):
+        rel = path.relative_to(MS07).as_posix()
+        if rel == HOME or rel in NOT_YET:
+            continue
+        found += [f"ms07/{rel}:{line}: {value!r}" for line, value in _literals(path) if not _allowed(rel, value)]
+    assert found == [], "use ms07.store.status (JobStatus, OPEN, PARKED, TERMINAL, *_SQL):\n" + "\n".join(found)
+
+
+def test_the_check_catches_a_literal(tmp_path: Path) -> None:
+    sample = tmp_path / "x.py"
+    sample.write_text('"""Docstring: \'queued\' is prose."""\n'
+                      'A = "dead"\nB = f"x {A}"\nSQL = "SELECT 1 WHERE status IN (\'failed\', \'dead\')"\n')
+    assert _literals(sample) == [(2, "dead"), (4, "failed"), (4, "dead")]
+
+
+def test_the_enums_are_the_schemas_values() -> None:
+    schema = (MS07 / "store" / "migrations" / "0001_initial.sql").read_text()
+    jobs = re.search(r"CREATE TABLE distribution_jobs.*?CHECK \(status IN \(([^)]*)\)\)", schema, re.S)
+    attempts = re.search(r"CREATE TABLE distribution_attempts.*?CHECK \(status IN \(([^)]*)\)\)", schema, re.S)
+    assert jobs and attempts
+    assert set(re.findall(r"'(\w+)'", jobs.group(1))) == {s.value for s in JobStatus}
+    assert set(re.findall(r"'(\w+)'", attempts.group(1))) == {s.value for s in AttemptStatus}
+
+
+def test_the_groups() -> None:
+    assert OPEN == {JobStatus.QUEUED, JobStatus.RETRYING, JobStatus.PROCESSING}
+    assert PARKED == {JobStatus.FAILED, JobStatus.DEAD}
+    assert TERMINAL == PARKED | {JobStatus.DELIVERED}
+    assert not OPEN & TERMINAL and OPEN | TERMINAL == set(JobStatus)
+    # The partial index of open jobs is declared with this very list (its order too).
+    schema = (MS07 / "store" / "migrations" / "0001_initial.sql").read_text()
+    assert f"WHERE status IN {OPEN_SQL};" in schema
+    assert TERMINAL_SQL == "('delivered', 'failed', 'dead')"
+    assert "processing" in OPEN and JobStatus.DEAD == "dead"  # members are the DB strings
