@@ -4,14 +4,17 @@ item in one commit or none, naming each bad item; its size is bounded."""
 from __future__ import annotations
 
 import asyncio
+import json
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+import yaml
 
 from ms07 import keys
 from ms07.errors import ConfigError
-from tests.support import Sink, wait_for
+from tests.support import Sink, acli, wait_for
 
 
 @pytest.fixture
@@ -138,3 +141,51 @@ async def test_keys_in_a_batch_behave_like_single_keyed_submits(engine: Any) -> 
 def test_batch_limits_are_range_checked(make_settings, service: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         make_settings(service=service)
+
+
+def _config(tmp_path: Path, sink: Sink) -> list[str]:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"destinations": [{"name": "a", "url": sink.url("/a")},
+                                                    {"name": "b", "url": sink.url("/b")}]}))
+    return ["--config", str(cfg)]
+
+
+async def test_cli_submits_a_json_lines_file_in_one_commit(engine: Any, sink: Sink, env_for: dict[str, str],
+                                                           tmp_path: Path) -> None:
+    lines = tmp_path / "many.jsonl"
+    lines.write_text('{"destinations": ["a"], "payload": {"i": 1}}\n\n'
+                     '{"destinations": ["a", "b"], "payload": [2], "idempotency_key": "k"}\n')
+    result = await acli([*_config(tmp_path, sink), "submit", "--file", str(lines), "--json"], env_for)
+    assert result.exit_code == 0, result.output
+    answers = json.loads(result.output)["distributions"]
+    assert [len(a["distributions"]) for a in answers] == [1, 2]
+    assert await _written(engine) == (3, 3) and await _commits(engine) == 1
+    # Found by its content too (not one JSON value, one object per line), with a default correlation.
+    other = tmp_path / "batch.txt"
+    other.write_text('{"destinations": ["b"], "payload": 1}\n{"destinations": ["b"], "payload": 2}\n')
+    result = await acli([*_config(tmp_path, sink), "submit", "--file", str(other), "--correlation-id", "run-7"],
+                        env_for)
+    assert result.exit_code == 0 and len(result.output.strip().splitlines()) == 2, result.output
+    assert (await _written(engine))[0] == 5
+
+
+@pytest.mark.parametrize("text, args, message", [
+    ('{"destinations": ["a"], "payload": 1}\n{"destinations": ["zzz"], "payload": 2}\n', [],
+     "line 2: unknown destination 'zzz'"),
+    ('{"destinations": ["a"], "payload": 1}\n\n{"destinations": ["a"], "payload": 2\n', [],
+     "line 3: not valid JSON"),
+    ('{"destinations": ["a"], "payload": 1}\n[1]\n{"destinations": ["a"]}\n', [],
+     "line 2: a submission must be a JSON object (and 1 more line(s): 3); nothing was submitted"),
+    ('{"destinations": ["a"], "payload": 1}\n', ["-d", "a"], "drop --destination"),
+    ("\n\n", [], "no submissions"),
+])
+async def test_cli_a_bad_json_lines_file_is_one_line_and_nothing_written(
+        engine: Any, sink: Sink, env_for: dict[str, str], tmp_path: Path, text: str, args: list[str],
+        message: str) -> None:
+    lines = tmp_path / "bad.jsonl"
+    lines.write_text(text)
+    result = await acli([*_config(tmp_path, sink), "submit", "--file", str(lines), *args], env_for)
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    assert await _written(engine) == (0, 0)
