@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from ms07 import __version__, logs
-from ms07.engine import health
+from ms07.engine import health, openapi
 from ms07.engine.body import BodyError, body_limit, read_body
 from ms07.engine.upkeep import rss_bytes
 from ms07.errors import ConfigError, UsageError
@@ -327,6 +327,7 @@ def build_app(engine: Engine, memory: MemoryDebug | None = None) -> web.Applicat
         web.post("/api/v1/distributions", submit),
         web.get("/api/v1/distributions/{distribution_id}", get_distribution),
         web.get("/debug/memory", memory.handle),
+        web.get("/api/v1/openapi.json", openapi.handle),
     ])
     return app
 

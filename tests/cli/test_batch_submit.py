@@ -14,7 +14,7 @@ import yaml
 
 from ms07 import keys
 from ms07.errors import ConfigError
-from tests.support import Sink, acli, wait_for
+from tests.support import Sink, acli, check_response, wait_for
 
 
 @pytest.fixture
@@ -28,6 +28,7 @@ async def engine(make_settings, sink: Sink, start_engine) -> Any:
 async def _post(engine: Any, body: Any) -> tuple[int, Any]:
     url = f"http://127.0.0.1:{engine.http_port}/api/v1/distributions"
     async with aiohttp.ClientSession() as http, http.post(url, json=body) as r:
+        check_response("POST", url, r.status, r.headers, await r.read())
         return r.status, await r.json()
 
 
