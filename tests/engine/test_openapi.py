@@ -129,3 +129,14 @@ async def test_fuzzed_from_the_description(engine: Any, database_url: str) -> No
 
 def test_the_committed_description_is_json_of_the_yaml() -> None:
     assert json.loads((DOCS / "openapi.json").read_text(encoding="utf-8")) == description()
+
+
+def test_the_description_is_valid_openapi_3_1() -> None:
+    """Against the OpenAPI 3.1 meta-schema (Schemathesis's check of a loaded schema)."""
+    import schemathesis
+
+    schemathesis.openapi.from_dict(description()).validate()
+    broken = json.loads(json.dumps(description()))
+    broken["paths"]["/metrics"]["get"]["responses"] = {"200": {"content": 5}}
+    with pytest.raises(Exception, match="content"):
+        schemathesis.openapi.from_dict(broken).validate()
