@@ -25,9 +25,9 @@ async def engine(make_settings, sink: Sink, start_engine) -> Any:
         service={"max_batch_items": 5}))
 
 
-async def _post(engine: Any, body: Any) -> tuple[int, Any]:
+async def _post(engine: Any, body: Any, headers: dict[str, str] | None = None) -> tuple[int, Any]:
     url = f"http://127.0.0.1:{engine.http_port}/api/v1/distributions"
-    async with aiohttp.ClientSession() as http, http.post(url, json=body) as r:
+    async with aiohttp.ClientSession() as http, http.post(url, json=body, headers=headers) as r:
         check_response("POST", url, r.status, r.headers, await r.read())
         return r.status, await r.json()
 
@@ -52,11 +52,13 @@ async def test_a_good_batch_is_accepted_in_one_commit(engine: Any, sink: Sink) -
     items = [{"destinations": ["a", "b"], "payload": {"i": 0}, "correlation_id": "c-0"},
              {"destinations": ["a"], "payload": {"i": 1}, "priority": "default"},
              {"destinations": ["b"], "payload": "text", "idempotency_key": "k-1"}]
-    code, data = await _post(engine, {"distributions": items})
+    code, data = await _post(engine, {"distributions": items}, {"X-Correlation-ID": "hdr-1"})
     assert code == 202, data
     answers = data["distributions"]
     assert [[d["destination"] for d in a["distributions"]] for a in answers] == [["a", "b"], ["a"], ["b"]]
-    assert answers[0]["correlation_id"] == "c-0" and not any(a["replayed"] for a in answers)
+    # An item's own correlation id, else the header's.
+    assert [a["correlation_id"] for a in answers] == ["c-0", "hdr-1", "hdr-1"]
+    assert not any(a["replayed"] for a in answers)
     assert await _written(engine) == (4, 4)
     assert await _commits(engine) == 1
     ids = {d["distribution_id"] for a in answers for d in a["distributions"]}
