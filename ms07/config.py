@@ -146,6 +146,11 @@ class ServiceConfig:
     # A worker silent this long is stale (/health/ready, diagnose); 3x: marked dead.
     stale_worker_minutes: float = 5.0
     debug_memory: bool = False
+    # A batch submit (POST /api/v1/distributions {"distributions": [...]}): at most this many
+    # items, and a body of at most max_batch_bytes (None: the single-submission limit, the
+    # largest max_payload_bytes plus 64 KiB) -- the server never reads more than it says.
+    max_batch_items: int = 100
+    max_batch_bytes: int | None = None
     api_token_file: str | None = None
     worker_id: str | None = None
 
@@ -765,6 +770,11 @@ def validate(
         fail("service.concurrency", "must be between 1 and 10000")
     if not 1 <= settings.service.prefetch <= 64:
         fail("service.prefetch", "must be between 1 and 64")
+    if not 1 <= settings.service.max_batch_items <= 1000:
+        fail("service.max_batch_items", f"must be between 1 and 1000, got {settings.service.max_batch_items}")
+    batch_bytes = settings.service.max_batch_bytes
+    if batch_bytes is not None and not 1024 <= batch_bytes <= 1024**3:
+        fail("service.max_batch_bytes", f"must be between 1024 and {1024**3} (1 GiB), got {batch_bytes}")
     if not 0 <= settings.service.http_port <= 65535:
         fail("service.http_port", "must be a TCP port")
     if settings.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):

@@ -239,6 +239,109 @@ class SubmitBatcher:
                 fut.set_result(Recorded(mine, existing, done.enqueued))
 
 
+FIELDS = ("destinations", "payload", "correlation_id", "priority", "idempotency_key")
+
+
+def from_json(body: Any, correlation_id: str | None = None) -> dict[str, Any]:
+    """The keyword arguments of :func:`submit_with` from one submission as JSON (the API's
+    body, an item of a batch, a line of ``ms07 submit --file x.jsonl``); ``correlation_id``:
+    the default for a body without one. :class:`UsageError` names what is wrong."""
+    if not isinstance(body, dict):
+        raise UsageError("a submission must be a JSON object")
+    unknown = set(body) - set(FIELDS)
+    if unknown:
+        raise UsageError(f"unknown field {sorted(unknown)[0][:100]!r}")
+    dests = body.get("destinations")
+    if not isinstance(dests, list) or not dests or not all(isinstance(d, str) for d in dests):
+        raise UsageError("destinations must be a non-empty list of destination names")
+    if "payload" not in body:
+        raise UsageError("payload is required")
+    corr = body.get("correlation_id")
+    return {"destinations": dests, "payload": body["payload"], "priority": body.get("priority"),
+            "correlation_id": correlation_id if corr is None else corr,
+            "idempotency_key": body.get("idempotency_key")}
+
+
+class BatchTooLarge(UsageError):
+    http_status = 413
+
+
+def batch_from_json(body: dict[str, Any], max_items: int) -> list[Any]:
+    """The items of a batch submit (``{"distributions": [...]}``), each still to be
+    checked by :func:`submit_many`."""
+    if set(body) != {"distributions"}:
+        raise UsageError(f"unknown field {sorted(set(body) - {'distributions'})[0][:100]!r} next to distributions")
+    items = body["distributions"]
+    if not isinstance(items, list) or not items:
+        raise UsageError("distributions must be a non-empty list of submissions")
+    if len(items) > max_items:
+        raise BatchTooLarge(f"batch has {len(items)} items, over the limit of {max_items} (service.max_batch_items)")
+    return items
+
+
+class BatchRefused(UsageError):
+    """Some items of a batch are bad: nothing was written. ``items``: (index, error) of each."""
+
+    def __init__(self, items: list[tuple[int, UsageError]]) -> None:
+        self.items = items
+        first, exc = items[0]
+        more = f" (and {len(items) - 1} more)" if len(items) > 1 else ""
+        super().__init__(f"item {first}: {exc}{more}; nothing was submitted")
+        statuses = {getattr(e, "http_status", 400) for _, e in items}
+        # One status when every bad item agrees on it (all unknown destinations: 422), else 400.
+        self.http_status = statuses.pop() if len(statuses) == 1 else 400
+
+
+def _prepare(settings: Settings, item: dict[str, Any]) -> tuple[list[jobs.NewJob], str]:
+    body = encode_payload(item["payload"])
+    return build_jobs(
+        settings,
+        list(item["destinations"]),
+        body,
+        content_type=item.get("content_type", "application/json"),
+        correlation_id=item.get("correlation_id"),
+        priority=item.get("priority"),
+        idempotency_key=item.get("idempotency_key"),
+    )
+
+
+def _answer(new: list[jobs.NewJob], correlation: str, done: Recorded) -> Submitted:
+    result = Submitted(correlation_id=correlation, enqueued=done.enqueued)
+    fresh = {id(j) for j in done.fresh}
+    for job in new:
+        did = job.distribution_id
+        if id(job) not in fresh:
+            did, corr = done.existing[(job.idempotency_key or "", job.destination)]
+            # A replay answers with what the first submit made, correlation included.
+            result.correlation_id = corr or result.correlation_id
+        result.distributions.append({"distribution_id": did, "destination": job.destination})
+    result.replayed = not any(id(j) in fresh for j in new)
+    return result
+
+
+async def submit_many(
+    recorder: Any, settings: Settings, items: Sequence[Any], correlation_id: str | None = None
+) -> list[Submitted]:
+    """Accept every item (a submission as JSON, see :func:`from_json`; ``correlation_id``
+    the default) in one commit, or none: :class:`BatchRefused` names each bad item, and
+    nothing is written. A key used before, or by an earlier item of the batch, answers
+    with what it made, as a repeated single submit would."""
+    built: list[tuple[list[jobs.NewJob], str]] = []
+    bad: list[tuple[int, UsageError]] = []
+    for i, item in enumerate(items):
+        try:
+            built.append(_prepare(settings, from_json(item, correlation_id)))
+        except UsageError as exc:
+            bad.append((i, exc))
+    if bad:
+        raise BatchRefused(bad)
+    everything = [j for new, _ in built for j in new]
+    # Two items with one key and destination: the insert (or the batcher) keeps the first
+    # and answers the later one with it, in ``existing``.
+    done = await recorder.record(everything)
+    return [_answer(new, corr, done) for new, corr in built]
+
+
 async def submit_with(
     recorder: Any,
     settings: Settings,
@@ -251,28 +354,10 @@ async def submit_with(
     idempotency_key: str | None = None,
 ) -> Submitted:
     """Accept one distribution for one or more destinations (one job each)."""
-    body = encode_payload(payload)
-    new, correlation = build_jobs(
-        settings,
-        list(destinations),
-        body,
-        content_type=content_type,
-        correlation_id=correlation_id,
-        priority=priority,
-        idempotency_key=idempotency_key,
-    )
-    done = await recorder.record(new)
-    result = Submitted(correlation_id=correlation, enqueued=done.enqueued)
-    fresh_ids = {j.destination: j.distribution_id for j in done.fresh}
-    for job in new:
-        did = fresh_ids.get(job.destination)
-        if did is None:
-            did, corr = done.existing[(job.idempotency_key or "", job.destination)]
-            # A replay answers with what the first submit made, correlation included.
-            result.correlation_id = corr or result.correlation_id
-        result.distributions.append({"distribution_id": did, "destination": job.destination})
-    result.replayed = bool(done.existing) and not done.fresh
-    return result
+    item = {"destinations": destinations, "payload": payload, "content_type": content_type,
+            "correlation_id": correlation_id, "priority": priority, "idempotency_key": idempotency_key}
+    new, correlation = _prepare(settings, item)
+    return _answer(new, correlation, await recorder.record(new))
 
 
 async def submit(

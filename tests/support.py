@@ -221,3 +221,74 @@ def cli(args: list[str], env: dict[str, str], input: str | None = None) -> Any:
 async def acli(args: list[str], env: dict[str, str], input: str | None = None) -> Any:
     """``cli`` from an async test: commands run their own event loop, so use a thread."""
     return await asyncio.to_thread(cli, args, env, input)
+
+
+# ------------------------------------------------------------------ the OpenAPI description
+
+
+def _resolve(node: Any, root: dict[str, Any]) -> Any:
+    """``node`` with every local ``$ref`` replaced by what it names (the description has
+    no recursive schemas)."""
+    if isinstance(node, dict):
+        if set(node) == {"$ref"}:
+            target: Any = root
+            for part in node["$ref"].removeprefix("#/").split("/"):
+                target = target[part.replace("~1", "/").replace("~0", "~")]
+            return _resolve(target, root)
+        return {k: _resolve(v, root) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_resolve(v, root) for v in node]
+    return node
+
+
+def _operation(method: str, path: str) -> tuple[str, dict[str, Any]] | None:
+    import re
+
+    from ms07.engine.openapi import description
+
+    paths = description()["paths"]
+    method = "get" if method.upper() == "HEAD" else method.lower()
+    for template, item in paths.items():
+        pattern = "^" + re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template)) + "$"
+        if re.match(pattern, path) and method in item:
+            return template, item[method]
+    return None
+
+
+def check_response(method: str, url: str, status: int, headers: Any, body: bytes) -> None:
+    """Fail unless this answer of the engine is one its OpenAPI description allows: the
+    status listed for the operation, the media type, the JSON body valid against the
+    schema, the headers it names. A path no route serves may only answer the token
+    guard's 401 or aiohttp's plain-text 404/405."""
+    from urllib.parse import urlsplit
+
+    import jsonschema_rs
+
+    from ms07.engine.openapi import description
+
+    path = urlsplit(url).path  # raw, as the router matches it: %2F stays inside one segment
+    # Any client's headers (Schemathesis gives lists of values): one lower-case name each.
+    headers = {str(k).lower(): v[0] if isinstance(v, list) else str(v) for k, v in dict(headers).items()}
+    media = headers.get("content-type", "").split(";")[0].strip().lower()
+    found = _operation(method, path)
+    if found is None:
+        guard = status == 401 and media == "application/json" and json.loads(body) == {"error": "unauthorized"}
+        assert guard or (status in (404, 405) and media == "text/plain"), \
+            f"{method} {path} is not in the OpenAPI description, and answered {status} {media}"
+        return
+    template, operation = found
+    where = f"{method} {template} -> {status}"
+    response = operation["responses"].get(str(status)) or operation["responses"].get("default")
+    assert response is not None, f"{where}: status not in the OpenAPI description"
+    response = _resolve(response, description())
+    for name, spec in response.get("headers", {}).items():
+        assert name.lower() in headers, f"{where}: header {name} missing"
+        jsonschema_rs.validate(spec["schema"], headers[name.lower()])
+    content = response.get("content", {})
+    assert media in content, f"{where}: media type {media!r} not in {sorted(content)}"
+    if method.upper() == "HEAD":
+        return
+    value: Any = json.loads(body) if media == "application/json" else body.decode("utf-8")
+    errors = [f"{e.message} at {list(e.instance_path)}"
+              for e in jsonschema_rs.Draft202012Validator(content[media]["schema"]).iter_errors(value)]
+    assert not errors, f"{where}: the body does not match the OpenAPI description: {errors[:3]}"

@@ -32,17 +32,30 @@ class BodyError(Exception):
         self.status = status
 
 
-def body_limit(settings: Settings) -> int:
-    """The largest request body worth reading: the largest payload any destination
-    accepts, plus the envelope."""
+def single_limit(settings: Settings) -> int:
+    """The largest body of one submission: the largest payload any destination accepts,
+    plus the envelope."""
     largest = max([settings.distribution.max_payload_bytes,
                    *(d.max_payload_bytes for d in settings.effective.values())])
     return largest + ENVELOPE
 
 
-def _too_large(size: str, limit: int) -> BodyError:
-    return BodyError(413, f"request body is {size}, over the {limit}-byte limit "
-                          "(the largest max_payload_bytes plus 64 KiB)")
+def batch_limit(settings: Settings) -> int:
+    """The largest body of a batch submit: ``service.max_batch_bytes``, by default the
+    single-submission limit (a batch never makes the server read more than it said)."""
+    return settings.service.max_batch_bytes or single_limit(settings)
+
+
+def body_limit(settings: Settings) -> int:
+    """The largest request body worth reading, before it is known to be one or a batch."""
+    return max(single_limit(settings), batch_limit(settings))
+
+
+def too_large(size: str, limit: int, batch: bool | None = None) -> BodyError:
+    """413 naming the limit and the setting behind it (``batch`` None: not known yet)."""
+    why = {None: "the largest max_payload_bytes plus 64 KiB; a batch: service.max_batch_bytes",
+           False: "the largest max_payload_bytes plus 64 KiB", True: "service.max_batch_bytes"}[batch]
+    return BodyError(413, f"request body is {size}, over the {limit}-byte limit ({why})")
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
@@ -52,12 +65,12 @@ async def read_body(request: web.Request, limit: int) -> bytes:
         raise BodyError(415, f"Content-Encoding {encoding[:40]!r} is not supported (gzip, deflate or none)")
     length = request.content_length
     if length is not None and length > limit:
-        raise _too_large(f"{length} bytes", limit)
+        raise too_large(f"{length} bytes", limit)
     raw = bytearray()
     while chunk := await request.content.readany():
         raw += chunk
         if len(raw) > limit:
-            raise _too_large("longer", limit)
+            raise too_large("longer", limit)
     if encoding in ("", "identity"):
         return bytes(raw)
     return _inflate(bytes(raw), encoding, limit)
@@ -69,7 +82,7 @@ def _inflate(raw: bytes, encoding: str, limit: int) -> bytes:
     try:
         out = inflater.decompress(raw, limit + 1)
         if len(out) > limit or inflater.unconsumed_tail:
-            raise _too_large("decompressed larger", limit)
+            raise too_large("decompressed larger", limit)
     except zlib.error:
         raise BodyError(400, f"request body is not valid {name} data (Content-Encoding: {encoding})") from None
     if not inflater.eof:

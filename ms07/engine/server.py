@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from ms07 import __version__, logs
-from ms07.engine import health
+from ms07.engine import health, openapi
 from ms07.engine.body import BodyError, body_limit, read_body
 from ms07.engine.upkeep import rss_bytes
 from ms07.errors import ConfigError, UsageError
@@ -180,7 +180,10 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def submit(request: web.Request) -> web.Response:
-    from ms07.submit import submit_with
+    """One submission, or a batch (``{"distributions": [...]}``): all accepted in one
+    commit, or none, with the index and reason of each bad item."""
+    from ms07.engine.body import batch_limit, single_limit, too_large
+    from ms07.submit import BatchRefused, batch_from_json, from_json, submit_many, submit_with
 
     engine: Engine = request.app[ENGINE]  # type: ignore[assignment]
     if engine.draining:
@@ -200,27 +203,21 @@ async def submit(request: web.Request) -> web.Response:
         return _error(400, "request body is nested too deeply")
     if not isinstance(body, dict):
         return _error(400, "request body must be a JSON object")
-    unknown = set(body) - {"destinations", "payload", "correlation_id", "priority", "idempotency_key"}
-    if unknown:
-        return _error(400, f"unknown field {sorted(unknown)[0]!r}")
-    dests = body.get("destinations")
-    if not isinstance(dests, list) or not dests or not all(isinstance(d, str) for d in dests):
-        return _error(400, "destinations must be a non-empty list of destination names")
-    if "payload" not in body:
-        return _error(400, "payload is required")
-    correlation_id = body.get("correlation_id")
-    if correlation_id is None:
-        correlation_id = request.headers.get("X-Correlation-ID") or None
+    batch = "distributions" in body
+    limit = (batch_limit if batch else single_limit)(engine.settings)
+    if len(raw) > limit:  # read up to the larger of the two limits
+        return _error(413, str(too_large(f"{len(raw)} bytes", limit, batch)))
+    header_correlation = request.headers.get("X-Correlation-ID") or None
     try:
-        result = await submit_with(
-            engine.submitter,
-            engine.settings,
-            dests,
-            body["payload"],
-            correlation_id=correlation_id,
-            priority=body.get("priority"),
-            idempotency_key=body.get("idempotency_key"),
-        )
+        if batch:
+            items = batch_from_json(body, engine.settings.service.max_batch_items)
+            results = await submit_many(engine.submitter, engine.settings, items, header_correlation)
+            return _json({"distributions": [{**r.as_json(), "replayed": r.replayed} for r in results]},
+                         200 if all(r.replayed for r in results) else 202)
+        result = await submit_with(engine.submitter, engine.settings, **from_json(body, header_correlation))
+    except BatchRefused as exc:
+        return _json({"error": str(exc), "items": [{"index": i, "error": str(e)} for i, e in exc.items]},
+                     exc.http_status)
     except UsageError as exc:
         return _error(getattr(exc, "http_status", 400), str(exc))
     if log.enabled(logging.DEBUG):
@@ -330,6 +327,7 @@ def build_app(engine: Engine, memory: MemoryDebug | None = None) -> web.Applicat
         web.post("/api/v1/distributions", submit),
         web.get("/api/v1/distributions/{distribution_id}", get_distribution),
         web.get("/debug/memory", memory.handle),
+        web.get("/api/v1/openapi.json", openapi.handle),
     ])
     return app
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from ms07 import keys
-from tests.support import Sink, acli, status, wait_for
+from tests.support import Sink, acli, check_response, status, wait_for
 
 
 @pytest.fixture
@@ -26,6 +26,7 @@ async def _post(engine: Any, body: Any, raw: bytes | None = None) -> tuple[int, 
     async with aiohttp.ClientSession() as http:
         kwargs = {"data": raw, "headers": {"Content-Type": "application/json"}} if raw is not None else {"json": body}
         async with http.post(url, **kwargs) as r:
+            check_response("POST", url, r.status, r.headers, await r.read())
             return r.status, await r.json()
 
 
@@ -47,6 +48,7 @@ async def test_api_submit_one_job_per_destination_sharing_a_correlation(engine: 
     async with aiohttp.ClientSession() as http:
         async with http.get(f"http://127.0.0.1:{engine.http_port}/api/v1/distributions/{did}") as r:
             body = await r.json()
+            check_response("GET", str(r.url), r.status, r.headers, await r.read())
             assert r.status == 200
     assert {"distribution_id", "destination", "status", "attempts"} <= set(body)
     await wait_for(lambda: _delivered_status(engine, did), what="status delivered")
@@ -56,6 +58,7 @@ async def _delivered_status(engine: Any, did: str) -> bool:
     async with aiohttp.ClientSession() as http:
         async with http.get(f"http://127.0.0.1:{engine.http_port}/api/v1/distributions/{did}") as r:
             body = await r.json()
+            check_response("GET", str(r.url), r.status, r.headers, await r.read())
     return body["status"] == "delivered" and body["attempts"][0]["response_status_code"] == 200
 
 

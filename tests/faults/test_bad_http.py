@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import Sink, acli
+from tests.support import Sink, acli, check_response
 
 pytestmark = pytest.mark.faults
 
@@ -27,6 +27,7 @@ class Raw:
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
+        self.sent: tuple[str, str] | None = None  # the request whose answer is checked against the description
 
     @classmethod
     async def open(cls, port: int) -> Raw:
@@ -37,6 +38,7 @@ class Raw:
         await self.writer.drain()
 
     async def request(self, method: str, path: str, body: bytes | None = None, **headers: str) -> None:
+        self.sent = (method, path)
         lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1"]
         if body is not None and "Transfer_Encoding" not in headers:
             lines.append(f"Content-Length: {headers.pop('Content_Length', len(body))}")
@@ -51,7 +53,11 @@ class Raw:
             body = await self.reader.readexactly(int(headers.get("content-length", "0")))
             return int(status_line.split()[1]), headers, body
 
-        return await asyncio.wait_for(read(), timeout)
+        status, headers, body = await asyncio.wait_for(read(), timeout)
+        if self.sent is not None:
+            check_response(*self.sent, status, {k.title(): v for k, v in headers.items()}, body)
+            self.sent = None
+        return status, headers, body
 
     async def close(self) -> None:
         self.writer.close()

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from ms07 import keys
-from tests.support import Sink, cli, destination, write_config
+from tests.support import Sink, check_response, cli, destination, write_config
 
 pytestmark = pytest.mark.faults
 
@@ -125,6 +125,7 @@ async def test_submit_api_refuses_bad_bodies_with_nothing_written(make_settings,
                 before = _written(db, r)
                 resp = http.post(url, content=body, headers={"Content-Type": "application/json"})
                 seen[resp.status_code] = seen.get(resp.status_code, 0) + 1
+                check_response("POST", url, resp.status_code, resp.headers, resp.content)
                 assert resp.status_code in (200, 202, 400, 413, 422), (resp.status_code, resp.text[:300])
                 assert resp.headers["Content-Type"].startswith("application/json")
                 data = resp.json()

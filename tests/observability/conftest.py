@@ -17,14 +17,22 @@ import pytest
 from ms07 import embedded
 from ms07.config import Settings
 from ms07.engine.engine import Engine
-from tests.support import Sink
+from tests.support import Sink, check_response
 
 TOKEN = "obs-api-token-7f3a9c1d2e"
 
 
 @pytest.fixture
 async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=15.0) as client:
+    """A client whose every answer (from an engine: these tests talk to nothing else) is
+    checked against the OpenAPI description."""
+
+    async def conforms(response: httpx.Response) -> None:
+        await response.aread()
+        check_response(response.request.method, str(response.url), response.status_code, response.headers,
+                       response.content)
+
+    async with httpx.AsyncClient(timeout=15.0, event_hooks={"response": [conforms]}) as client:
         yield client
 
 
