@@ -27,7 +27,7 @@ import os
 import socket
 import time
 import uuid
-from collections import Counter, defaultdict, deque
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,23 +36,26 @@ from redis.exceptions import RedisError
 
 from ms07 import __version__, logs
 from ms07.config import Settings
-from ms07.engine import crash
+from ms07.engine import auth, batching, crash, signing, upkeep
 from ms07.engine.breaker import CircuitBreaker
-from ms07.engine.delivery import AttemptResult, DestinationClient, ErrorCode
+from ms07.engine.delivery import DestinationClient, ErrorCode
+from ms07.engine.policy import DeliveryPolicy
+from ms07.engine.ratelimit import RateLimiter
 from ms07.engine.retry import RetryPolicy
+from ms07.engine.server import start_server
 from ms07.errors import ConfigError
 from ms07.metrics import Metrics
 from ms07.queue import Entry, InvalidMessage, parse_entry
 from ms07.runtime import Runtime
 from ms07.store import db, jobs
 from ms07.store import destinations as dest_store
+from ms07.submit import SubmitBatcher
 
 log = logs.get("DistributionWorker")
 
 EXIT_OK = 0
 EXIT_MEMORY_GUARD = 75  # EX_TEMPFAIL: the orchestrator should restart this process
 FINAL_COMMIT_SECONDS = 5.0
-MAX_RETRY_AFTER = 3600.0
 # At moderate rates a read or an outcome commit would otherwise carry one or two
 # entries each: every read is an XREADGROUP and a claim statement, every commit a
 # statement and an ack, whatever their size. Waiting this long before the next one when
@@ -112,15 +115,13 @@ class Engine:
         self.http_port = settings.service.http_port if http_port is None else http_port
         self.metrics = Metrics()
         self.clients: dict[str, DestinationClient] = {}
-        self.batchers: dict[str, Any] = {}
+        self.batchers: dict[str, batching.Batcher] = {}
         self.loop_errors: Counter[str] = Counter()
-        self.breakers: dict[str, CircuitBreaker] = {}
-        self.policies: dict[str, RetryPolicy] = {}
+        self.policy = DeliveryPolicy(settings.effective.values(), self.worker_id, self.metrics)
         self.started_at = _utc()
         self.exit_code = EXIT_OK
         self.delivered = 0
         self.failed = 0
-        self.handed_back = 0
         self.ready = False
         self.draining = False
         self._held: dict[tuple[str, str], Held] = {}
@@ -147,9 +148,6 @@ class Engine:
         self._loops: list[asyncio.Task[Any]] = []
         self._reader: asyncio.Task[Any] | None = None
         self._committer: asyncio.Task[Any] | None = None
-        self.circuit_updates: list[tuple[str, str]] = []
-        self.recent_latency: dict[str, deque[float]] = defaultdict(lambda: deque(maxlen=1000))
-        self._children: dict[str, tuple[Any, Any, Any, deque[float]]] = {}
         self._delivered_total = self.metrics.requests.labels("success")
         self.server: Any = None
         self.submitter: Any = None
@@ -162,6 +160,21 @@ class Engine:
     def in_flight(self) -> int:
         return len(self._held)
 
+    def _is_draining(self) -> bool:
+        return self.draining
+
+    @property
+    def breakers(self) -> dict[str, CircuitBreaker]:
+        return self.policy.breakers
+
+    @property
+    def policies(self) -> dict[str, RetryPolicy]:
+        return self.policy.retry
+
+    @property
+    def handed_back(self) -> int:
+        return self.policy.handed_back
+
     async def start(self) -> None:
         """Connect, migrate, sync destinations, open clients, start every loop."""
         if self._started:
@@ -171,13 +184,9 @@ class Engine:
         if serve_http:
             self.settings.api_listen()
         self._started = True
-        from ms07.engine import auth, batching, signing, upkeep
-        from ms07.engine.ratelimit import RateLimiter
 
         self.pool = await self.runtime.pool()
         self.queue = await self.runtime.queue()
-        from ms07.submit import SubmitBatcher
-
         self.submitter = SubmitBatcher(self.pool, self.queue)
         if serve_http:
             # Listen before this worker announces itself (consumer, heartbeat row) or opens
@@ -187,10 +196,6 @@ class Engine:
         async with self.pool.connection() as conn:
             await dest_store.sync_destinations(conn, self.settings.destinations)
         for dest in self.settings.effective.values():
-            cb = dest.circuit_breaker
-            self.breakers[dest.name] = CircuitBreaker(dest.name, cb.failure_threshold, cb.recovery_timeout,
-                                                      self._on_circuit)
-            self.policies[dest.name] = RetryPolicy.for_destination(dest)
             client = DestinationClient(
                 dest,
                 self.dist,
@@ -203,7 +208,7 @@ class Engine:
                                              dest.rate_limit.burst)
             await client.open()
             self.clients[dest.name] = client
-            batcher = batching.batcher_for(self, client)
+            batcher = batching.batcher_for(self.policy, client, self._is_draining)
             if batcher is not None:
                 self.batchers[dest.name] = batcher
             if batcher is not None or client.limiter is not None:
@@ -227,8 +232,6 @@ class Engine:
         )
 
     async def _listen(self) -> None:
-        from ms07.engine.server import start_server
-
         host, port = self.settings.api_listen()[1], self.http_port
         try:
             self.server = await start_server(self, host, port)
@@ -307,8 +310,6 @@ class Engine:
             self._release(never_started)
         await self._drain_outbox(timeout=FINAL_COMMIT_SECONDS)
         await self._cancel_all([*self._loops, *self._workers, *([self._committer] if self._committer else [])])
-        from ms07.engine import upkeep
-
         await upkeep.farewell(self)
         closers = [*(b.close() for b in self.batchers.values()),
                    *([self.server.close()] if self.server is not None else []),
@@ -421,8 +422,6 @@ class Engine:
             return
         refile = [(e, did) for e, did in valid if e.deliveries > 1 and statuses.get(did) in jobs.PARKED_STATUSES]
         if refile:
-            from ms07.engine import upkeep
-
             if not await upkeep.refile_parked(self, refile):
                 self._release([self._held[(e.queue, e.entry_id)] for e, _ in refile])
                 valid = [v for v in valid if v not in refile]
@@ -496,7 +495,7 @@ class Engine:
             outcome = await self.deliver(job)
         except asyncio.CancelledError:
             # Shutdown past the grace period: the entry stays pending for another worker.
-            breaker = self.breakers.get(job.destination)
+            breaker = self.policy.breakers.get(job.destination)
             if breaker:
                 breaker.release()
             self._release([held])
@@ -510,98 +509,43 @@ class Engine:
 
     async def deliver(self, job: jobs.ClaimedJob) -> jobs.Outcome:
         """Make the HTTP attempt(s) for one claimed job and decide what happens next."""
+        policy = self.policy
         client = self.clients.get(job.destination)
         if client is None:
-            return self._outcome(job, "failed", ErrorCode.UNKNOWN_DESTINATION,
+            return policy.outcome(job, "failed", ErrorCode.UNKNOWN_DESTINATION,
                                  f"destination {job.destination!r} is not configured on this worker")
         batcher = self.batchers.get(job.destination)
         if batcher is not None:
             return await batcher.deliver(job)
-        breaker = self.breakers[job.destination]
+        breaker = policy.breakers[job.destination]
         limiter = client.limiter
         if limiter is not None:
             await limiter.acquire()
         attempt = job.attempts + 1
         async with self._http_slots:
             if self.draining:
-                return self.hand_back(job)
+                return policy.hand_back(job)
             # Asked only now: while this delivery waited for a slot the circuit may have opened.
             if not breaker.allow():
-                return self.defer_for_circuit(job)
+                return policy.defer_for_circuit(job)
             result = await client.send(job.distribution_id, attempt, job.payload, job.content_type)
         if result.success:
             crash.point("after_http")
-        rows = [self.attempt_row(attempt, result)]
-        self.observe(job.destination, result)
+        rows = [policy.attempt_row(attempt, result)]
+        policy.observe(job.destination, result)
         if result.auth_failure and client.auth is not None and client.auth.refreshable:
             # The token may have been revoked or rotated: refresh once and try again.
             await client.auth.invalidate(result.auth_generation)
             attempt += 1
             async with self._http_slots:
                 result = await client.send(job.distribution_id, attempt, job.payload, job.content_type)
-            rows.append(self.attempt_row(attempt, result))
-            self.observe(job.destination, result)
+            rows.append(policy.attempt_row(attempt, result))
+            policy.observe(job.destination, result)
         if result.success or not result.retryable or result.auth_failure:
             breaker.success()  # the destination answered
         else:
             breaker.failure()
-        return self.decide(job, attempt, result, rows)
-
-    def hand_back(self, job: jobs.ClaimedJob) -> jobs.Outcome:
-        """Draining: a delivery that has not started yet goes back to the queue, due now and
-        with no attempt counted, for the other workers (or the next start) to take at once,
-        instead of holding up the drain or waiting ``claim_idle_seconds`` for a reclaim.
-        The job keeps its last error."""
-        self.handed_back += 1
-        return self._outcome(job, "retrying", None, None, next_in=0.0)
-
-    def defer_for_circuit(self, job: jobs.ClaimedJob) -> jobs.Outcome:
-        """No request while the destination's circuit is open: back to the delayed set,
-        with no attempt counted, until the circuit lets a probe through."""
-        self.metrics.errors.labels(job.destination, ErrorCode.CIRCUIT_OPEN).inc()
-        return self._outcome(job, "retrying", ErrorCode.CIRCUIT_OPEN, "circuit open; deferred",
-                             next_in=self.breakers[job.destination].retry_in())
-
-    def observe(self, destination: str, result: AttemptResult) -> None:
-        children = self._children.get(destination)
-        if children is None:
-            # labels() hashes and locks on every call: resolve the children once per destination.
-            m = self.metrics
-            children = self._children[destination] = (
-                m.attempts.labels("success", destination), m.attempts.labels("failed", destination),
-                m.latency.labels(destination), self.recent_latency[destination])
-        success, failed, latency, recent = children
-        (success if result.success else failed).inc()
-        latency.observe(result.latency)
-        recent.append(result.latency)
-        if result.error_code:
-            self.metrics.errors.labels(destination, result.error_code).inc()
-
-    @staticmethod
-    def attempt_row(attempt: int, r: AttemptResult) -> jobs.AttemptRow:
-        return jobs.AttemptRow(attempt, r.started_at, r.completed_at, r.success, r.http_status,
-                               r.error_code, r.error_message)
-
-    def decide(self, job: jobs.ClaimedJob, attempt: int, result: AttemptResult,
-                rows: list[jobs.AttemptRow]) -> jobs.Outcome:
-        if result.success:
-            return jobs.Outcome(job.distribution_id, job.destination, "delivered", self.worker_id, rows)
-        if not result.retryable:
-            return self._outcome(job, "failed", result.error_code, result.error_message, rows=rows)
-        if attempt >= job.max_attempts:
-            return self._outcome(job, "dead", result.error_code,
-                                 f"retries exhausted after {attempt} attempts: {result.error_message}", rows=rows)
-        # Only jobs of configured destinations get here (deliver() fails the others).
-        delay = self.policies[job.destination].delay(attempt)
-        if result.retry_after is not None:
-            delay = max(delay, min(result.retry_after, MAX_RETRY_AFTER))
-        return self._outcome(job, "retrying", result.error_code, result.error_message, rows=rows, next_in=delay)
-
-    def _outcome(self, job: jobs.ClaimedJob, status: str, code: str | None, message: str | None, *,
-                 rows: list[jobs.AttemptRow] | None = None, next_in: float | None = None) -> jobs.Outcome:
-        next_at = _utc() + dt.timedelta(seconds=next_in) if next_in is not None else None
-        return jobs.Outcome(job.distribution_id, job.destination, status, self.worker_id, rows or [],
-                            code, message, next_at)
+        return policy.decide(job, attempt, result, rows)
 
     def _finish_without_job(self, entry: Entry, did: str | None, code: str, reason: str) -> None:
         """An entry with no job to deliver (invalid, unknown id): straight to the DLQ."""
@@ -610,13 +554,6 @@ class Engine:
         held = self._held[(entry.queue, entry.entry_id)]
         fake = jobs.Outcome(did or "", entry.fields.get("destination", ""), "dead", self.worker_id, [], code, reason)
         self._enqueue_outcome(held, fake, record=False)
-
-    def _on_circuit(self, name: str, state: str) -> None:
-        from ms07.metrics import CIRCUIT_VALUES
-
-        self.metrics.circuit_state.labels(name).set(CIRCUIT_VALUES[state])
-        log.warning("circuit breaker changed state", destination=name, state=state)
-        self.circuit_updates.append((name, state))
 
     # ------------------------------------------------------------------ committing
 
@@ -629,11 +566,9 @@ class Engine:
         self._outbox_event.set()
 
     async def _commit_loop(self) -> None:
-        from ms07.engine.upkeep import stop_swallowed_cancel
-
         task = asyncio.current_task()
         while True:
-            stop_swallowed_cancel(task)
+            upkeep.stop_swallowed_cancel(task)
             await self._outbox_event.wait()
             if len(self._outbox) < SMALL_BATCH and not self._stopping:
                 await asyncio.sleep(LINGER_SECONDS)

@@ -440,7 +440,7 @@ async def refresh_metrics(engine: Engine) -> None:
 
     m = engine.metrics
     m.track(engine.clients, engine.queue.priorities)
-    for name, breaker in engine.breakers.items():
+    for name, breaker in engine.policy.breakers.items():
         m.circuit_state.labels(name).set(CIRCUIT_VALUES[breaker.current_state()])
     m.draining.set(1 if engine.draining else 0)
     m.rss.set(rss_bytes())
@@ -488,12 +488,13 @@ async def memory_guard(engine: Engine) -> None:
 
 async def publish_circuits(engine: Engine) -> None:
     """Circuit transitions to Redis (read by every process) and the destinations row."""
-    if not engine.circuit_updates:
+    policy = engine.policy
+    if not policy.circuit_updates:
         return
-    updates, engine.circuit_updates = engine.circuit_updates, []
+    updates, policy.circuit_updates = policy.circuit_updates, []
     latest = dict(updates)
     for name, state in latest.items():
-        breaker = engine.breakers[name]
+        breaker = policy.breakers[name]
         await engine.queue.redis.hset(
             keys.circuit(name),
             mapping={"state": state, "worker_id": engine.worker_id, "changed_at": time.time(),
