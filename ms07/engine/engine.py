@@ -6,13 +6,17 @@ Inside one process:
   held, claims their jobs in Postgres (one UPDATE for the whole read), and queues them
   for ``concurrency`` delivery coroutines: at most that many HTTP requests are in flight
   (jobs of batching or rate-limited destinations get a task each instead);
-- the *committer* group-commits outcomes: attempt rows and job updates in one
-  transaction, **then** acks (XACK + XDEL) or defers (delayed set) in Redis. An entry is
-  released only once acked, so memory is bounded by ``max_held`` (``concurrency`` times
-  ``service.prefetch``): the next reads and claims overlap the current deliveries and
-  commits instead of waiting for them;
+- each delivery asks the *delivery policy* (``policy.py``: breakers, retry schedules)
+  what its result means;
+- the *committer* (``committer.py``) group-commits outcomes: attempt rows and job
+  updates in one transaction, **then** acks (XACK + XDEL) or defers (delayed set) in
+  Redis. An entry is released (``held.py``) only once acked, so memory is bounded by
+  ``max_held`` (``concurrency`` times ``service.prefetch``): the next reads and claims
+  overlap the current deliveries and commits instead of waiting for them;
 - upkeep loops (``ms07/engine/upkeep.py``): retry scheduler, reclaimer, reconciler,
   heartbeats, health probes, metrics, memory guard.
+
+The engine itself is the lifecycle, the reader and the dispatch of claimed jobs.
 
 Every loop survives its own exceptions; Postgres or Redis going away makes the engine
 wait and resume by itself.
@@ -27,25 +31,29 @@ import os
 import socket
 import time
 import uuid
-from collections import Counter, defaultdict
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Coroutine
 from typing import Any
 
 import psycopg
+from psycopg_pool import AsyncConnectionPool
 from redis.exceptions import RedisError
 
 from ms07 import __version__, logs
 from ms07.config import Settings
 from ms07.engine import auth, batching, crash, signing, upkeep
+from ms07.engine.backoff import Backoff, with_db
 from ms07.engine.breaker import CircuitBreaker
+from ms07.engine.committer import LINGER_SECONDS, SMALL_BATCH, Committer
 from ms07.engine.delivery import DestinationClient, ErrorCode
+from ms07.engine.held import Held, HeldEntries
 from ms07.engine.policy import DeliveryPolicy
 from ms07.engine.ratelimit import RateLimiter
 from ms07.engine.retry import RetryPolicy
-from ms07.engine.server import start_server
+from ms07.engine.server import Server, start_server
 from ms07.errors import ConfigError
 from ms07.metrics import Metrics
-from ms07.queue import Entry, InvalidMessage, parse_entry
+from ms07.queue import Entry, InvalidMessage, Queue, parse_entry
 from ms07.runtime import Runtime
 from ms07.store import db, jobs
 from ms07.store import destinations as dest_store
@@ -56,36 +64,6 @@ log = logs.get("DistributionWorker")
 EXIT_OK = 0
 EXIT_MEMORY_GUARD = 75  # EX_TEMPFAIL: the orchestrator should restart this process
 FINAL_COMMIT_SECONDS = 5.0
-# At moderate rates a read or an outcome commit would otherwise carry one or two
-# entries each: every read is an XREADGROUP and a claim statement, every commit a
-# statement and an ack, whatever their size. Waiting this long before the next one when
-# the last was small lets a few gather (bench/ab.py: see docs/benchmarks/profile.md).
-# A full read or a large outbox never waits, so a backlog drains at full speed.
-LINGER_SECONDS = 0.001
-SMALL_BATCH = 16
-
-
-@dataclass(slots=True)
-class Held:
-    """An entry this worker holds, from read until its outcome is acked."""
-
-    entry: Entry
-    job: jobs.ClaimedJob | None = None
-    since: float = 0.0
-
-
-class Backoff:
-    def __init__(self, base: float = 0.1, cap: float = 5.0) -> None:
-        self.base, self.cap, self.n = base, cap, 0
-
-    def next(self) -> float:
-        self.n += 1
-        return min(self.cap, self.base * 2 ** (self.n - 1))
-
-    def reset(self) -> None:
-        self.n = 0
-
-
 def _utc() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -120,19 +98,17 @@ class Engine:
         self.policy = DeliveryPolicy(settings.effective.values(), self.worker_id, self.metrics)
         self.started_at = _utc()
         self.exit_code = EXIT_OK
-        self.delivered = 0
-        self.failed = 0
         self.ready = False
         self.draining = False
-        self._held: dict[tuple[str, str], Held] = {}
-        self._outbox: list[tuple[Held, jobs.Outcome]] = []
-        self._outbox_event = asyncio.Event()
-        self._capacity = asyncio.Event()
-        self._idle = asyncio.Event()
+        self.held = HeldEntries(self.metrics)
+        self._held = self.held.by_key  # the same dict: looked up once per job
+        self.committer = Committer(self.held, self.metrics, self.worker_id, self.clients)
+        self._enqueue_outcome = self.committer.enqueue
+        self._finish_without_job = self.committer.finish_without_job
+        self._release = self.held.release
         self._stop_requested = asyncio.Event()
         self._stopped = asyncio.Event()
         self._stopping = False
-        self._committing = False
         self.loops_stopping = False
         self._started = False
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -147,12 +123,11 @@ class Engine:
         self._own_tasks: set[str] = set()
         self._loops: list[asyncio.Task[Any]] = []
         self._reader: asyncio.Task[Any] | None = None
-        self._committer: asyncio.Task[Any] | None = None
-        self._delivered_total = self.metrics.requests.labels("success")
-        self.server: Any = None
-        self.submitter: Any = None
-        self.queue: Any = None
-        self.pool: Any = None
+        self._commit_task: asyncio.Task[Any] | None = None
+        self.server: Server | None = None
+        self.submitter: SubmitBatcher | None = None
+        self.queue: Queue | None = None
+        self.pool: AsyncConnectionPool | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -162,6 +137,14 @@ class Engine:
 
     def _is_draining(self) -> bool:
         return self.draining
+
+    @property
+    def delivered(self) -> int:
+        return self.committer.delivered
+
+    @property
+    def failed(self) -> int:
+        return self.committer.failed
 
     @property
     def breakers(self) -> dict[str, CircuitBreaker]:
@@ -188,6 +171,7 @@ class Engine:
         self.pool = await self.runtime.pool()
         self.queue = await self.runtime.queue()
         self.submitter = SubmitBatcher(self.pool, self.queue)
+        self.committer.open(self.pool, self.queue)
         if serve_http:
             # Listen before this worker announces itself (consumer, heartbeat row) or opens
             # clients and tasks: a port taken (a second `ms07 run`) leaves nothing behind.
@@ -215,9 +199,9 @@ class Engine:
                 self._own_tasks.add(dest.name)
             self.metrics.circuit_state.labels(dest.name).set(0)
         self.metrics.memory_threshold.set(self.settings.memory.threshold_mb * 1024 * 1024)
-        self._capacity.set()
-        self._idle.set()
-        self._committer = asyncio.create_task(self._commit_loop(), name="committer")
+        self.held.capacity.set()
+        self.held.idle.set()
+        self._commit_task = asyncio.create_task(self.committer.run(), name="committer")
         self._workers = [asyncio.create_task(self._work(), name=f"delivery-{i}") for i in range(self.concurrency)]
         self._reader = asyncio.create_task(self._read_loop(), name="reader")
         self._loops = upkeep.start_loops(self)
@@ -236,7 +220,8 @@ class Engine:
         try:
             self.server = await start_server(self, host, port)
         except OSError as exc:
-            await self.submitter.close()
+            if self.submitter is not None:
+                await self.submitter.close()
             if self._owns_runtime:
                 await self.runtime.aclose()
             reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
@@ -269,6 +254,7 @@ class Engine:
             await self._stopped.wait()
             return
         self._stopping = True
+        self.committer.stopping = True
         self.draining = True
         self.ready = False
         self.metrics.draining.set(1)
@@ -286,7 +272,7 @@ class Engine:
         def left() -> float:
             return max(0.0, deadline - time.monotonic())
 
-        self._capacity.set()
+        self.held.capacity.set()
         if self._reader is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(self._reader), timeout=max(left(), 1.5))
@@ -294,7 +280,7 @@ class Engine:
                 self._reader.cancel()
                 await asyncio.gather(self._reader, return_exceptions=True)
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout=left())
+            await asyncio.wait_for(self.held.idle.wait(), timeout=left())
         except TimeoutError:
             unfinished = [t for t in [*self._tasks, *self._workers] if not t.done()]
             log.warning("grace period over; leaving deliveries pending for another worker",
@@ -308,8 +294,8 @@ class Engine:
                 if (held := self._held.get((entry.queue, entry.entry_id))) is not None:
                     never_started.append(held)
             self._release(never_started)
-        await self._drain_outbox(timeout=FINAL_COMMIT_SECONDS)
-        await self._cancel_all([*self._loops, *self._workers, *([self._committer] if self._committer else [])])
+        await self.committer.drain(timeout=FINAL_COMMIT_SECONDS)
+        await self._cancel_all([*self._loops, *self._workers, *([self._commit_task] if self._commit_task else [])])
         await upkeep.farewell(self)
         closers = [*(b.close() for b in self.batchers.values()),
                    *([self.server.close()] if self.server is not None else []),
@@ -334,13 +320,6 @@ class Engine:
         if pending:
             log.warning("background tasks did not stop", tasks=sorted(t.get_name() for t in pending))
 
-    async def _drain_outbox(self, timeout: float) -> None:
-        """Let the committer write and ack every outcome already known."""
-        deadline = time.monotonic() + timeout
-        while (self._outbox or self._committing) and time.monotonic() < deadline:
-            self._outbox_event.set()
-            await asyncio.sleep(0.01)
-
     async def serve(self) -> int:
         """start(), wait for a stop request, stop(); the process exit code."""
         await self.start()
@@ -352,14 +331,16 @@ class Engine:
 
     async def _read_loop(self) -> None:
         backoff = Backoff()
+        queue, capacity = self.queue, self.held.capacity
+        assert queue is not None, "started"
         while not self._stopping and not self._stop_requested.is_set():
             free = self.max_held - len(self._held)
             if free <= 0:
-                self._capacity.clear()
-                await self._capacity.wait()
+                capacity.clear()
+                await capacity.wait()
                 continue
             try:
-                entries = await self.queue.read(self.worker_id, min(free, self.dist.read_batch), 1000)
+                entries = await queue.read(self.worker_id, min(free, self.dist.read_batch), 1000)
             except (RedisError, OSError) as exc:
                 delay = backoff.next()
                 log.warning("cannot read the queue; retrying", error=logs.clip(str(exc), 200), retry_in=delay)
@@ -371,13 +352,13 @@ class Engine:
                 # overlap. At most two dispatches at once keep the claims in read order
                 # close together and the pool free for the committer. The entries are
                 # held before the next read, which counts them against ``max_held``.
-                self._hold(entries)
+                self.held.hold(entries)
                 await self._dispatch_slots.acquire()
                 self._spawn(self._dispatch_slot(entries))
                 if len(entries) < SMALL_BATCH:
                     await asyncio.sleep(LINGER_SECONDS)
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """A task the engine keeps (and cancels past the grace period) until it ends."""
         task = asyncio.create_task(coro)
         self._tasks.add(task)
@@ -392,15 +373,9 @@ class Engine:
         finally:
             self._dispatch_slots.release()
 
-    def _hold(self, entries: list[Entry]) -> None:
-        now = time.monotonic()
-        for e in entries:
-            self._held[(e.queue, e.entry_id)] = Held(e, None, now)
-        self._idle.clear()
-
     async def dispatch(self, entries: list[Entry]) -> None:
         """Hold these entries, claim their jobs and start their deliveries."""
-        self._hold(entries)
+        self.held.hold(entries)
         await self._claim_and_start(entries)
 
     async def _claim_and_start(self, entries: list[Entry]) -> None:
@@ -454,28 +429,13 @@ class Engine:
         async with db.autocommit(conn):
             return await jobs.claim_jobs(conn, ids, self.dist.claim_idle_seconds)
 
-    async def _record(self, conn: psycopg.AsyncConnection[Any], outcomes: list[jobs.Outcome]) -> None:
-        """Outcomes are one statement: in autocommit, one round trip (synchronous commit)."""
-        async with db.autocommit(conn):
-            await jobs.record_outcomes(conn, outcomes)
-
     async def _with_db(self, fn: Any) -> Any:
         """Run ``fn(conn)`` until Postgres answers; None if the engine stops meanwhile."""
-        backoff = Backoff()
-        while True:
-            try:
-                async with self.pool.connection() as conn:
-                    return await fn(conn)
-            except (psycopg.OperationalError, psycopg.InterfaceError, OSError) as exc:
-                if self._stopping:
-                    return None
-                delay = backoff.next()
-                log.warning("PostgreSQL unavailable; waiting", error=logs.clip(str(exc), 200), retry_in=delay)
-                await asyncio.sleep(delay)
-            except Exception as exc:  # a pool timeout while Postgres restarts
-                if type(exc).__name__ != "PoolTimeout" or self._stopping:
-                    raise
-                await asyncio.sleep(backoff.next())
+        assert self.pool is not None, "started"
+        return await with_db(self.pool, fn, self._is_stopping)
+
+    def _is_stopping(self) -> bool:
+        return self._stopping
 
     # ------------------------------------------------------------------ delivering
 
@@ -555,131 +515,5 @@ class Engine:
         fake = jobs.Outcome(did or "", entry.fields.get("destination", ""), "dead", self.worker_id, [], code, reason)
         self._enqueue_outcome(held, fake, record=False)
 
-    # ------------------------------------------------------------------ committing
-
-    def _enqueue_outcome(self, held: Held, outcome: jobs.Outcome | None, record: bool = True) -> None:
-        if outcome is not None and not record:
-            outcome = jobs.Outcome(outcome.distribution_id, outcome.destination, outcome.status,
-                                   outcome.worker_id, [], outcome.error_code, outcome.error_message, None)
-            held.job = None  # no row to write
-        self._outbox.append((held, outcome))  # type: ignore[arg-type]
-        self._outbox_event.set()
-
-    async def _commit_loop(self) -> None:
-        task = asyncio.current_task()
-        while True:
-            upkeep.stop_swallowed_cancel(task)
-            await self._outbox_event.wait()
-            if len(self._outbox) < SMALL_BATCH and not self._stopping:
-                await asyncio.sleep(LINGER_SECONDS)
-            self._outbox_event.clear()
-            if not self._outbox:
-                continue
-            batch, self._outbox = self._outbox, []
-            self._committing = True
-            try:
-                await self._commit(batch)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("commit failed unexpectedly; entries stay pending", count=len(batch))
-                self._release([h for h, _ in batch])
-            finally:
-                self._committing = False
-
-    async def _commit(self, batch: list[tuple[Held, jobs.Outcome | None]]) -> None:
-        """Outcome in Postgres first, then ack/defer/DLQ in Redis, then free the slots."""
-        to_write = [o for h, o in batch if o is not None and h.job is not None]
-        if to_write:
-            done = await self._with_db(lambda c: self._record(c, to_write))
-            if done is None and self._stopping:
-                self._release([h for h, _ in batch])
-                return
-        crash.point("after_commit")
-        acks: dict[str, list[str]] = defaultdict(list)
-        defers: dict[str, list[tuple[str, str, float]]] = defaultdict(list)
-        dlq: list[dict[str, str]] = []
-        for held, outcome in batch:
-            e = held.entry
-            if outcome is not None and outcome.status == "retrying" and outcome.next_attempt_at:
-                defers[e.queue].append((e.entry_id, outcome.distribution_id, outcome.next_attempt_at.timestamp()))
-                continue
-            acks[e.queue].append(e.entry_id)
-            if outcome is not None and outcome.status in ("failed", "dead"):
-                dlq.append({
-                    "distribution_id": outcome.distribution_id,
-                    "destination": outcome.destination,
-                    "reason": "permanent_failure" if outcome.status == "failed" else (
-                        "max_retries_exceeded" if held.job is not None else "unprocessable_entry"),
-                    "error_code": outcome.error_code or "",
-                    "last_error": logs.clip(outcome.error_message or "", 500),
-                    "entry_id": e.entry_id,
-                    "queue": e.queue,
-                })
-        backoff = Backoff()
-        while True:
-            try:
-                await self.queue.to_dlq(dlq)
-                dlq = []
-                for q, items in defers.items():
-                    await self.queue.defer(q, items)
-                defers = {}
-                for q, ids in acks.items():
-                    await self.queue.ack(q, ids)
-                break
-            except (RedisError, OSError) as exc:
-                if self._stopping and backoff.n > 20:
-                    log.error("Redis unavailable at shutdown; entries stay pending", error=logs.clip(str(exc), 200))
-                    break
-                delay = backoff.next()
-                log.warning("Redis unavailable; retrying ack", error=logs.clip(str(exc), 200), retry_in=delay)
-                await asyncio.sleep(delay)
-        self._account(batch)
-        self._release([h for h, _ in batch])
-
-    def _account(self, batch: list[tuple[Held, jobs.Outcome | None]]) -> None:
-        m = self.metrics
-        now = _utc()
-        for held, outcome in batch:
-            if outcome is None or held.job is None:
-                continue
-            if outcome.status == "delivered":
-                self.delivered += 1
-                self._delivered_total.inc()
-                m.end_to_end.observe((now - held.job.created_at).total_seconds())
-            elif outcome.status in ("failed", "dead"):
-                self.failed += 1
-                m.requests.labels("failed").inc()
-                log.error("distribution parked in the DLQ", distribution_id=outcome.distribution_id,
-                          destination=outcome.destination, error_code=outcome.error_code,
-                          correlation_id=held.job.correlation_id, last_error=outcome.error_message,
-                          attempt=held.job.attempts + len(outcome.attempts),
-                          total_attempts=held.job.max_attempts, destination_url=self._log_url(outcome.destination),
-                          outcome=outcome.status)
-            elif outcome.attempts:
-                fields = dict(distribution_id=outcome.distribution_id, destination=outcome.destination,
-                              error_code=outcome.error_code, correlation_id=held.job.correlation_id,
-                              attempt=held.job.attempts + len(outcome.attempts), total_attempts=held.job.max_attempts,
-                              last_error=outcome.error_message, destination_url=self._log_url(outcome.destination))
-                log.warning("delivery attempt failed", **fields)
-                if log.enabled(10):
-                    log.debug("delivery will be retried", next_attempt_at=outcome.next_attempt_at, **fields)
-            elif log.enabled(10):
-                log.debug("delivery deferred", distribution_id=outcome.distribution_id,
-                          destination=outcome.destination, error_code=outcome.error_code,
-                          correlation_id=held.job.correlation_id, next_attempt_at=outcome.next_attempt_at)
-
-    def _log_url(self, destination: str) -> str | None:
-        client = self.clients.get(destination)
-        return logs.safe_url(client.url) if client is not None else None
-
-    def _release(self, helds: list[Held]) -> None:
-        for h in helds:
-            self._held.pop((h.entry.queue, h.entry.entry_id), None)
-        self.metrics.in_flight.set(len(self._held))
-        self._capacity.set()
-        if not self._held:
-            self._idle.set()
-
     def held_entries(self) -> list[Held]:
-        return list(self._held.values())
+        return self.held.entries()

@@ -23,6 +23,8 @@ import psutil
 
 from ms07 import __version__, keys, logs
 from ms07.engine import crash
+from ms07.engine.backoff import stop_swallowed_cancel
+from ms07.engine.committer import DlqRecord, to_dlq
 from ms07.engine.delivery import ErrorCode
 from ms07.store import destinations as dest_store
 from ms07.store import heartbeats, jobs
@@ -71,14 +73,6 @@ async def _forever(engine: Engine, name: str, interval: float, fn: Callable[[Eng
             component.warning(f"{name} pass failed; will retry", error=logs.clip(f"{type(exc).__name__}: {exc}", 300))
         stop_swallowed_cancel(task)
         await asyncio.sleep(interval)
-
-
-def stop_swallowed_cancel(task: asyncio.Task[Any] | None) -> None:
-    """Honour a cancellation a library swallowed. A cancel that lands in redis-py at the
-    wrong moment can be eaten (redis-py#2028, #2551): the loop then ran on forever and
-    Engine.stop() waited for it forever. The request is still counted on the task."""
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
 
 
 # ---------------------------------------------------------------------- scheduler
@@ -192,10 +186,9 @@ async def refile_parked(engine: Engine, entries: list[tuple[Any, str]]) -> bool:
         for e, did in entries:
             if did in parked:
                 destination, status, code, error = parked[did]
-                records.append({"distribution_id": did, "destination": destination,
-                                "reason": jobs.dlq_reason(status, code), "error_code": code or "",
-                                "last_error": (error or "")[:500], "entry_id": e.entry_id, "queue": e.queue})
-        await engine.queue.to_dlq(records)
+                records.append(DlqRecord(did, destination, jobs.dlq_reason(status, code), code or "",
+                                         (error or "")[:500], e.entry_id, e.queue))
+        await to_dlq(engine.queue, records)
     except Exception as exc:  # Postgres or Redis away: the next reclaim tries again
         log.warning("cannot file the DLQ entries of reclaimed parked jobs; they stay pending",
                     count=len(entries), error=f"{type(exc).__name__}: {exc}"[:200])
@@ -220,18 +213,11 @@ async def park_poison(engine: Engine, entries: list[Any]) -> None:
             did = ""
         if did:
             ids.append(did)
-        records.append({
-            "distribution_id": did,
-            "destination": e.fields.get("destination", ""),
-            "reason": "poison",
-            "error_code": ErrorCode.POISON_MESSAGE,
-            "last_error": reason,
-            "entry_id": e.entry_id,
-            "queue": e.queue,
-        })
+        records.append(DlqRecord(did, e.fields.get("destination", ""), "poison", ErrorCode.POISON_MESSAGE, reason,
+                                 e.entry_id, e.queue))
     async with engine.pool.connection() as conn:
         await jobs.park_jobs(conn, ids, ErrorCode.POISON_MESSAGE, reason)
-    await engine.queue.to_dlq(records)
+    await to_dlq(engine.queue, records)
     by_queue: dict[str, list[str]] = {}
     for e in entries:
         by_queue.setdefault(e.queue, []).append(e.entry_id)
