@@ -187,6 +187,32 @@ class Committer:
         self._account(batch)
         self.held.release([h for h, _ in batch])
 
+    async def refile_parked(self, entries: list[tuple[Entry, str]]) -> bool:
+        """Reclaimed entries whose jobs Postgres already holds parked: their worker died between
+        recording the outcome and writing the DLQ entry (``commit`` writes Postgres first).
+        Their DLQ entries are filed now, before the entries are acked as duplicates.
+        A worker that died after its DLQ write but before its ack leaves the job filed twice: a
+        duplicate DLQ entry, never a parked job missing from the DLQ. False if Postgres or
+        Redis failed: the entries stay pending, to be filed at the next reclaim."""
+        try:
+            async with self.pool.connection() as conn:
+                parked = await jobs.parked_errors(conn, [did for _, did in entries])
+            records = []
+            for e, did in entries:
+                if did in parked:
+                    destination, status, code, error = parked[did]
+                    records.append(DlqRecord(did, destination, jobs.dlq_reason(status, code), code or "",
+                                             (error or "")[:500], e.entry_id, e.queue))
+            await to_dlq(self.queue, records)
+        except Exception as exc:  # Postgres or Redis away: the next reclaim tries again
+            log.warning("cannot file the DLQ entries of reclaimed parked jobs; they stay pending",
+                        count=len(entries), error=f"{type(exc).__name__}: {exc}"[:200])
+            return False
+        if records:
+            log.warning("filed the DLQ entries of parked jobs whose worker died before writing them",
+                        count=len(records))
+        return True
+
     @staticmethod
     async def _record(conn: psycopg.AsyncConnection[Any], outcomes: list[jobs.Outcome]) -> None:
         """Outcomes are one statement: in autocommit, one round trip (synchronous commit)."""

@@ -41,7 +41,7 @@ from redis.exceptions import RedisError
 
 from ms07 import __version__, logs
 from ms07.config import Settings
-from ms07.engine import auth, batching, crash, signing, upkeep
+from ms07.engine import auth, batching, crash, signing
 from ms07.engine.backoff import Backoff, with_db
 from ms07.engine.breaker import CircuitBreaker
 from ms07.engine.committer import LINGER_SECONDS, SMALL_BATCH, Committer
@@ -51,6 +51,7 @@ from ms07.engine.policy import DeliveryPolicy
 from ms07.engine.ratelimit import RateLimiter
 from ms07.engine.retry import RetryPolicy
 from ms07.engine.server import Server, start_server
+from ms07.engine.upkeep import Upkeep
 from ms07.errors import ConfigError
 from ms07.metrics import Metrics
 from ms07.queue import Entry, InvalidMessage, Queue, parse_entry
@@ -62,7 +63,6 @@ from ms07.submit import SubmitBatcher
 log = logs.get("DistributionWorker")
 
 EXIT_OK = 0
-EXIT_MEMORY_GUARD = 75  # EX_TEMPFAIL: the orchestrator should restart this process
 FINAL_COMMIT_SECONDS = 5.0
 def _utc() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
@@ -94,7 +94,6 @@ class Engine:
         self.metrics = Metrics()
         self.clients: dict[str, DestinationClient] = {}
         self.batchers: dict[str, batching.Batcher] = {}
-        self.loop_errors: Counter[str] = Counter()
         self.policy = DeliveryPolicy(settings.effective.values(), self.worker_id, self.metrics)
         self.started_at = _utc()
         self.exit_code = EXIT_OK
@@ -109,7 +108,7 @@ class Engine:
         self._stop_requested = asyncio.Event()
         self._stopped = asyncio.Event()
         self._stopping = False
-        self.loops_stopping = False
+        self.upkeep: Upkeep | None = None  # from start(): it works on the pool and the queue
         self._started = False
         self._tasks: set[asyncio.Task[Any]] = set()
         # Claimed jobs wait here for one of ``concurrency`` delivery coroutines: a task
@@ -137,6 +136,11 @@ class Engine:
 
     def _is_draining(self) -> bool:
         return self.draining
+
+    @property
+    def loop_errors(self) -> Counter[str]:
+        """Failed upkeep passes, by loop."""
+        return self.upkeep.errors if self.upkeep is not None else Counter()
 
     @property
     def delivered(self) -> int:
@@ -204,7 +208,10 @@ class Engine:
         self._commit_task = asyncio.create_task(self.committer.run(), name="committer")
         self._workers = [asyncio.create_task(self._work(), name=f"delivery-{i}") for i in range(self.concurrency)]
         self._reader = asyncio.create_task(self._read_loop(), name="reader")
-        self._loops = upkeep.start_loops(self)
+        self.upkeep = Upkeep(self, settings=self.settings, worker_id=self.worker_id, queue=self.queue, pool=self.pool,
+                             metrics=self.metrics, held=self.held, max_held=self.max_held, policy=self.policy,
+                             clients=self.clients, committer=self.committer)
+        self._loops = self.upkeep.start()
         self.ready = True
         log.info(
             "engine started",
@@ -296,7 +303,8 @@ class Engine:
             self._release(never_started)
         await self.committer.drain(timeout=FINAL_COMMIT_SECONDS)
         await self._cancel_all([*self._loops, *self._workers, *([self._commit_task] if self._commit_task else [])])
-        await upkeep.farewell(self)
+        if self.upkeep is not None:
+            await self.upkeep.farewell()
         closers = [*(b.close() for b in self.batchers.values()),
                    *([self.server.close()] if self.server is not None else []),
                    *([self.submitter.close()] if self.submitter is not None else []),
@@ -310,7 +318,8 @@ class Engine:
     async def _cancel_all(self, tasks: list[asyncio.Task[Any]], timeout: float = 5.0) -> None:
         """Cancel background tasks and wait for them, re-cancelling a task whose
         cancellation was swallowed; never waits longer than ``timeout``."""
-        self.loops_stopping = True
+        if self.upkeep is not None:
+            self.upkeep.stopping = True
         deadline = time.monotonic() + timeout
         pending = {t for t in tasks if not t.done()}
         while pending and time.monotonic() < deadline:
@@ -397,7 +406,7 @@ class Engine:
             return
         refile = [(e, did) for e, did in valid if e.deliveries > 1 and statuses.get(did) in jobs.PARKED_STATUSES]
         if refile:
-            if not await upkeep.refile_parked(self, refile):
+            if not await self.committer.refile_parked(refile):
                 self._release([self._held[(e.queue, e.entry_id)] for e, _ in refile])
                 valid = [v for v in valid if v not in refile]
         taken: set[str] = set()
