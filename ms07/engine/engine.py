@@ -187,7 +187,7 @@ class Engine:
             client = DestinationClient(
                 dest,
                 self.dist,
-                auth=auth.provider_for(dest, self),
+                auth=auth.provider_for(dest, self.settings.network),
                 signer=signing.signer_for(dest),
                 network=self.settings.network,
             )
