@@ -64,6 +64,8 @@ log = logs.get("DistributionWorker")
 
 EXIT_OK = 0
 FINAL_COMMIT_SECONDS = 5.0
+
+
 def _utc() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -397,9 +399,11 @@ class Engine:
         if not valid:
             return
         ids = [did for _, did in valid]
-        claimed = await self._with_db(lambda c: self._claim(c, ids))
+        pool = self.pool
+        assert pool is not None, "started"
+        claimed = await with_db(pool, lambda c: self._claim(c, ids), self._is_stopping)
         missing = [did for did in ids if claimed is not None and did not in claimed]
-        statuses = await self._with_db(lambda c: jobs.job_statuses(c, missing)) if missing else {}
+        statuses = await with_db(pool, lambda c: jobs.job_statuses(c, missing), self._is_stopping) if missing else {}
         if claimed is None or statuses is None:
             # Stopping while Postgres is down: the entries stay pending for a reclaim.
             self._release([self._held[(e.queue, e.entry_id)] for e, _ in valid])
@@ -437,11 +441,6 @@ class Engine:
         COMMIT), and each round trip is a wake-up of two processes on a busy host."""
         async with db.autocommit(conn):
             return await jobs.claim_jobs(conn, ids, self.dist.claim_idle_seconds)
-
-    async def _with_db(self, fn: Any) -> Any:
-        """Run ``fn(conn)`` until Postgres answers; None if the engine stops meanwhile."""
-        assert self.pool is not None, "started"
-        return await with_db(self.pool, fn, self._is_stopping)
 
     def _is_stopping(self) -> bool:
         return self._stopping
