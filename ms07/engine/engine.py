@@ -104,9 +104,7 @@ class Engine:
         self.held = HeldEntries(self.metrics)
         self._held = self.held.by_key  # the same dict: looked up once per job
         self.committer = Committer(self.held, self.metrics, self.worker_id, self.clients)
-        self._enqueue_outcome = self.committer.enqueue
-        self._finish_without_job = self.committer.finish_without_job
-        self._release = self.held.release
+        self._enqueue_outcome = self.committer.enqueue  # once per job: one lookup, not two
         self._stop_requested = asyncio.Event()
         self._stopped = asyncio.Event()
         self._stopping = False
@@ -302,7 +300,7 @@ class Engine:
                 entry, _ = self._ready.get_nowait()
                 if (held := self._held.get((entry.queue, entry.entry_id))) is not None:
                     never_started.append(held)
-            self._release(never_started)
+            self.held.release(never_started)
         await self.committer.drain(timeout=FINAL_COMMIT_SECONDS)
         await self._cancel_all([*self._loops, *self._workers, *([self._commit_task] if self._commit_task else [])])
         if self.upkeep is not None:
@@ -380,7 +378,7 @@ class Engine:
             await self._claim_and_start(entries)
         except Exception:
             log.exception("dispatch failed; the entries stay pending for a reclaim")
-            self._release([h for e in entries if (h := self._held.get((e.queue, e.entry_id))) and h.job is None])
+            self.held.release([h for e in entries if (h := self._held.get((e.queue, e.entry_id))) and h.job is None])
         finally:
             self._dispatch_slots.release()
 
@@ -395,7 +393,7 @@ class Engine:
             try:
                 valid.append((e, parse_entry(e.fields)))
             except InvalidMessage as exc:
-                self._finish_without_job(e, None, ErrorCode.INVALID_MESSAGE, str(exc))
+                self.committer.finish_without_job(e, None, ErrorCode.INVALID_MESSAGE, str(exc))
         if not valid:
             return
         ids = [did for _, did in valid]
@@ -406,12 +404,12 @@ class Engine:
         statuses = await with_db(pool, lambda c: jobs.job_statuses(c, missing), self._is_stopping) if missing else {}
         if claimed is None or statuses is None:
             # Stopping while Postgres is down: the entries stay pending for a reclaim.
-            self._release([self._held[(e.queue, e.entry_id)] for e, _ in valid])
+            self.held.release([self._held[(e.queue, e.entry_id)] for e, _ in valid])
             return
         refile = [(e, did) for e, did in valid if e.deliveries > 1 and statuses.get(did) in jobs.PARKED_STATUSES]
         if refile:
             if not await self.committer.refile_parked(refile):
-                self._release([self._held[(e.queue, e.entry_id)] for e, _ in refile])
+                self.held.release([self._held[(e.queue, e.entry_id)] for e, _ in refile])
                 valid = [v for v in valid if v not in refile]
         taken: set[str] = set()
         for e, did in valid:
@@ -424,13 +422,14 @@ class Engine:
                 else:
                     self._ready.put_nowait((e, job))
             elif did not in statuses and did not in claimed:
-                self._finish_without_job(e, did, ErrorCode.MESSAGE_NOT_FOUND, "no job with this id in Postgres")
+                self.committer.finish_without_job(e, did, ErrorCode.MESSAGE_NOT_FOUND,
+                                                  "no job with this id in Postgres")
             elif e.deliveries > 1 and statuses.get(did) == "processing":
                 # Reclaimed from a dead worker whose lease began after it read the entry
                 # (the claim lags the read, by seconds while Postgres is slow): not a
                 # duplicate. Acking it would leave the job to the reconciler; left pending,
                 # it is reclaimed again once the lease has run out.
-                self._release([self._held[(e.queue, e.entry_id)]])
+                self.held.release([self._held[(e.queue, e.entry_id)]])
             else:
                 # Done already, or held by another live worker: this entry is a duplicate.
                 self._enqueue_outcome(self._held[(e.queue, e.entry_id)], None)
@@ -466,12 +465,12 @@ class Engine:
             breaker = self.policy.breakers.get(job.destination)
             if breaker:
                 breaker.release()
-            self._release([held])
+            self.held.release([held])
             raise
         except Exception:
             log.exception("delivery crashed; the entry stays pending", distribution_id=job.distribution_id,
                           destination=job.destination, correlation_id=job.correlation_id)
-            self._release([held])
+            self.held.release([held])
             return
         self._enqueue_outcome(held, outcome)
 
@@ -514,14 +513,6 @@ class Engine:
         else:
             breaker.failure()
         return policy.decide(job, attempt, result, rows)
-
-    def _finish_without_job(self, entry: Entry, did: str | None, code: str, reason: str) -> None:
-        """An entry with no job to deliver (invalid, unknown id): straight to the DLQ."""
-        log.warning("entry parked in the DLQ", error_code=code, distribution_id=did, entry_id=entry.entry_id,
-                    reason=reason, destination=entry.fields.get("destination"), queue=entry.queue)
-        held = self._held[(entry.queue, entry.entry_id)]
-        fake = jobs.Outcome(did or "", entry.fields.get("destination", ""), "dead", self.worker_id, [], code, reason)
-        self._enqueue_outcome(held, fake, record=False)
 
     def held_entries(self) -> list[Held]:
         return self.held.entries()
