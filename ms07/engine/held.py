@@ -55,6 +55,3 @@ class HeldEntries:
 
     def entries(self) -> list[Held]:
         return list(self.by_key.values())
-
-    def keys(self) -> set[tuple[str, str]]:
-        return set(self.by_key)

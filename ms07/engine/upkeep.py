@@ -158,7 +158,7 @@ class Upkeep:
         parked as poison with it."""
         deadline = time.monotonic() + self.reclaim_interval()
         while not self.engine.draining and time.monotonic() < deadline:
-            if self._suspect in self.held.keys():
+            if self._suspect in self.held.by_key:
                 return  # the previous one is still running
             suspect = None
             for q in self.queue.priorities:
@@ -173,7 +173,7 @@ class Upkeep:
             if suspect is None:
                 return
             self._suspect = (suspect.queue, suspect.entry_id)
-            while self._suspect in self.held.keys() and time.monotonic() < deadline:  # noqa: ASYNC110
+            while self._suspect in self.held.by_key and time.monotonic() < deadline:  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
 
     async def _take_over(self, q: str, result: Reclaimed, alone: Entry | None = None) -> None:
