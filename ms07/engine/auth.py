@@ -18,7 +18,6 @@ import asyncio
 import base64
 import json
 import time
-from typing import Any
 
 import aiohttp
 
@@ -187,8 +186,14 @@ class OAuth2ClientCredentials:
         log.info("OAuth2 token refreshed", destination=self.name, expires_in=int(expires_in))
 
 
-def provider_for(dest: DestinationConfig | ResolvedDestination, engine: Any = None) -> Any:
-    """The auth provider a destination's config asks for (None for ``none``)."""
+# What a destination's requests are authenticated with: headers(), invalidate(), generation.
+AuthProvider = StaticAuth | OAuth2ClientCredentials
+
+
+def provider_for(dest: DestinationConfig | ResolvedDestination,
+                 network: NetworkConfig | None = None) -> AuthProvider | None:
+    """The auth provider a destination's config asks for (None for ``none``). ``network``
+    is the guard the OAuth2 token fetch goes through (the engine's ``network`` settings)."""
     a = dest.auth
     where = f"destinations.{dest.name}.auth"
     if a.type == "bearer":
@@ -198,6 +203,5 @@ def provider_for(dest: DestinationConfig | ResolvedDestination, engine: Any = No
     if a.type == "basic":
         return BasicAuth(a.username or "", _Secret(a.password_env, a.password_file, f"{where}.password"))
     if a.type == "oauth2_client_credentials":
-        settings = getattr(engine, "settings", None)
-        return OAuth2ClientCredentials(dest.name, a, network=getattr(settings, "network", None))
+        return OAuth2ClientCredentials(dest.name, a, network=network)
     return None

@@ -17,15 +17,14 @@ import asyncio
 import base64
 import json
 import uuid
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from ms07.config import BatchConfig
 from ms07.engine import crash
 from ms07.engine.delivery import AttemptResult, DestinationClient, ErrorCode
+from ms07.engine.policy import DeliveryPolicy
 from ms07.store import jobs
-
-if TYPE_CHECKING:
-    from ms07.engine.engine import Engine
 
 _SPLIT_CODES = {ErrorCode.HTTP_4XX, ErrorCode.PAYLOAD_TOO_LARGE}
 
@@ -46,8 +45,10 @@ def batch_body(items: list[jobs.ClaimedJob]) -> bytes:
 
 
 class Batcher:
-    def __init__(self, engine: Engine, client: DestinationClient, config: BatchConfig) -> None:
-        self.engine = engine
+    def __init__(self, policy: DeliveryPolicy, client: DestinationClient, config: BatchConfig,
+                 draining: Callable[[], bool]) -> None:
+        self.policy = policy
+        self.draining = draining
         self.client = client
         self.max_items = config.max_items
         self.max_wait = config.max_wait_ms / 1000
@@ -81,8 +82,8 @@ class Batcher:
     async def _send(self, items: list[tuple[jobs.ClaimedJob, asyncio.Future[jobs.Outcome]]]) -> None:
         try:
             async with self.slots:
-                if self.engine.draining:  # not sent yet: back to the queue, like single deliveries
-                    outcomes = [self.engine.hand_back(j) for j, _ in items]
+                if self.draining():  # not sent yet: back to the queue, like single deliveries
+                    outcomes = [self.policy.hand_back(j) for j, _ in items]
                 else:
                     outcomes = await self.send_batch([j for j, _ in items])
         except Exception as exc:
@@ -95,30 +96,30 @@ class Batcher:
                 fut.set_result(outcome)
 
     async def send_batch(self, batch: list[jobs.ClaimedJob]) -> list[jobs.Outcome]:
-        engine, client = self.engine, self.client
-        breaker = engine.breakers[client.name]
+        policy, client = self.policy, self.client
+        breaker = policy.breakers[client.name]
         if client.limiter is not None:
             await client.limiter.acquire()
         if not breaker.allow():
-            return [engine.defer_for_circuit(job) for job in batch]
+            return [policy.defer_for_circuit(job) for job in batch]
         result = await self._post(batch, 1)
         self.batches_sent += 1
         crash.point("mid_batch")
-        engine.observe(client.name, result)
-        rows = {j.distribution_id: [engine.attempt_row(j.attempts + 1, result)] for j in batch}
+        policy.observe(client.name, result)
+        rows = {j.distribution_id: [policy.attempt_row(j.attempts + 1, result)] for j in batch}
         if result.auth_failure and client.auth is not None and client.auth.refreshable:
             await client.auth.invalidate(result.auth_generation)
             result = await self._post(batch, 2)
-            engine.observe(client.name, result)
+            policy.observe(client.name, result)
             for j in batch:
-                rows[j.distribution_id].append(engine.attempt_row(j.attempts + 2, result))
+                rows[j.distribution_id].append(policy.attempt_row(j.attempts + 2, result))
         if result.success or not result.retryable or result.auth_failure:
             breaker.success()
         else:
             breaker.failure()
         if result.error_code in _SPLIT_CODES and len(batch) > 1:
             return await asyncio.gather(*(self._alone(j, rows[j.distribution_id]) for j in batch))
-        return [engine.decide(j, j.attempts + len(rows[j.distribution_id]), result, rows[j.distribution_id])
+        return [policy.decide(j, j.attempts + len(rows[j.distribution_id]), result, rows[j.distribution_id])
                 for j in batch]
 
     async def _post(self, batch: list[jobs.ClaimedJob], attempt: int) -> AttemptResult:
@@ -133,18 +134,18 @@ class Batcher:
         attempt = job.attempts + len(rows) + 1
         result = await self.client.send(job.distribution_id, attempt, batch_body([job]), "application/json",
                                         extra_headers={"X-Distribution-Batch-Size": "1"})
-        self.engine.observe(self.client.name, result)
-        rows = [*rows, self.engine.attempt_row(attempt, result)]
-        return self.engine.decide(job, attempt, result, rows)
+        self.policy.observe(self.client.name, result)
+        rows = [*rows, self.policy.attempt_row(attempt, result)]
+        return self.policy.decide(job, attempt, result, rows)
 
     async def close(self) -> None:
         self._flush()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
-def batcher_for(engine: Engine, client: DestinationClient) -> Batcher | None:
+def batcher_for(policy: DeliveryPolicy, client: DestinationClient, draining: Callable[[], bool]) -> Batcher | None:
     cfg = client.config.batch
-    return Batcher(engine, client, cfg) if cfg is not None else None
+    return Batcher(policy, client, cfg, draining) if cfg is not None else None
 
 
 def parse_batch(body: bytes) -> list[dict[str, Any]]:

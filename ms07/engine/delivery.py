@@ -25,6 +25,9 @@ import aiohttp
 from ms07 import __version__
 from ms07.config import DistributionConfig, NetworkConfig
 from ms07.engine import ssrf
+from ms07.engine.auth import AuthProvider
+from ms07.engine.ratelimit import RateLimiter
+from ms07.engine.signing import Signer
 from ms07.errors import Ms07Error
 from ms07.logs import clip
 from ms07.resolved import ResolvedDestination
@@ -152,8 +155,8 @@ class DestinationClient:
         config: ResolvedDestination,
         dist: DistributionConfig,
         *,
-        auth: Any = None,
-        signer: Any = None,
+        auth: AuthProvider | None = None,
+        signer: Signer | None = None,
         network: NetworkConfig | None = None,
     ) -> None:
         self.config = config
@@ -165,7 +168,7 @@ class DestinationClient:
         self.stream_threshold = dist.stream_threshold_bytes
         self.auth = auth
         self.signer = signer
-        self.limiter: Any = None
+        self.limiter: RateLimiter | None = None  # set by the engine for rate-limited destinations
         self.network = network
         self._static = {"User-Agent": USER_AGENT, **config.headers}
         self.session: aiohttp.ClientSession | None = None

@@ -6,13 +6,17 @@ Inside one process:
   held, claims their jobs in Postgres (one UPDATE for the whole read), and queues them
   for ``concurrency`` delivery coroutines: at most that many HTTP requests are in flight
   (jobs of batching or rate-limited destinations get a task each instead);
-- the *committer* group-commits outcomes: attempt rows and job updates in one
-  transaction, **then** acks (XACK + XDEL) or defers (delayed set) in Redis. An entry is
-  released only once acked, so memory is bounded by ``max_held`` (``concurrency`` times
-  ``service.prefetch``): the next reads and claims overlap the current deliveries and
-  commits instead of waiting for them;
+- each delivery asks the *delivery policy* (``policy.py``: breakers, retry schedules)
+  what its result means;
+- the *committer* (``committer.py``) group-commits outcomes: attempt rows and job
+  updates in one transaction, **then** acks (XACK + XDEL) or defers (delayed set) in
+  Redis. An entry is released (``held.py``) only once acked, so memory is bounded by
+  ``max_held`` (``concurrency`` times ``service.prefetch``): the next reads and claims
+  overlap the current deliveries and commits instead of waiting for them;
 - upkeep loops (``ms07/engine/upkeep.py``): retry scheduler, reclaimer, reconciler,
   heartbeats, health probes, metrics, memory guard.
+
+The engine itself is the lifecycle, the reader and the dispatch of claimed jobs.
 
 Every loop survives its own exceptions; Postgres or Redis going away makes the engine
 wait and resume by itself.
@@ -27,60 +31,39 @@ import os
 import socket
 import time
 import uuid
-from collections import Counter, defaultdict, deque
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Coroutine
 from typing import Any
 
 import psycopg
+from psycopg_pool import AsyncConnectionPool
 from redis.exceptions import RedisError
 
 from ms07 import __version__, logs
 from ms07.config import Settings
-from ms07.engine import crash
+from ms07.engine import auth, batching, crash, signing
+from ms07.engine.backoff import Backoff, with_db
 from ms07.engine.breaker import CircuitBreaker
-from ms07.engine.delivery import AttemptResult, DestinationClient, ErrorCode
+from ms07.engine.committer import LINGER_SECONDS, SMALL_BATCH, Committer
+from ms07.engine.delivery import DestinationClient, ErrorCode
+from ms07.engine.held import Held, HeldEntries
+from ms07.engine.policy import DeliveryPolicy
+from ms07.engine.ratelimit import RateLimiter
 from ms07.engine.retry import RetryPolicy
+from ms07.engine.server import Server, start_server
+from ms07.engine.upkeep import Upkeep
 from ms07.errors import ConfigError
 from ms07.metrics import Metrics
-from ms07.queue import Entry, InvalidMessage, parse_entry
+from ms07.queue import Entry, InvalidMessage, Queue, parse_entry
 from ms07.runtime import Runtime
 from ms07.store import db, jobs
 from ms07.store import destinations as dest_store
+from ms07.submit import SubmitBatcher
 
 log = logs.get("DistributionWorker")
 
 EXIT_OK = 0
-EXIT_MEMORY_GUARD = 75  # EX_TEMPFAIL: the orchestrator should restart this process
 FINAL_COMMIT_SECONDS = 5.0
-MAX_RETRY_AFTER = 3600.0
-# At moderate rates a read or an outcome commit would otherwise carry one or two
-# entries each: every read is an XREADGROUP and a claim statement, every commit a
-# statement and an ack, whatever their size. Waiting this long before the next one when
-# the last was small lets a few gather (bench/ab.py: see docs/benchmarks/profile.md).
-# A full read or a large outbox never waits, so a backlog drains at full speed.
-LINGER_SECONDS = 0.001
-SMALL_BATCH = 16
-
-
-@dataclass(slots=True)
-class Held:
-    """An entry this worker holds, from read until its outcome is acked."""
-
-    entry: Entry
-    job: jobs.ClaimedJob | None = None
-    since: float = 0.0
-
-
-class Backoff:
-    def __init__(self, base: float = 0.1, cap: float = 5.0) -> None:
-        self.base, self.cap, self.n = base, cap, 0
-
-    def next(self) -> float:
-        self.n += 1
-        return min(self.cap, self.base * 2 ** (self.n - 1))
-
-    def reset(self) -> None:
-        self.n = 0
 
 
 def _utc() -> dt.datetime:
@@ -112,27 +95,20 @@ class Engine:
         self.http_port = settings.service.http_port if http_port is None else http_port
         self.metrics = Metrics()
         self.clients: dict[str, DestinationClient] = {}
-        self.batchers: dict[str, Any] = {}
-        self.loop_errors: Counter[str] = Counter()
-        self.breakers: dict[str, CircuitBreaker] = {}
-        self.policies: dict[str, RetryPolicy] = {}
+        self.batchers: dict[str, batching.Batcher] = {}
+        self.policy = DeliveryPolicy(settings.effective.values(), self.worker_id, self.metrics)
         self.started_at = _utc()
         self.exit_code = EXIT_OK
-        self.delivered = 0
-        self.failed = 0
-        self.handed_back = 0
         self.ready = False
         self.draining = False
-        self._held: dict[tuple[str, str], Held] = {}
-        self._outbox: list[tuple[Held, jobs.Outcome]] = []
-        self._outbox_event = asyncio.Event()
-        self._capacity = asyncio.Event()
-        self._idle = asyncio.Event()
+        self.held = HeldEntries(self.metrics)
+        self._held = self.held.by_key  # the same dict: looked up once per job
+        self.committer = Committer(self.held, self.metrics, self.worker_id, self.clients)
+        self._enqueue_outcome = self.committer.enqueue  # once per job: one lookup, not two
         self._stop_requested = asyncio.Event()
         self._stopped = asyncio.Event()
         self._stopping = False
-        self._committing = False
-        self.loops_stopping = False
+        self.upkeep: Upkeep | None = None  # from start(): it works on the pool and the queue
         self._started = False
         self._tasks: set[asyncio.Task[Any]] = set()
         # Claimed jobs wait here for one of ``concurrency`` delivery coroutines: a task
@@ -146,21 +122,45 @@ class Engine:
         self._own_tasks: set[str] = set()
         self._loops: list[asyncio.Task[Any]] = []
         self._reader: asyncio.Task[Any] | None = None
-        self._committer: asyncio.Task[Any] | None = None
-        self.circuit_updates: list[tuple[str, str]] = []
-        self.recent_latency: dict[str, deque[float]] = defaultdict(lambda: deque(maxlen=1000))
-        self._children: dict[str, tuple[Any, Any, Any, deque[float]]] = {}
-        self._delivered_total = self.metrics.requests.labels("success")
-        self.server: Any = None
-        self.submitter: Any = None
-        self.queue: Any = None
-        self.pool: Any = None
+        self._commit_task: asyncio.Task[Any] | None = None
+        self.server: Server | None = None
+        self.submitter: SubmitBatcher | None = None
+        self.queue: Queue | None = None
+        self.pool: AsyncConnectionPool | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
     @property
     def in_flight(self) -> int:
         return len(self._held)
+
+    def _is_draining(self) -> bool:
+        return self.draining
+
+    @property
+    def loop_errors(self) -> Counter[str]:
+        """Failed upkeep passes, by loop."""
+        return self.upkeep.errors if self.upkeep is not None else Counter()
+
+    @property
+    def delivered(self) -> int:
+        return self.committer.delivered
+
+    @property
+    def failed(self) -> int:
+        return self.committer.failed
+
+    @property
+    def breakers(self) -> dict[str, CircuitBreaker]:
+        return self.policy.breakers
+
+    @property
+    def policies(self) -> dict[str, RetryPolicy]:
+        return self.policy.retry
+
+    @property
+    def handed_back(self) -> int:
+        return self.policy.handed_back
 
     async def start(self) -> None:
         """Connect, migrate, sync destinations, open clients, start every loop."""
@@ -171,14 +171,11 @@ class Engine:
         if serve_http:
             self.settings.api_listen()
         self._started = True
-        from ms07.engine import auth, batching, signing, upkeep
-        from ms07.engine.ratelimit import RateLimiter
 
         self.pool = await self.runtime.pool()
         self.queue = await self.runtime.queue()
-        from ms07.submit import SubmitBatcher
-
         self.submitter = SubmitBatcher(self.pool, self.queue)
+        self.committer.open(self.pool, self.queue)
         if serve_http:
             # Listen before this worker announces itself (consumer, heartbeat row) or opens
             # clients and tasks: a port taken (a second `ms07 run`) leaves nothing behind.
@@ -187,14 +184,10 @@ class Engine:
         async with self.pool.connection() as conn:
             await dest_store.sync_destinations(conn, self.settings.destinations)
         for dest in self.settings.effective.values():
-            cb = dest.circuit_breaker
-            self.breakers[dest.name] = CircuitBreaker(dest.name, cb.failure_threshold, cb.recovery_timeout,
-                                                      self._on_circuit)
-            self.policies[dest.name] = RetryPolicy.for_destination(dest)
             client = DestinationClient(
                 dest,
                 self.dist,
-                auth=auth.provider_for(dest, self),
+                auth=auth.provider_for(dest, self.settings.network),
                 signer=signing.signer_for(dest),
                 network=self.settings.network,
             )
@@ -203,19 +196,22 @@ class Engine:
                                              dest.rate_limit.burst)
             await client.open()
             self.clients[dest.name] = client
-            batcher = batching.batcher_for(self, client)
+            batcher = batching.batcher_for(self.policy, client, self._is_draining)
             if batcher is not None:
                 self.batchers[dest.name] = batcher
             if batcher is not None or client.limiter is not None:
                 self._own_tasks.add(dest.name)
             self.metrics.circuit_state.labels(dest.name).set(0)
         self.metrics.memory_threshold.set(self.settings.memory.threshold_mb * 1024 * 1024)
-        self._capacity.set()
-        self._idle.set()
-        self._committer = asyncio.create_task(self._commit_loop(), name="committer")
+        self.held.capacity.set()
+        self.held.idle.set()
+        self._commit_task = asyncio.create_task(self.committer.run(), name="committer")
         self._workers = [asyncio.create_task(self._work(), name=f"delivery-{i}") for i in range(self.concurrency)]
         self._reader = asyncio.create_task(self._read_loop(), name="reader")
-        self._loops = upkeep.start_loops(self)
+        self.upkeep = Upkeep(self, settings=self.settings, worker_id=self.worker_id, queue=self.queue, pool=self.pool,
+                             metrics=self.metrics, held=self.held, max_held=self.max_held, policy=self.policy,
+                             clients=self.clients, committer=self.committer)
+        self._loops = self.upkeep.start()
         self.ready = True
         log.info(
             "engine started",
@@ -227,13 +223,12 @@ class Engine:
         )
 
     async def _listen(self) -> None:
-        from ms07.engine.server import start_server
-
         host, port = self.settings.api_listen()[1], self.http_port
         try:
             self.server = await start_server(self, host, port)
         except OSError as exc:
-            await self.submitter.close()
+            if self.submitter is not None:
+                await self.submitter.close()
             if self._owns_runtime:
                 await self.runtime.aclose()
             reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
@@ -266,6 +261,7 @@ class Engine:
             await self._stopped.wait()
             return
         self._stopping = True
+        self.committer.stopping = True
         self.draining = True
         self.ready = False
         self.metrics.draining.set(1)
@@ -283,7 +279,7 @@ class Engine:
         def left() -> float:
             return max(0.0, deadline - time.monotonic())
 
-        self._capacity.set()
+        self.held.capacity.set()
         if self._reader is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(self._reader), timeout=max(left(), 1.5))
@@ -291,7 +287,7 @@ class Engine:
                 self._reader.cancel()
                 await asyncio.gather(self._reader, return_exceptions=True)
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout=left())
+            await asyncio.wait_for(self.held.idle.wait(), timeout=left())
         except TimeoutError:
             unfinished = [t for t in [*self._tasks, *self._workers] if not t.done()]
             log.warning("grace period over; leaving deliveries pending for another worker",
@@ -304,12 +300,11 @@ class Engine:
                 entry, _ = self._ready.get_nowait()
                 if (held := self._held.get((entry.queue, entry.entry_id))) is not None:
                     never_started.append(held)
-            self._release(never_started)
-        await self._drain_outbox(timeout=FINAL_COMMIT_SECONDS)
-        await self._cancel_all([*self._loops, *self._workers, *([self._committer] if self._committer else [])])
-        from ms07.engine import upkeep
-
-        await upkeep.farewell(self)
+            self.held.release(never_started)
+        await self.committer.drain(timeout=FINAL_COMMIT_SECONDS)
+        await self._cancel_all([*self._loops, *self._workers, *([self._commit_task] if self._commit_task else [])])
+        if self.upkeep is not None:
+            await self.upkeep.farewell()
         closers = [*(b.close() for b in self.batchers.values()),
                    *([self.server.close()] if self.server is not None else []),
                    *([self.submitter.close()] if self.submitter is not None else []),
@@ -323,7 +318,8 @@ class Engine:
     async def _cancel_all(self, tasks: list[asyncio.Task[Any]], timeout: float = 5.0) -> None:
         """Cancel background tasks and wait for them, re-cancelling a task whose
         cancellation was swallowed; never waits longer than ``timeout``."""
-        self.loops_stopping = True
+        if self.upkeep is not None:
+            self.upkeep.stopping = True
         deadline = time.monotonic() + timeout
         pending = {t for t in tasks if not t.done()}
         while pending and time.monotonic() < deadline:
@@ -332,13 +328,6 @@ class Engine:
             _, pending = await asyncio.wait(pending, timeout=min(0.5, max(0.01, deadline - time.monotonic())))
         if pending:
             log.warning("background tasks did not stop", tasks=sorted(t.get_name() for t in pending))
-
-    async def _drain_outbox(self, timeout: float) -> None:
-        """Let the committer write and ack every outcome already known."""
-        deadline = time.monotonic() + timeout
-        while (self._outbox or self._committing) and time.monotonic() < deadline:
-            self._outbox_event.set()
-            await asyncio.sleep(0.01)
 
     async def serve(self) -> int:
         """start(), wait for a stop request, stop(); the process exit code."""
@@ -351,14 +340,16 @@ class Engine:
 
     async def _read_loop(self) -> None:
         backoff = Backoff()
+        queue, capacity = self.queue, self.held.capacity
+        assert queue is not None, "started"
         while not self._stopping and not self._stop_requested.is_set():
             free = self.max_held - len(self._held)
             if free <= 0:
-                self._capacity.clear()
-                await self._capacity.wait()
+                capacity.clear()
+                await capacity.wait()
                 continue
             try:
-                entries = await self.queue.read(self.worker_id, min(free, self.dist.read_batch), 1000)
+                entries = await queue.read(self.worker_id, min(free, self.dist.read_batch), 1000)
             except (RedisError, OSError) as exc:
                 delay = backoff.next()
                 log.warning("cannot read the queue; retrying", error=logs.clip(str(exc), 200), retry_in=delay)
@@ -370,13 +361,13 @@ class Engine:
                 # overlap. At most two dispatches at once keep the claims in read order
                 # close together and the pool free for the committer. The entries are
                 # held before the next read, which counts them against ``max_held``.
-                self._hold(entries)
+                self.held.hold(entries)
                 await self._dispatch_slots.acquire()
                 self._spawn(self._dispatch_slot(entries))
                 if len(entries) < SMALL_BATCH:
                     await asyncio.sleep(LINGER_SECONDS)
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """A task the engine keeps (and cancels past the grace period) until it ends."""
         task = asyncio.create_task(coro)
         self._tasks.add(task)
@@ -387,19 +378,13 @@ class Engine:
             await self._claim_and_start(entries)
         except Exception:
             log.exception("dispatch failed; the entries stay pending for a reclaim")
-            self._release([h for e in entries if (h := self._held.get((e.queue, e.entry_id))) and h.job is None])
+            self.held.release([h for e in entries if (h := self._held.get((e.queue, e.entry_id))) and h.job is None])
         finally:
             self._dispatch_slots.release()
 
-    def _hold(self, entries: list[Entry]) -> None:
-        now = time.monotonic()
-        for e in entries:
-            self._held[(e.queue, e.entry_id)] = Held(e, None, now)
-        self._idle.clear()
-
     async def dispatch(self, entries: list[Entry]) -> None:
         """Hold these entries, claim their jobs and start their deliveries."""
-        self._hold(entries)
+        self.held.hold(entries)
         await self._claim_and_start(entries)
 
     async def _claim_and_start(self, entries: list[Entry]) -> None:
@@ -408,23 +393,23 @@ class Engine:
             try:
                 valid.append((e, parse_entry(e.fields)))
             except InvalidMessage as exc:
-                self._finish_without_job(e, None, ErrorCode.INVALID_MESSAGE, str(exc))
+                self.committer.finish_without_job(e, None, ErrorCode.INVALID_MESSAGE, str(exc))
         if not valid:
             return
         ids = [did for _, did in valid]
-        claimed = await self._with_db(lambda c: self._claim(c, ids))
+        pool = self.pool
+        assert pool is not None, "started"
+        claimed = await with_db(pool, lambda c: self._claim(c, ids), self._is_stopping)
         missing = [did for did in ids if claimed is not None and did not in claimed]
-        statuses = await self._with_db(lambda c: jobs.job_statuses(c, missing)) if missing else {}
+        statuses = await with_db(pool, lambda c: jobs.job_statuses(c, missing), self._is_stopping) if missing else {}
         if claimed is None or statuses is None:
             # Stopping while Postgres is down: the entries stay pending for a reclaim.
-            self._release([self._held[(e.queue, e.entry_id)] for e, _ in valid])
+            self.held.release([self._held[(e.queue, e.entry_id)] for e, _ in valid])
             return
         refile = [(e, did) for e, did in valid if e.deliveries > 1 and statuses.get(did) in jobs.PARKED_STATUSES]
         if refile:
-            from ms07.engine import upkeep
-
-            if not await upkeep.refile_parked(self, refile):
-                self._release([self._held[(e.queue, e.entry_id)] for e, _ in refile])
+            if not await self.committer.refile_parked(refile):
+                self.held.release([self._held[(e.queue, e.entry_id)] for e, _ in refile])
                 valid = [v for v in valid if v not in refile]
         taken: set[str] = set()
         for e, did in valid:
@@ -437,13 +422,14 @@ class Engine:
                 else:
                     self._ready.put_nowait((e, job))
             elif did not in statuses and did not in claimed:
-                self._finish_without_job(e, did, ErrorCode.MESSAGE_NOT_FOUND, "no job with this id in Postgres")
+                self.committer.finish_without_job(e, did, ErrorCode.MESSAGE_NOT_FOUND,
+                                                  "no job with this id in Postgres")
             elif e.deliveries > 1 and statuses.get(did) == "processing":
                 # Reclaimed from a dead worker whose lease began after it read the entry
                 # (the claim lags the read, by seconds while Postgres is slow): not a
                 # duplicate. Acking it would leave the job to the reconciler; left pending,
                 # it is reclaimed again once the lease has run out.
-                self._release([self._held[(e.queue, e.entry_id)]])
+                self.held.release([self._held[(e.queue, e.entry_id)]])
             else:
                 # Done already, or held by another live worker: this entry is a duplicate.
                 self._enqueue_outcome(self._held[(e.queue, e.entry_id)], None)
@@ -455,28 +441,8 @@ class Engine:
         async with db.autocommit(conn):
             return await jobs.claim_jobs(conn, ids, self.dist.claim_idle_seconds)
 
-    async def _record(self, conn: psycopg.AsyncConnection[Any], outcomes: list[jobs.Outcome]) -> None:
-        """Outcomes are one statement: in autocommit, one round trip (synchronous commit)."""
-        async with db.autocommit(conn):
-            await jobs.record_outcomes(conn, outcomes)
-
-    async def _with_db(self, fn: Any) -> Any:
-        """Run ``fn(conn)`` until Postgres answers; None if the engine stops meanwhile."""
-        backoff = Backoff()
-        while True:
-            try:
-                async with self.pool.connection() as conn:
-                    return await fn(conn)
-            except (psycopg.OperationalError, psycopg.InterfaceError, OSError) as exc:
-                if self._stopping:
-                    return None
-                delay = backoff.next()
-                log.warning("PostgreSQL unavailable; waiting", error=logs.clip(str(exc), 200), retry_in=delay)
-                await asyncio.sleep(delay)
-            except Exception as exc:  # a pool timeout while Postgres restarts
-                if type(exc).__name__ != "PoolTimeout" or self._stopping:
-                    raise
-                await asyncio.sleep(backoff.next())
+    def _is_stopping(self) -> bool:
+        return self._stopping
 
     # ------------------------------------------------------------------ delivering
 
@@ -496,255 +462,57 @@ class Engine:
             outcome = await self.deliver(job)
         except asyncio.CancelledError:
             # Shutdown past the grace period: the entry stays pending for another worker.
-            breaker = self.breakers.get(job.destination)
+            breaker = self.policy.breakers.get(job.destination)
             if breaker:
                 breaker.release()
-            self._release([held])
+            self.held.release([held])
             raise
         except Exception:
             log.exception("delivery crashed; the entry stays pending", distribution_id=job.distribution_id,
                           destination=job.destination, correlation_id=job.correlation_id)
-            self._release([held])
+            self.held.release([held])
             return
         self._enqueue_outcome(held, outcome)
 
     async def deliver(self, job: jobs.ClaimedJob) -> jobs.Outcome:
         """Make the HTTP attempt(s) for one claimed job and decide what happens next."""
+        policy = self.policy
         client = self.clients.get(job.destination)
         if client is None:
-            return self._outcome(job, "failed", ErrorCode.UNKNOWN_DESTINATION,
+            return policy.outcome(job, "failed", ErrorCode.UNKNOWN_DESTINATION,
                                  f"destination {job.destination!r} is not configured on this worker")
         batcher = self.batchers.get(job.destination)
         if batcher is not None:
             return await batcher.deliver(job)
-        breaker = self.breakers[job.destination]
+        breaker = policy.breakers[job.destination]
         limiter = client.limiter
         if limiter is not None:
             await limiter.acquire()
         attempt = job.attempts + 1
         async with self._http_slots:
             if self.draining:
-                return self.hand_back(job)
+                return policy.hand_back(job)
             # Asked only now: while this delivery waited for a slot the circuit may have opened.
             if not breaker.allow():
-                return self.defer_for_circuit(job)
+                return policy.defer_for_circuit(job)
             result = await client.send(job.distribution_id, attempt, job.payload, job.content_type)
         if result.success:
             crash.point("after_http")
-        rows = [self.attempt_row(attempt, result)]
-        self.observe(job.destination, result)
+        rows = [policy.attempt_row(attempt, result)]
+        policy.observe(job.destination, result)
         if result.auth_failure and client.auth is not None and client.auth.refreshable:
             # The token may have been revoked or rotated: refresh once and try again.
             await client.auth.invalidate(result.auth_generation)
             attempt += 1
             async with self._http_slots:
                 result = await client.send(job.distribution_id, attempt, job.payload, job.content_type)
-            rows.append(self.attempt_row(attempt, result))
-            self.observe(job.destination, result)
+            rows.append(policy.attempt_row(attempt, result))
+            policy.observe(job.destination, result)
         if result.success or not result.retryable or result.auth_failure:
             breaker.success()  # the destination answered
         else:
             breaker.failure()
-        return self.decide(job, attempt, result, rows)
-
-    def hand_back(self, job: jobs.ClaimedJob) -> jobs.Outcome:
-        """Draining: a delivery that has not started yet goes back to the queue, due now and
-        with no attempt counted, for the other workers (or the next start) to take at once,
-        instead of holding up the drain or waiting ``claim_idle_seconds`` for a reclaim.
-        The job keeps its last error."""
-        self.handed_back += 1
-        return self._outcome(job, "retrying", None, None, next_in=0.0)
-
-    def defer_for_circuit(self, job: jobs.ClaimedJob) -> jobs.Outcome:
-        """No request while the destination's circuit is open: back to the delayed set,
-        with no attempt counted, until the circuit lets a probe through."""
-        self.metrics.errors.labels(job.destination, ErrorCode.CIRCUIT_OPEN).inc()
-        return self._outcome(job, "retrying", ErrorCode.CIRCUIT_OPEN, "circuit open; deferred",
-                             next_in=self.breakers[job.destination].retry_in())
-
-    def observe(self, destination: str, result: AttemptResult) -> None:
-        children = self._children.get(destination)
-        if children is None:
-            # labels() hashes and locks on every call: resolve the children once per destination.
-            m = self.metrics
-            children = self._children[destination] = (
-                m.attempts.labels("success", destination), m.attempts.labels("failed", destination),
-                m.latency.labels(destination), self.recent_latency[destination])
-        success, failed, latency, recent = children
-        (success if result.success else failed).inc()
-        latency.observe(result.latency)
-        recent.append(result.latency)
-        if result.error_code:
-            self.metrics.errors.labels(destination, result.error_code).inc()
-
-    @staticmethod
-    def attempt_row(attempt: int, r: AttemptResult) -> jobs.AttemptRow:
-        return jobs.AttemptRow(attempt, r.started_at, r.completed_at, r.success, r.http_status,
-                               r.error_code, r.error_message)
-
-    def decide(self, job: jobs.ClaimedJob, attempt: int, result: AttemptResult,
-                rows: list[jobs.AttemptRow]) -> jobs.Outcome:
-        if result.success:
-            return jobs.Outcome(job.distribution_id, job.destination, "delivered", self.worker_id, rows)
-        if not result.retryable:
-            return self._outcome(job, "failed", result.error_code, result.error_message, rows=rows)
-        if attempt >= job.max_attempts:
-            return self._outcome(job, "dead", result.error_code,
-                                 f"retries exhausted after {attempt} attempts: {result.error_message}", rows=rows)
-        # Only jobs of configured destinations get here (deliver() fails the others).
-        delay = self.policies[job.destination].delay(attempt)
-        if result.retry_after is not None:
-            delay = max(delay, min(result.retry_after, MAX_RETRY_AFTER))
-        return self._outcome(job, "retrying", result.error_code, result.error_message, rows=rows, next_in=delay)
-
-    def _outcome(self, job: jobs.ClaimedJob, status: str, code: str | None, message: str | None, *,
-                 rows: list[jobs.AttemptRow] | None = None, next_in: float | None = None) -> jobs.Outcome:
-        next_at = _utc() + dt.timedelta(seconds=next_in) if next_in is not None else None
-        return jobs.Outcome(job.distribution_id, job.destination, status, self.worker_id, rows or [],
-                            code, message, next_at)
-
-    def _finish_without_job(self, entry: Entry, did: str | None, code: str, reason: str) -> None:
-        """An entry with no job to deliver (invalid, unknown id): straight to the DLQ."""
-        log.warning("entry parked in the DLQ", error_code=code, distribution_id=did, entry_id=entry.entry_id,
-                    reason=reason, destination=entry.fields.get("destination"), queue=entry.queue)
-        held = self._held[(entry.queue, entry.entry_id)]
-        fake = jobs.Outcome(did or "", entry.fields.get("destination", ""), "dead", self.worker_id, [], code, reason)
-        self._enqueue_outcome(held, fake, record=False)
-
-    def _on_circuit(self, name: str, state: str) -> None:
-        from ms07.metrics import CIRCUIT_VALUES
-
-        self.metrics.circuit_state.labels(name).set(CIRCUIT_VALUES[state])
-        log.warning("circuit breaker changed state", destination=name, state=state)
-        self.circuit_updates.append((name, state))
-
-    # ------------------------------------------------------------------ committing
-
-    def _enqueue_outcome(self, held: Held, outcome: jobs.Outcome | None, record: bool = True) -> None:
-        if outcome is not None and not record:
-            outcome = jobs.Outcome(outcome.distribution_id, outcome.destination, outcome.status,
-                                   outcome.worker_id, [], outcome.error_code, outcome.error_message, None)
-            held.job = None  # no row to write
-        self._outbox.append((held, outcome))  # type: ignore[arg-type]
-        self._outbox_event.set()
-
-    async def _commit_loop(self) -> None:
-        from ms07.engine.upkeep import stop_swallowed_cancel
-
-        task = asyncio.current_task()
-        while True:
-            stop_swallowed_cancel(task)
-            await self._outbox_event.wait()
-            if len(self._outbox) < SMALL_BATCH and not self._stopping:
-                await asyncio.sleep(LINGER_SECONDS)
-            self._outbox_event.clear()
-            if not self._outbox:
-                continue
-            batch, self._outbox = self._outbox, []
-            self._committing = True
-            try:
-                await self._commit(batch)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("commit failed unexpectedly; entries stay pending", count=len(batch))
-                self._release([h for h, _ in batch])
-            finally:
-                self._committing = False
-
-    async def _commit(self, batch: list[tuple[Held, jobs.Outcome | None]]) -> None:
-        """Outcome in Postgres first, then ack/defer/DLQ in Redis, then free the slots."""
-        to_write = [o for h, o in batch if o is not None and h.job is not None]
-        if to_write:
-            done = await self._with_db(lambda c: self._record(c, to_write))
-            if done is None and self._stopping:
-                self._release([h for h, _ in batch])
-                return
-        crash.point("after_commit")
-        acks: dict[str, list[str]] = defaultdict(list)
-        defers: dict[str, list[tuple[str, str, float]]] = defaultdict(list)
-        dlq: list[dict[str, str]] = []
-        for held, outcome in batch:
-            e = held.entry
-            if outcome is not None and outcome.status == "retrying" and outcome.next_attempt_at:
-                defers[e.queue].append((e.entry_id, outcome.distribution_id, outcome.next_attempt_at.timestamp()))
-                continue
-            acks[e.queue].append(e.entry_id)
-            if outcome is not None and outcome.status in ("failed", "dead"):
-                dlq.append({
-                    "distribution_id": outcome.distribution_id,
-                    "destination": outcome.destination,
-                    "reason": "permanent_failure" if outcome.status == "failed" else (
-                        "max_retries_exceeded" if held.job is not None else "unprocessable_entry"),
-                    "error_code": outcome.error_code or "",
-                    "last_error": logs.clip(outcome.error_message or "", 500),
-                    "entry_id": e.entry_id,
-                    "queue": e.queue,
-                })
-        backoff = Backoff()
-        while True:
-            try:
-                await self.queue.to_dlq(dlq)
-                dlq = []
-                for q, items in defers.items():
-                    await self.queue.defer(q, items)
-                defers = {}
-                for q, ids in acks.items():
-                    await self.queue.ack(q, ids)
-                break
-            except (RedisError, OSError) as exc:
-                if self._stopping and backoff.n > 20:
-                    log.error("Redis unavailable at shutdown; entries stay pending", error=logs.clip(str(exc), 200))
-                    break
-                delay = backoff.next()
-                log.warning("Redis unavailable; retrying ack", error=logs.clip(str(exc), 200), retry_in=delay)
-                await asyncio.sleep(delay)
-        self._account(batch)
-        self._release([h for h, _ in batch])
-
-    def _account(self, batch: list[tuple[Held, jobs.Outcome | None]]) -> None:
-        m = self.metrics
-        now = _utc()
-        for held, outcome in batch:
-            if outcome is None or held.job is None:
-                continue
-            if outcome.status == "delivered":
-                self.delivered += 1
-                self._delivered_total.inc()
-                m.end_to_end.observe((now - held.job.created_at).total_seconds())
-            elif outcome.status in ("failed", "dead"):
-                self.failed += 1
-                m.requests.labels("failed").inc()
-                log.error("distribution parked in the DLQ", distribution_id=outcome.distribution_id,
-                          destination=outcome.destination, error_code=outcome.error_code,
-                          correlation_id=held.job.correlation_id, last_error=outcome.error_message,
-                          attempt=held.job.attempts + len(outcome.attempts),
-                          total_attempts=held.job.max_attempts, destination_url=self._log_url(outcome.destination),
-                          outcome=outcome.status)
-            elif outcome.attempts:
-                fields = dict(distribution_id=outcome.distribution_id, destination=outcome.destination,
-                              error_code=outcome.error_code, correlation_id=held.job.correlation_id,
-                              attempt=held.job.attempts + len(outcome.attempts), total_attempts=held.job.max_attempts,
-                              last_error=outcome.error_message, destination_url=self._log_url(outcome.destination))
-                log.warning("delivery attempt failed", **fields)
-                if log.enabled(10):
-                    log.debug("delivery will be retried", next_attempt_at=outcome.next_attempt_at, **fields)
-            elif log.enabled(10):
-                log.debug("delivery deferred", distribution_id=outcome.distribution_id,
-                          destination=outcome.destination, error_code=outcome.error_code,
-                          correlation_id=held.job.correlation_id, next_attempt_at=outcome.next_attempt_at)
-
-    def _log_url(self, destination: str) -> str | None:
-        client = self.clients.get(destination)
-        return logs.safe_url(client.url) if client is not None else None
-
-    def _release(self, helds: list[Held]) -> None:
-        for h in helds:
-            self._held.pop((h.entry.queue, h.entry.entry_id), None)
-        self.metrics.in_flight.set(len(self._held))
-        self._capacity.set()
-        if not self._held:
-            self._idle.set()
+        return policy.decide(job, attempt, result, rows)
 
     def held_entries(self) -> list[Held]:
-        return list(self._held.values())
+        return self.held.entries()

@@ -145,11 +145,11 @@ async def _destinations(engine: Engine) -> tuple[str, list[dict[str, Any]]]:
     states = []
     for name, client in engine.clients.items():
         row = rows.get(name, {})
-        breaker = engine.breakers[name]
+        breaker = engine.policy.breakers[name]
         health = row.get("health_status", "unknown")
         state = DEGRADED if breaker.current_state() != "closed" or health == "unhealthy" else HEALTHY
         states.append(state)
-        samples = list(engine.recent_latency.get(name, ()))
+        samples = list(engine.policy.recent_latency.get(name, ()))
         out.append({
             "name": name,
             "url": logs.safe_url(client.url),

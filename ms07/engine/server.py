@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from ms07 import __version__, logs
+from ms07.config import Settings
 from ms07.engine import health, openapi
 from ms07.engine.body import BodyError, body_limit, read_body
 from ms07.engine.upkeep import rss_bytes
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
     from ms07.engine.engine import Engine
 
 log = logs.get("api")
-ENGINE = web.AppKey("engine", object)
+ENGINE: web.AppKey[Engine] = web.AppKey("engine")  # the type for checkers only: Engine imports this module
 BODY_LIMIT = web.AppKey("body_limit", int)
 
 
@@ -73,7 +74,7 @@ class ApiToken:
 
     RECHECK_SECONDS = 1.0
 
-    def __init__(self, settings: Any) -> None:
+    def __init__(self, settings: Settings) -> None:
         self._settings = settings
         token = settings.api_token(strict=True)
         self.value: bytes | None = token.encode() if token else None
@@ -162,19 +163,19 @@ def _now() -> str:
 
 
 async def ready(request: web.Request) -> web.Response:
-    engine: Engine = request.app[ENGINE]  # type: ignore[assignment]
+    engine = request.app[ENGINE]
     report = await health.readiness(engine)
     return _json(report, 503 if report["status"] == "unhealthy" else 200)
 
 
 async def detailed(request: web.Request) -> web.Response:
-    engine: Engine = request.app[ENGINE]  # type: ignore[assignment]
+    engine = request.app[ENGINE]
     report = await health.detailed(engine)
     return _json(report, 503 if report["status"] == "unhealthy" else 200)
 
 
 async def metrics(request: web.Request) -> web.Response:
-    engine: Engine = request.app[ENGINE]  # type: ignore[assignment]
+    engine = request.app[ENGINE]
     body = engine.metrics.exposition()
     return web.Response(body=body, headers={"Content-Type": engine.metrics.content_type})
 
@@ -185,7 +186,7 @@ async def submit(request: web.Request) -> web.Response:
     from ms07.engine.body import batch_limit, single_limit, too_large
     from ms07.submit import BatchRefused, batch_from_json, from_json, submit_many, submit_with
 
-    engine: Engine = request.app[ENGINE]  # type: ignore[assignment]
+    engine = request.app[ENGINE]
     if engine.draining:
         return _error(503, "draining: not accepting new distributions")
     try:
@@ -230,7 +231,7 @@ async def submit(request: web.Request) -> web.Response:
 async def get_distribution(request: web.Request) -> web.Response:
     from ms07.status import distribution_status
 
-    engine: Engine = request.app[ENGINE]  # type: ignore[assignment]
+    engine = request.app[ENGINE]
     async with engine.pool.connection() as conn:
         data = await distribution_status(conn, request.match_info["distribution_id"])
     if data is None:

@@ -13,7 +13,6 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from ms07 import keys
-from ms07.engine import upkeep
 from tests.observability.conftest import base
 from tests.support import Sink, status, submit_n, wait_for
 
@@ -106,7 +105,8 @@ async def test_every_metric_with_its_type_and_labels_and_values_that_move(
     await wait_for(lambda: _has(engine, delivered=7, failed=1, retrying=1), what="outcomes committed")
     await submit_n(engine, "h", 1)
     await wait_for(lambda: sink.counts["/h"] == 1, what="a delivery in flight")
-    await upkeep.refresh_metrics(engine)  # the 5 s loop's work, now
+    assert engine.upkeep is not None
+    await engine.upkeep.refresh_metrics()  # the 5 s loop's work, now
     text, after = await scrape(http, engine)
 
     for name, (kind, labels) in EXPECTED.items():
@@ -165,7 +165,8 @@ async def test_promtool_check_metrics(settings, sink: Sink, start_engine, http) 
     await submit_n(engine, "o", 1)
     await submit_n(engine, "p", 1)
     await wait_for(lambda: _has(engine, delivered=3, failed=1), what="outcomes committed")
-    await upkeep.refresh_metrics(engine)
+    assert engine.upkeep is not None
+    await engine.upkeep.refresh_metrics()
     text, _ = await scrape(http, engine)
     result = await asyncio.to_thread(
         subprocess.run, [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30,
