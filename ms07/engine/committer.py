@@ -28,6 +28,7 @@ from ms07.engine.held import Held, HeldEntries
 from ms07.metrics import Metrics
 from ms07.queue import Entry, Queue
 from ms07.store import db, jobs
+from ms07.store.status import PARKED, JobStatus
 
 log = logs.get("DistributionWorker")
 
@@ -106,7 +107,7 @@ class Committer:
         log.warning("entry parked in the DLQ", error_code=code, distribution_id=did, entry_id=entry.entry_id,
                     reason=reason, destination=entry.fields.get("destination"), queue=entry.queue)
         held = self.held.by_key[(entry.queue, entry.entry_id)]
-        fake = jobs.Outcome(did or "", entry.fields.get("destination", ""), "dead", self.worker_id, [], code, reason)
+        fake = jobs.Outcome(did or "", entry.fields.get("destination", ""), JobStatus.DEAD, self.worker_id, [], code, reason)
         self.enqueue(held, fake, record=False)
 
     async def run(self) -> None:
@@ -152,15 +153,15 @@ class Committer:
         dlq: list[DlqRecord] = []
         for held, outcome in batch:
             e = held.entry
-            if outcome is not None and outcome.status == "retrying" and outcome.next_attempt_at:
+            if outcome is not None and outcome.status == JobStatus.RETRYING and outcome.next_attempt_at:
                 defers[e.queue].append((e.entry_id, outcome.distribution_id, outcome.next_attempt_at.timestamp()))
                 continue
             acks[e.queue].append(e.entry_id)
-            if outcome is not None and outcome.status in ("failed", "dead"):
+            if outcome is not None and outcome.status in PARKED:
                 dlq.append(DlqRecord(
                     distribution_id=outcome.distribution_id,
                     destination=outcome.destination,
-                    reason="permanent_failure" if outcome.status == "failed" else (
+                    reason="permanent_failure" if outcome.status == JobStatus.FAILED else (
                         "max_retries_exceeded" if held.job is not None else "unprocessable_entry"),
                     error_code=outcome.error_code or "",
                     last_error=logs.clip(outcome.error_message or "", 500),
@@ -227,11 +228,11 @@ class Committer:
         for held, outcome in batch:
             if outcome is None or held.job is None:
                 continue
-            if outcome.status == "delivered":
+            if outcome.status == JobStatus.DELIVERED:
                 self.delivered += 1
                 self._delivered_total.inc()
                 m.end_to_end.observe((now - held.job.created_at).total_seconds())
-            elif outcome.status in ("failed", "dead"):
+            elif outcome.status in PARKED:
                 self.failed += 1
                 m.requests.labels("failed").inc()
                 log.error("distribution parked in the DLQ", distribution_id=outcome.distribution_id,

@@ -58,6 +58,7 @@ from ms07.queue import Entry, InvalidMessage, Queue, parse_entry
 from ms07.runtime import Runtime
 from ms07.store import db, jobs
 from ms07.store import destinations as dest_store
+from ms07.store.status import JobStatus
 from ms07.submit import SubmitBatcher
 
 log = logs.get("DistributionWorker")
@@ -424,7 +425,7 @@ class Engine:
             elif did not in statuses and did not in claimed:
                 self.committer.finish_without_job(e, did, ErrorCode.MESSAGE_NOT_FOUND,
                                                   "no job with this id in Postgres")
-            elif e.deliveries > 1 and statuses.get(did) == "processing":
+            elif e.deliveries > 1 and statuses.get(did) == JobStatus.PROCESSING:
                 # Reclaimed from a dead worker whose lease began after it read the entry
                 # (the claim lags the read, by seconds while Postgres is slow): not a
                 # duplicate. Acking it would leave the job to the reconciler; left pending,
@@ -479,7 +480,7 @@ class Engine:
         policy = self.policy
         client = self.clients.get(job.destination)
         if client is None:
-            return policy.outcome(job, "failed", ErrorCode.UNKNOWN_DESTINATION,
+            return policy.outcome(job, JobStatus.FAILED, ErrorCode.UNKNOWN_DESTINATION,
                                  f"destination {job.destination!r} is not configured on this worker")
         batcher = self.batchers.get(job.destination)
         if batcher is not None:

@@ -21,6 +21,7 @@ from ms07.engine.retry import RetryPolicy
 from ms07.metrics import CIRCUIT_VALUES, Metrics
 from ms07.resolved import ResolvedDestination
 from ms07.store import jobs
+from ms07.store.status import JobStatus
 
 log = logs.get("DistributionWorker")
 
@@ -61,13 +62,13 @@ class DeliveryPolicy:
         instead of holding up the drain or waiting ``claim_idle_seconds`` for a reclaim.
         The job keeps its last error."""
         self.handed_back += 1
-        return self.outcome(job, "retrying", None, None, next_in=0.0)
+        return self.outcome(job, JobStatus.RETRYING, None, None, next_in=0.0)
 
     def defer_for_circuit(self, job: jobs.ClaimedJob) -> jobs.Outcome:
         """No request while the destination's circuit is open: back to the delayed set,
         with no attempt counted, until the circuit lets a probe through."""
         self.metrics.errors.labels(job.destination, ErrorCode.CIRCUIT_OPEN).inc()
-        return self.outcome(job, "retrying", ErrorCode.CIRCUIT_OPEN, "circuit open; deferred",
+        return self.outcome(job, JobStatus.RETRYING, ErrorCode.CIRCUIT_OPEN, "circuit open; deferred",
                             next_in=self.breakers[job.destination].retry_in())
 
     def observe(self, destination: str, result: AttemptResult) -> None:
@@ -93,17 +94,17 @@ class DeliveryPolicy:
     def decide(self, job: jobs.ClaimedJob, attempt: int, result: AttemptResult,
                rows: list[jobs.AttemptRow]) -> jobs.Outcome:
         if result.success:
-            return jobs.Outcome(job.distribution_id, job.destination, "delivered", self.worker_id, rows)
+            return jobs.Outcome(job.distribution_id, job.destination, JobStatus.DELIVERED, self.worker_id, rows)
         if not result.retryable:
-            return self.outcome(job, "failed", result.error_code, result.error_message, rows=rows)
+            return self.outcome(job, JobStatus.FAILED, result.error_code, result.error_message, rows=rows)
         if attempt >= job.max_attempts:
-            return self.outcome(job, "dead", result.error_code,
+            return self.outcome(job, JobStatus.DEAD, result.error_code,
                                 f"retries exhausted after {attempt} attempts: {result.error_message}", rows=rows)
         # Only jobs of configured destinations get here (deliver() fails the others).
         delay = self.retry[job.destination].delay(attempt)
         if result.retry_after is not None:
             delay = max(delay, min(result.retry_after, MAX_RETRY_AFTER))
-        return self.outcome(job, "retrying", result.error_code, result.error_message, rows=rows, next_in=delay)
+        return self.outcome(job, JobStatus.RETRYING, result.error_code, result.error_message, rows=rows, next_in=delay)
 
     def outcome(self, job: jobs.ClaimedJob, status: str, code: str | None, message: str | None, *,
                 rows: list[jobs.AttemptRow] | None = None, next_in: float | None = None) -> jobs.Outcome:

@@ -252,11 +252,7 @@ class Upkeep:
         for q, eids in by_queue.items():
             await self.queue.touch(q, self.worker_id, eids)
         async with self.pool.connection() as conn:
-            await conn.execute(
-                "UPDATE distribution_jobs SET started_at = now() WHERE distribution_id = ANY(%s::uuid[]) "
-                "AND status = 'processing'",
-                ([h.job.distribution_id for h in old if h.job],),
-            )
+            await jobs.keep_alive(conn, [h.job.distribution_id for h in old if h.job])
 
     # ------------------------------------------------------------------ reconciler
 

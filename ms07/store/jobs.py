@@ -462,3 +462,13 @@ async def ids_with_prefix(conn: psycopg.AsyncConnection[Any], hex_prefix: str, l
         (low, high, limit),
     )
     return [r[0] for r in await cur.fetchall()]
+
+
+_KEEP_ALIVE = f"""UPDATE distribution_jobs SET started_at = now()
+ WHERE distribution_id = ANY(%s::uuid[]) AND status = '{JobStatus.PROCESSING}'"""
+
+
+async def keep_alive(conn: psycopg.AsyncConnection[Any], ids: list[str]) -> None:
+    """Renew the claim lease of deliveries that run long (still ``processing``): the
+    reclaimer and a second claim judge a job's lease by ``started_at``."""
+    await conn.execute(_KEEP_ALIVE, (ids,))
