@@ -17,7 +17,6 @@ from __future__ import annotations
 import ast
 import dataclasses
 import functools
-import importlib
 import inspect
 import shlex
 import sys
@@ -171,9 +170,9 @@ class Command:
 
 
 def _recover_module(name: str) -> Any:
-    from ms07.recover import PROCEDURES
+    from ms07.recover import procedure
 
-    return importlib.import_module(f"ms07.recover.{PROCEDURES[name]}")
+    return procedure(name).impl
 
 
 @functools.cache
