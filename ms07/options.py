@@ -15,6 +15,8 @@ from collections.abc import Iterable
 from dataclasses import MISSING, dataclass
 from typing import Any
 
+FIELD_DEFAULT: Any = type("FieldDefault", (), {"__repr__": lambda self: "<the field's default>"})()
+
 
 @dataclass(frozen=True)
 class Opt:
@@ -28,6 +30,8 @@ class Opt:
     path: bool = False  # the command line takes a path; the field keeps it as a str
     param: str | None = None  # the parameter's name when it is not the flag's (--json: as_json)
     late: bool = False  # listed after the shared options (e.g. the Kubernetes --timeout)
+    duration: bool = False  # the command line takes 90s, 30m, 2h, 1d; the field holds seconds
+    cli_default: Any = FIELD_DEFAULT  # the command line's default when not the field's (None: the config's)
 
     @property
     def name(self) -> str:
@@ -51,6 +55,10 @@ class Spec:
     opt: Opt
     type: Any  # the resolved annotation (``int | None``, ``list[str]``, ...)
     default: Any  # MISSING: required
+
+    @property
+    def cli_default(self) -> Any:
+        return self.default if self.opt.cli_default is FIELD_DEFAULT else self.opt.cli_default
 
     @property
     def multiple(self) -> bool:
@@ -94,3 +102,17 @@ def argv_of(obj: Any, late: bool | None = None) -> list[str]:
     return argv(
         (s, getattr(obj, s.field)) for s in specs(type(obj)) if late is None or s.opt.late == late
     )
+
+
+def fields_from(cls: type, params: dict[str, Any]) -> dict[str, Any]:
+    """The fields of ``cls`` from a parsed command's parameters (by parameter name; paths
+    kept as str, an unset repeatable option as an empty list)."""
+    out = {}
+    for spec in specs(cls):
+        value = params.get(spec.opt.name, spec.cli_default)
+        if spec.opt.path and value is not None:
+            value = str(value)
+        elif spec.multiple:
+            value = list(value or [])
+        out[spec.field] = value
+    return out

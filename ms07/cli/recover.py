@@ -20,7 +20,7 @@ import typer
 
 from ms07.cli import common
 from ms07.errors import UsageError
-from ms07.options import Spec, specs
+from ms07.options import Spec, fields_from, specs
 from ms07.recover.procedures import PROCEDURES, KubeOptions, Procedure, RunOptions
 
 app = typer.Typer(
@@ -46,19 +46,6 @@ def _parameter(spec: Spec) -> inspect.Parameter:
     )
 
 
-def _fields(cls: type, values: dict[str, Any], only: list[Spec] | None = None) -> dict[str, Any]:
-    """The dataclass fields of ``cls`` from the command's parameters."""
-    out = {}
-    for spec in only if only is not None else specs(cls):
-        value = values[spec.opt.name]
-        if spec.opt.path and value is not None:
-            value = str(value)
-        elif spec.multiple:
-            value = list(value or [])
-        out[spec.field] = value
-    return out
-
-
 def _command(proc: Procedure) -> Callable[..., None]:
     """``ms07 recover <name>``, generated from the procedure's ``Options``: its own options,
     then how it runs, then (if it talks to Kubernetes) which cluster, then the late ones."""
@@ -69,9 +56,9 @@ def _command(proc: Procedure) -> Callable[..., None]:
     params += [_parameter(s) for s in ordered]
 
     def command(ctx: typer.Context, **values: Any) -> None:
-        opts = proc.make(**_fields(proc.options, values, own))
-        run = RunOptions(**_fields(RunOptions, values))
-        kube = KubeOptions(**_fields(KubeOptions, values)) if proc.cluster else None
+        opts = proc.make(**fields_from(proc.options, values))
+        run = RunOptions(**fields_from(RunOptions, values))
+        kube = KubeOptions(**fields_from(KubeOptions, values)) if proc.cluster else None
         _drive(ctx, proc, opts, run, kube)
 
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]

@@ -15,13 +15,11 @@ parameters then go to the library function the command itself calls
 from __future__ import annotations
 
 import ast
-import dataclasses
 import functools
 import inspect
 import shlex
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 # What a step may run. Everything else, even a real command, is refused at load.
@@ -64,31 +62,6 @@ SAFE = {
     "health_timeout", "timeout", "pod", "lines", "to", "requeue", "min_idle_ms", "older_than",
     "dry_run", "yes", "detailed", "names", "limit",
 }
-# CLI parameter of `ms07 diagnose ...` -> (DiagnoseOptions field, is a duration)
-DIAGNOSE_OPTIONS = {
-    "since": ("since_seconds", True),
-    "stuck_after": ("stuck_after_seconds", True),
-    "stale_health": ("stale_health_seconds", True),
-    "stale_worker": ("stale_worker_seconds", True),
-    "lost_grace": ("lost_grace_seconds", True),
-    "token_expiry_warning": ("token_expiry_warning_seconds", True),
-    "probe_timeout": ("probe_timeout_seconds", False),
-    "p95_threshold_ms": ("p95_threshold_ms", False),
-    "rss_growth_percent": ("rss_growth_warning_percent", False),
-    "url": ("url", False),
-    "probe": ("probe", False),
-}
-DIAGNOSE_OWN = {"as_json", "notify"}
-RECOVER_OWN = {"dry_run", "yes", "from_step", "plan_id", "as_json"}
-KUBE_OPTIONS = {
-    "namespace": "namespace",
-    "deployment": "deployment",
-    "selector": "label_selector",
-    "kubeconfig": "kubeconfig",
-    "context": "context",
-}
-RECOVER_RENAMES = {"pod": "pods"}
-
 
 class CommandError(Exception):
     """A step's command line is not one a runbook can run (the message says why)."""
@@ -128,51 +101,21 @@ class Command:
         return self.path[0] == "recover" and not self.params.get("dry_run")
 
     def diagnose_overrides(self) -> dict[str, Any]:
-        from ms07.diagnose import parse_duration
+        """The ``DiagnoseOptions`` fields the step sets (the same conversion as the CLI's)."""
+        from ms07.diagnose.options import overrides
 
-        out: dict[str, Any] = {}
-        for key, value in self.params.items():
-            if key in DIAGNOSE_OWN or value is None:
-                continue
-            field, duration = DIAGNOSE_OPTIONS[key]
-            if key == "probe":
-                value = value or None
-            elif duration:
-                value = parse_duration(value, "--" + key.replace("_", "-"))
-            out[field] = value
-        return out
+        return overrides(self.params)
 
-    def recover_options(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        """(the procedure's ``Options`` fields, the Kubernetes overrides)."""
-        fields = {f.name for f in dataclasses.fields(_recover_module(self.path[1]).Options)}
-        options: dict[str, Any] = {}
-        for key, value in self.params.items():
-            if key in RECOVER_OWN or key in KUBE_OPTIONS:
-                continue
-            name = RECOVER_RENAMES.get(key, key)
-            if name not in fields:
-                raise CommandError(
-                    f"`{self.name} --{key.replace('_', '-')}` has no counterpart in "
-                    f"ms07.recover ({', '.join(sorted(fields))}): ms07 itself needs fixing"
-                )
-            if isinstance(value, Path):
-                value = str(value)
-            if name == "pods":
-                value = list(value or [])
-            options[name] = value
-        kube = {KUBE_OPTIONS[k]: v for k, v in self.params.items() if k in KUBE_OPTIONS and v}
-        return options, kube
+    def recover(self) -> tuple[Any, Any, Any]:
+        """(the procedure, its ``Options``, its ``KubeOptions`` or None) from the step's
+        parameters: the fields the CLI command was generated from."""
+        from ms07.options import fields_from
+        from ms07.recover import KubeOptions, procedure
 
-    @property
-    def plan_args(self) -> list[str]:
-        """The step's own options, for a recover plan's resume command."""
-        return [a for a in self.args if a not in ("--yes", "-y", "--dry-run")]
-
-
-def _recover_module(name: str) -> Any:
-    from ms07.recover import procedure
-
-    return procedure(name).impl
+        proc = procedure(self.path[1])
+        opts = proc.make(**fields_from(proc.options, self.params))
+        kube = KubeOptions(**fields_from(KubeOptions, self.params)) if proc.cluster else None
+        return proc, opts, kube
 
 
 @functools.cache
@@ -267,7 +210,9 @@ def _check_options(command: Command) -> None:
 
     try:
         if command.kind == "diagnose":
-            unknown = set(command.params) - set(DIAGNOSE_OPTIONS) - DIAGNOSE_OWN
+            from ms07.diagnose.options import PARAMS
+
+            unknown = set(command.params) - PARAMS
             if unknown:
                 raise CommandError(
                     f"`{command.name} --{unknown.pop()}` has no counterpart in "
@@ -275,13 +220,7 @@ def _check_options(command: Command) -> None:
                 )
             command.diagnose_overrides()
         elif command.kind == "recover":
-            if (
-                command.path[1] == "reclaim-pending"
-                and command.params.get("to")
-                and command.params.get("requeue")
-            ):
-                raise CommandError(f"`{command.name}`: --to and --requeue exclude each other")
-            command.recover_options()
+            command.recover()
     except Ms07Error as exc:
         raise CommandError(f"`{command.name}`: {exc}") from None
 

@@ -145,22 +145,17 @@ async def _recover(
     reporter: Any,
 ) -> Outcome:
     from ms07 import recover
-    from ms07.recover import plan as P
 
-    options, kube = command.recover_options()
-    plan = recover.build(command.path[1], settings, **options)
-    plan.args = command.plan_args
-    dry = dry_run or bool(command.params.get("dry_run"))
-    async with P.PlanContext(settings, kube_options=kube, reporter=reporter, dry_run=dry) as ctx:
-        ctx.plan_id = plan_id
-        result = await P.run(
-            plan,
-            ctx,
-            dry_run=dry,
-            yes=yes or bool(command.params.get("yes")),
-            confirm=confirm,
-            plan_id=plan_id,
-        )
+    proc, opts, kube = command.recover()
+    plan = proc.build(settings, opts, kube)
+    run = recover.RunOptions(
+        dry_run=dry_run or bool(command.params.get("dry_run")),
+        yes=yes or bool(command.params.get("yes")),
+        plan_id=plan_id,
+    )
+    result = await recover.run_plan(
+        plan, settings, run, kube=kube, reporter=reporter, confirm=confirm
+    )
     out = Outcome(
         result.ok, result.status, PLAN_LEVEL.get(result.status, "unknown"), data=result.to_dict()
     )

@@ -3,7 +3,6 @@ file and the line."""
 
 from __future__ import annotations
 
-import dataclasses
 import textwrap
 from pathlib import Path
 
@@ -11,7 +10,10 @@ import pytest
 import yaml
 
 from ms07 import runbooks
+from ms07.diagnose.options import PARAMS
 from ms07.errors import RunbookError
+from ms07.options import specs
+from ms07.recover import KubeOptions, RunOptions, procedure
 from ms07.runbooks import commands
 from tests.deploy.support import ROOT, RUNBOOK_BASE_URL, RUNBOOK_IDS
 
@@ -98,11 +100,11 @@ def test_every_option_of_every_step_command_reaches_the_library() -> None:
         )
         params = {p.name for p in cmd.params}
         if group == "diagnose":
-            assert params <= set(commands.DIAGNOSE_OPTIONS) | commands.DIAGNOSE_OWN, name
+            assert params <= PARAMS, name
         elif group == "recover":
-            fields = {f.name for f in dataclasses.fields(commands._recover_module(sub).Options)}
-            mapped = {commands.RECOVER_RENAMES.get(p, p) for p in params}
-            assert mapped - commands.RECOVER_OWN - set(commands.KUBE_OPTIONS) <= fields, name
+            proc = procedure(sub)
+            declared = [*specs(proc.options), *specs(RunOptions), *specs(KubeOptions)]
+            assert params <= {s.opt.name for s in declared}, name
 
 
 def test_known_findings_come_from_the_checks() -> None:
