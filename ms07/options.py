@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import MISSING, dataclass
 from typing import Any
 
@@ -31,6 +31,7 @@ class Opt:
     param: str | None = None  # the parameter's name when it is not the flag's (--json: as_json)
     late: bool = False  # listed after the shared options (e.g. the Kubernetes --timeout)
     duration: bool = False  # the command line takes 90s, 30m, 2h, 1d; the field holds seconds
+    argument: bool = False  # positional (the flag is then only its name)
     cli_default: Any = FIELD_DEFAULT  # the command line's default when not the field's (None: the config's)
 
     @property
@@ -116,3 +117,51 @@ def fields_from(cls: type, params: dict[str, Any]) -> dict[str, Any]:
             value = list(value or [])
         out[spec.field] = value
     return out
+
+
+def typer_command(
+    declared: list[Spec], body: Callable[..., None], *, name: str, help: str
+) -> Callable[..., None]:
+    """A Typer command function whose parameters are ``declared`` (flag, help, range,
+    default as the fields say) and which calls ``body(ctx, **params)``. The CLI registers it;
+    runbooks parse step lines with it (a parse-only ``body``)."""
+    import inspect
+    from pathlib import Path
+    from typing import Annotated
+
+    import typer
+
+    params = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)]
+    for spec in declared:
+        o, kind, default = spec.opt, spec.type, spec.cli_default
+        if o.path:
+            kind = Path | None
+        elif o.duration:
+            kind = str if default is not None else str | None
+        elif spec.multiple:
+            kind, default = spec.type | None, None
+        elif default is None:
+            kind = spec.type | None
+        if o.argument:
+            info = typer.Argument(help=o.help)
+        else:
+            info = typer.Option(
+                o.flag, *([o.short] if o.short else []), help=o.help or None, min=o.min, max=o.max
+            )
+        params.append(
+            inspect.Parameter(
+                o.name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=inspect.Parameter.empty if spec.required else default,
+                annotation=Annotated[kind, info],
+            )
+        )
+
+    def command(ctx: Any, **values: Any) -> None:
+        body(ctx, **values)
+
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    command.__doc__ = help
+    command.__name__ = name.replace("-", "_")
+    return command

@@ -6,15 +6,15 @@ plugins: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (could not check). Bad input is 
 
 from __future__ import annotations
 
-import inspect
 import sys
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Any
 
 import typer
 
 from ms07.cli import common
 from ms07.diagnose.options import COMMANDS, Command
+from ms07.options import typer_command
 
 app = typer.Typer(
     help="Scripted checks of the troubleshooting guide: verdict, evidence, next command. "
@@ -60,31 +60,13 @@ def _run(ctx: typer.Context, names: list[str], params: dict[str, Any]) -> None:
 def _command(command: Command) -> Callable[..., None]:
     """``ms07 diagnose <name>``, generated from its entry in ``COMMANDS``: each option is
     the ``DiagnoseOptions`` (or ``Output``) field that declares its flag, help and default."""
-    params = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)]
-    for spec in command.specs():
-        kind: Any = spec.type
-        if spec.opt.duration:
-            kind = str if spec.cli_default is not None else str | None
-        elif spec.cli_default is None:
-            kind = spec.type | None
-        option = typer.Option(spec.opt.flag, help=spec.opt.help)
-        params.append(
-            inspect.Parameter(
-                spec.opt.name, inspect.Parameter.KEYWORD_ONLY,
-                default=spec.cli_default, annotation=Annotated[kind, option],
-            )
-        )
 
-    def run(ctx: typer.Context, **values: Any) -> None:
+    def body(ctx: typer.Context, **values: Any) -> None:
         from ms07.diagnose import CHECKS
 
         _run(ctx, list(command.checks or CHECKS), values)
 
-    run.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
-    run.__annotations__ = {p.name: p.annotation for p in params}
-    run.__doc__ = command.help
-    run.__name__ = command.name
-    return run
+    return typer_command(command.specs(), body, name=command.name, help=command.help)
 
 
 for _command_entry in COMMANDS.values():

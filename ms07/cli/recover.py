@@ -11,16 +11,14 @@ Exit codes: 0 done (or dry run clean), 1 failed / blocked / not confirmed, 2 bad
 from __future__ import annotations
 
 import asyncio
-import inspect
 from collections.abc import Callable
-from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import typer
 
 from ms07.cli import common
 from ms07.errors import UsageError
-from ms07.options import Spec, fields_from, specs
+from ms07.options import fields_from, typer_command
 from ms07.recover.procedures import PROCEDURES, KubeOptions, Procedure, RunOptions
 
 app = typer.Typer(
@@ -28,44 +26,17 @@ app = typer.Typer(
 )
 
 
-def _parameter(spec: Spec) -> inspect.Parameter:
-    """A Typer parameter from an ``Options`` field (its flag, help, range and default)."""
-    o = spec.opt
-    kind: Any = spec.type
-    default = None if spec.multiple else spec.default
-    if o.path:
-        kind = Path | None
-    elif spec.multiple:
-        kind = spec.type | None
-    option = typer.Option(o.flag, *([o.short] if o.short else []), help=o.help, min=o.min, max=o.max)
-    return inspect.Parameter(
-        o.name,
-        inspect.Parameter.KEYWORD_ONLY,
-        default=inspect.Parameter.empty if spec.required else default,
-        annotation=Annotated[kind, option],
-    )
-
-
 def _command(proc: Procedure) -> Callable[..., None]:
-    """``ms07 recover <name>``, generated from the procedure's ``Options``: its own options,
-    then how it runs, then (if it talks to Kubernetes) which cluster, then the late ones."""
-    own = specs(proc.options)
-    shared = specs(RunOptions) + (specs(KubeOptions) if proc.cluster else [])
-    ordered = [s for s in own if not s.opt.late] + shared + [s for s in own if s.opt.late]
-    params = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)]
-    params += [_parameter(s) for s in ordered]
+    """``ms07 recover <name>``, generated from the procedure's ``Options`` (and the shared
+    ``RunOptions``/``KubeOptions``), in the order :meth:`Procedure.specs` gives."""
 
-    def command(ctx: typer.Context, **values: Any) -> None:
+    def body(ctx: typer.Context, **values: Any) -> None:
         opts = proc.make(**fields_from(proc.options, values))
         run = RunOptions(**fields_from(RunOptions, values))
         kube = KubeOptions(**fields_from(KubeOptions, values)) if proc.cluster else None
         _drive(ctx, proc, opts, run, kube)
 
-    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
-    command.__annotations__ = {p.name: p.annotation for p in params}
-    command.__doc__ = proc.help
-    command.__name__ = proc.name.replace("-", "_")
-    return command
+    return typer_command(proc.specs(), body, name=proc.name, help=proc.help)
 
 
 def _drive(

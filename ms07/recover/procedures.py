@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ms07.errors import UsageError
-from ms07.options import argv, argv_of, opt, specs
+from ms07.options import Spec, argv, argv_of, opt, specs
 
 if TYPE_CHECKING:
     from ms07.config import Settings
@@ -89,6 +89,13 @@ class Procedure:
         if self.check is not None:
             self.check(opts)
         return opts
+
+    def specs(self) -> list[Spec]:
+        """The command line of ``ms07 recover <name>``: its own options, then how it runs,
+        then (if it talks to Kubernetes) which cluster, then the late ones (``--timeout``)."""
+        own = specs(self.options)
+        shared = specs(RunOptions) + (specs(KubeOptions) if self.cluster else [])
+        return [s for s in own if not s.opt.late] + shared + [s for s in own if s.opt.late]
 
     def build(self, settings: Settings, opts: Any, kube: KubeOptions | None = None) -> Plan:
         """The plan, its ``args`` (for the resume command) derived from ``opts`` and ``kube``."""

@@ -1,15 +1,19 @@
-"""The ``ms07`` commands a runbook step may run: parsed by the CLI's own parser, run
-through the library.
+"""The ``ms07`` commands a runbook step may run: parsed into the same options the CLI
+commands are generated from, run through the library.
 
 Why not invoke the Typer commands in-process? They render to the terminal, end in
 ``typer.Exit`` and call ``asyncio.run`` themselves; a runbook needs their *results*
 (findings, statuses, plan outcomes) for ``when:``, and one event loop. Why not a parser
-of our own? Its options would drift from ``--help``. So a step's line is split with
-:mod:`shlex` and parsed by the very Click command ``ms07`` would run (``make_context``:
-the same options, types, defaults and error messages, without invoking it); the parsed
-parameters then go to the library function the command itself calls
-(:func:`ms07.diagnose.run_checks_async`, :func:`ms07.recover.build` + the plan runner,
-:func:`ms07.healthcheck.fetch_health`, ...), which return data.
+of our own? Its options would drift from ``--help``. So both come from one declaration:
+each option is a field of an options dataclass (:mod:`ms07.options`; the recover registry
+:mod:`ms07.recover.procedures`, :mod:`ms07.diagnose.options`, :mod:`ms07.read_options`);
+``ms07`` generates its commands from them and :func:`_root` generates the same Click
+commands with a parse-only body. A step's line is split with :mod:`shlex` and parsed by
+that command (``make_context``: the same options, types, defaults and error messages);
+the parameters become the command's options dataclass and go to the library function the
+command itself calls (:func:`ms07.diagnose.run_checks_async`, :func:`ms07.recover.run_plan`,
+:func:`ms07.healthcheck.fetch_health`, ...), which return data. This package does not
+import ``ms07.cli``.
 """
 
 from __future__ import annotations
@@ -22,16 +26,12 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+from ms07.read_options import READS as READ_OPTIONS
+from ms07.recover.procedures import PROCEDURES
+
 # What a step may run. Everything else, even a real command, is refused at load.
-READS = {("health",), ("queue", "stats"), ("dlq", "list"), ("destinations", "check")}
-RECOVER = (
-    "queue-full",
-    "db-connection",
-    "worker-crash",
-    "reclaim-pending",
-    "requeue-from-db",
-    "scale",
-)
+READS = set(READ_OPTIONS)
+RECOVER = tuple(PROCEDURES)
 # Options that belong to `ms07 runbook run`, not to a step.
 FORBIDDEN = {
     "as_json": "--json: `ms07 runbook run --json` prints the whole run as JSON",
@@ -120,13 +120,38 @@ class Command:
 
 @functools.cache
 def _root() -> Any:
-    """The ``ms07`` command tree as Click objects (Typer's own, vendored or not: only
-    ``commands``, ``make_context`` and ``format_message`` are used)."""
+    """The commands a step may run, as Click objects, generated from the same declarations
+    as ``ms07``'s own commands (:func:`ms07.options.typer_command`: the same options, types,
+    defaults and error messages), with a body that does nothing: a step is only parsed here."""
     import typer
 
-    from ms07.cli import app
+    from ms07.diagnose.options import COMMANDS
+    from ms07.options import specs, typer_command
+    from ms07.read_options import READS as READ_OPTIONS
+    from ms07.recover.procedures import PROCEDURES
 
-    return typer.main.get_command(app)
+    def parse_only(ctx: Any, **params: Any) -> None: ...
+
+    root = typer.Typer()
+    groups: dict[str, typer.Typer] = {}
+
+    def add(path: tuple[str, ...], declared: list[Any]) -> None:
+        command = typer_command(declared, parse_only, name=path[-1], help="")
+        if len(path) == 1:
+            root.command(path[0])(command)
+            return
+        if path[0] not in groups:
+            groups[path[0]] = typer.Typer()
+            root.add_typer(groups[path[0]], name=path[0])
+        groups[path[0]].command(path[1])(command)
+
+    for name, entry in COMMANDS.items():
+        add(("diagnose", name), entry.specs())
+    for name, proc in PROCEDURES.items():
+        add(("recover", name), proc.specs())
+    for path, options in READ_OPTIONS.items():
+        add(path, specs(options))
+    return typer.main.get_command(root)
 
 
 def _is_group(cmd: Any) -> bool:
@@ -168,6 +193,11 @@ def parse(line: Any) -> Command:
     path: list[str] = []
     while _is_group(cmd) and words and not words[0].startswith("-"):
         sub = cmd.commands.get(words[0])
+        if sub is None and (not path or path[0] not in ("diagnose", "recover")):
+            raise CommandError(
+                f"`ms07 {' '.join([*path, words[0]])}` cannot be a runbook step; steps can run: ms07 "
+                + ", ms07 ".join(allowed())
+            )
         if sub is None:
             known = ", ".join(sorted(cmd.commands))
             where = f"ms07 {' '.join(path)}".strip()
