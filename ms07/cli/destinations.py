@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from ms07.cli import common
+from ms07.cli import common, display
 from ms07.options import specs, typer_command
 from ms07.read_options import DestinationsCheckOptions
 
@@ -27,7 +27,7 @@ def list_(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help
     for col in ("name", "url", "health", "circuit", "pool", "timeout", "batch", "auth"):
         table.add_column(col, overflow="fold")
     for d in data:
-        colour = {"healthy": "green", "unhealthy": "red"}.get(d["health_status"], "yellow")
+        colour = display.style(d["health_status"]) if d["health_status"] in ("healthy", "unhealthy") else "yellow"
         table.add_row(d["name"], d["url"], f"[{colour}]{d['health_status']}[/]", d["circuit_state"],
                       str(d["pool"]["max_connections"]), f"{d['timeout_seconds']:g}s",
                       f"{d['batch']['max_items']}" if d["batch"] else "-", d["auth"])

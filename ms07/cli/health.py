@@ -7,12 +7,10 @@ from typing import Any
 
 import typer
 
-from ms07.cli import common
+from ms07.cli import common, display
+from ms07.levels import level_of
 from ms07.options import specs, typer_command
 from ms07.read_options import HealthOptions
-
-_STYLE = {"healthy": "green", "degraded": "yellow", "unhealthy": "red"}
-
 
 HELP = """Ask the running engine how it is (GET /health/ready, or /health/detailed).
 
@@ -38,8 +36,7 @@ command = typer_command(specs(HealthOptions), health, name="health", help=inspec
 
 def _s(state: Any) -> str:
     text = str(state)
-    style = _STYLE.get(text)
-    return f"[{style}]{text}[/]" if style else text
+    return display.markup(text) if level_of(text) is not None else text
 
 
 def _bytes(n: Any) -> str:
