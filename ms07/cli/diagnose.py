@@ -24,9 +24,9 @@ app = typer.Typer(
 
 
 def _run(ctx: typer.Context, names: list[str], params: dict[str, Any]) -> None:
+    from ms07.cli.diagnose_render import render_report
     from ms07.diagnose import DiagnoseOptions, DiagnoseUsageError, run_checks
     from ms07.diagnose.options import overrides
-    from ms07.diagnose.render import render_report
     from ms07.errors import ConfigError
 
     st = common.state(ctx)

@@ -44,8 +44,8 @@ def _drive(
 ) -> None:
     """Preview -> settle (dry run, blocked, confirm) -> execute, each phase in its own event
     loop so that Ctrl-C at the prompt is a plain No and Ctrl-C during a step is described."""
+    from ms07.cli import recover_render as render
     from ms07.recover import plan as P
-    from ms07.recover import render
 
     st = common.state(ctx)
     if run.as_json and not (run.dry_run or run.yes):

@@ -192,7 +192,7 @@ def _confirm(console: Any) -> Any:
     def ask(shown: Any) -> bool:
         from rich.prompt import Confirm
 
-        from ms07.recover import render
+        from ms07.cli import recover_render as render
 
         render.plan_table(console, shown, "review before it runs")
         try:

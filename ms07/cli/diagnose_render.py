@@ -1,5 +1,5 @@
-"""Rich output: a one-line verdict on top, then a findings table per check and its
-evidence tables. Colour follows severity; Rich drops it when ``NO_COLOR`` is set."""
+"""How ``ms07 diagnose`` looks on the terminal (Rich): a one-line verdict on top, then a
+findings table per check and its evidence tables. Colours: :mod:`ms07.cli.display`."""
 
 from __future__ import annotations
 
