@@ -18,7 +18,7 @@ JSON_HELP = "Print JSON."
 class HealthOptions:
     detailed: bool = opt(
         "--detailed", "GET /health/detailed: pools, queues, destinations, workers, RSS.",
-        default=False, short="-d",
+        default=False,  # no -d: that is submit's --destination
     )
     url: str | None = opt(
         "--url",

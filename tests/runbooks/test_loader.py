@@ -344,7 +344,7 @@ def test_runbooks_parse_steps_without_the_cli() -> None:
     code = (
         "import sys\nfrom ms07.runbooks import commands\n"
         "for line in ['ms07 diagnose all --since 2h', 'ms07 recover scale --replicas 2 --yes',\n"
-        "             'ms07 health -d', 'ms07 queue stats', 'ms07 dlq list --limit 5',\n"
+        "             'ms07 health --detailed', 'ms07 queue stats', 'ms07 dlq list --limit 5',\n"
         "             'ms07 destinations check a b']:\n"
         "    commands.parse(line)\n"
         "print(sorted(m for m in sys.modules if m.startswith('ms07.cli')))"
