@@ -43,8 +43,8 @@ from ms07.recover.model import (
 )
 
 if TYPE_CHECKING:
+    from ms07.kube.client import Kube
     from ms07.queue import Queue
-    from ms07.recover.k8s import Kube
     from ms07.runtime import Runtime
 
 __all__ = [
@@ -112,7 +112,7 @@ class PlanContext:
     @property
     def kube(self) -> Kube:
         if self._kube is None:
-            from ms07.recover.k8s import Kube
+            from ms07.kube.client import Kube
 
             self._kube = Kube.from_settings(self.settings, **self._kube_options)
         return self._kube
@@ -151,7 +151,7 @@ def resume_command(plan: Plan, ctx: PlanContext, step: int) -> str:
 
 
 async def _check(probe: Probe | None, ctx: PlanContext) -> Check:
-    from ms07.recover.k8s_types import KubeNotConfigured
+    from ms07.kube.types import KubeNotConfigured
 
     if probe is None:
         return Check.passed()

@@ -54,7 +54,7 @@ class KubeOptions:
     context: str | None = opt("--context", "kubeconfig context", default=None)
 
     def overrides(self) -> dict[str, Any]:
-        """What :meth:`ms07.recover.k8s.Kube.from_settings` takes (only what was set)."""
+        """What :meth:`ms07.kube.client.Kube.from_settings` takes (only what was set)."""
         return {k: v for k, v in dataclasses.asdict(self).items() if v}
 
 

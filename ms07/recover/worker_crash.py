@@ -13,9 +13,9 @@ import json
 from dataclasses import dataclass
 
 from ms07.config import Settings
+from ms07.kube.client import KubeNotFound, PodInfo
 from ms07.options import opt
 from ms07.recover import procedures
-from ms07.recover.k8s import KubeNotFound, PodInfo
 from ms07.recover.plan import Check, Outcome, Plan, PlanContext, Step
 
 LOG_BYTES = 256 * 1024

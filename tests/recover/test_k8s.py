@@ -1,4 +1,4 @@
-"""``ms07.recover.k8s`` with the real kubernetes client against the fake API: the exact
+"""``ms07.kube.client`` with the real kubernetes client against the fake API: the exact
 requests each call makes, and the one-line errors."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ms07.recover.k8s import RESTARTED_AT, Kube, KubeError, KubeNotFound, parse_pod
+from ms07.kube.client import RESTARTED_AT, Kube, KubeError, KubeNotFound, parse_pod
 from tests.k8s_fake import FakeKube
 
 NS = "/api/v1/namespaces/ms07"

@@ -22,8 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ms07.logs import clip
-from ms07.recover.k8s_types import (
+from ms07.kube.types import (
     CRASH_REASONS,
     RESTARTED_AT,
     DeploymentState,
@@ -37,6 +36,7 @@ from ms07.recover.k8s_types import (
     parse_deployment,
     parse_pod,
 )
+from ms07.logs import clip
 
 __all__ = [
     "CRASH_REASONS",
