@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -96,7 +95,7 @@ class DiagnoseOptions:
         "--probe", "Make one authenticated GET per destination (health URL, else URL).",
         default=False,
     )
-    kubeconfig: str | None = None
+    kubeconfig: str | None = None  # None: as ms07.kube.source resolves it (KUBECONFIG, in-cluster...)
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> DiagnoseOptions:
@@ -115,7 +114,6 @@ class DiagnoseOptions:
             queue_depth_warning=d.queue_depth_warning,
             failure_rate_warning_percent=d.failure_rate_warning_percent,
             rss_trend_min_seconds=d.rss_trend_min_minutes * 60,
-            kubeconfig=os.environ.get("KUBECONFIG") or None,
         )
         changes = {k: v for k, v in overrides.items() if v is not None}
         unknown = set(changes) - {f.name for f in dataclasses.fields(cls)}
