@@ -645,9 +645,10 @@ def default_k8s_namespace(environ: typing.Mapping[str, str]) -> str:
             return Path(SERVICE_ACCOUNT_NAMESPACE).read_text().strip() or "default"
         except OSError:
             pass
-    path = (environ.get("KUBECONFIG") or str(Path.home() / ".kube" / "config")).split(os.pathsep)[0]
+    from ms07.kube.source import kubeconfig_file
+
     try:
-        kubeconfig = yaml.safe_load(Path(path).expanduser().read_text()) or {}
+        kubeconfig = yaml.safe_load(Path(kubeconfig_file(None, environ)).read_text()) or {}
         current = kubeconfig.get("current-context")
         for ctx in kubeconfig.get("contexts") or []:
             if ctx.get("name") == current:

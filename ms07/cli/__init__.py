@@ -75,14 +75,15 @@ def _register() -> None:
         recover,
         run,
         runbook,
+        status,
         submit,
         workers,
     )
 
     app.command("run")(run.run)
     app.command("submit")(submit.submit)
-    app.command("status")(submit.status)
-    app.command("health")(health.health)
+    app.command("status")(status.status)
+    app.command("health")(health.command)
     app.add_typer(dlq.app, name="dlq")
     app.add_typer(destinations.app, name="destinations")
     app.add_typer(diagnose.app, name="diagnose")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import typer
 
-from ms07.cli import common
+from ms07.cli import common, display
+from ms07.options import specs, typer_command
+from ms07.read_options import DestinationsCheckOptions
 
 app = typer.Typer(help="Destinations: list, sync, check.", no_args_is_help=True)
 
@@ -25,7 +27,7 @@ def list_(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help
     for col in ("name", "url", "health", "circuit", "pool", "timeout", "batch", "auth"):
         table.add_column(col, overflow="fold")
     for d in data:
-        colour = {"healthy": "green", "unhealthy": "red"}.get(d["health_status"], "yellow")
+        colour = display.style(d["health_status"]) if d["health_status"] in ("healthy", "unhealthy") else "yellow"
         table.add_row(d["name"], d["url"], f"[{colour}]{d['health_status']}[/]", d["circuit_state"],
                       str(d["pool"]["max_connections"]), f"{d['timeout_seconds']:g}s",
                       f"{d['batch']['max_items']}" if d["batch"] else "-", d["auth"])
@@ -42,14 +44,7 @@ def sync(ctx: typer.Context) -> None:
     st.console.print(f"synced {len(names)} destination(s): {', '.join(names) or 'none'}")
 
 
-@app.command("check")
-def check(
-    ctx: typer.Context,
-    names: list[str] = typer.Argument(None, help="Destinations to probe (default: all)."),
-    timeout: float = typer.Option(None, "--timeout", help="Seconds per stage (default service.probe_timeout_seconds)."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
-) -> None:
-    """Probe destinations live: DNS resolve, TCP connect and an authenticated GET of the health URL."""
+def check(ctx: typer.Context, names: list[str] | None, timeout: float | None, as_json: bool) -> None:
     from ms07 import registry
 
     st = common.state(ctx)
@@ -77,3 +72,11 @@ def check(
         st.console.print(table)
     if any(not r["healthy"] for r in results):
         raise typer.Exit(1)
+
+
+app.command("check")(
+    typer_command(
+        specs(DestinationsCheckOptions), check, name="check",
+        help="Probe destinations live: DNS resolve, TCP connect and an authenticated GET of the health URL.",
+    )
+)

@@ -7,17 +7,13 @@ import typer
 from ms07.cli import common
 from ms07.errors import NotFound, UsageError
 from ms07.logs import clip
+from ms07.options import specs, typer_command
+from ms07.read_options import DlqListOptions
 
 app = typer.Typer(help="The dead-letter queue: list, replay, purge.", no_args_is_help=True)
 
 
-@app.command("list")
-def list_(
-    ctx: typer.Context,
-    limit: int = typer.Option(100, "--limit", min=1, max=10000),
-    as_json: bool = typer.Option(False, "--json"),
-) -> None:
-    """Parked distributions with their reason and last error."""
+def list_(ctx: typer.Context, limit: int, as_json: bool) -> None:
     from ms07 import dlq
 
     st = common.state(ctx)
@@ -62,6 +58,14 @@ def _confirm(st: common.State, yes: bool, question: str, refusal: str) -> None:
     if not confirmed:
         st.err.print("not confirmed: nothing was done.")
         raise typer.Exit(1)
+
+
+app.command("list")(
+    typer_command(
+        specs(DlqListOptions), list_, name="list",
+        help="Parked distributions with their reason and last error.",
+    )
+)
 
 
 @app.command("replay")

@@ -2,31 +2,23 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import typer
 
-from ms07.cli import common
+from ms07.cli import common, display
+from ms07.levels import level_of
+from ms07.options import specs, typer_command
+from ms07.read_options import HealthOptions
 
-_STYLE = {"healthy": "green", "degraded": "yellow", "unhealthy": "red"}
-
-
-def health(
-    ctx: typer.Context,
-    detailed: bool = typer.Option(
-        False, "--detailed", "-d", help="GET /health/detailed: pools, queues, destinations, workers, RSS."
-    ),
-    url: str = typer.Option(
-        None, "--url",
-        help="Engine base URL (default http://127.0.0.1:<service.http_port>) \\[env: MS07_HEALTH_URL]",
-    ),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
-    timeout: float = typer.Option(10.0, "--timeout", help="Seconds to wait for the engine's answer."),
-) -> None:
-    """Ask the running engine how it is (GET /health/ready, or /health/detailed).
+HELP = """Ask the running engine how it is (GET /health/ready, or /health/detailed).
 
     Sends MS07_API_TOKEN as the bearer token. Exit code: 0 healthy, 1 degraded,
     2 unhealthy, 3 unreachable or no verdict (token refused, not an engine)."""
+
+
+def health(ctx: typer.Context, detailed: bool, url: str | None, as_json: bool, timeout: float) -> None:
     from ms07.healthcheck import base_url, exit_code, fetch_health
 
     st = common.state(ctx)
@@ -39,10 +31,12 @@ def health(
     raise typer.Exit(exit_code(result))
 
 
+command = typer_command(specs(HealthOptions), health, name="health", help=inspect.cleandoc(HELP))
+
+
 def _s(state: Any) -> str:
     text = str(state)
-    style = _STYLE.get(text)
-    return f"[{style}]{text}[/]" if style else text
+    return display.markup(text) if level_of(text) is not None else text
 
 
 def _bytes(n: Any) -> str:

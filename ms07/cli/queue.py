@@ -7,13 +7,13 @@ from pathlib import Path
 import typer
 
 from ms07.cli import common
+from ms07.options import specs, typer_command
+from ms07.read_options import QueueStatsOptions
 
 app = typer.Typer(help="The Redis work queue: stats, backup, restore.", no_args_is_help=True)
 
 
-@app.command("stats")
-def stats(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """Depth, pending, consumers, delayed and DLQ sizes of every queue stream."""
+def stats(ctx: typer.Context, as_json: bool) -> None:
     st = common.state(ctx)
 
     async def go(rt):  # type: ignore[no-untyped-def]
@@ -49,6 +49,14 @@ def _progress(total: int, label: str):  # type: ignore[no-untyped-def]
     return Progress(
         TextColumn(label), BarColumn(), MofNCompleteColumn(), transient=True, disable=total < 5000
     )
+
+
+app.command("stats")(
+    typer_command(
+        specs(QueueStatsOptions), stats, name="stats",
+        help="Depth, pending, consumers, delayed and DLQ sizes of every queue stream.",
+    )
+)
 
 
 @app.command("backup")

@@ -13,7 +13,7 @@ def run(
         None, "--config", "-c", help="YAML config file (same as ms07 --config F run) \\[env: MS07_CONFIG]"
     ),
     concurrency: int = typer.Option(
-        None, "--concurrency", "-n",
+        None, "--concurrency",
         help="Deliveries in flight (service.concurrency) \\[env: MS07_CONCURRENCY or MS07_SERVICE__CONCURRENCY]"
     ),
     http_port: int = typer.Option(

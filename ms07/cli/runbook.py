@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ms07.cli import common
+from ms07.cli import common, display
 from ms07.errors import UsageError
 
 app = typer.Typer(
@@ -26,17 +26,12 @@ Name = Annotated[
     str, typer.Argument(help="Runbook id (see `ms07 runbook list`) or a path to a .yaml file.")
 ]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON.")]
-_STATE_STYLE = {
-    "passed": "green",
-    "found": "bold yellow",
-    "unchecked": "magenta",
-    "failed": "bold red",
-    "skipped": "dim",
-    "unmet": "yellow",
-    "not run": "dim",
-    "running": "cyan",
-}
-_LEVEL_STYLE = {"healthy": "green", "warning": "yellow", "critical": "red", "unknown": "magenta"}
+
+
+
+def _state_style(state: str) -> str:
+    # A problem found or a step failed is the headline of a runbook run.
+    return display.style(state, bold=state in ("found", "failed"))
 
 
 @app.command("list")
@@ -197,7 +192,7 @@ def _confirm(console: Any) -> Any:
     def ask(shown: Any) -> bool:
         from rich.prompt import Confirm
 
-        from ms07.recover import render
+        from ms07.cli import recover_render as render
 
         render.plan_table(console, shown, "review before it runs")
         try:
@@ -245,9 +240,9 @@ def _rich_observer(console: Any, total: int) -> Any:
                 return
             self.console.print(
                 Text.assemble(
-                    ("  " + step.state.upper(), _STATE_STYLE.get(step.state, "")),
+                    ("  " + step.state.upper(), _state_style(step.state)),
                     "  ",
-                    (step.verdict, _LEVEL_STYLE.get(step.status, "")),
+                    (step.verdict, display.style(step.status)),
                     f"  ({step.duration_ms:.0f} ms)" if step.duration_ms is not None else "",
                 )
             )
@@ -259,7 +254,7 @@ def _rich_observer(console: Any, total: int) -> Any:
                 )
             if step.message and step.state in ("failed", "unmet") and step.message not in step.lines[:15]:
                 self.console.print(
-                    Text(f"    {step.message}", style=_STATE_STYLE[step.state]), overflow="fold"
+                    Text(f"    {step.message}", style=_state_style(step.state)), overflow="fold"
                 )
 
         def recover_reporter(self, step: Any) -> Any:
@@ -339,8 +334,8 @@ def _summary(console: Any, result: Any) -> None:
             str(s.index),
             s.phase,
             s.title,
-            Text(s.state, style=_STATE_STYLE.get(s.state, "")),
-            Text(s.verdict, style=_LEVEL_STYLE.get(s.status, "")),
+            Text(s.state, style=_state_style(s.state)),
+            Text(s.verdict, style=display.style(s.status)),
         )
     console.print()
     console.print(table)

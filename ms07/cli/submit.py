@@ -1,4 +1,4 @@
-"""``ms07 submit`` and ``ms07 status``."""
+"""``ms07 submit``: accept distributions from the command line, like POST /distributions."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import typer
 
 from ms07.cli import common
-from ms07.errors import NotFound, UsageError
+from ms07.errors import UsageError
 
 
 def submit(
@@ -143,45 +143,3 @@ def _by_line(run: Any, numbers: list[int]) -> Any:
         also = f" (and {more} more line(s): {', '.join(str(numbers[i]) for i, _ in exc.items[1:6])}" \
                f"{'…' if more > 5 else ''})" if more else ""
         raise UsageError(f"line {numbers[index]}: {first}{also}; nothing was submitted") from None
-
-
-def status(
-    ctx: typer.Context,
-    distribution_id: str = typer.Argument(..., help="The distribution id, or its first hex digits (e.g. 6d6d823d)."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
-) -> None:
-    """Show a distribution, its status and every attempt in time order.
-
-    Exit codes: 0 shown, 2 not an id or a prefix several ids share, 4 no such distribution."""
-    from ms07.status import distribution_status, resolve_id
-
-    st = common.state(ctx)
-
-    async def go(rt):  # type: ignore[no-untyped-def]
-        async with rt.connection() as conn:
-            return await distribution_status(conn, await resolve_id(conn, distribution_id))
-
-    data = common.with_runtime(st.settings, go)
-    if data is None:  # deleted (dlq purge) between the two reads
-        raise NotFound(f"no distribution {distribution_id}")
-    if as_json:
-        common.print_json(data)
-        return
-    from rich.table import Table
-
-    st.console.print(f"[bold]{data['distribution_id']}[/] -> {data['destination']}: [bold]{data['status']}[/]"
-                     + (f"  ({data['last_error_code']}: {data['last_error']})" if data["last_error_code"] else ""))
-    facts = [f"created {data['created_at']}", f"attempts {data['attempt_count']} of {data['max_attempts']}",
-             f"next attempt {data['next_attempt_at'] or '-'}"]
-    if data["completed_at"]:
-        facts.append(f"completed {data['completed_at']}")
-    if data["correlation_id"]:
-        facts.append(f"correlation {data['correlation_id']}")
-    st.console.print("  ".join(facts), soft_wrap=True)
-    table = Table()
-    for col in ("started", "completed", "attempt", "status", "HTTP", "error"):
-        table.add_column(col)
-    for a in data["attempts"]:
-        table.add_row(str(a["started_at"]), str(a["completed_at"]), str(a["attempt"]), a["status"],
-                      str(a["response_status_code"] or "-"), a["error_code"] or "")
-    st.console.print(table)

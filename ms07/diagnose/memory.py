@@ -147,7 +147,7 @@ async def check(ctx: Context) -> CheckResult:
 async def _pods(ctx: Context, r: CheckResult) -> None:
     from kubernetes.utils import parse_quantity
 
-    from ms07.recover.k8s import Kube
+    from ms07.kube.client import Kube
 
     s = ctx.settings
     kube = Kube.from_settings(s, kubeconfig=ctx.options.kubeconfig)

@@ -11,12 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ms07.levels import SEVERITIES, Level, worst
 from ms07.logs import redact
 
-SEVERITIES = ("info", "warning", "critical")
-HEALTHY, UNKNOWN, WARNING, CRITICAL = "healthy", "unknown", "warning", "critical"
-_RANK = {HEALTHY: 0, UNKNOWN: 1, WARNING: 2, CRITICAL: 3}
-EXIT_CODES = {HEALTHY: 0, WARNING: 1, CRITICAL: 2, UNKNOWN: 3}
+HEALTHY, UNKNOWN, WARNING, CRITICAL = Level.HEALTHY, Level.UNKNOWN, Level.WARNING, Level.CRITICAL
+_RANK = {level: level.rank for level in Level}
+EXIT_CODES = {level: level.exit_code for level in Level}
 FINDING_KEYS = ("id", "severity", "summary", "evidence", "remedy", "command")
 
 # What matters most among findings of one status (issue 21: the headline after a crash
@@ -34,11 +34,6 @@ IMPACT = {
     "timeouts.probe_http_error": DESTINATION_DOWN,
     "timeouts.destination_unhealthy": DESTINATION_DOWN,
 }
-
-
-def worst(*statuses: str) -> str:
-    """The status that wins when several are combined (max_state_alt order)."""
-    return max(statuses, key=_RANK.__getitem__, default=HEALTHY)
 
 
 def severity_at_least(severity: str, minimum: str) -> bool:

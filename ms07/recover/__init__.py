@@ -8,47 +8,53 @@ For runbooks and other callers::
     result.status, result.to_dict()
 
 ``run`` needs ``dry_run=True`` or ``yes=True`` (there is nobody to ask). Procedures and
-their options are the ``Options`` dataclasses of the modules named in ``PROCEDURES``.
+their options are the ``Options`` dataclasses of the registry ``PROCEDURES``
+(:mod:`ms07.recover.procedures`).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import importlib
 from typing import TYPE_CHECKING, Any
 
 from ms07.errors import UsageError
+from ms07.recover.procedures import PROCEDURES, KubeOptions, RunOptions, procedure
 
 if TYPE_CHECKING:
     from ms07.config import Settings
-    from ms07.recover.plan import Plan, PlanResult, Reporter
+    from ms07.recover.plan import Confirm, Plan, PlanResult, Reporter
 
-PROCEDURES = {
-    "queue-full": "queue_full",
-    "db-connection": "db_connection",
-    "worker-crash": "worker_crash",
-    "reclaim-pending": "reclaim",
-    "requeue-from-db": "requeue",
-    "scale": "scale",
-}
+__all__ = ["PROCEDURES", "KubeOptions", "RunOptions", "build", "procedure", "run", "run_plan"]
 
 
 def build(name: str, settings: Settings, **options: Any) -> Plan:
-    """The plan of procedure ``name`` with these options (as the CLI's, in snake_case)."""
-    if name not in PROCEDURES:
-        raise UsageError(f"unknown recovery procedure {name!r}; known: {', '.join(PROCEDURES)}")
-    module = importlib.import_module(f"ms07.recover.{PROCEDURES[name]}")
-    known = {f.name for f in dataclasses.fields(module.Options)}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise UsageError(
-            f"recover {name}: unknown option {unknown[0]!r}; known: {', '.join(sorted(known))}"
+    """The plan of procedure ``name`` with these options (its ``Options`` fields)."""
+    proc = procedure(name)
+    return proc.build(settings, proc.make(**options))
+
+
+async def run_plan(
+    plan: Plan,
+    settings: Settings,
+    run: RunOptions,
+    *,
+    kube: KubeOptions | None = None,
+    reporter: Reporter | None = None,
+    confirm: Confirm | None = None,
+) -> PlanResult:
+    """Preview, settle, execute in one event loop (the CLI splits the same phases over two,
+    see :func:`ms07.recover.plan.settle`)."""
+    from ms07.recover.plan import PlanContext
+    from ms07.recover.plan import run as run_phases
+
+    kube_options = kube.overrides() if kube is not None else {}
+    async with PlanContext(
+        settings, kube_options=kube_options, reporter=reporter, dry_run=run.dry_run
+    ) as ctx:
+        ctx.plan_id = run.plan_id or ""
+        return await run_phases(
+            plan, ctx, dry_run=run.dry_run, yes=run.yes, confirm=confirm,
+            from_step=run.from_step, plan_id=run.plan_id,
         )
-    try:
-        opts = module.Options(**options)
-    except TypeError as exc:
-        raise UsageError(f"recover {name}: {exc}") from None
-    return module.build(settings, opts)
 
 
 async def run(
@@ -64,15 +70,10 @@ async def run(
     **options: Any,
 ) -> PlanResult:
     """Build and run a procedure unattended; returns the structured :class:`PlanResult`."""
-    from ms07.recover.plan import PlanContext
-    from ms07.recover.plan import run as run_plan
-
     if not (dry_run or yes):
         raise UsageError(f"recover {name}: pass dry_run=True or yes=True (nobody can be asked)")
     plan = build(name, settings, **options)
-    async with PlanContext(
-        settings, kube_options=kube_options, reporter=reporter, dry_run=dry_run
-    ) as ctx:
-        return await run_plan(
-            plan, ctx, dry_run=dry_run, yes=yes, from_step=from_step, plan_id=plan_id
-        )
+    return await run_plan(
+        plan, settings, RunOptions(dry_run, yes, from_step, plan_id),
+        kube=KubeOptions(**(kube_options or {})), reporter=reporter,
+    )

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ms07.config import Settings, redact_url
+from ms07.options import opt
+from ms07.recover import procedures
 from ms07.recover.plan import Check, Outcome, Plan, PlanContext, Step, StepFailed
 
 PSQL = 'psql "$MS07_DATABASE_URL"'
@@ -30,9 +32,15 @@ _STANDBY = """SELECT pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::
 
 @dataclass
 class Options:
-    health_url: str | None = None  # default: settings.health_url (MS07_HEALTH_URL)
-    health_timeout: float = 120.0
-    timeout: float = 300.0
+    health_url: str | None = opt(  # default: settings.health_url (MS07_HEALTH_URL)
+        "--health-url",
+        "The engine's base URL or its /health/ready URL \\[env: MS07_HEALTH_URL]",
+        default=None,
+    )
+    health_timeout: float = opt(
+        "--health-timeout", "How long to wait for healthy.", default=120.0, min=1
+    )
+    timeout: float = procedures.timeout()
 
 
 def url_hosts(url: str) -> list[str]:

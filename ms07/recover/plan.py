@@ -43,13 +43,14 @@ from ms07.recover.model import (
 )
 
 if TYPE_CHECKING:
+    from ms07.kube.client import Kube
     from ms07.queue import Queue
-    from ms07.recover.k8s import Kube
     from ms07.runtime import Runtime
 
 __all__ = [
     "Action",
     "Check",
+    "Confirm",
     "Outcome",
     "Plan",
     "PlanContext",
@@ -64,6 +65,7 @@ __all__ = [
     "preview",
     "resume_command",
     "run",
+    "settle",
 ]
 
 
@@ -110,7 +112,7 @@ class PlanContext:
     @property
     def kube(self) -> Kube:
         if self._kube is None:
-            from ms07.recover.k8s import Kube
+            from ms07.kube.client import Kube
 
             self._kube = Kube.from_settings(self.settings, **self._kube_options)
         return self._kube
@@ -149,7 +151,7 @@ def resume_command(plan: Plan, ctx: PlanContext, step: int) -> str:
 
 
 async def _check(probe: Probe | None, ctx: PlanContext) -> Check:
-    from ms07.recover.k8s_types import KubeNotConfigured
+    from ms07.kube.types import KubeNotConfigured
 
     if probe is None:
         return Check.passed()
@@ -357,22 +359,36 @@ def _ms(t0: float) -> float:
     return round((time.perf_counter() - t0) * 1000, 1)
 
 
+Confirm = Callable[[PlanResult], bool]
+
+
+def settle(
+    shown: PlanResult, *, dry_run: bool, yes: bool, confirm: Confirm | None = None
+) -> PlanResult | None:
+    """After the preview: the result to stop with (dry run, blocked, not confirmed), or
+    None to execute. The one place that decides whether a plan runs."""
+    if dry_run or shown.status == "blocked":
+        return shown
+    if not yes and not (confirm is not None and confirm(shown)):
+        shown.status, shown.message = "declined", "not confirmed: nothing was done"
+        return shown
+    return None
+
+
 async def run(
     plan: Plan,
     ctx: PlanContext,
     *,
     dry_run: bool = False,
     yes: bool = False,
-    confirm: Callable[[PlanResult], bool] | None = None,
+    confirm: Confirm | None = None,
     from_step: int = 1,
     plan_id: str | None = None,
 ) -> PlanResult:
-    """Preview, then (unless ``dry_run``) confirm and execute. For runbooks and tests; the
-    CLI does the same in two event loops so that Ctrl-C at its prompt is a plain No."""
+    """Preview, :func:`settle`, execute, in one event loop (runbooks, the library). The CLI
+    runs the same three phases in two loops so that Ctrl-C at its prompt is a plain No."""
     shown = await preview(plan, ctx, from_step=from_step)
-    if dry_run or shown.status == "blocked":
-        return shown
-    if not yes and not (confirm is not None and confirm(shown)):
-        shown.status, shown.message = "declined", "not confirmed: nothing was done"
-        return shown
+    stop = settle(shown, dry_run=dry_run, yes=yes, confirm=confirm)
+    if stop is not None:
+        return stop
     return await execute(plan, ctx, from_step=from_step, plan_id=plan_id)

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from ms07 import backup, keys
 from ms07.config import Settings
-from ms07.recover import consumers
+from ms07.options import opt
+from ms07.recover import consumers, procedures
 from ms07.recover.plan import Check, Outcome, Plan, PlanContext, Step, StepFailed
 
 PROBE_CHUNK = 1000
@@ -25,14 +26,24 @@ PROBE_CHUNK = 1000
 
 @dataclass
 class Options:
-    replicas: int | None = None  # scale back to this instead of the previous count
-    backup: str | None = (
-        None  # the backup file (default: MS07_STATE_DIR/backups/queue-<time>.jsonl)
+    replicas: int | None = opt(
+        "--replicas", "Scale back to N (default: the count before).", default=None, min=0
     )
-    watch_seconds: float = 60.0
-    idle_seconds: float = 5.0  # a consumer idle this long without a heartbeat is not consuming
-    consumer_timeout: float = 180.0
-    timeout: float = 300.0  # each Kubernetes wait
+    backup: str | None = opt(
+        "--backup", "Backup file (default: STATE_DIR/backups/queue-<time>.jsonl).", default=None,
+        path=True,
+    )
+    watch_seconds: float = opt(
+        "--watch-seconds", "Watch the depth this long (0: skip).", default=60.0, min=0
+    )
+    # A consumer idle this long without a heartbeat is not consuming.
+    idle_seconds: float = opt(
+        "--idle-seconds", "Idle this long without heartbeat: stopped.", default=5.0, min=0.1
+    )
+    consumer_timeout: float = opt(
+        "--consumer-timeout", "Wait this long for them to stop.", default=180.0, min=1
+    )
+    timeout: float = procedures.timeout()  # each Kubernetes wait
 
 
 def default_backup_path(settings: Settings) -> Path:

@@ -27,6 +27,7 @@ from redis.exceptions import ResponseError
 
 from ms07 import keys
 from ms07.config import Settings
+from ms07.options import opt
 from ms07.recover import consumers
 from ms07.recover.plan import Check, Outcome, Plan, PlanContext, Step
 
@@ -35,9 +36,15 @@ BATCH = 500
 
 @dataclass
 class Options:
-    to: str | None = None  # a live consumer to give the entries to (default: any live one)
-    requeue: bool = False  # back into the stream even when a consumer is live
-    min_idle_ms: int = 1000
+    to: str | None = opt(
+        "--to", "Give the entries to this live consumer (default: any live one).", default=None
+    )
+    requeue: bool = opt(
+        "--requeue", "Back into the stream even if a consumer is live.", default=False
+    )
+    min_idle_ms: int = opt(
+        "--min-idle-ms", "Leave entries touched more recently.", default=1000, min=0
+    )
 
 
 def build(settings: Settings, opts: Options, args: list[str] | None = None) -> Plan:

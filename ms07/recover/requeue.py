@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from ms07 import keys, reconcile
 from ms07.config import Settings
+from ms07.options import opt
 from ms07.recover.plan import Check, Outcome, Plan, PlanContext, Step
 from ms07.store.status import OPEN_SQL
 
@@ -23,7 +24,9 @@ SHOWN = 20
 
 @dataclass
 class Options:
-    older_than: float = 30.0
+    older_than: float = opt(
+        "--older-than", "Only jobs untouched this many seconds (grace).", default=30.0, min=0
+    )
 
 
 def build(settings: Settings, opts: Options, args: list[str] | None = None) -> Plan:

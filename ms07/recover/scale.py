@@ -14,15 +14,18 @@ from dataclasses import dataclass
 
 from ms07 import keys
 from ms07.config import Settings
-from ms07.recover import consumers
+from ms07.options import opt
+from ms07.recover import consumers, procedures
 from ms07.recover.plan import Check, Outcome, Plan, PlanContext, Step
 
 
 @dataclass
 class Options:
-    replicas: int
-    consumers_timeout: float = 60.0
-    timeout: float = 300.0
+    replicas: int = opt("--replicas", "The replica count to reach.", min=0)
+    consumers_timeout: float = opt(
+        "--consumers-timeout", "Wait this long for consumers (0: skip).", default=60.0, min=0
+    )
+    timeout: float = procedures.timeout()
     idle_seconds: float = 5.0
 
 

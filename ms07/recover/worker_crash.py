@@ -10,10 +10,12 @@ more than one worker to the procedure.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ms07.config import Settings
-from ms07.recover.k8s import KubeNotFound, PodInfo
+from ms07.kube.client import KubeNotFound, PodInfo
+from ms07.options import opt
+from ms07.recover import procedures
 from ms07.recover.plan import Check, Outcome, Plan, PlanContext, Step
 
 LOG_BYTES = 256 * 1024
@@ -32,9 +34,13 @@ OUTSIDE_CLUSTER = [
 
 @dataclass
 class Options:
-    pods: list[str] = field(default_factory=list)  # default: every crashed pod
-    lines: int = 50
-    timeout: float = 300.0
+    pods: list[str] = opt(  # default: every crashed pod
+        "--pod", "Pod to replace (repeatable; default: every crashed pod).", factory=list
+    )
+    lines: int = opt(
+        "--lines", "Previous-log lines to show per pod.", default=50, min=1, max=5000
+    )
+    timeout: float = procedures.timeout()
     first_lines: int = 20
 
 

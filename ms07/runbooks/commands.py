@@ -1,40 +1,37 @@
-"""The ``ms07`` commands a runbook step may run: parsed by the CLI's own parser, run
-through the library.
+"""The ``ms07`` commands a runbook step may run: parsed into the same options the CLI
+commands are generated from, run through the library.
 
 Why not invoke the Typer commands in-process? They render to the terminal, end in
 ``typer.Exit`` and call ``asyncio.run`` themselves; a runbook needs their *results*
 (findings, statuses, plan outcomes) for ``when:``, and one event loop. Why not a parser
-of our own? Its options would drift from ``--help``. So a step's line is split with
-:mod:`shlex` and parsed by the very Click command ``ms07`` would run (``make_context``:
-the same options, types, defaults and error messages, without invoking it); the parsed
-parameters then go to the library function the command itself calls
-(:func:`ms07.diagnose.run_checks_async`, :func:`ms07.recover.build` + the plan runner,
-:func:`ms07.healthcheck.fetch_health`, ...), which return data.
+of our own? Its options would drift from ``--help``. So both come from one declaration:
+each option is a field of an options dataclass (:mod:`ms07.options`; the recover registry
+:mod:`ms07.recover.procedures`, :mod:`ms07.diagnose.options`, :mod:`ms07.read_options`);
+``ms07`` generates its commands from them and :func:`_root` generates the same Click
+commands with a parse-only body. A step's line is split with :mod:`shlex` and parsed by
+that command (``make_context``: the same options, types, defaults and error messages);
+the parameters become the command's options dataclass and go to the library function the
+command itself calls (:func:`ms07.diagnose.run_checks_async`, :func:`ms07.recover.run_plan`,
+:func:`ms07.healthcheck.fetch_health`, ...), which return data. This package does not
+import ``ms07.cli``.
 """
 
 from __future__ import annotations
 
 import ast
-import dataclasses
 import functools
-import importlib
 import inspect
 import shlex
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from ms07.read_options import READS as READ_OPTIONS
+from ms07.recover.procedures import PROCEDURES
+
 # What a step may run. Everything else, even a real command, is refused at load.
-READS = {("health",), ("queue", "stats"), ("dlq", "list"), ("destinations", "check")}
-RECOVER = (
-    "queue-full",
-    "db-connection",
-    "worker-crash",
-    "reclaim-pending",
-    "requeue-from-db",
-    "scale",
-)
+READS = set(READ_OPTIONS)
+RECOVER = tuple(PROCEDURES)
 # Options that belong to `ms07 runbook run`, not to a step.
 FORBIDDEN = {
     "as_json": "--json: `ms07 runbook run --json` prints the whole run as JSON",
@@ -65,31 +62,6 @@ SAFE = {
     "health_timeout", "timeout", "pod", "lines", "to", "requeue", "min_idle_ms", "older_than",
     "dry_run", "yes", "detailed", "names", "limit",
 }
-# CLI parameter of `ms07 diagnose ...` -> (DiagnoseOptions field, is a duration)
-DIAGNOSE_OPTIONS = {
-    "since": ("since_seconds", True),
-    "stuck_after": ("stuck_after_seconds", True),
-    "stale_health": ("stale_health_seconds", True),
-    "stale_worker": ("stale_worker_seconds", True),
-    "lost_grace": ("lost_grace_seconds", True),
-    "token_expiry_warning": ("token_expiry_warning_seconds", True),
-    "probe_timeout": ("probe_timeout_seconds", False),
-    "p95_threshold_ms": ("p95_threshold_ms", False),
-    "rss_growth_percent": ("rss_growth_warning_percent", False),
-    "url": ("url", False),
-    "probe": ("probe", False),
-}
-DIAGNOSE_OWN = {"as_json", "notify"}
-RECOVER_OWN = {"dry_run", "yes", "from_step", "plan_id", "as_json"}
-KUBE_OPTIONS = {
-    "namespace": "namespace",
-    "deployment": "deployment",
-    "selector": "label_selector",
-    "kubeconfig": "kubeconfig",
-    "context": "context",
-}
-RECOVER_RENAMES = {"pod": "pods"}
-
 
 class CommandError(Exception):
     """A step's command line is not one a runbook can run (the message says why)."""
@@ -129,62 +101,57 @@ class Command:
         return self.path[0] == "recover" and not self.params.get("dry_run")
 
     def diagnose_overrides(self) -> dict[str, Any]:
-        from ms07.diagnose import parse_duration
+        """The ``DiagnoseOptions`` fields the step sets (the same conversion as the CLI's)."""
+        from ms07.diagnose.options import overrides
 
-        out: dict[str, Any] = {}
-        for key, value in self.params.items():
-            if key in DIAGNOSE_OWN or value is None:
-                continue
-            field, duration = DIAGNOSE_OPTIONS[key]
-            if key == "probe":
-                value = value or None
-            elif duration:
-                value = parse_duration(value, "--" + key.replace("_", "-"))
-            out[field] = value
-        return out
+        return overrides(self.params)
 
-    def recover_options(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        """(the procedure's ``Options`` fields, the Kubernetes overrides)."""
-        fields = {f.name for f in dataclasses.fields(_recover_module(self.path[1]).Options)}
-        options: dict[str, Any] = {}
-        for key, value in self.params.items():
-            if key in RECOVER_OWN or key in KUBE_OPTIONS:
-                continue
-            name = RECOVER_RENAMES.get(key, key)
-            if name not in fields:
-                raise CommandError(
-                    f"`{self.name} --{key.replace('_', '-')}` has no counterpart in "
-                    f"ms07.recover ({', '.join(sorted(fields))}): ms07 itself needs fixing"
-                )
-            if isinstance(value, Path):
-                value = str(value)
-            if name == "pods":
-                value = list(value or [])
-            options[name] = value
-        kube = {KUBE_OPTIONS[k]: v for k, v in self.params.items() if k in KUBE_OPTIONS and v}
-        return options, kube
+    def recover(self) -> tuple[Any, Any, Any]:
+        """(the procedure, its ``Options``, its ``KubeOptions`` or None) from the step's
+        parameters: the fields the CLI command was generated from."""
+        from ms07.options import fields_from
+        from ms07.recover import KubeOptions, procedure
 
-    @property
-    def plan_args(self) -> list[str]:
-        """The step's own options, for a recover plan's resume command."""
-        return [a for a in self.args if a not in ("--yes", "-y", "--dry-run")]
-
-
-def _recover_module(name: str) -> Any:
-    from ms07.recover import PROCEDURES
-
-    return importlib.import_module(f"ms07.recover.{PROCEDURES[name]}")
+        proc = procedure(self.path[1])
+        opts = proc.make(**fields_from(proc.options, self.params))
+        kube = KubeOptions(**fields_from(KubeOptions, self.params)) if proc.cluster else None
+        return proc, opts, kube
 
 
 @functools.cache
 def _root() -> Any:
-    """The ``ms07`` command tree as Click objects (Typer's own, vendored or not: only
-    ``commands``, ``make_context`` and ``format_message`` are used)."""
+    """The commands a step may run, as Click objects, generated from the same declarations
+    as ``ms07``'s own commands (:func:`ms07.options.typer_command`: the same options, types,
+    defaults and error messages), with a body that does nothing: a step is only parsed here."""
     import typer
 
-    from ms07.cli import app
+    from ms07.diagnose.options import COMMANDS
+    from ms07.options import specs, typer_command
+    from ms07.read_options import READS as READ_OPTIONS
+    from ms07.recover.procedures import PROCEDURES
 
-    return typer.main.get_command(app)
+    def parse_only(ctx: Any, **params: Any) -> None: ...
+
+    root = typer.Typer()
+    groups: dict[str, typer.Typer] = {}
+
+    def add(path: tuple[str, ...], declared: list[Any]) -> None:
+        command = typer_command(declared, parse_only, name=path[-1], help="")
+        if len(path) == 1:
+            root.command(path[0])(command)
+            return
+        if path[0] not in groups:
+            groups[path[0]] = typer.Typer()
+            root.add_typer(groups[path[0]], name=path[0])
+        groups[path[0]].command(path[1])(command)
+
+    for name, entry in COMMANDS.items():
+        add(("diagnose", name), entry.specs())
+    for name, proc in PROCEDURES.items():
+        add(("recover", name), proc.specs())
+    for path, options in READ_OPTIONS.items():
+        add(path, specs(options))
+    return typer.main.get_command(root)
 
 
 def _is_group(cmd: Any) -> bool:
@@ -226,6 +193,11 @@ def parse(line: Any) -> Command:
     path: list[str] = []
     while _is_group(cmd) and words and not words[0].startswith("-"):
         sub = cmd.commands.get(words[0])
+        if sub is None and (not path or path[0] not in ("diagnose", "recover")):
+            raise CommandError(
+                f"`ms07 {' '.join([*path, words[0]])}` cannot be a runbook step; steps can run: ms07 "
+                + ", ms07 ".join(allowed())
+            )
         if sub is None:
             known = ", ".join(sorted(cmd.commands))
             where = f"ms07 {' '.join(path)}".strip()
@@ -268,7 +240,9 @@ def _check_options(command: Command) -> None:
 
     try:
         if command.kind == "diagnose":
-            unknown = set(command.params) - set(DIAGNOSE_OPTIONS) - DIAGNOSE_OWN
+            from ms07.diagnose.options import PARAMS
+
+            unknown = set(command.params) - PARAMS
             if unknown:
                 raise CommandError(
                     f"`{command.name} --{unknown.pop()}` has no counterpart in "
@@ -276,13 +250,7 @@ def _check_options(command: Command) -> None:
                 )
             command.diagnose_overrides()
         elif command.kind == "recover":
-            if (
-                command.path[1] == "reclaim-pending"
-                and command.params.get("to")
-                and command.params.get("requeue")
-            ):
-                raise CommandError(f"`{command.name}`: --to and --requeue exclude each other")
-            command.recover_options()
+            command.recover()
     except Ms07Error as exc:
         raise CommandError(f"`{command.name}`: {exc}") from None
 

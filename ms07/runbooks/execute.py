@@ -17,19 +17,13 @@ from typing import Any
 
 from ms07.config import Settings
 from ms07.errors import Ms07Error
+from ms07.levels import SEVERITY_RANK, Level, level_of
 from ms07.logs import clip
 from ms07.runbooks.commands import Command
 
-PLAN_LEVEL = {
-    "completed": "healthy",
-    "dry-run": "healthy",
-    "blocked": "critical",
-    "failed": "critical",
-    "declined": "unknown",
-    "interrupted": "unknown",
-}
-HEALTH_LEVEL = {"healthy": "healthy", "degraded": "warning", "unhealthy": "critical"}
-SEVERITY_RANK = {"none": 0, "info": 1, "warning": 2, "critical": 3}
+# A plan that was interrupted did not reach a verdict (level_of says critical for its
+# step); a runbook reads the plan as unknown then.
+PLAN_LEVEL = {"interrupted": Level.UNKNOWN}
 
 Confirm = Callable[[Any], bool]
 
@@ -145,25 +139,19 @@ async def _recover(
     reporter: Any,
 ) -> Outcome:
     from ms07 import recover
-    from ms07.recover import plan as P
 
-    options, kube = command.recover_options()
-    plan = recover.build(command.path[1], settings, **options)
-    plan.args = command.plan_args
-    dry = dry_run or bool(command.params.get("dry_run"))
-    async with P.PlanContext(settings, kube_options=kube, reporter=reporter, dry_run=dry) as ctx:
-        ctx.plan_id = plan_id
-        result = await P.run(
-            plan,
-            ctx,
-            dry_run=dry,
-            yes=yes or bool(command.params.get("yes")),
-            confirm=confirm,
-            plan_id=plan_id,
-        )
-    out = Outcome(
-        result.ok, result.status, PLAN_LEVEL.get(result.status, "unknown"), data=result.to_dict()
+    proc, opts, kube = command.recover()
+    plan = proc.build(settings, opts, kube)
+    run = recover.RunOptions(
+        dry_run=dry_run or bool(command.params.get("dry_run")),
+        yes=yes or bool(command.params.get("yes")),
+        plan_id=plan_id,
     )
+    result = await recover.run_plan(
+        plan, settings, run, kube=kube, reporter=reporter, confirm=confirm
+    )
+    level = PLAN_LEVEL.get(result.status) or level_of(result.status) or Level.UNKNOWN
+    out = Outcome(result.ok, result.status, level, data=result.to_dict())
     if any(s.status == "warning" for s in result.steps) and out.status == "healthy":
         out.status = "warning"
     for s in result.steps:
@@ -206,7 +194,7 @@ async def _health(command: Command, settings: Settings) -> Outcome:
         bool(p.get("detailed")),
         timeout=p.get("timeout") or 10.0,
     )
-    level = HEALTH_LEVEL.get(result["status"], "unknown")
+    level = level_of(result["status"]) or Level.UNKNOWN
     out = Outcome(verdict=result["status"], status=level, data=result)
     report = result.get("report") or {}
     checks = ", ".join(f"{k} {v}" for k, v in (report.get("checks") or {}).items())

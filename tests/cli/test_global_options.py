@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -63,7 +64,7 @@ def test_values_and_double_dash_are_left_alone() -> None:
     # Nothing after -- moves: those are arguments.
     assert hoist(root, ["dlq", "replay", "--", "--config", "x"]) == ["dlq", "replay", "--", "--config", "x"]
     # A command with an option of the same name keeps its own.
-    assert hoist(root, ["run", "--config", "f", "-n", "4"]) == ["run", "--config", "f", "-n", "4"]
+    assert hoist(root, ["run", "--config", "f", "--concurrency", "4"]) == ["run", "--config", "f", "--concurrency", "4"]
     # Global options before the subcommand, with their values, stay where they are.
     assert hoist(root, ["-c", "a", "--log-level", "INFO", "status", "x", "--config", "b"]) == [
         "-c", "a", "--log-level", "INFO", "--config", "b", "status", "x"]
@@ -82,3 +83,22 @@ async def test_config_after_the_subcommand_is_used(env_for: dict[str, str], tmp_
     result = await acli(["destinations", "list", "--json", "--config", str(cfg)], env_for)
     assert result.exit_code == 0, result.output
     assert [d["name"] for d in json.loads(result.output)] == ["after-the-command"]
+
+
+def test_a_short_option_means_one_thing_in_every_command() -> None:
+    """-n was --concurrency in `ms07 run` and --namespace in `ms07 recover ...`; -d was
+    --destination in `submit` and --detailed in `health`. Now -n is the namespace (as in
+    kubectl) and -d the destination; the others keep their long form only."""
+    meaning: dict[str, set[str]] = {}
+
+    def walk(cmd: Any) -> None:
+        for p in cmd.params:
+            longs = [o for o in p.opts if o.startswith("--")]
+            for short in (o for o in p.opts if not o.startswith("--")):
+                meaning.setdefault(short, set()).update(longs)
+        for sub in getattr(cmd, "commands", {}).values():
+            walk(sub)
+
+    walk(_root())
+    assert {k: v for k, v in meaning.items() if len(v) > 1} == {}
+    assert meaning["-n"] == {"--namespace"} and meaning["-d"] == {"--destination"}

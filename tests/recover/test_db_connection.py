@@ -10,7 +10,7 @@ import pytest
 from aiohttp import web
 
 from ms07 import recover
-from ms07.recover.k8s import RESTARTED_AT
+from ms07.kube.client import RESTARTED_AT
 from tests.k8s_fake import FakeKube
 from tests.recover.conftest import audit_lines, audit_rows
 

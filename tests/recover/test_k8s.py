@@ -1,13 +1,14 @@
-"""``ms07.recover.k8s`` with the real kubernetes client against the fake API: the exact
+"""``ms07.kube.client`` with the real kubernetes client against the fake API: the exact
 requests each call makes, and the one-line errors."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-from ms07.recover.k8s import RESTARTED_AT, Kube, KubeError, KubeNotFound, parse_pod
+from ms07.kube.client import RESTARTED_AT, Kube, KubeError, KubeNotFound, parse_pod
 from tests.k8s_fake import FakeKube
 
 NS = "/api/v1/namespaces/ms07"
@@ -177,3 +178,19 @@ def test_parse_pod_reads_the_latest_termination() -> None:
         137,
     )
     assert pod.crashed and pod.containers == ["a", "b"]
+
+
+def test_one_kubeconfig_resolution_for_the_client_and_the_default_namespace(tmp_path: Path) -> None:
+    from ms07.config import default_k8s_namespace
+    from ms07.kube import source
+
+    first = tmp_path / "first"
+    first.write_text(
+        "current-context: c\ncontexts:\n- name: c\n  context: {cluster: x, namespace: from-first}\n"
+    )
+    env = {"KUBECONFIG": f"{first}{os.pathsep}{tmp_path / 'second'}"}
+    assert source.kubeconfig_file(None, env) == str(first)
+    assert source.configured(None, env) and default_k8s_namespace(env) == "from-first"
+    assert source.kubeconfig_file(str(tmp_path / "explicit"), env) == str(tmp_path / "explicit")
+    assert not source.configured(str(tmp_path / "explicit"), env), "--kubeconfig wins over KUBECONFIG"
+    assert source.configured(str(tmp_path / "explicit"), {"KUBERNETES_SERVICE_HOST": "10.0.0.1"})

@@ -3,7 +3,6 @@ file and the line."""
 
 from __future__ import annotations
 
-import dataclasses
 import textwrap
 from pathlib import Path
 
@@ -11,7 +10,10 @@ import pytest
 import yaml
 
 from ms07 import runbooks
+from ms07.diagnose.options import PARAMS
 from ms07.errors import RunbookError
+from ms07.options import specs
+from ms07.recover import KubeOptions, RunOptions, procedure
 from ms07.runbooks import commands
 from tests.deploy.support import ROOT, RUNBOOK_BASE_URL, RUNBOOK_IDS
 
@@ -98,11 +100,11 @@ def test_every_option_of_every_step_command_reaches_the_library() -> None:
         )
         params = {p.name for p in cmd.params}
         if group == "diagnose":
-            assert params <= set(commands.DIAGNOSE_OPTIONS) | commands.DIAGNOSE_OWN, name
+            assert params <= PARAMS, name
         elif group == "recover":
-            fields = {f.name for f in dataclasses.fields(commands._recover_module(sub).Options)}
-            mapped = {commands.RECOVER_RENAMES.get(p, p) for p in params}
-            assert mapped - commands.RECOVER_OWN - set(commands.KUBE_OPTIONS) <= fields, name
+            proc = procedure(sub)
+            declared = [*specs(proc.options), *specs(RunOptions), *specs(KubeOptions)]
+            assert params <= {s.opt.name for s in declared}, name
 
 
 def test_known_findings_come_from_the_checks() -> None:
@@ -331,3 +333,34 @@ def test_a_deeply_nested_when_is_one_short_line(tmp_path: Path) -> None:
     message = fails(tmp_path, GOOD.replace("when: finding('queue.dead_consumers')", f'when: "{deep}"'), 14,
                     "remediation[0].when:", "nested more than")
     assert len(message) < 500
+
+
+def test_runbooks_parse_steps_without_the_cli() -> None:
+    """Step commands are generated from the same option declarations as the CLI, not taken
+    from it: loading and parsing every kind of step imports nothing of ms07.cli."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nfrom ms07.runbooks import commands\n"
+        "for line in ['ms07 diagnose all --since 2h', 'ms07 recover scale --replicas 2 --yes',\n"
+        "             'ms07 health --detailed', 'ms07 queue stats', 'ms07 dlq list --limit 5',\n"
+        "             'ms07 destinations check a b']:\n"
+        "    commands.parse(line)\n"
+        "print(sorted(m for m in sys.modules if m.startswith('ms07.cli')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)  # noqa: S603
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_a_step_parses_into_the_procedures_options() -> None:
+    from ms07.recover import queue_full
+    from ms07.recover.procedures import plan_args
+
+    proc, opts, kube = commands.parse(
+        "ms07 recover queue-full --watch-seconds 0 --idle-seconds 0.5 --yes"
+    ).recover()
+    assert proc.name == "queue-full" and kube is not None and kube.overrides() == {}
+    assert opts == queue_full.Options(watch_seconds=0.0, idle_seconds=0.5)
+    # The resume command repeats what was set, written back from the same fields.
+    assert plan_args(opts, kube) == ["--watch-seconds", "0", "--idle-seconds", "0.5"]

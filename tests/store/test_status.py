@@ -22,7 +22,8 @@ OTHER_VOCABULARIES = {
     "store/heartbeats.py": {"dead"},  # a worker's heartbeat status
     "recover/reclaim.py": {"dead"},  # a consumer without a heartbeat
     "recover/plan.py": {"failed"},  # a plan step's result
-    "recover/render.py": {"failed"},
+    "cli/recover_render.py": {"failed"},  # a plan step's result
+    "levels.py": {"failed"},  # a step's or check's verdict word
     "cli/runbook.py": {"failed"},  # a runbook step's state
     "runbooks/": {"failed"},
     "diagnose/auth.py": {"failed"},  # a probe's verdict

@@ -9,18 +9,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from ms07.cli import display
 from ms07.recover.plan import PlanResult, Reporter, StepResult
-
-_STYLE = {
-    "ok": "green",
-    "warning": "yellow",
-    "skipped": "dim",
-    "failed": "bold red",
-    "interrupted": "bold red",
-    "not run": "dim",
-    "running": "cyan",
-    "pending": "dim",
-}
 
 
 def _check(step: StepResult) -> Text:
@@ -28,10 +18,10 @@ def _check(step: StepResult) -> Text:
     if pre is None:
         return Text(step.message or "-", style="dim")
     if pre.ok is None:
-        return Text(f"later: {pre.message}", style="yellow")
+        return Text(f"later: {pre.message}", style=display.style("later"))
     if pre.ok:
-        return Text(f"ok: {pre.message}" if pre.message else "ok", style="green")
-    return Text(f"NOT MET: {pre.message}", style="bold red")
+        return Text(f"ok: {pre.message}" if pre.message else "ok", style=display.style("ok"))
+    return Text(f"NOT MET: {pre.message}", style=display.style("failed", bold=True))
 
 
 def plan_table(console: Console, result: PlanResult, summary: str) -> None:
@@ -69,7 +59,7 @@ class RichReporter(Reporter):
         self.console.print(Text(f"  $ {step.command}", style="cyan"), overflow="fold")
 
     def step_finished(self, step: StepResult) -> None:
-        style = _STYLE.get(step.status, "")
+        style = display.style(step.status, bold=step.status in ("failed", "interrupted"))
         line = Text.assemble(
             ("  " + step.status.upper(), style), f"  {step.message}" if step.message else ""
         )

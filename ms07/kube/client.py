@@ -17,13 +17,12 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import os
 import time
 from collections.abc import Callable
 from typing import Any
 
-from ms07.logs import clip
-from ms07.recover.k8s_types import (
+from ms07.kube import source
+from ms07.kube.types import (
     CRASH_REASONS,
     RESTARTED_AT,
     DeploymentState,
@@ -37,6 +36,7 @@ from ms07.recover.k8s_types import (
     parse_deployment,
     parse_pod,
 )
+from ms07.logs import clip
 
 __all__ = [
     "CRASH_REASONS",
@@ -90,10 +90,7 @@ class Kube:
 
     def configured(self) -> bool:
         """Is there any cluster to ask? (in-cluster account, KUBECONFIG, ~/.kube/config)"""
-        if os.environ.get("KUBERNETES_SERVICE_HOST"):
-            return True
-        path = self.kubeconfig or os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
-        return os.path.exists(path.split(os.pathsep)[0])
+        return source.configured(self.kubeconfig)
 
     @property
     def target(self) -> str:
@@ -107,7 +104,7 @@ class Kube:
         from kubernetes import client, config
 
         cfg = client.Configuration()
-        path = self.kubeconfig or os.environ.get("KUBECONFIG")
+        path = source.explicit_kubeconfig(self.kubeconfig)
         try:
             if path:
                 config.load_kube_config(
@@ -117,11 +114,11 @@ class Kube:
                     persist_config=False,
                 )
                 self.source = f"kubeconfig {path}"
-            elif os.environ.get("KUBERNETES_SERVICE_HOST"):
+            elif source.in_cluster():
                 config.load_incluster_config(client_configuration=cfg)
                 self.source = "in-cluster service account"
             else:
-                default = os.path.expanduser("~/.kube/config")
+                default = source.kubeconfig_file()
                 config.load_kube_config(
                     config_file=default,
                     context=self.context,

@@ -1,5 +1,5 @@
-"""Rich output: a one-line verdict on top, then a findings table per check and its
-evidence tables. Colour follows severity; Rich drops it when ``NO_COLOR`` is set."""
+"""How ``ms07 diagnose`` looks on the terminal (Rich): a one-line verdict on top, then a
+findings table per check and its evidence tables. Colours: :mod:`ms07.cli.display`."""
 
 from __future__ import annotations
 
@@ -7,19 +7,18 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
+from ms07.cli.display import style
 from ms07.diagnose.model import CheckResult, Report, Section
 from ms07.logs import redact
 
 LABELS = {"healthy": "OK", "warning": "WARNING", "critical": "CRITICAL", "unknown": "UNKNOWN"}
-STATUS_STYLE = {"healthy": "bold green", "warning": "bold yellow", "critical": "bold red", "unknown": "bold magenta"}
-SEVERITY_STYLE = {"critical": "red", "warning": "yellow", "info": "green"}
 BAR_WIDTH = 40
 
 
 def verdict(result: CheckResult) -> Text:
     """``CRITICAL timeouts: 3 job(s) in processing for more than 30m (+2 more)``."""
     text = Text()
-    text.append(LABELS[result.status], style=STATUS_STYLE[result.status])
+    text.append(LABELS[result.status], style=style(result.status, bold=True))
     text.append(f" {result.check}: ")
     problems = [f for f in result.findings if f.status != "healthy"]
     if problems:
@@ -35,7 +34,7 @@ def report_verdict(report: Report) -> Text:
     """``CRITICAL: the engine does not answer at ... (health); +4 more in queue CRITICAL, ...``:
     the most important finding of all (``Report.headline``), then where the others are."""
     text = Text()
-    text.append(LABELS[report.status], style=STATUS_STYLE[report.status])
+    text.append(LABELS[report.status], style=style(report.status, bold=True))
     head = report.headline()
     if head is None:
         text.append(f": all {len(report.results)} checks healthy")
@@ -58,7 +57,7 @@ def findings_table(result: CheckResult) -> Table:
     table.add_column("what to do", overflow="fold", ratio=2)
     for f in result.findings:
         sev = Text("unknown" if f.unknown else f.severity,
-                   style="magenta" if f.unknown else SEVERITY_STYLE[f.severity])
+                   style=style("unknown" if f.unknown else f.severity))
         what = Text()
         what.append(f.summary, style="bold" if f.severity != "info" else "")
         what.append(f"\n{f.id}", style="dim")
@@ -119,7 +118,7 @@ def render_report(console: Console, report: Report) -> None:
     for r in ordered:
         counts = {k: sum(1 for f in r.findings if f.status == k) for k in ("critical", "warning", "unknown")}
         first = next((f.summary for f in r.findings if f.status != "healthy"), "")
-        summary.add_row(r.check, Text(LABELS[r.status], style=STATUS_STYLE[r.status]),
+        summary.add_row(r.check, Text(LABELS[r.status], style=style(r.status, bold=True)),
                         *(str(counts[k]) for k in ("critical", "warning", "unknown")), first, f"{r.duration_ms:.0f}")
     console.print(summary)
     for r in ordered:
