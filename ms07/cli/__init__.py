@@ -71,6 +71,7 @@ def _register() -> None:
         dlq,
         embedded,
         health,
+        jobs,
         queue,
         recover,
         run,
@@ -83,6 +84,7 @@ def _register() -> None:
     app.command("submit")(submit.submit)
     app.command("status")(submit.status)
     app.command("health")(health.health)
+    app.add_typer(jobs.app, name="jobs")
     app.add_typer(dlq.app, name="dlq")
     app.add_typer(destinations.app, name="destinations")
     app.add_typer(diagnose.app, name="diagnose")

@@ -242,6 +242,35 @@ async def get_distribution(request: web.Request) -> web.Response:
     return _json(logs.scrub(data))
 
 
+async def list_distributions(request: web.Request) -> web.Response:
+    """``GET /api/v1/distributions?destination=&status=&since=&until=&...&limit=&cursor=``."""
+    from ms07 import search
+
+    engine: Engine = request.app[ENGINE]  # type: ignore[assignment]
+    query = {k: v for k, v in request.query.items() if k not in ("limit", "cursor")}
+    try:
+        if len(request.query.getall("status", [])) > 1:
+            raise UsageError("give status once, comma-separated (status=dead,failed)")
+        flt = search.parse_filter(query)
+        limit = search.parse_limit(request.query.get("limit"))
+        async with engine.pool.connection() as conn:
+            page = await search.search(conn, flt, limit, request.query.get("cursor") or None)
+    except UsageError as exc:
+        return _error(400, str(exc))
+    return _json(logs.scrub(page))
+
+
+async def get_attempts(request: web.Request) -> web.Response:
+    from ms07.status import distribution_status
+
+    engine: Engine = request.app[ENGINE]  # type: ignore[assignment]
+    async with engine.pool.connection() as conn:
+        data = await distribution_status(conn, request.match_info["distribution_id"])
+    if data is None:
+        return _error(404, "no such distribution")
+    return _json(logs.scrub({"attempts": data["attempts"]}))
+
+
 class MemoryDebug:
     """``GET /debug/memory``: top allocation sites of a tracemalloc snapshot and their
     growth since the previous call (``?limit=N``, default 25)."""
@@ -329,6 +358,8 @@ def build_app(engine: Engine, memory: MemoryDebug | None = None) -> web.Applicat
         web.get("/metrics", metrics),
         web.post("/api/v1/distributions", submit),
         web.get("/api/v1/distributions/{distribution_id}", get_distribution),
+        web.get("/api/v1/distributions", list_distributions),
+        web.get("/api/v1/distributions/{distribution_id}/attempts", get_attempts),
         web.get("/debug/memory", memory.handle),
     ])
     return app

@@ -373,6 +373,13 @@ async def reset_for_replay(
     return [tuple(r) for r in await cur.fetchall()]  # type: ignore[misc]
 
 
+# What a job looks like when shown (status, search): every column but the payload.
+JOB_COLUMNS = """distribution_id::text, destination_name AS destination, correlation_id,
+       status, priority, content_type, attempts AS attempt_count, max_attempts,
+       next_attempt_at, last_error_code, last_error, created_at, updated_at,
+       started_at, completed_at, octet_length(payload) AS payload_bytes"""
+
+
 async def get_job(conn: psycopg.AsyncConnection[Any], distribution_id: str) -> dict[str, Any] | None:
     """A job with its attempts, or None (also for a string that is no UUID at all: NUL
     bytes and such reached PostgreSQL as a DataError, a 500)."""
@@ -382,11 +389,7 @@ async def get_job(conn: psycopg.AsyncConnection[Any], distribution_id: str) -> d
         return None
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
-            """SELECT distribution_id::text, destination_name AS destination, correlation_id,
-                      status, priority, content_type, attempts AS attempt_count, max_attempts,
-                      next_attempt_at, last_error_code, last_error, created_at, updated_at,
-                      started_at, completed_at, octet_length(payload) AS payload_bytes
-                 FROM distribution_jobs WHERE distribution_id = %s::uuid""",
+            f"SELECT {JOB_COLUMNS} FROM distribution_jobs WHERE distribution_id = %s::uuid",
             (distribution_id,),
         )
         job = await cur.fetchone()
