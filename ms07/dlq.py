@@ -54,12 +54,18 @@ async def replay(
     wanted = None if ids is None else _check_ids(ids)
     async with conn.transaction():
         reset = await jobs.reset_for_replay(conn, wanted)
+    await requeue(queue, reset)
+    return [r[0] for r in reset]
+
+
+async def requeue(queue: Queue, reset: Sequence[tuple[str, str, str]]) -> None:
+    """Put jobs made open again, (id, destination, priority), on their queue and take
+    their entries out of the DLQ stream."""
     if reset:
         await queue.enqueue(
             (prio if prio in queue.priorities else queue.priorities[0], did, dest) for did, dest, prio in reset
         )
         await queue.dlq_remove([r[0] for r in reset])
-    return [r[0] for r in reset]
 
 
 async def not_replayed(

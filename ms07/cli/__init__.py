@@ -74,6 +74,7 @@ def _register() -> None:
         jobs,
         queue,
         recover,
+        replay,
         run,
         runbook,
         submit,
@@ -85,6 +86,7 @@ def _register() -> None:
     app.command("status")(submit.status)
     app.command("health")(health.health)
     app.add_typer(jobs.app, name="jobs")
+    app.command("replay")(replay.replay)
     app.add_typer(dlq.app, name="dlq")
     app.add_typer(destinations.app, name="destinations")
     app.add_typer(diagnose.app, name="diagnose")
