@@ -65,6 +65,11 @@ class ReplayRequest:
                 "since_given": since, "until_given": until, "include_delivered": self.include_delivered}
 
 
+def parked_request() -> ReplayRequest:
+    """``dlq replay --all``: every parked job."""
+    return parse_request({})
+
+
 def parse_request(raw: Mapping[str, Any], include_delivered: Any = False) -> ReplayRequest:
     """The replay's filter, checked: it picks finished jobs only (failed and dead by
     default; delivered ones only when asked for with ``include_delivered``)."""
@@ -152,6 +157,7 @@ def budgets(settings: Settings) -> tuple[dict[str, int], int]:
 async def run(
     conn: psycopg.AsyncConnection[Any], queue: Queue, settings: Settings, replay_id: str, *,
     rate: float = DEFAULT_RATE, on_progress: Callable[[dict[str, Any]], None] | None = None,
+    on_enqueued: Callable[[list[str]], None] | None = None,
 ) -> dict[str, Any]:
     """Enqueue the replay's pending jobs, ``rate`` a second at most, until none is left or
     it is cancelled. ``conn`` is held for the whole run (its session lock keeps a second
@@ -181,6 +187,8 @@ async def run(
                 async with conn.transaction():
                     taken, reset = await replays.step(conn, replay_id, batch, statuses, per_dest, default)
                 await requeue(queue, reset)
+                if on_enqueued is not None and reset:
+                    on_enqueued([r[0] for r in reset])
                 if on_progress is not None:
                     on_progress(await get(conn, replay_id))
                 if taken == 0:

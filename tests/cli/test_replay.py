@@ -144,3 +144,24 @@ async def test_api_replay_dry_run_run_and_cancel(outage: dict[str, Any], sink: S
 async def _replay_done(engine: Any, rid: str) -> bool:
     code, body = await _api(engine, "GET", f"/api/v1/replays/{rid}")
     return code == 200 and body["status"] == "done" and body["enqueued"] == 5 and body["progress"] == 1.0
+
+
+async def test_dlq_replay_all_is_an_audited_replay_by_filter(database_url: str, env_for: dict[str, str],
+                                                             rc: Any) -> None:
+    from ms07 import keys
+    from tests.cli.test_jobs import insert
+
+    parked = insert(database_url, 3, status="dead") + insert(database_url, 2, status="failed")
+    insert(database_url, 2, status="delivered")
+    result = await acli(["dlq", "replay", "--all", "--yes", "--json"], env_for)
+    assert result.exit_code == 0, result.output
+    assert sorted(json.loads(result.stdout)["replayed"]) == sorted(parked)
+    assert sorted(f["id"] for _, f in rc.xrange(keys.stream("default"))) == sorted(parked)
+    with psycopg.connect(database_url) as conn:
+        audit = conn.execute("SELECT outcome, detail FROM recovery_audit WHERE plan = 'replay' ORDER BY id").fetchall()
+        budgets = conn.execute("SELECT DISTINCT attempts, max_attempts FROM distribution_jobs"
+                               " WHERE status = 'queued'").fetchall()
+    assert [a[0] for a in audit] == ["planned", "done"] and audit[0][1]["matched"] == 5
+    assert budgets == [(1, 6)]  # attempt 1 used, numbering goes on from 2 with a budget of 5 more
+    result = await acli(["dlq", "replay", "--all", "--yes", "--rate", "0"], env_for)
+    assert result.exit_code == 2 and "--rate 0 must be above 0" in result.output
