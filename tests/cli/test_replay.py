@@ -139,6 +139,9 @@ async def test_api_replay_dry_run_run_and_cancel(outage: dict[str, Any], sink: S
                       ([], "JSON object")):
         code, err = await _api(engine, "POST", "/api/v1/replays", bad)
         assert code == 400 and says in err["error"], err
+    async with engine.pool.connection() as conn:  # the refused ones wrote nothing
+        cur = await conn.execute("SELECT count(*), (SELECT count(*) FROM recovery_audit) FROM replays")
+        assert await cur.fetchone() == (1, 2)
 
 
 async def _replay_done(engine: Any, rid: str) -> bool:
@@ -165,3 +168,43 @@ async def test_dlq_replay_all_is_an_audited_replay_by_filter(database_url: str, 
     assert budgets == [(1, 6)]  # attempt 1 used, numbering goes on from 2 with a budget of 5 more
     result = await acli(["dlq", "replay", "--all", "--yes", "--rate", "0"], env_for)
     assert result.exit_code == 2 and "--rate 0 must be above 0" in result.output
+
+
+async def test_api_replay_can_be_cancelled_half_way(make_settings, sink: Sink, start_engine,
+                                                    database_url: str) -> None:
+    from tests.cli.test_jobs import insert
+
+    engine = await start_engine(make_settings(destinations=[{"name": "a", "url": sink.url("/a")}]))
+    insert(database_url, 20, status="dead")
+    code, started = await _api(engine, "POST", "/api/v1/replays", {"rate": 2})  # one job a half second
+    assert code == 202 and started["matched"] == 20
+    rid = started["replay_id"]
+    await wait_for(lambda: _enqueued(engine, rid, 2), what="two jobs enqueued")
+    code, cancelled = await _api(engine, "DELETE", f"/api/v1/replays/{rid}")
+    assert code == 200 and cancelled["status"] == "cancelled"
+    stopped_at = cancelled["enqueued"]
+    # The runner notices before its next batch; wait until its row stops changing.
+    await wait_for(lambda: _settled(engine, rid), what="the runner stopped")
+    code, final = await _api(engine, "GET", f"/api/v1/replays/{rid}")
+    assert final["status"] == "cancelled" and stopped_at <= final["enqueued"] <= stopped_at + 1 < 20
+    with psycopg.connect(database_url) as conn:
+        still_dead = conn.execute("SELECT count(*) FROM distribution_jobs WHERE status = 'dead'").fetchone()[0]
+        outcomes = [r[0] for r in conn.execute("SELECT outcome FROM recovery_audit ORDER BY id").fetchall()]
+    assert still_dead == 20 - final["enqueued"] and outcomes == ["planned", "cancelled"]
+
+
+async def _enqueued(engine: Any, rid: str, n: int) -> bool:
+    _, body = await _api(engine, "GET", f"/api/v1/replays/{rid}")
+    return body["enqueued"] >= n
+
+
+async def _settled(engine: Any, rid: str) -> bool:
+    """The runner has let go of the replay (its session lock is free)."""
+    async with engine.pool.connection() as conn:
+        from ms07.store import replays
+
+        free = await replays.try_lock(conn, rid)
+        if free:
+            await replays.unlock(conn, rid)
+        await conn.commit()
+    return free
