@@ -175,13 +175,14 @@ def parse_limit(value: Any) -> int:
     return limit
 
 
-def encode_cursor(flt: JobFilter, created_at: dt.datetime, distribution_id: str) -> str:
-    data = json.dumps({"k": flt.key(), "t": created_at.isoformat(), "i": distribution_id}, separators=(",", ":"))
+def encode_cursor(flt: JobFilter, when: dt.datetime, distribution_id: str) -> str:
+    """The last row's sort key (its created or finished time, its id) and the query's name."""
+    data = json.dumps({"k": flt.key(), "t": when.isoformat(), "i": distribution_id}, separators=(",", ":"))
     return base64.urlsafe_b64encode(data.encode()).decode().rstrip("=")
 
 
 def decode_cursor(flt: JobFilter, cursor: str) -> tuple[dt.datetime, str]:
-    """The (created_at, id) after which the next page starts; a cursor made by another
+    """The (time, id) after which the next page starts; a cursor made by another
     query (another filter) or not by ms07 at all is refused."""
     try:
         data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
@@ -206,5 +207,5 @@ async def search(
     after = decode_cursor(flt, cursor) if cursor else None
     rows = await store.find_jobs(conn, flt, limit + 1, after)
     page = rows[:limit]
-    next_cursor = encode_cursor(flt, page[-1]["created_at"], page[-1]["distribution_id"]) if len(rows) > limit else None
+    next_cursor = encode_cursor(flt, *store.sort_key(flt, page[-1])) if len(rows) > limit else None
     return {"distributions": [job_shape(r) for r in page], "next_cursor": next_cursor}

@@ -280,6 +280,8 @@ async def post_replay(request: web.Request) -> web.Response:
     from ms07 import replay
 
     engine: Engine = request.app[ENGINE]  # type: ignore[assignment]
+    if engine.draining:
+        return _error(503, "draining: not starting replays")
     try:
         raw = await read_body(request, request.app[BODY_LIMIT])
     except BodyError as exc:

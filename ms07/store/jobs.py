@@ -399,7 +399,7 @@ async def get_job(conn: psycopg.AsyncConnection[Any], distribution_id: str) -> d
             """SELECT attempt, status, response_status_code, error_code, error_message,
                       worker_id, started_at, completed_at
                  FROM distribution_attempts WHERE distribution_id = %s::uuid
-                ORDER BY started_at, id""",  # a timeline: a replay numbers its attempts from 1 again
+                ORDER BY started_at, id""",  # a timeline: `dlq replay ID` numbers attempts from 1 again
             (distribution_id,),
         )
         job["attempts"] = await cur.fetchall()

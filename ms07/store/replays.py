@@ -35,7 +35,8 @@ async def count_and_sample(
             f"""SELECT distribution_id::text, destination_name AS destination, status, attempts,
                        last_error_code, created_at, completed_at
                   FROM distribution_jobs WHERE {clause}
-                 ORDER BY created_at DESC, distribution_id DESC LIMIT %s""".encode(),
+                 ORDER BY distribution_jobs.created_at DESC, distribution_jobs.distribution_id DESC
+                 LIMIT %s""".encode(),
             [*params, sample], prepare=False)
         return int(row[0]) if row else 0, list(await dcur.fetchall())
 

@@ -1,4 +1,5 @@
-"""The search statement: a filter's jobs, newest first, one keyset page at a time.
+"""The search statement: a filter's jobs, newest first (created, or finished with
+``on=finished``), one keyset page at a time.
 
 The WHERE clause is put together from fixed fragments (the values travel as parameters),
 each served by an index (migration 0002; tests/store/test_search_sql.py explains each).
@@ -31,6 +32,8 @@ def where(flt: JobFilter, after: tuple[dt.datetime, str] | None = None) -> tuple
         conds.append("status = ANY(%s::text[])")
         params.append(list(flt.statuses))
     column = _TIME_COLUMN[flt.on]
+    if flt.on == "finished":
+        conds.append("completed_at IS NOT NULL")
     if flt.since is not None:
         conds.append(f"{column} >= %s")
         params.append(flt.since)
@@ -44,17 +47,25 @@ def where(flt: JobFilter, after: tuple[dt.datetime, str] | None = None) -> tuple
             conds.append(f"{col} = %s")
             params.append(value)
     if after is not None:
-        conds.append("(created_at, distribution_id) < (%s, %s::uuid)")
+        conds.append(f"({column}, distribution_id) < (%s, %s::uuid)")
         params.extend(after)
     return (" AND ".join(conds) or "true"), params
 
 
 def page_sql(flt: JobFilter, after: tuple[dt.datetime, str] | None, limit: int) -> tuple[str, list[Any]]:
     clause, params = where(flt, after)
+    column = _TIME_COLUMN[flt.on]
+    # Newest first by the time the filter bounds (so a window of finished times is read off
+    # its own index); qualified: the output column distribution_id is text, and text order
+    # is no index's.
     return (f"SELECT {JOB_COLUMNS} FROM distribution_jobs WHERE {clause}"
-            # Qualified: the output column distribution_id is text, and text order is no index's.
-            " ORDER BY distribution_jobs.created_at DESC, distribution_jobs.distribution_id DESC LIMIT %s",
+            f" ORDER BY distribution_jobs.{column} DESC, distribution_jobs.distribution_id DESC LIMIT %s",
             [*params, limit])
+
+
+def sort_key(flt: JobFilter, row: dict[str, Any]) -> tuple[dt.datetime, str]:
+    """Where the next page starts after ``row`` (a row of :func:`find_jobs`)."""
+    return row[_TIME_COLUMN[flt.on]], row["distribution_id"]
 
 
 async def find_jobs(

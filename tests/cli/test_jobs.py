@@ -61,8 +61,20 @@ async def test_api_filters_and_pages_newest_first(engine: Any, database_url: str
     assert seen == list(reversed(dead))
     code, body = await _get(engine, "/api/v1/distributions", correlation_id="c-9", error_code="HTTP_500")
     assert sorted(d["distribution_id"] for d in body["distributions"]) == sorted(dead)
-    code, body = await _get(engine, "/api/v1/distributions", since="2026-12-03T16:31:00Z", on="finished")
-    assert len(body["distributions"]) == 4 and body["next_cursor"] is None
+    late = insert(database_url, 4, status="delivered", created="2026-12-03 10:00:00+00")
+    with psycopg.connect(database_url, autocommit=True) as conn:  # created early, finished last
+        conn.execute("UPDATE distribution_jobs SET completed_at = '2026-12-03 18:00:00+00'"
+                     " WHERE distribution_id = ANY(%s::uuid[])", (late,))
+    code, body = await _get(engine, "/api/v1/distributions", since="2026-12-03T16:31:00Z", on="finished", limit="5")
+    assert code == 200 and body["next_cursor"]
+    code, more = await _get(engine, "/api/v1/distributions", since="2026-12-03T16:31:00Z", on="finished", limit="5",
+                            cursor=body["next_cursor"])
+    finished = body["distributions"] + more["distributions"]
+    assert code == 200 and more["next_cursor"] is None
+    # Newest finished first; a job finished later, whenever created, comes before.
+    assert len(finished) == 8 and finished == sorted(finished, key=lambda d: (d["completed_at"],
+                                                                                d["distribution_id"]), reverse=True)
+    assert {d["distribution_id"] for d in finished[:4]} == set(late)
 
 
 @pytest.mark.parametrize(("params", "says"), [
