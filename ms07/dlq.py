@@ -7,13 +7,16 @@ entries that never had a job (malformed, unknown id; docs/architecture.md, "Redi
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
 from ms07.errors import UsageError
 from ms07.queue import Queue
 from ms07.store import jobs
+
+if TYPE_CHECKING:
+    from ms07.config import Settings
 
 
 async def list_dlq(conn: psycopg.AsyncConnection[Any], queue: Queue, limit: int = 100) -> dict[str, Any]:
@@ -48,12 +51,15 @@ def _check_ids(ids: Sequence[str]) -> list[str]:
 
 
 async def replay(
-    conn: psycopg.AsyncConnection[Any], queue: Queue, ids: Sequence[str] | None
+    conn: psycopg.AsyncConnection[Any], queue: Queue, settings: Settings, ids: Sequence[str]
 ) -> list[str]:
-    """Reset parked jobs to ``queued`` with a fresh attempt budget and enqueue them."""
-    wanted = None if ids is None else _check_ids(ids)
+    """Reset these parked jobs to ``queued`` with a fresh attempt budget and enqueue them
+    (every parked job: ``ms07 replay``, through ms07.replay)."""
+    from ms07.replay import budgets
+
+    wanted = _check_ids(ids)
     async with conn.transaction():
-        reset = await jobs.reset_for_replay(conn, wanted)
+        reset = await jobs.reset_for_replay(conn, wanted, *budgets(settings))
     await requeue(queue, reset)
     return [r[0] for r in reset]
 

@@ -107,7 +107,7 @@ def replay(
                              on_enqueued=done.extend)
             return done, {}
         async with rt.connection() as conn:
-            replayed = await dlq.replay(conn, await rt.queue(), ids)
+            replayed = await dlq.replay(conn, await rt.queue(), st.settings, ids)
             return replayed, await dlq.not_replayed(conn, ids or [], replayed)
 
     replayed, skipped = common.with_runtime(st.settings, go, console=None if as_json else st.err)

@@ -346,30 +346,20 @@ async def park_jobs(
 
 
 async def reset_for_replay(
-    conn: psycopg.AsyncConnection[Any], ids: Sequence[str] | None
+    conn: psycopg.AsyncConnection[Any], ids: Sequence[str], budgets: dict[str, int], budget: int
 ) -> list[tuple[str, str, str]]:
-    """Put parked jobs back to ``queued`` with a fresh attempt budget.
-
-    ``ids`` None means every parked job. Returns (id, destination, priority) of each job
-    reset, for the caller to enqueue.
-    """
-    if ids is None:
-        cur = await conn.execute(
-            """UPDATE distribution_jobs
-                  SET status = 'queued', attempts = 0, next_attempt_at = NULL,
-                      updated_at = now(), completed_at = NULL
-                WHERE status IN ('failed', 'dead')
-            RETURNING distribution_id::text, destination_name, priority"""
-        )
-    else:
-        cur = await conn.execute(
-            """UPDATE distribution_jobs
-                  SET status = 'queued', attempts = 0, next_attempt_at = NULL,
-                      updated_at = now(), completed_at = NULL
-                WHERE status IN ('failed', 'dead') AND distribution_id = ANY(%s::uuid[])
-            RETURNING distribution_id::text, destination_name, priority""",
-            (list(ids),),
-        )
+    """Put parked jobs back to ``queued``. They keep the attempts they used (the numbering
+    continues, as in a replay by filter) with a fresh budget on top: their destination's
+    ``budgets`` entry, else ``budget``. Returns (id, destination, priority) of each job
+    reset, for the caller to enqueue."""
+    cur = await conn.execute(
+        """UPDATE distribution_jobs
+              SET status = 'queued', next_attempt_at = NULL, updated_at = now(), completed_at = NULL,
+                  max_attempts = attempts + COALESCE((%s::jsonb ->> destination_name)::int, %s)
+            WHERE status IN ('failed', 'dead') AND distribution_id = ANY(%s::uuid[])
+        RETURNING distribution_id::text, destination_name, priority""",
+        (json.dumps(budgets), budget, list(ids)),
+    )
     return [tuple(r) for r in await cur.fetchall()]  # type: ignore[misc]
 
 
@@ -399,7 +389,7 @@ async def get_job(conn: psycopg.AsyncConnection[Any], distribution_id: str) -> d
             """SELECT attempt, status, response_status_code, error_code, error_message,
                       worker_id, started_at, completed_at
                  FROM distribution_attempts WHERE distribution_id = %s::uuid
-                ORDER BY started_at, id""",  # a timeline: `dlq replay ID` numbers attempts from 1 again
+                ORDER BY started_at, id""",  # a timeline
             (distribution_id,),
         )
         job["attempts"] = await cur.fetchall()
