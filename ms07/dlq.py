@@ -7,7 +7,7 @@ entries that never had a job (malformed, unknown id; docs/architecture.md, "Redi
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
@@ -16,6 +16,9 @@ from ms07.errors import UsageError
 from ms07.queue import Queue
 from ms07.store import jobs
 from ms07.store.status import PARKED
+
+if TYPE_CHECKING:
+    from ms07.config import Settings
 
 
 async def list_dlq(conn: psycopg.AsyncConnection[Any], queue: Queue, limit: int = 100) -> dict[str, Any]:
@@ -50,18 +53,27 @@ def _check_ids(ids: Sequence[str]) -> list[str]:
 
 
 async def replay(
-    conn: psycopg.AsyncConnection[Any], queue: Queue, ids: Sequence[str] | None
+    conn: psycopg.AsyncConnection[Any], queue: Queue, settings: Settings, ids: Sequence[str]
 ) -> list[str]:
-    """Reset parked jobs to ``queued`` with a fresh attempt budget and enqueue them."""
-    wanted = None if ids is None else _check_ids(ids)
+    """Reset these parked jobs to ``queued`` with a fresh attempt budget and enqueue them
+    (every parked job: ``ms07 replay``, through ms07.replay)."""
+    from ms07.replay import budgets
+
+    wanted = _check_ids(ids)
     async with conn.transaction():
-        reset = await jobs.reset_for_replay(conn, wanted)
+        reset = await jobs.reset_for_replay(conn, wanted, *budgets(settings))
+    await requeue(queue, reset)
+    return [r[0] for r in reset]
+
+
+async def requeue(queue: Queue, reset: Sequence[tuple[str, str, str]]) -> None:
+    """Put jobs made open again, (id, destination, priority), on their queue and take
+    their entries out of the DLQ stream."""
     if reset:
         await queue.enqueue(
             (prio if prio in queue.priorities else queue.priorities[0], did, dest) for did, dest, prio in reset
         )
         await queue.dlq_remove([r[0] for r in reset])
-    return [r[0] for r in reset]
 
 
 async def not_replayed(

@@ -32,10 +32,8 @@ async def resolve_id(conn: psycopg.AsyncConnection[Any], text: str) -> str:
     return found[0]
 
 
-async def distribution_status(conn: psycopg.AsyncConnection[Any], distribution_id: str) -> dict[str, Any] | None:
-    job = await jobs.get_job(conn, distribution_id)
-    if job is None:
-        return None
+def job_shape(job: dict[str, Any]) -> dict[str, Any]:
+    """A job as ``status`` and the search show it (a row of ``jobs.JOB_COLUMNS``), without attempts."""
     return {
         "distribution_id": job["distribution_id"],
         "destination": job["destination"],
@@ -50,16 +48,23 @@ async def distribution_status(conn: psycopg.AsyncConnection[Any], distribution_i
         "created_at": _iso(job["created_at"]),
         "updated_at": _iso(job["updated_at"]),
         "completed_at": _iso(job["completed_at"]),
-        "attempts": [
-            {
-                "attempt": a["attempt"],
-                "status": a["status"],
-                "response_status_code": a["response_status_code"],
-                "error_code": a["error_code"],
-                "error_message": a["error_message"],
-                "started_at": _iso(a["started_at"]),
-                "completed_at": _iso(a["completed_at"]),
-            }
-            for a in job["attempts"]
-        ],
     }
+
+
+def attempt_shape(a: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "attempt": a["attempt"],
+        "status": a["status"],
+        "response_status_code": a["response_status_code"],
+        "error_code": a["error_code"],
+        "error_message": a["error_message"],
+        "started_at": _iso(a["started_at"]),
+        "completed_at": _iso(a["completed_at"]),
+    }
+
+
+async def distribution_status(conn: psycopg.AsyncConnection[Any], distribution_id: str) -> dict[str, Any] | None:
+    job = await jobs.get_job(conn, distribution_id)
+    if job is None:
+        return None
+    return {**job_shape(job), "attempts": [attempt_shape(a) for a in job["attempts"]]}

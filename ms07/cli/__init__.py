@@ -71,8 +71,10 @@ def _register() -> None:
         dlq,
         embedded,
         health,
+        jobs,
         queue,
         recover,
+        replay,
         run,
         runbook,
         status,
@@ -84,6 +86,8 @@ def _register() -> None:
     app.command("submit")(submit.submit)
     app.command("status")(status.status)
     app.command("health")(health.command)
+    app.add_typer(jobs.app, name="jobs")
+    app.command("replay")(replay.replay)
     app.add_typer(dlq.app, name="dlq")
     app.add_typer(destinations.app, name="destinations")
     app.add_typer(diagnose.app, name="diagnose")

@@ -74,9 +74,13 @@ def replay(
     ids: list[str] = typer.Argument(None, help="Distribution ids to replay."),
     all_: bool = typer.Option(False, "--all", help="Replay every parked distribution (asks, or --yes)."),
     yes: bool = typer.Option(False, "--yes", help="With --all: do not ask (required when not at a terminal)."),
+    rate: float = typer.Option(100.0, "--rate", help="With --all: at most this many jobs a second."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Put parked distributions back in the queue with a fresh attempt budget.
+
+    --all is `ms07 replay --status failed,dead --yes`: audited, throttled by --rate, and
+    resumed by running it again after an interruption.
 
     Exit codes: 0 all replayed, 1 an id was not parked (named, with its status) or the
     question was answered no, 2 bad usage (--all without --yes when not at a terminal),
@@ -88,13 +92,26 @@ def replay(
         raise UsageError("give distribution ids or --all, not both")
     if not ids and not all_:
         raise UsageError("nothing to replay: give distribution ids, or --all for every parked distribution")
+    if not rate > 0:
+        raise UsageError(f"--rate {rate:g} must be above 0 (jobs a second)")
     if all_:
         _confirm(st, yes, "Replay every parked distribution?",
                  "replay --all puts every parked distribution back in the queue")
 
     async def go(rt):  # type: ignore[no-untyped-def]
+        if all_:  # a replay by filter (ms07 replay): audited, throttled, resumable
+            from ms07 import replay as rp
+            from ms07.recover.audit import operator
+
+            done: list[str] = []
+            async with rt.connection() as conn:
+                planned, _ = await rp.plan(conn, rp.parked_request(), operator())
+            async with rt.connection() as conn:
+                await rp.run(conn, await rt.queue(), st.settings, planned["replay_id"], rate=rate,
+                             on_enqueued=done.extend)
+            return done, {}
         async with rt.connection() as conn:
-            replayed = await dlq.replay(conn, await rt.queue(), None if all_ else ids)
+            replayed = await dlq.replay(conn, await rt.queue(), st.settings, ids)
             return replayed, await dlq.not_replayed(conn, ids or [], replayed)
 
     replayed, skipped = common.with_runtime(st.settings, go, console=None if as_json else st.err)

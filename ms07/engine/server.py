@@ -240,6 +240,121 @@ async def get_distribution(request: web.Request) -> web.Response:
     return _json(logs.scrub(data))
 
 
+async def list_distributions(request: web.Request) -> web.Response:
+    """``GET /api/v1/distributions?destination=&status=&since=&until=&...&limit=&cursor=``."""
+    from ms07 import search
+
+    engine: Engine = request.app[ENGINE]  # type: ignore[assignment]
+    query = {k: v for k, v in request.query.items() if k not in ("limit", "cursor")}
+    try:
+        if len(request.query.getall("status", [])) > 1:
+            raise UsageError("give status once, comma-separated (status=dead,failed)")
+        flt = search.parse_filter(query)
+        limit = search.parse_limit(request.query.get("limit"))
+        async with engine.pool.connection() as conn:
+            page = await search.search(conn, flt, limit, request.query.get("cursor") or None)
+    except UsageError as exc:
+        return _error(400, str(exc))
+    return _json(logs.scrub(page))
+
+
+async def get_attempts(request: web.Request) -> web.Response:
+    from ms07.status import distribution_status
+
+    engine: Engine = request.app[ENGINE]  # type: ignore[assignment]
+    async with engine.pool.connection() as conn:
+        data = await distribution_status(conn, request.match_info["distribution_id"])
+    if data is None:
+        return _error(404, "no such distribution")
+    return _json(logs.scrub({"attempts": data["attempts"]}))
+
+
+REPLAY_TASKS = web.AppKey("replay_tasks", set)
+
+
+async def post_replay(request: web.Request) -> web.Response:
+    """``POST /api/v1/replays``: a dry run (200: count and sample), or a replay run by this
+    engine in the background (202; the same filter again resumes an unfinished one)."""
+    from ms07 import replay
+
+    engine: Engine = request.app[ENGINE]  # type: ignore[assignment]
+    if engine.draining:
+        return _error(503, "draining: not starting replays")
+    try:
+        raw = await read_body(request, request.app[BODY_LIMIT])
+    except BodyError as exc:
+        return _error(exc.status, str(exc))
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return _error(400, "request body is not valid JSON")
+    if not isinstance(body, dict):
+        return _error(400, "request body must be a JSON object")
+    dry_run, rate = body.pop("dry_run", False), body.pop("rate", replay.DEFAULT_RATE)
+    include = body.pop("include_delivered", False)
+    operator = logs.clip(request.headers.get("X-Operator") or "api", 100)
+    try:
+        if not isinstance(dry_run, bool):
+            raise UsageError("dry_run must be true or false")
+        if isinstance(rate, bool) or not isinstance(rate, int | float) or not rate > 0:
+            raise UsageError("rate must be a number above 0 (jobs a second)")
+        req = replay.parse_request(body, include)
+        async with engine.pool.connection() as conn:
+            if dry_run:
+                found = await replay.preview(conn, req)
+                return _json(logs.scrub({"replay_id": None, "status": "dry_run", **found}))
+            planned, _ = await replay.plan(conn, req, operator)
+    except UsageError as exc:
+        return _error(400, str(exc))
+    if planned["status"] in ("running", "interrupted"):
+        task = asyncio.create_task(_run_replay(engine, planned["replay_id"], float(rate)))
+        request.app[REPLAY_TASKS].add(task)
+        task.add_done_callback(request.app[REPLAY_TASKS].discard)
+    return _json({"replay_id": planned["replay_id"], "matched": planned["matched"], "status": planned["status"]},
+                 202)
+
+
+async def _run_replay(engine: Engine, replay_id: str, rate: float) -> None:
+    from ms07 import replay
+
+    try:
+        async with engine.pool.connection() as conn:
+            await replay.run(conn, engine.queue, engine.settings, replay_id, rate=rate)
+    except replay.ReplayBusy:
+        log.info("replay already running elsewhere", replay_id=replay_id)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("replay failed; POST the same filter again to resume", replay_id=replay_id)
+
+
+async def replay_status(request: web.Request) -> web.Response:
+    """``GET /api/v1/replays/{id}`` (status, counts, progress); ``DELETE`` cancels it."""
+    from ms07 import replay
+    from ms07.errors import NotFound
+
+    engine: Engine = request.app[ENGINE]  # type: ignore[assignment]
+    rid = request.match_info["replay_id"]
+    operator = logs.clip(request.headers.get("X-Operator") or "api", 100)
+    try:
+        async with engine.pool.connection() as conn:
+            if request.method == "DELETE":
+                return _json(await replay.cancel(conn, rid, operator))
+            return _json(await replay.get(conn, rid))
+    except NotFound as exc:
+        return _error(404, str(exc))
+    except UsageError as exc:
+        return _error(409, str(exc))
+
+
+async def _stop_replays(app: web.Application) -> None:
+    """Shutdown: each running replay marks itself interrupted (resumable) and stops."""
+    tasks = list(app[REPLAY_TASKS])
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 class MemoryDebug:
     """``GET /debug/memory``: top allocation sites of a tracemalloc snapshot and their
     growth since the previous call (``?limit=N``, default 25)."""
@@ -320,6 +435,8 @@ def build_app(engine: Engine, memory: MemoryDebug | None = None) -> web.Applicat
     app = web.Application(middlewares=[_token_guard(token), _correlate, _json_errors], client_max_size=limit)
     app[ENGINE] = engine
     app[BODY_LIMIT] = limit
+    app[REPLAY_TASKS] = set()
+    app.on_cleanup.append(_stop_replays)
     app.add_routes([
         web.get("/health/live", live),
         web.get("/health/ready", ready),
@@ -327,6 +444,11 @@ def build_app(engine: Engine, memory: MemoryDebug | None = None) -> web.Applicat
         web.get("/metrics", metrics),
         web.post("/api/v1/distributions", submit),
         web.get("/api/v1/distributions/{distribution_id}", get_distribution),
+        web.get("/api/v1/distributions", list_distributions),
+        web.get("/api/v1/distributions/{distribution_id}/attempts", get_attempts),
+        web.post("/api/v1/replays", post_replay),
+        web.get("/api/v1/replays/{replay_id}", replay_status),
+        web.delete("/api/v1/replays/{replay_id}", replay_status),
         web.get("/debug/memory", memory.handle),
         web.get("/api/v1/openapi.json", openapi.handle),
     ])

@@ -352,29 +352,29 @@ async def park_jobs(
     return [r[0] for r in await cur.fetchall()]
 
 
-_REPLAY_ALL = f"""
-UPDATE distribution_jobs
-   SET status = '{JobStatus.QUEUED}', attempts = 0, next_attempt_at = NULL,
-       updated_at = now(), completed_at = NULL
- WHERE status IN {PARKED_SQL}
-RETURNING distribution_id::text, destination_name, priority
-"""
-_REPLAY_IDS = _REPLAY_ALL.replace("\nRETURNING", " AND distribution_id = ANY(%s::uuid[])\nRETURNING")
+_RESET_FOR_REPLAY = f"""UPDATE distribution_jobs
+   SET status = '{JobStatus.QUEUED}', next_attempt_at = NULL, updated_at = now(), completed_at = NULL,
+       max_attempts = attempts + COALESCE((%s::jsonb ->> destination_name)::int, %s)
+ WHERE status IN {PARKED_SQL} AND distribution_id = ANY(%s::uuid[])
+RETURNING distribution_id::text, destination_name, priority"""
 
 
 async def reset_for_replay(
-    conn: psycopg.AsyncConnection[Any], ids: Sequence[str] | None
+    conn: psycopg.AsyncConnection[Any], ids: Sequence[str], budgets: dict[str, int], budget: int
 ) -> list[tuple[str, str, str]]:
-    """Put parked jobs back to ``queued`` with a fresh attempt budget.
-
-    ``ids`` None means every parked job. Returns (id, destination, priority) of each job
-    reset, for the caller to enqueue.
-    """
-    if ids is None:
-        cur = await conn.execute(_REPLAY_ALL)
-    else:
-        cur = await conn.execute(_REPLAY_IDS, (list(ids),))
+    """Put parked jobs back to ``queued``. They keep the attempts they used (the numbering
+    continues, as in a replay by filter) with a fresh budget on top: their destination's
+    ``budgets`` entry, else ``budget``. Returns (id, destination, priority) of each job
+    reset, for the caller to enqueue."""
+    cur = await conn.execute(_RESET_FOR_REPLAY, (json.dumps(budgets), budget, list(ids)))
     return [tuple(r) for r in await cur.fetchall()]  # type: ignore[misc]
+
+
+# What a job looks like when shown (status, search): every column but the payload.
+JOB_COLUMNS = """distribution_id::text, destination_name AS destination, correlation_id,
+       status, priority, content_type, attempts AS attempt_count, max_attempts,
+       next_attempt_at, last_error_code, last_error, created_at, updated_at,
+       started_at, completed_at, octet_length(payload) AS payload_bytes"""
 
 
 async def get_job(conn: psycopg.AsyncConnection[Any], distribution_id: str) -> dict[str, Any] | None:
@@ -386,11 +386,7 @@ async def get_job(conn: psycopg.AsyncConnection[Any], distribution_id: str) -> d
         return None
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
-            """SELECT distribution_id::text, destination_name AS destination, correlation_id,
-                      status, priority, content_type, attempts AS attempt_count, max_attempts,
-                      next_attempt_at, last_error_code, last_error, created_at, updated_at,
-                      started_at, completed_at, octet_length(payload) AS payload_bytes
-                 FROM distribution_jobs WHERE distribution_id = %s::uuid""",
+            f"SELECT {JOB_COLUMNS} FROM distribution_jobs WHERE distribution_id = %s::uuid",
             (distribution_id,),
         )
         job = await cur.fetchone()
@@ -400,7 +396,7 @@ async def get_job(conn: psycopg.AsyncConnection[Any], distribution_id: str) -> d
             """SELECT attempt, status, response_status_code, error_code, error_message,
                       worker_id, started_at, completed_at
                  FROM distribution_attempts WHERE distribution_id = %s::uuid
-                ORDER BY started_at, id""",  # a timeline: a replay numbers its attempts from 1 again
+                ORDER BY started_at, id""",  # a timeline
             (distribution_id,),
         )
         job["attempts"] = await cur.fetchall()

@@ -31,7 +31,7 @@ async def test_a_replayed_job_reads_in_time_order(make_settings, sink: Sink, sta
     await wait_for(lambda: _is(engine, did, "delivered"), what="delivered after the replay")
     result = await acli(["status", did, "--json"], env_for)
     attempts = json.loads(result.output)["attempts"]
-    assert [(a["attempt"], a["status"]) for a in attempts] == [(1, "failed"), (2, "failed"), (1, "success")]
+    assert [(a["attempt"], a["status"]) for a in attempts] == [(1, "failed"), (2, "failed"), (3, "success")]
     assert [a["started_at"] for a in attempts] == sorted(a["started_at"] for a in attempts)
     result = await acli(["status", did], env_for)
     assert result.exit_code == 0, result.output

@@ -101,12 +101,13 @@ async def test_fuzzed_from_the_description(engine: Any, database_url: str) -> No
                            response.headers, response.content)
             seen.setdefault(name, set()).add(response.status_code)
             after = _jobs(database_url)
-            if response.status_code == 202:
+            if response.status_code == 202 and name == "POST /api/v1/distributions":
                 data = response.json()
                 answers = data["distributions"] if "correlation_id" not in data else [data]
                 fresh = sum(len(a["distributions"]) for a in answers if not a.get("replayed"))
                 assert after == before + fresh, (case.body, data)
             else:
+                # (A replay changes jobs' status, never their number.)
                 assert after == before, f"{name} answered {response.status_code} and wrote jobs: {case.body!r}"
 
         if name == "POST /api/v1/distributions" and mode is GenerationMode.POSITIVE:
