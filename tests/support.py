@@ -143,7 +143,8 @@ async def submit_n(engine: Any, dest: str, n: int = 1, payload: Any = None) -> l
     out = []
     async with engine.pool.connection() as conn:
         for i in range(n):
-            result = await submit(conn, engine.queue, engine.settings, [dest], payload if payload is not None else {"i": i})
+            result = await submit(conn, engine.queue, engine.settings, [dest],
+                                  payload if payload is not None else {"i": i})
             out.append(result.distributions[0]["distribution_id"])
     return out
 
