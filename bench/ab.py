@@ -125,9 +125,9 @@ def main() -> None:
           "| paced: PostgreSQL CPU s / 1k | p50 ms | p95 ms | p99 ms |\n|---|" + "---:|" * 8)
     for name, (tree, prefetch, sql) in trees.items():
         m = med[name]
-        print(f"| {name}: {tree.name} (prefetch {prefetch:g}{', SQL' if sql else ''}) | {m['rate']:,.0f} | {m['cpu']:.3f} | "
-              f"{m['pg_cpu']:.3f} | {m['paced_cpu']:.3f} | {m['paced_pg_cpu']:.3f} | "
-              f"{m['p50']:.1f} | {m['p95']:.1f} | {m['p99']:.1f} |")
+        print(f"| {name}: {tree.name} (prefetch {prefetch:g}{', SQL' if sql else ''}) | "
+              f"{m['rate']:,.0f} | {m['cpu']:.3f} | {m['pg_cpu']:.3f} | "
+              f"{m['paced_cpu']:.3f} | {m['paced_pg_cpu']:.3f} | {m['p50']:.1f} | {m['p95']:.1f} | {m['p99']:.1f} |")
     ratio = {k: med["B"][k] / med["A"][k] if med["A"][k] else float("nan") for k in med["A"]}
     print("| B / A | " + " | ".join(f"{ratio[k]:.2f}" for k in (
         "rate", "cpu", "pg_cpu", "paced_cpu", "paced_pg_cpu", "p50", "p95", "p99")) + " |")

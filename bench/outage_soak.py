@@ -261,7 +261,8 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=common.ROOT / "docs" / "benchmarks")
     p.add_argument("--no-readme", action="store_true", help="do not update the table in docs/benchmarks/README.md")
     p.add_argument("--tree", type=Path, help="run the engine of this checkout instead")
-    p.add_argument("--render", type=Path, help="only write the Markdown (and docs/benchmarks/README.md) from this run's JSON")
+    p.add_argument("--render", type=Path,
+                   help="only write the Markdown (and docs/benchmarks/README.md) from this run's JSON")
     a = p.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     if a.render is not None:

@@ -7,8 +7,9 @@ processes (same config, same consumer group, each at concurrency C) start togeth
 deliver them all. deliveries/s is read from the sink between 10 % and 90 % of N delivered
 (the processes start within a second of each other; the first one should not count
 alone), CPU is the sum over the processes from the first delivery to the last; the bare
-aiohttp ceiling is measured in the same run. On a 2-core machine more processes than cores cannot add CPU: the point is that the group
-shares the work without losses or duplicates, and what the second core adds.
+aiohttp ceiling is measured in the same run. On a 2-core machine more processes than cores
+cannot add CPU: the point is that the group shares the work without losses or duplicates,
+and what the second core adds.
 """
 
 from __future__ import annotations
@@ -157,7 +158,8 @@ def main() -> None:
     if not a.no_readme:
         from bench import report
 
-        report.update_readme(common.ROOT / "docs" / "benchmarks" / "README.md", "scaleout", "\n".join(md.splitlines()[2:]))
+        report.update_readme(common.ROOT / "docs" / "benchmarks" / "README.md", "scaleout",
+                             "\n".join(md.splitlines()[2:]))
     print(md)
 
 

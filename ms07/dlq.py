@@ -26,7 +26,8 @@ async def list_dlq(conn: psycopg.AsyncConnection[Any], queue: Queue, limit: int 
     entries = await queue.dlq_entries(count=limit * 2)
     job_ids = {p["distribution_id"] for p in parked}
     orphans = [
-        {"entry_id": i, **f} for i, f in entries if not f.get("distribution_id") or f.get("distribution_id") not in job_ids
+        {"entry_id": i, **f} for i, f in entries
+        if not f.get("distribution_id") or f.get("distribution_id") not in job_ids
     ]
     reasons = {f.get("distribution_id"): f.get("reason") for _, f in entries if f.get("distribution_id")}
     for p in parked:
@@ -36,7 +37,9 @@ async def list_dlq(conn: psycopg.AsyncConnection[Any], queue: Queue, limit: int 
         "parked_jobs": parked,
         "parked_total": sum(counts.get(s, 0) for s in PARKED),
         "stream_length": int(await queue.redis.xlen(keys.DLQ)),
-        "entries_without_job": [o for o in orphans if o.get("distribution_id", "") not in reasons or not o.get("distribution_id")][:limit],
+        "entries_without_job": [
+            o for o in orphans if o.get("distribution_id", "") not in reasons or not o.get("distribution_id")
+        ][:limit],
     }
 
 

@@ -57,7 +57,9 @@ async def listing(rt: Runtime) -> list[dict[str, Any]]:
     return out
 
 
-async def check(settings: Settings, names: list[str] | None = None, timeout: float | None = None) -> list[dict[str, Any]]:
+async def check(
+    settings: Settings, names: list[str] | None = None, timeout: float | None = None
+) -> list[dict[str, Any]]:
     """The live probe (DNS, TCP, HTTP GET of the health URL, or the URL) of each destination."""
     from ms07.engine.auth import provider_for
 

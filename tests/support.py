@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import os
 import signal
@@ -143,9 +144,16 @@ async def submit_n(engine: Any, dest: str, n: int = 1, payload: Any = None) -> l
     out = []
     async with engine.pool.connection() as conn:
         for i in range(n):
-            result = await submit(conn, engine.queue, engine.settings, [dest], payload if payload is not None else {"i": i})
+            result = await submit(conn, engine.queue, engine.settings, [dest],
+                                  payload if payload is not None else {"i": i})
             out.append(result.distributions[0]["distribution_id"])
     return out
+
+
+def require_tool(module: str) -> None:
+    """A tool from the ``test`` extra (bandit, ruff, ...): missing, the check fails rather than
+    turning into a skip."""
+    assert importlib.util.find_spec(module) is not None, f"{module} is not installed (pip install -e '.[test]')"
 
 
 def destination(name: str, url: str, **extra: Any) -> dict[str, Any]:

@@ -1,5 +1,5 @@
-"""The tree itself: no merge leftovers, every Python file compiles, no citation of a
-document outside the repository.
+"""The tree itself: no merge leftovers, every Python file compiles, ``ruff check`` finds
+nothing, no citation of a document outside the repository.
 
 A conflict marker left by a merge in a helper the suite only starts as a subprocess
 (bench/sink.py once) fails far from its cause; here it fails naming the file and line."""
@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 from pathlib import Path
+
+from tests.support import require_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 MARKER = re.compile(rb"^(<{7}|>{7}) ", re.MULTILINE)  # "=======" alone is also a Markdown heading rule
@@ -49,6 +52,15 @@ def test_every_python_file_compiles() -> None:
         except SyntaxError as exc:
             errors.append(f"{path.relative_to(ROOT)}:{exc.lineno}: {exc.msg}")
     assert not errors, "; ".join(errors)
+
+
+def test_ruff_check_finds_nothing() -> None:
+    """The whole tree, with the configuration in pyproject.toml (found from the root)."""
+    require_tool("ruff")
+    proc = subprocess.run(  # noqa: S603 - our interpreter, fixed arguments
+        [sys.executable, "-m", "ruff", "check", "--no-cache", "--output-format", "concise", "."],
+        cwd=ROOT, capture_output=True, text=True, timeout=100, check=False)
+    assert proc.returncode == 0, f"ruff check . (exit {proc.returncode}):\n{proc.stdout}{proc.stderr}"
 
 
 def _section(data: bytes, heading: bytes) -> tuple[int, int]:

@@ -68,7 +68,8 @@ def check(ctx: typer.Context, names: list[str] | None, timeout: float | None, as
             if r["http_status"] and not r["http_error"]:
                 http = f"{r['http_status']} in {r['http_ms']:.1f} ms"
             verdict = "[green]ok[/]" if r["healthy"] else f"[red]failed at {r['failed_stage']}[/]"
-            table.add_row(r["name"], cell(r["dns_ms"], r["dns_error"]), cell(r["tcp_ms"], r["tcp_error"]), http, verdict)
+            table.add_row(r["name"], cell(r["dns_ms"], r["dns_error"]), cell(r["tcp_ms"], r["tcp_error"]),
+                          http, verdict)
         st.console.print(table)
     if any(not r["healthy"] for r in results):
         raise typer.Exit(1)

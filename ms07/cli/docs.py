@@ -20,6 +20,8 @@ import typer
 
 _TAG_START = re.compile(r"<(?=[A-Za-z/!?])")
 REGENERATE = "python -m ms07.cli.docs docs/cli.md"
+# A backslash at the end of a line inside HEADER joins it to the next: a Markdown table row
+# cannot wrap, the source line can.
 HEADER = f"""# CLI reference
 
 <!-- Generated from the Typer app by `{REGENERATE}`; do not edit by hand. -->
@@ -39,7 +41,8 @@ commands say more with their code:
 | `ms07 diagnose ...` | the monitoring-plugins convention: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (could not check) |
 | `ms07 health` | 0 healthy, 1 degraded, 2 unhealthy, 3 unreachable or no verdict |
 | `ms07 recover ...` | 0 done, 1 failed, blocked or not confirmed, 2 bad usage, 130 interrupted |
-| `ms07 runbook run` | 0 completed (or dry run), 1 a step failed or was not confirmed, 2 invalid runbook or usage, 4 no such runbook, 130 interrupted |
+| `ms07 runbook run` | 0 completed (or dry run), 1 a step failed or was not confirmed, 2 invalid runbook or usage, \
+4 no such runbook, 130 interrupted |
 """
 
 

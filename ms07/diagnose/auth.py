@@ -147,7 +147,8 @@ def _config(ctx: Context, r: CheckResult, now: float, cached: dict[str, dict[str
         # Display text for the table, not secrets (bandit B105 reads 'token = "..."' as one).
         token = "-"  # nosec B105
         if problem:
-            r.add("secret_missing", "critical", f"{d.name}: the secret of its auth ({d.auth.type}) cannot be read", problem,
+            r.add("secret_missing", "critical", f"{d.name}: the secret of its auth ({d.auth.type}) cannot be read",
+                  problem,
                   "set the environment variable or mount the file the reference names",
                   "ms07 diagnose auth --probe", subject=d.name)
         if d.auth.type == "bearer" and value:
@@ -157,13 +158,15 @@ def _config(ctx: Context, r: CheckResult, now: float, cached: dict[str, dict[str
             else:
                 token = f"JWT {_expiry_text(exp, now)}"
                 if exp <= now:
-                    r.add("token_expired", "critical", f"{d.name}: its static token (a JWT) expired {fmt_duration(now - exp)} ago",
+                    r.add("token_expired", "critical",
+                          f"{d.name}: its static token (a JWT) expired {fmt_duration(now - exp)} ago",
                           f"JWT exp {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(exp))} (read without "
                           f"verification); reference {_reference(d)}",
                           "issue a new token and update the secret the reference names",
                           "ms07 diagnose auth --probe", subject=d.name)
                 elif exp - now <= warn_s:
-                    r.add("token_expiring", "warning", f"{d.name}: its static token (a JWT) expires in {fmt_duration(exp - now)}",
+                    r.add("token_expiring", "warning",
+                          f"{d.name}: its static token (a JWT) expires in {fmt_duration(exp - now)}",
                           f"JWT exp {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(exp))}; warning window "
                           f"{fmt_duration(warn_s)}; reference {_reference(d)}",
                           "rotate it before it expires", "ms07 diagnose auth --probe", subject=d.name)

@@ -10,7 +10,9 @@ import psycopg
 from psycopg.rows import dict_row
 
 
-async def rows(conn: psycopg.AsyncConnection[Any], sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+async def rows(
+    conn: psycopg.AsyncConnection[Any], sql: str, params: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(sql, params or {})
         return list(await cur.fetchall())

@@ -121,7 +121,8 @@ async def check(ctx: Context) -> CheckResult:
                   f"({ctx.settings.memory.threshold_mb:g} MB)",
                   "the memory guard will drain and restart it soon", "find what grows (see the trend)",
                   f"ms07 diagnose memory --since {o.since_text}", subject=w["worker_id"])
-        live = [w for w in current if w["status"] != "stopped" and float(w["seconds_since_update"]) <= o.stale_worker_seconds]
+        live = [w for w in current
+                if w["status"] != "stopped" and float(w["seconds_since_update"]) <= o.stale_worker_seconds]
         if not growing and not near:
             r.add("workers", "info", f"{len(live)} live worker(s); no sustained RSS growth",
                   ", ".join(f"{w['worker_id']} {fmt_bytes(w['rss_bytes'])}" for w in live[:5]) or "no live worker",
@@ -161,13 +162,15 @@ async def _pods(ctx: Context, r: CheckResult) -> None:
         pods = await asyncio.wait_for(kube.pods(), 15.0)
         metrics = await asyncio.wait_for(kube.pod_metrics(), 15.0)
     except Exception as exc:
-        r.not_checked("kubernetes", "pods", clip(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", 200),
+        r.not_checked("kubernetes", "pods",
+                      clip(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", 200),
                       "check the kubeconfig / service account and that the API server answers",
                       "ms07 recover worker-crash --dry-run")
         return
     finally:
         kube.close()
-    note = None if metrics is not None else "metrics.k8s.io not available: pod usage unknown (is metrics-server installed?)"
+    note = (None if metrics is not None
+            else "metrics.k8s.io not available: pod usage unknown (is metrics-server installed?)")
     usage = {m["pod"]: float(sum(parse_quantity(c.get("memory", "0")) for c in m["containers"].values()))
              for m in metrics or []}
     table = r.section(f"pods {selector} in {kube.namespace}",
@@ -221,7 +224,8 @@ async def _allocations(ctx: Context, r: CheckResult) -> None:
         return
     if resp.status_code != 200:
         r.not_checked("engine", "top allocations", f"GET {url} -> HTTP {resp.status_code}",
-                      "set MS07_API_TOKEN to the engine's token" if resp.status_code == 401 else "", "ms07 diagnose health")
+                      "set MS07_API_TOKEN to the engine's token" if resp.status_code == 401 else "",
+                      "ms07 diagnose health")
         return
     data = resp.json()
     table = r.section("top allocation sites (tracemalloc)", ["site", "size", "blocks", "growth since last"])
@@ -233,6 +237,7 @@ async def _allocations(ctx: Context, r: CheckResult) -> None:
     r.details["allocations"] = data
     top = data.get("top", [])[:3]
     r.add("allocations", "info",
-          f"traced memory {fmt_bytes(data.get('traced_current_bytes'))} (peak {fmt_bytes(data.get('traced_peak_bytes'))})",
+          f"traced memory {fmt_bytes(data.get('traced_current_bytes'))} "
+          f"(peak {fmt_bytes(data.get('traced_peak_bytes'))})",
           "; ".join(f"{t['site'][-60:]} {fmt_bytes(t['size_bytes'])}" for t in top),
           "run again in a few minutes: sites whose size keeps growing are the leak")

@@ -54,7 +54,8 @@ async def check(ctx: Context) -> CheckResult:
                 consumers.rows.append([name, c["name"], str(c["pending"]), fmt_duration(c["idle_ms"] / 1000),
                                        "live" if alive else liveness.dead_keys.get(c["name"], "none")])
                 if c["pending"] > 0 and not alive:
-                    dead.append(f"{c['name']} holds {c['pending']} in {name} (idle {fmt_duration(c['idle_ms'] / 1000)})")
+                    dead.append(f"{c['name']} holds {c['pending']} in {name} "
+                                f"(idle {fmt_duration(c['idle_ms'] / 1000)})")
                     max_dead_idle = max(max_dead_idle, c["idle_ms"])
         backlog = stats["total_length"] + stats["total_delayed"]
         r.add("depth", "info",
@@ -82,7 +83,8 @@ async def check(ctx: Context) -> CheckResult:
                   "without persistence the group is gone)", "start the engine; it recreates the group",
                   "ms07 diagnose health")
         if overdue:
-            r.add("delayed_overdue", "warning", f"{plural(overdue, 'delayed retry', 'delayed retries')} overdue by more than 60s",
+            r.add("delayed_overdue", "warning",
+                  f"{plural(overdue, 'delayed retry', 'delayed retries')} overdue by more than 60s",
                   "the retry scheduler runs inside every engine: none is moving due retries",
                   "start or restart the engine", "ms07 diagnose health")
         if stats["dlq"]:

@@ -75,7 +75,9 @@ async def run_check_async(
     return (await run_checks_async(settings, [name], options, runtime=runtime)).results[0]
 
 
-def run_checks(settings: Settings, names: Sequence[str] | None = None, options: DiagnoseOptions | None = None) -> Report:
+def run_checks(
+    settings: Settings, names: Sequence[str] | None = None, options: DiagnoseOptions | None = None
+) -> Report:
     """Synchronous :func:`run_checks_async` (its own event loop), for the CLI and runbooks."""
     return asyncio.run(run_checks_async(settings, names, options))
 

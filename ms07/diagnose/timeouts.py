@@ -118,16 +118,19 @@ def _probe_findings(r: CheckResult, targets: list[dict[str, Any]], probes: list[
                            _ms(p.http_ms) if http_checked else "-", verdict])
     r.details["probes"] = [p.as_dict() for p in probes]
     if unreachable:
-        r.add("probe_unreachable", "critical", f"{len(unreachable)} destination(s) cannot be reached: {_names(unreachable)}",
+        r.add("probe_unreachable", "critical",
+              f"{len(unreachable)} destination(s) cannot be reached: {_names(unreachable)}",
               "; ".join(unreachable), "; ".join(causes[k] for k in sorted(causes)), "ms07 destinations check")
     if hung:
-        r.add("probe_timeout", "critical", f"{len(hung)} destination(s) accept connections but do not answer: {_names(hung)}",
+        r.add("probe_timeout", "critical",
+              f"{len(hung)} destination(s) accept connections but do not answer: {_names(hung)}",
               "; ".join(hung),
               "the service is hung or overloaded: deliveries to it end in READ_TIMEOUT and pile up in "
               "processing; restart or scale the destination, then re-check",
               "ms07 destinations check")
     if http_5xx:
-        r.add("probe_http_error", "critical", f"{len(http_5xx)} destination(s) answer their health check with an error: {_names(http_5xx)}",
+        r.add("probe_http_error", "critical",
+              f"{len(http_5xx)} destination(s) answer their health check with an error: {_names(http_5xx)}",
               "; ".join(http_5xx), "the destination reports itself broken: escalate to its owners",
               "ms07 destinations check")
     if http_bad:
@@ -177,7 +180,8 @@ async def check(ctx: Context) -> CheckResult:
             found = await rows(conn, sql.TIMEOUT_ATTEMPTS, {"since": o.since_seconds})
         r.details["timeout_attempts"] = found
         if not found:
-            r.add("timeout_attempts", "info", f"no CONNECTION_TIMEOUT or READ_TIMEOUT attempt in the last {o.since_text}")
+            r.add("timeout_attempts", "info",
+                  f"no CONNECTION_TIMEOUT or READ_TIMEOUT attempt in the last {o.since_text}")
             return
         table = r.section(f"timeout attempts, last {o.since_text}", ["destination", "error code", "attempts", "last"])
         for f in found:
@@ -277,13 +281,15 @@ async def _circuits(ctx: Context, r: CheckResult, targets: list[dict[str, Any]])
     r.add("settings", "info", f"effective defaults: {summary}",
           f"claim_idle_seconds {d.claim_idle_seconds:g}s; per-destination overrides in the table")
     if opened:
-        r.add("circuit_open", "critical", f"circuit open for {len(opened)} destination(s): {_names(opened)}: deliveries are deferred",
+        r.add("circuit_open", "critical",
+              f"circuit open for {len(opened)} destination(s): {_names(opened)}: deliveries are deferred",
               "; ".join(opened),
               "the destination failed failure_threshold times in a row; it is probed again after "
               "recovery_timeout. Fix the destination (see the live probe)", "ms07 destinations check")
     if half:
         r.add("circuit_half_open", "warning", f"circuit half-open (probing) for {listing(half)}", "",
-              "a probe delivery decides whether it closes again", f"ms07 diagnose timeouts --since {ctx.options.since_text}")
+              "a probe delivery decides whether it closes again",
+              f"ms07 diagnose timeouts --since {ctx.options.since_text}")
     if redis_error is not None:
         raise redis_error
 

@@ -107,7 +107,8 @@ class Committer:
         log.warning("entry parked in the DLQ", error_code=code, distribution_id=did, entry_id=entry.entry_id,
                     reason=reason, destination=entry.fields.get("destination"), queue=entry.queue)
         held = self.held.by_key[(entry.queue, entry.entry_id)]
-        fake = jobs.Outcome(did or "", entry.fields.get("destination", ""), JobStatus.DEAD, self.worker_id, [], code, reason)
+        fake = jobs.Outcome(did or "", entry.fields.get("destination", ""), JobStatus.DEAD, self.worker_id, [],
+                            code, reason)
         self.enqueue(held, fake, record=False)
 
     async def run(self) -> None:

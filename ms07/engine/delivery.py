@@ -282,7 +282,8 @@ class DestinationClient:
             forget_tracebacks(exc)
             reason = str(exc) or type(exc).__name__
             if getattr(exc, "permanent", False):
-                return self._failed(started, t0, getattr(exc, "code", ErrorCode.CONNECTION_ERROR), reason, retryable=False)
+                return self._failed(started, t0, getattr(exc, "code", ErrorCode.CONNECTION_ERROR), reason,
+                                    retryable=False)
             return self._failed(started, t0, ErrorCode.CONNECTION_ERROR, reason)
 
     def _failed(

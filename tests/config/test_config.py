@@ -41,8 +41,8 @@ def test_loads_yaml_and_defaults(tmp_path: Path) -> None:
     d = s.destination("ms09-reporter")
     assert d.pool.max_connections == 10 and d.pool.keepalive_expiry == 30.0
     assert d.batch is not None and d.batch.max_items == 50
-    assert d.auth.redacted() == {"type": "bearer", "token_env": "MS09_TOKEN", "token_auth_method": "client_secret_basic",
-                                 "refresh_margin_seconds": 30.0}
+    assert d.auth.redacted() == {"type": "bearer", "token_env": "MS09_TOKEN",
+                                 "token_auth_method": "client_secret_basic", "refresh_margin_seconds": 30.0}
 
 
 def test_env_overlays_yaml(tmp_path: Path) -> None:
@@ -64,15 +64,18 @@ def test_config_from_ms07_config_env(tmp_path: Path) -> None:
     "text, message",
     [
         ("distribution:\n  timeout_secs: 3\n", "distribution.timeout_secs: unknown key (line 2)"),
-        ("distribution:\n  timeout_seconds: fast\n", "distribution.timeout_seconds: expected a number, got 'fast' (line 2)"),
-        ("distribution: {claim_idle_seconds: 10, timeout_seconds: 60}\n", "distribution.claim_idle_seconds: must exceed"),
+        ("distribution:\n  timeout_seconds: fast\n",
+         "distribution.timeout_seconds: expected a number, got 'fast' (line 2)"),
+        ("distribution: {claim_idle_seconds: 10, timeout_seconds: 60}\n",
+         "distribution.claim_idle_seconds: must exceed"),
         ("destinations:\n  - name: a\n", "destinations[0].url: is required"),
         ("destinations:\n  - {name: a, url: 'ftp://x'}\n", "is not an http(s) URL"),
         ("destinations:\n  - {name: a, url: 'http://u:p@x'}\n", "credentials in the URL are not allowed"),
         ("destinations:\n  - {name: a, url: 'http://x'}\n  - {name: a, url: 'http://y'}\n", "defined twice"),
         ("destinations:\n  - {name: a, url: 'http://x', auth: {type: magic}}\n", "auth.type: must be one of"),
         ("destinations:\n  - {name: a, url: 'http://x', auth: {type: bearer}}\n", "auth.token_env: is required"),
-        ("destinations:\n  - {name: a, url: 'http://x', timeout_seconds: 120}\n", "is not below distribution.claim_idle_seconds"),
+        ("destinations:\n  - {name: a, url: 'http://x', timeout_seconds: 120}\n",
+         "is not below distribution.claim_idle_seconds"),
         ("network: {allow_cidrs: ['10.0.0.0/33']}\n", "is not a CIDR range"),
         ("service:\n  http_port: [1]\n", "expected an integer"),
         ("- a\n- b\n", "top level must be a mapping"),

@@ -33,7 +33,8 @@ async def test_auth_failures_and_expired_jwt(make_settings, db, cli, config_file
     soon = jwt(time.time() + 3600)
     monkeypatch.setenv("D1_TOKEN", expired)
     monkeypatch.setenv("D2_TOKEN", soon)
-    db.attempts("d1", 5, status="failed", code=401, error_code="AUTHENTICATION_FAILED", message="HTTP 401: token expired")
+    db.attempts("d1", 5, status="failed", code=401, error_code="AUTHENTICATION_FAILED",
+                message="HTTP 401: token expired")
     db.attempts("d1", 2, status="failed", code=403, error_code="AUTHENTICATION_FAILED", message="HTTP 403: forbidden",
                 ago=30)
     db.attempts("d2", 3, status="failed", code=401, error_code="AUTHENTICATION_FAILED", message="HTTP 401", ago=300)
@@ -41,7 +42,8 @@ async def test_auth_failures_and_expired_jwt(make_settings, db, cli, config_file
     dests = [
         destination("d1", "http://127.0.0.1:9/in", auth={"type": "bearer", "token_env": "D1_TOKEN"}),
         destination("d2", "http://127.0.0.1:9/in", auth={"type": "bearer", "token_env": "D2_TOKEN"}),
-        destination("d3", "http://127.0.0.1:9/in", auth={"type": "api_key", "header": "X-Key", "value_env": "NOT_SET_X"}),
+        destination("d3", "http://127.0.0.1:9/in",
+                    auth={"type": "api_key", "header": "X-Key", "value_env": "NOT_SET_X"}),
     ]
     settings = make_settings(destinations=dests)
     result = await run_check_async(settings, "auth")
@@ -129,7 +131,7 @@ async def test_oauth2_cached_token_expiry_written_by_the_engine(make_settings, s
     result = await run_check_async(settings, "auth")
     table = next(s for s in result.sections if s.title.startswith("auth configuration"))
     assert table.rows[0][1] == "oauth2_client_credentials"
-    assert table.rows[0][4].startswith("cached, expires in 29m") or table.rows[0][4].startswith("cached, expires in 30m")
+    assert table.rows[0][4].startswith(("cached, expires in 29m", "cached, expires in 30m"))
     assert "client_secret_env=CLIENT_SECRET" in table.rows[0][2]
     assert result.status == "healthy"
 

@@ -79,7 +79,8 @@ async def kube_api() -> tuple[Sink, list[str]]:
 
     async def metrics(request: web.Request, n: int) -> web.StreamResponse:
         return web.json_response({"kind": "PodMetricsList", "items": [
-            {"metadata": {"name": "ms07-distributor-b"}, "containers": [{"name": "ms07", "usage": {"memory": "512Mi"}}]}]})
+            {"metadata": {"name": "ms07-distributor-b"},
+             "containers": [{"name": "ms07", "usage": {"memory": "512Mi"}}]}]})
 
     sink = await Sink().start()
     sink.on("/api/v1/namespaces/zenia/pods", pods)

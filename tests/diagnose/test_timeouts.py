@@ -29,13 +29,15 @@ async def test_stuck_jobs_closed_port_and_hanging_destination(make_settings, sin
     db.attempts("closed", 2, status="failed", code=None, error_code="CONNECTION_TIMEOUT", latency_ms=5000)
     settings = make_settings(destinations=dests)
     t0 = time.monotonic()
-    result = await run_check_async(settings, "timeouts", DiagnoseOptions.from_settings(settings, probe_timeout_seconds=1.0))
+    result = await run_check_async(settings, "timeouts",
+                                   DiagnoseOptions.from_settings(settings, probe_timeout_seconds=1.0))
     elapsed = time.monotonic() - t0
     assert elapsed < 4, f"probes must run concurrently ({elapsed:.1f}s)"
     found = {f.id: f for f in result.findings}
     assert found["timeouts.stuck_jobs"].severity == "critical"
     assert found["timeouts.stuck_jobs"].summary.startswith("3 job(s)")
-    assert stuck[0] in found["timeouts.stuck_jobs"].evidence or any(s in found["timeouts.stuck_jobs"].evidence for s in stuck)
+    assert (stuck[0] in found["timeouts.stuck_jobs"].evidence
+            or any(s in found["timeouts.stuck_jobs"].evidence for s in stuck))
     assert found["timeouts.stuck_jobs"].command == "ms07 recover reclaim-pending"
     assert found["timeouts.probe_unreachable"].severity == "critical"
     assert "closed: TCP" in found["timeouts.probe_unreachable"].evidence

@@ -31,7 +31,8 @@ async def test_happy_path_delivers_every_distribution_once(make_settings, sink: 
     assert sink.unique_keys("/in") == set(ids)
     assert len(sink.keys("/in")) == 50  # exactly once on the happy path
     async with engine.pool.connection() as conn:
-        cur = await conn.execute("SELECT count(*), count(*) FILTER (WHERE status = 'success') FROM distribution_attempts")
+        cur = await conn.execute(
+            "SELECT count(*), count(*) FILTER (WHERE status = 'success') FROM distribution_attempts")
         assert await cur.fetchone() == (50, 50)
     await wait_for(lambda: engine.in_flight == 0, what="slots released")
     stats = await engine.queue.stats()

@@ -44,7 +44,8 @@ def every_secret() -> dict[str, str]:
     basic = base64.b64encode(f"reporter:{BASIC_PW}".encode()).decode()
     client_basic = base64.b64encode(f"ms07:{CLIENT_SECRET}".encode()).decode()
     return {"api token": API_TOKEN, "bearer token": BEARER, "api key": API_KEY, "basic password": BASIC_PW,
-            "basic credentials": basic, "client secret": CLIENT_SECRET, "client credentials": client_basic, "access token": ACCESS_TOKEN,
+            "basic credentials": basic, "client secret": CLIENT_SECRET, "client credentials": client_basic,
+            "access token": ACCESS_TOKEN,
             "signing secret": SIGNING, "signing key": SIGNING.removeprefix("whsec_"),
             "database password": DB_PASSWORD, "redis password": REDIS_PASSWORD}
 
@@ -52,7 +53,8 @@ def every_secret() -> dict[str, str]:
 def assert_clean(where: str, text: str) -> None:
     for name, value in every_secret().items():
         assert value not in text, f"the {name} leaked into {where}"
-        assert quote(value, safe="") not in text or quote(value, safe="") == value, f"the {name} (URL-encoded) leaked into {where}"
+        assert quote(value, safe="") not in text or quote(value, safe="") == value, \
+            f"the {name} (URL-encoded) leaked into {where}"
 
 
 @pytest.fixture

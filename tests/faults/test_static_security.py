@@ -4,7 +4,6 @@ above), ``pip-audit`` no known vulnerability in the installed dependencies."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -12,17 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import require_tool
+
 pytestmark = pytest.mark.faults
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _tool(module: str) -> None:
-    # A test dependency ([test] extra): missing, it fails rather than turning the check into a skip.
-    assert importlib.util.find_spec(module) is not None, f"{module} is not installed (pip install -e '.[test]')"
-
-
 def test_bandit_reports_nothing() -> None:
-    _tool("bandit")
+    require_tool("bandit")
     proc = subprocess.run(  # noqa: S603 - our interpreter, fixed arguments
         [sys.executable, "-m", "bandit", "-r", "ms07", "-f", "json", "-q"],
         cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
@@ -33,7 +29,7 @@ def test_bandit_reports_nothing() -> None:
 
 
 def test_pip_audit_finds_no_known_vulnerability() -> None:
-    _tool("pip_audit")
+    require_tool("pip_audit")
     proc = subprocess.run(  # noqa: S603 - our interpreter, fixed arguments
         [sys.executable, "-m", "pip_audit", "--format", "json", "--progress-spinner", "off"],
         cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
