@@ -37,7 +37,7 @@ _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks
 
 def local_zone() -> dt.tzinfo:
     zone = dt.datetime.now().astimezone().tzinfo
-    assert zone is not None
+    assert zone is not None  # nosec B101 - narrows a type; the value is never None here
     return zone
 
 

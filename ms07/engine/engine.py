@@ -342,7 +342,7 @@ class Engine:
     async def _read_loop(self) -> None:
         backoff = Backoff()
         queue, capacity = self.queue, self.held.capacity
-        assert queue is not None, "started"
+        assert queue is not None, "started"  # nosec B101 - narrows a type; the value is never None here
         while not self._stopping and not self._stop_requested.is_set():
             free = self.max_held - len(self._held)
             if free <= 0:
@@ -399,7 +399,7 @@ class Engine:
             return
         ids = [did for _, did in valid]
         pool = self.pool
-        assert pool is not None, "started"
+        assert pool is not None, "started"  # nosec B101 - narrows a type; the value is never None here
         claimed = await with_db(pool, lambda c: self._claim(c, ids), self._is_stopping)
         missing = [did for did in ids if claimed is not None and did not in claimed]
         statuses = await with_db(pool, lambda c: jobs.job_statuses(c, missing), self._is_stopping) if missing else {}

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ms07 import keys, reconcile
+from ms07 import keys
 from ms07.config import Settings
 from ms07.options import opt
 from ms07.recover.plan import Check, Outcome, Plan, PlanContext, Step
@@ -30,6 +30,10 @@ class Options:
 
 
 def build(settings: Settings, opts: Options, args: list[str] | None = None) -> Plan:
+    # Here, not at the top: the CLI imports this module for its Options, and `ms07 --help`
+    # must not load psycopg (tests/diagnose/test_all.py).
+    from ms07 import reconcile
+
     priorities = settings.distribution.priorities
 
     async def lost_jobs(ctx: PlanContext) -> reconcile.Scan:

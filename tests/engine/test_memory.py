@@ -124,15 +124,13 @@ class _Node:
         self.me = self
 
 
-async def test_memory_loop_collects_cycles_under_the_tuned_gc(make_settings: Any, tuned_gc: None) -> None:
+async def test_memory_loop_collects_cycles_under_the_tuned_gc(make_settings: Any, start_engine: Any,
+                                                             tuned_gc: None) -> None:
     """Cycles the engine cannot avoid (a library's) must not wait hours for a young
     collection the tuned GC rarely runs: the memory loop collects every pass."""
-    from ms07.engine import upkeep
-    from ms07.engine.engine import Engine
-
+    engine = await start_engine(make_settings(memory={"check_interval_seconds": 3600}), http_port=None)
     node = _Node()
     ref = weakref.ref(node)
     del node
-    engine = Engine(make_settings(), http_port=-1)  # not started: the pass reads RSS only
-    await upkeep.memory_guard(engine)
+    await engine.upkeep.memory_guard()
     assert ref() is None
