@@ -225,8 +225,8 @@ destinations:
 
 async def fill(settings: Any, n: int, chunk: int = 1000) -> float:
     """Insert ``n`` jobs and enqueue them in bulk; returns seconds taken."""
+    from ms07.ops.submit import build_jobs, record_and_enqueue
     from ms07.runtime import Runtime
-    from ms07.submit import build_jobs, record_and_enqueue
 
     t0 = time.perf_counter()
     async with Runtime(settings, migrate=False) as rt:

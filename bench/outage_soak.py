@@ -75,8 +75,8 @@ class Producer(threading.Thread):
         asyncio.run(self._run())
 
     async def _run(self) -> None:
+        from ms07.ops.submit import build_jobs, record_and_enqueue
         from ms07.runtime import Runtime
-        from ms07.submit import build_jobs, record_and_enqueue
 
         async with Runtime(self.settings, migrate=False) as rt:
             q = await rt.queue()
@@ -93,8 +93,8 @@ class Producer(threading.Thread):
 
 
 async def fill_down(settings: Any, n: int) -> None:
+    from ms07.ops.submit import build_jobs, record_and_enqueue
     from ms07.runtime import Runtime
-    from ms07.submit import build_jobs, record_and_enqueue
 
     async with Runtime(settings, migrate=False) as rt:
         q = await rt.queue()

@@ -71,7 +71,7 @@ def _raw(case: dict[str, str], now: dt.datetime) -> dict[str, str]:
 
 
 def measure(url: str, runs: int) -> list[tuple[str, float, float, float, str]]:
-    from ms07 import search
+    from ms07.ops import search
     from ms07.store.search import page_sql, where
 
     now = dt.datetime.now(dt.UTC)

@@ -42,7 +42,7 @@ VERSIONS_OF = {
 SETTINGS = {
     "ms07": "`ms07 run`, 1 process, `service.concurrency` C, `prefetch` 16 (C x 16 entries held), "
     "`read_batch` 256, aiohttp pool of C connections, uvloop; every job and attempt in "
-    "PostgreSQL; producer: `ms07.submit` per distribution, group-committed (`SubmitBatcher`)",
+    "PostgreSQL; producer: `ms07.ops.submit` per distribution, group-committed (`SubmitBatcher`)",
     "celery": "`--pool threads --concurrency C --without-heartbeat --without-gossip --without-mingle`, "
     "`worker_prefetch_multiplier` 16, `task_acks_late` False (ack on receipt, the default), "
     "`task_ignore_result`, JSON, hiredis; a `requests.Session` per thread; producer: "

@@ -62,8 +62,8 @@ async def _api_load(port: int, n: int, concurrency: int, rate: float | None) -> 
 
 
 async def _paced_library_submit(settings: Any, n: int, rate: float, concurrency: int = 16) -> tuple[float, list[str]]:
+    from ms07.ops.submit import submit
     from ms07.runtime import Runtime
-    from ms07.submit import submit
 
     ids: list[str] = []
     async with Runtime(settings, migrate=False, pool_size=concurrency) as rt:

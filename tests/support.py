@@ -139,7 +139,7 @@ async def wait_for(
 async def submit_n(engine: Any, dest: str, n: int = 1, payload: Any = None) -> list[str]:
     """Submit ``n`` distributions for ``dest`` through an engine's pool and queue (the
     payload, or ``{"i": i}``); their ids, in order."""
-    from ms07.submit import submit
+    from ms07.ops.submit import submit
 
     out = []
     async with engine.pool.connection() as conn:

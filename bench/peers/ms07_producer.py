@@ -1,4 +1,4 @@
-"""ms07's producer: ``ms07.submit`` one distribution per call, as a producing service would.
+"""ms07's producer: ``ms07.ops.submit`` one distribution per call, as a producing service would.
 
     python -m bench.peers.ms07_producer --config FILE --n N [--rate R] [--concurrency C]
 
@@ -20,8 +20,8 @@ from bench.peers import pace, payload
 
 async def produce(a: Any, config: Path) -> None:
     from ms07.config import load_settings
+    from ms07.ops.submit import SubmitBatcher, submit_with
     from ms07.runtime import Runtime
-    from ms07.submit import SubmitBatcher, submit_with
 
     settings = load_settings(
         config,

@@ -14,10 +14,10 @@ app = typer.Typer(help="Destinations: list, sync, check.", no_args_is_help=True)
 @app.command("list")
 def list_(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Each destination with health, circuit state, pool limits and auth type (never a secret)."""
-    from ms07 import registry
+    from ms07.ops import destinations as dest_ops
 
     st = common.state(ctx)
-    data = common.with_runtime(st.settings, registry.listing, console=None if as_json else st.err)
+    data = common.with_runtime(st.settings, dest_ops.listing, console=None if as_json else st.err)
     if as_json:
         common.print_json(data)
         return
@@ -37,18 +37,18 @@ def list_(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help
 @app.command("sync")
 def sync(ctx: typer.Context) -> None:
     """Write the config's destinations into the database (the engine does this at start)."""
-    from ms07 import registry
+    from ms07.ops import destinations as dest_ops
 
     st = common.state(ctx)
-    names = common.with_runtime(st.settings, registry.sync, console=st.err)
+    names = common.with_runtime(st.settings, dest_ops.sync, console=st.err)
     st.console.print(f"synced {len(names)} destination(s): {', '.join(names) or 'none'}")
 
 
 def check(ctx: typer.Context, names: list[str] | None, timeout: float | None, as_json: bool) -> None:
-    from ms07 import registry
+    from ms07.ops import destinations as dest_ops
 
     st = common.state(ctx)
-    results = common.run(registry.check(st.settings, names or None, timeout))
+    results = common.run(dest_ops.check(st.settings, names or None, timeout))
     if as_json:
         common.print_json(results)
     else:

@@ -14,7 +14,7 @@ app = typer.Typer(help="The dead-letter queue: list, replay, purge.", no_args_is
 
 
 def list_(ctx: typer.Context, limit: int, as_json: bool) -> None:
-    from ms07 import dlq
+    from ms07.ops import dlq
 
     st = common.state(ctx)
 
@@ -85,7 +85,7 @@ def replay(
     Exit codes: 0 all replayed, 1 an id was not parked (named, with its status) or the
     question was answered no, 2 bad usage (--all without --yes when not at a terminal),
     4 an id names no distribution."""
-    from ms07 import dlq
+    from ms07.ops import dlq
 
     st = common.state(ctx)
     if ids and all_:
@@ -100,7 +100,7 @@ def replay(
 
     async def go(rt):  # type: ignore[no-untyped-def]
         if all_:  # a replay by filter (ms07 replay): audited, throttled, resumable
-            from ms07 import replay as rp
+            from ms07.ops import replay as rp
             from ms07.recover.audit import operator
 
             done: list[str] = []
@@ -133,7 +133,7 @@ def purge(
     yes: bool = typer.Option(False, "--yes", help="Purge without asking (required when not at a terminal)."),
 ) -> None:
     """Delete parked distributions and their DLQ entries for good."""
-    from ms07 import dlq
+    from ms07.ops import dlq
 
     st = common.state(ctx)
     _confirm(st, yes, f"Purge {'these' if ids else 'every'} parked distribution(s) for good?",

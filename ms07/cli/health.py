@@ -19,7 +19,7 @@ HELP = """Ask the running engine how it is (GET /health/ready, or /health/detail
 
 
 def health(ctx: typer.Context, detailed: bool, url: str | None, as_json: bool, timeout: float) -> None:
-    from ms07.healthcheck import base_url, exit_code, fetch_health
+    from ms07.ops.healthcheck import base_url, exit_code, fetch_health
 
     st = common.state(ctx)
     settings = st.settings
@@ -59,7 +59,7 @@ def _v(v: Any) -> str:
 
 
 def render(console: Any, result: dict[str, Any]) -> None:
-    """The result of :func:`ms07.healthcheck.fetch_health` as Rich tables."""
+    """The result of :func:`ms07.ops.healthcheck.fetch_health` as Rich tables."""
     from rich.table import Table
 
     status = result["status"]

@@ -36,7 +36,7 @@ def list_(
 
     Exit codes: 0 listed (also when none match), 2 bad input (a time, a status, a cursor
     from another query)."""
-    from ms07 import search
+    from ms07.ops import search
 
     st = common.state(ctx)
     flt = search.parse_filter({"destination": destination, "status": status, "since": since, "until": until,

@@ -68,7 +68,7 @@ def backup(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Write every entry (id and fields) of every queue stream to FILE, then verify it."""
-    from ms07 import backup as bk
+    from ms07.ops import backup as bk
 
     st = common.state(ctx)
 
@@ -100,7 +100,7 @@ def restore(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Put every entry of a verified backup back into the queue."""
-    from ms07 import backup as bk
+    from ms07.ops import backup as bk
 
     st = common.state(ctx)
     verified = bk.verify(file)

@@ -35,7 +35,7 @@ def replay(
 
     Exit codes: 0 done (or the dry run), 1 cancelled or run by another process, 2 bad
     input, 3 PostgreSQL or Redis out of reach, 130 interrupted (run it again to resume)."""
-    from ms07 import replay as rp
+    from ms07.ops import replay as rp
 
     st = common.state(ctx)
     raw = {k: v for k, v in (("destination", destination), ("status", status),

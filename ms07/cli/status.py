@@ -16,7 +16,7 @@ def status(
     """Show a distribution, its status and every attempt in time order.
 
     Exit codes: 0 shown, 2 not an id or a prefix several ids share, 4 no such distribution."""
-    from ms07.status import distribution_status, resolve_id
+    from ms07.ops.status import distribution_status, resolve_id
 
     st = common.state(ctx)
 

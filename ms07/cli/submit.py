@@ -31,8 +31,8 @@ def submit(
     accepted in one commit, or none is (the error names the line)."""
     import sys
 
-    from ms07.submit import DirectRecorder, submit_many
-    from ms07.submit import submit as do_submit
+    from ms07.ops.submit import DirectRecorder, submit_many
+    from ms07.ops.submit import submit as do_submit
 
     st = common.state(ctx)
     if (data is None) == (file is None):
@@ -134,7 +134,7 @@ def _json_lines(file: Path, text: str) -> list[tuple[int, Any]] | None:
 
 def _by_line(run: Any, numbers: list[int]) -> Any:
     """``run()``, with a refused batch's item indexes told as line numbers."""
-    from ms07.submit import BatchRefused
+    from ms07.ops.submit import BatchRefused
 
     try:
         return run()

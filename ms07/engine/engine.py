@@ -54,12 +54,12 @@ from ms07.engine.server import Server, start_server
 from ms07.engine.upkeep import Upkeep
 from ms07.errors import ConfigError
 from ms07.metrics import Metrics
+from ms07.ops.submit import SubmitBatcher
 from ms07.queue import Entry, InvalidMessage, Queue, parse_entry
 from ms07.runtime import Runtime
 from ms07.store import db, jobs
 from ms07.store import destinations as dest_store
 from ms07.store.status import JobStatus
-from ms07.submit import SubmitBatcher
 
 log = logs.get("DistributionWorker")
 

@@ -184,7 +184,7 @@ async def submit(request: web.Request) -> web.Response:
     """One submission, or a batch (``{"distributions": [...]}``): all accepted in one
     commit, or none, with the index and reason of each bad item."""
     from ms07.engine.body import batch_limit, single_limit, too_large
-    from ms07.submit import BatchRefused, batch_from_json, from_json, submit_many, submit_with
+    from ms07.ops.submit import BatchRefused, batch_from_json, from_json, submit_many, submit_with
 
     engine = request.app[ENGINE]
     if engine.draining:
@@ -229,7 +229,7 @@ async def submit(request: web.Request) -> web.Response:
 
 
 async def get_distribution(request: web.Request) -> web.Response:
-    from ms07.status import distribution_status
+    from ms07.ops.status import distribution_status
 
     engine = request.app[ENGINE]
     async with engine.pool.connection() as conn:
@@ -242,7 +242,7 @@ async def get_distribution(request: web.Request) -> web.Response:
 
 async def list_distributions(request: web.Request) -> web.Response:
     """``GET /api/v1/distributions?destination=&status=&since=&until=&...&limit=&cursor=``."""
-    from ms07 import search
+    from ms07.ops import search
 
     engine: Engine = request.app[ENGINE]  # type: ignore[assignment]
     query = {k: v for k, v in request.query.items() if k not in ("limit", "cursor")}
@@ -259,7 +259,7 @@ async def list_distributions(request: web.Request) -> web.Response:
 
 
 async def get_attempts(request: web.Request) -> web.Response:
-    from ms07.status import distribution_status
+    from ms07.ops.status import distribution_status
 
     engine: Engine = request.app[ENGINE]  # type: ignore[assignment]
     async with engine.pool.connection() as conn:
@@ -275,7 +275,7 @@ REPLAY_TASKS = web.AppKey("replay_tasks", set)
 async def post_replay(request: web.Request) -> web.Response:
     """``POST /api/v1/replays``: a dry run (200: count and sample), or a replay run by this
     engine in the background (202; the same filter again resumes an unfinished one)."""
-    from ms07 import replay
+    from ms07.ops import replay
 
     engine: Engine = request.app[ENGINE]  # type: ignore[assignment]
     if engine.draining:
@@ -315,7 +315,7 @@ async def post_replay(request: web.Request) -> web.Response:
 
 
 async def _run_replay(engine: Engine, replay_id: str, rate: float) -> None:
-    from ms07 import replay
+    from ms07.ops import replay
 
     try:
         async with engine.pool.connection() as conn:
@@ -330,8 +330,8 @@ async def _run_replay(engine: Engine, replay_id: str, rate: float) -> None:
 
 async def replay_status(request: web.Request) -> web.Response:
     """``GET /api/v1/replays/{id}`` (status, counts, progress); ``DELETE`` cancels it."""
-    from ms07 import replay
     from ms07.errors import NotFound
+    from ms07.ops import replay
 
     engine: Engine = request.app[ENGINE]  # type: ignore[assignment]
     rid = request.match_info["replay_id"]

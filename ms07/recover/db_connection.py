@@ -118,7 +118,7 @@ OUTSIDE_CLUSTER = [
 
 
 def build(settings: Settings, opts: Options, args: list[str] | None = None) -> Plan:
-    from ms07.healthcheck import base_url
+    from ms07.ops.healthcheck import base_url
 
     # The same discovery as `ms07 health`: --health-url, else MS07_HEALTH_URL, else the
     # engine's own port on this machine (not "no health URL, skipped").

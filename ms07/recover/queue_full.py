@@ -15,8 +15,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ms07 import backup, keys
+from ms07 import keys
 from ms07.config import Settings
+from ms07.ops import backup
 from ms07.options import opt
 from ms07.recover import consumers, procedures
 from ms07.recover.plan import Check, Outcome, Plan, PlanContext, Step, StepFailed

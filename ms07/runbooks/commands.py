@@ -12,7 +12,7 @@ commands with a parse-only body. A step's line is split with :mod:`shlex` and pa
 that command (``make_context``: the same options, types, defaults and error messages);
 the parameters become the command's options dataclass and go to the library function the
 command itself calls (:func:`ms07.diagnose.run_checks_async`, :func:`ms07.recover.run_plan`,
-:func:`ms07.healthcheck.fetch_health`, ...), which return data. This package does not
+:func:`ms07.ops.healthcheck.fetch_health`, ...), which return data. This package does not
 import ``ms07.cli``.
 """
 

@@ -185,7 +185,7 @@ async def _recover(
 
 
 async def _health(command: Command, settings: Settings) -> Outcome:
-    from ms07.healthcheck import base_url, fetch_health
+    from ms07.ops.healthcheck import base_url, fetch_health
 
     p = command.params
     result = await fetch_health(
@@ -227,7 +227,7 @@ async def _queue_stats(command: Command, settings: Settings) -> Outcome:
 
 
 async def _dlq_list(command: Command, settings: Settings) -> Outcome:
-    from ms07 import dlq
+    from ms07.ops import dlq
     from ms07.runtime import Runtime
 
     async with Runtime(settings, migrate=False) as rt:
@@ -249,9 +249,9 @@ async def _dlq_list(command: Command, settings: Settings) -> Outcome:
 
 
 async def _destinations_check(command: Command, settings: Settings) -> Outcome:
-    from ms07 import registry
+    from ms07.ops import destinations as dest_ops
 
-    results = await registry.check(
+    results = await dest_ops.check(
         settings, command.params.get("names") or None, command.params.get("timeout")
     )
     bad = [r for r in results if not r["healthy"]]

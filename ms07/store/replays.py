@@ -18,7 +18,7 @@ from ms07.store.search import where
 from ms07.store.status import JobStatus
 
 if TYPE_CHECKING:
-    from ms07.search import JobFilter
+    from ms07.ops.search import JobFilter
 
 UNFINISHED = ("running", "interrupted")
 _COLUMNS = "id, filter, operator, matched, enqueued, skipped, status, created_at, updated_at"

@@ -16,7 +16,7 @@ from psycopg.rows import dict_row
 from ms07.store.jobs import JOB_COLUMNS
 
 if TYPE_CHECKING:
-    from ms07.search import JobFilter
+    from ms07.ops.search import JobFilter
 
 _TIME_COLUMN = {"created": "created_at", "finished": "completed_at"}
 

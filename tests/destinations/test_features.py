@@ -175,8 +175,8 @@ async def test_a_burst_of_rate_limited_jobs_reserves_without_exhausting_redis(
     """500 held jobs of a rate-limited destination reserved their slots at once: past the
     Redis client's 100 connections the reservation raised, and those jobs waited for a
     reclaim (``claim_idle_seconds``, 60 s here) instead of being delivered."""
+    from ms07.ops.submit import build_jobs, record_and_enqueue
     from ms07.runtime import Runtime
-    from ms07.submit import build_jobs, record_and_enqueue
 
     settings = make_settings(
         destinations=[{"name": "r", "url": sink.url("/in"), "rate_limit": {"per_second": 5000, "burst": 5000}}],

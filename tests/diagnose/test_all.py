@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from ms07.diagnose import run_checks_async
+from ms07.ops.submit import submit
 from ms07.runtime import Runtime
-from ms07.submit import submit
 from tests.diagnose.conftest import acli, parse, validate_all
 from tests.diagnose.test_timeouts import closed_port
 from tests.support import destination, wait_for

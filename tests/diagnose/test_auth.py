@@ -103,8 +103,8 @@ async def test_oauth2_cached_token_expiry_written_by_the_engine(make_settings, s
     """The engine publishes the cached token's expiry (never the token) for diagnose auth."""
     import json as _json
 
+    from ms07.ops.submit import submit
     from ms07.runtime import Runtime
-    from ms07.submit import submit
     from tests.support import wait_for
 
     monkeypatch.setenv("CLIENT_SECRET", "s3cret-value")

@@ -22,8 +22,8 @@ import redis
 from aiohttp import web
 
 from ms07 import keys
+from ms07.ops.submit import submit
 from ms07.runtime import Runtime
-from ms07.submit import submit
 from tests.diagnose.conftest import acli
 from tests.support import EngineProcess, Sink, destination, wait_for, write_config
 

@@ -100,7 +100,7 @@ async def test_diagnose_reports_what_the_engine_applies(make_settings, sink, sta
     """One destination overriding everything (a connect timeout above its timeout, a partial
     breaker), one overriding nothing: the settings table of ``diagnose timeouts`` and the
     pool table of ``diagnose latency`` show what the running engine uses, value for value."""
-    from ms07.registry import listing
+    from ms07.ops.destinations import listing
     from ms07.runtime import Runtime
 
     settings = make_settings(

@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from ms07 import keys
-from ms07.submit import submit
+from ms07.ops.submit import submit
 from tests.support import Sink, acli, fail_first, wait_for
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from ms07 import keys
-from ms07.submit import submit
+from ms07.ops.submit import submit
 from tests.support import Sink, fail_first, hang, ok, reset, status, submit_n, wait_for
 
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
+from ms07.ops.submit import submit
 from ms07.store import db
-from ms07.submit import submit
 from tests.support import Sink, acli, wait_for
 
 

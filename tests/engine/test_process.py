@@ -12,8 +12,8 @@ import pytest
 from redis.exceptions import RedisError
 
 from ms07 import embedded
+from ms07.ops.submit import submit
 from ms07.runtime import Runtime
-from ms07.submit import submit
 from tests.support import EngineProcess, Sink, destination, hang, ok, wait_for, write_config
 
 

@@ -10,8 +10,8 @@ from typing import Any
 import psycopg
 import redis.asyncio as aioredis
 
+from ms07.ops.submit import submit
 from ms07.runtime import Runtime
-from ms07.submit import submit
 from tests.faults.ledger import Ledger, Row, collect, deliveries_from, open_count
 from tests.support import EngineProcess, Sink, wait_for, write_config
 

@@ -92,7 +92,7 @@ async def test_random_entries_end_in_the_dlq_and_the_worker_goes_on(make_setting
     assert all(f["last_error"] and "\n" not in f["last_error"] for _, f in dlq)
     assert engine._reader is not None and not engine._reader.done()  # the reader is alive
     # ... and still delivers.
-    from ms07.submit import submit
+    from ms07.ops.submit import submit
 
     async with engine.pool.connection() as conn:
         did = (await submit(conn, engine.queue, engine.settings, ["a"], {"after": "chaos"})).distributions[0]

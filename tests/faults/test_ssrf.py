@@ -15,7 +15,7 @@ import pytest
 from ms07.config import NetworkConfig
 from ms07.engine import ssrf
 from ms07.engine.ssrf import forbidden_reason
-from ms07.submit import submit
+from ms07.ops.submit import submit
 from tests.support import Sink, status, wait_for
 
 pytestmark = pytest.mark.faults

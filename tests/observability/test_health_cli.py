@@ -7,7 +7,7 @@ import socket
 from typing import Any
 
 from ms07.config import load_settings
-from ms07.healthcheck import base_url, fetch_health
+from ms07.ops.healthcheck import base_url, fetch_health
 from tests.observability.conftest import TOKEN, base
 from tests.support import Sink, acli, status, wait_for
 

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from ms07 import backup, keys
+from ms07 import keys
 from ms07.errors import BackupError
+from ms07.ops import backup
 from ms07.queue import Queue, open_redis
 from tests.support import acli
 

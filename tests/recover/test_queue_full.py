@@ -13,7 +13,8 @@ from typing import Any
 import psycopg
 import redis as redis_sync
 
-from ms07 import backup, keys
+from ms07 import keys
+from ms07.ops import backup
 from ms07.recover import plan as P
 from ms07.recover import queue_full
 from tests.k8s_fake import FakeKube

@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from ms07.submit import submit
+from ms07.ops.submit import submit
 from tests.runbooks.conftest import DEST, closed_port, explain
 from tests.runbooks.test_loader import GOOD
 from tests.support import acli, destination, status, wait_for

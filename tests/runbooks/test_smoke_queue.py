@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ms07 import backup, keys
-from ms07.submit import submit
+from ms07 import keys
+from ms07.ops import backup
+from ms07.ops.submit import submit
 from tests.runbooks.conftest import DEST, explain
 from tests.support import hang, wait_for
 

@@ -12,7 +12,7 @@ import datetime as dt
 import psycopg
 import pytest
 
-from ms07 import search
+from ms07.ops import search
 from ms07.store.search import page_sql
 
 T0 = dt.datetime(2026, 12, 3, 14, 0, tzinfo=dt.UTC)

@@ -10,9 +10,9 @@ import psycopg
 import pytest
 
 from ms07 import keys
+from ms07.ops.submit import record_and_enqueue
 from ms07.runtime import Runtime
 from ms07.store import jobs
-from ms07.submit import record_and_enqueue
 
 
 def _job(key: str | None = None) -> jobs.NewJob:

@@ -26,8 +26,9 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from ms07 import logs, search
+from ms07 import logs
 from ms07.errors import Ms07Error, NotFound, UsageError
+from ms07.ops import search
 from ms07.store import audit, db, replays, status
 from ms07.store.status import JobStatus
 
@@ -164,7 +165,7 @@ async def run(
     """Enqueue the replay's pending jobs, ``rate`` a second at most, until none is left or
     it is cancelled. ``conn`` is held for the whole run (its session lock keeps a second
     runner out)."""
-    from ms07.dlq import requeue
+    from ms07.ops.dlq import requeue
 
     if not rate > 0:
         raise UsageError(f"rate {rate} must be above 0 (jobs a second)")

@@ -202,7 +202,7 @@ async def search(
     conn: psycopg.AsyncConnection[Any], flt: JobFilter, limit: int = DEFAULT_LIMIT, cursor: str | None = None
 ) -> dict[str, Any]:
     """One page, newest first: ``{"distributions": [...], "next_cursor": str | None}``."""
-    from ms07.status import job_shape
+    from ms07.ops.status import job_shape
     from ms07.store import search as store
 
     after = decode_cursor(flt, cursor) if cursor else None

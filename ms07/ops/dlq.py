@@ -59,8 +59,8 @@ async def replay(
     conn: psycopg.AsyncConnection[Any], queue: Queue, settings: Settings, ids: Sequence[str]
 ) -> list[str]:
     """Reset these parked jobs to ``queued`` with a fresh attempt budget and enqueue them
-    (every parked job: ``ms07 replay``, through ms07.replay)."""
-    from ms07.replay import budgets
+    (every parked job: ``ms07 replay``, through ms07.ops.replay)."""
+    from ms07.ops.replay import budgets
 
     wanted = _check_ids(ids)
     async with conn.transaction():
