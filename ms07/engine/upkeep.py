@@ -280,6 +280,12 @@ class Upkeep:
             await self.queue.redis.delete(keys.heartbeat(self.worker_id))
         else:
             await self.queue.redis.set(keys.heartbeat(self.worker_id), json.dumps(payload), ex=ttl)
+        if status == "active":
+            # Announce the consumer again (idempotent): after Redis lost a stream, another
+            # loop may recreate the group before the reader meets NOGROUP, and Redis < 7
+            # adds a consumer only when a read returns entries: an idle engine then stayed
+            # out of `queue stats` until work came.
+            await self.queue.join(self.worker_id)
         async with self.pool.connection() as conn:
             await heartbeats.beat(
                 conn,
