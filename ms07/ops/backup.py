@@ -248,6 +248,7 @@ async def _check_types(queue: Queue, path: str | os.PathLike[str], entries: list
             raise BackupError(f"{path}: Redis key {key} holds a {found}, not a {kind}: nothing restored")
 
 
+
 async def restore(
     queue: Queue, path: str | os.PathLike[str], *, progress: Progress | None = None
 ) -> RestoreResult:
@@ -309,11 +310,7 @@ async def _write(
                     else:
                         written.append((stream, str(r)))
                 if retry:  # ids out of order in a hand-edited file: give them new ids
-                    pipe = queue.redis.pipeline(transaction=False)
-                    for o in retry:
-                        pipe.xadd(stream, o["fields"])
-                    written.extend((stream, str(r)) for r in await pipe.execute())
-                    result.new_ids += len(retry)
+                    result.new_ids += await _append(queue, stream, retry, written)
                 added = len(chunk)
             else:
                 pipe = queue.redis.pipeline(transaction=False)
@@ -322,11 +319,7 @@ async def _write(
                 present = await pipe.execute()
                 todo = [o for o, rows in zip(chunk, present, strict=True) if not rows]
                 result.skipped_existing += len(chunk) - len(todo)
-                pipe = queue.redis.pipeline(transaction=False)
-                for o in todo:
-                    pipe.xadd(stream, o["fields"])
-                written.extend((stream, str(r)) for r in await pipe.execute())
-                result.new_ids += len(todo)
+                result.new_ids += await _append(queue, stream, todo, written)
                 added = len(todo)
             by_key[stream] += added
             result.restored += added
@@ -352,6 +345,16 @@ async def _write(
             progress(len(chunk))
     result.by_key = dict(by_key)
     return result
+
+
+async def _append(queue: Queue, stream: str, objs: list[dict[str, Any]], written: list[tuple[str, str]]) -> int:
+    """XADD ``objs`` to ``stream`` under new ids, noting each in ``written`` (what an
+    all-or-nothing restore removes again if a later write fails). Returns how many."""
+    pipe = queue.redis.pipeline(transaction=False)
+    for o in objs:
+        pipe.xadd(stream, o["fields"])
+    written.extend((stream, str(r)) for r in await pipe.execute())
+    return len(objs)
 
 
 async def clear_backed_up(queue: Queue, result: BackupResult) -> int:
