@@ -180,15 +180,10 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": engine.metrics.content_type})
 
 
-async def submit(request: web.Request) -> web.Response:
-    """One submission, or a batch (``{"distributions": [...]}``): all accepted in one
-    commit, or none, with the index and reason of each bad item."""
-    from ms07.engine.body import batch_limit, single_limit, too_large
-    from ms07.ops.submit import BatchRefused, batch_from_json, from_json, submit_many, submit_with
 
-    engine = request.app[ENGINE]
-    if engine.draining:
-        return _error(503, "draining: not accepting new distributions")
+async def _json_object(request: web.Request) -> tuple[bytes, dict[str, Any]] | web.Response:
+    """The request's body, read within the body limit and parsed as a JSON object, or the
+    error answer to send instead."""
     try:
         raw = await read_body(request, request.app[BODY_LIMIT])
     except BodyError as exc:
@@ -204,6 +199,21 @@ async def submit(request: web.Request) -> web.Response:
         return _error(400, "request body is nested too deeply")
     if not isinstance(body, dict):
         return _error(400, "request body must be a JSON object")
+    return raw, body
+
+async def submit(request: web.Request) -> web.Response:
+    """One submission, or a batch (``{"distributions": [...]}``): all accepted in one
+    commit, or none, with the index and reason of each bad item."""
+    from ms07.engine.body import batch_limit, single_limit, too_large
+    from ms07.ops.submit import BatchRefused, batch_from_json, from_json, submit_many, submit_with
+
+    engine = request.app[ENGINE]
+    if engine.draining:
+        return _error(503, "draining: not accepting new distributions")
+    read = await _json_object(request)
+    if isinstance(read, web.Response):
+        return read
+    raw, body = read
     batch = "distributions" in body
     limit = (batch_limit if batch else single_limit)(engine.settings)
     if len(raw) > limit:  # read up to the larger of the two limits
@@ -280,16 +290,10 @@ async def post_replay(request: web.Request) -> web.Response:
     engine: Engine = request.app[ENGINE]  # type: ignore[assignment]
     if engine.draining:
         return _error(503, "draining: not starting replays")
-    try:
-        raw = await read_body(request, request.app[BODY_LIMIT])
-    except BodyError as exc:
-        return _error(exc.status, str(exc))
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        return _error(400, "request body is not valid JSON")
-    if not isinstance(body, dict):
-        return _error(400, "request body must be a JSON object")
+    read = await _json_object(request)
+    if isinstance(read, web.Response):
+        return read
+    body = read[1]
     dry_run, rate = body.pop("dry_run", False), body.pop("rate", replay.DEFAULT_RATE)
     include = body.pop("include_delivered", False)
     operator = logs.clip(request.headers.get("X-Operator") or "api", 100)
