@@ -94,6 +94,8 @@ def replay(
         raise UsageError("nothing to replay: give distribution ids, or --all for every parked distribution")
     if not rate > 0:
         raise UsageError(f"--rate {rate:g} must be above 0 (jobs a second)")
+    if ids:
+        ids = dlq.check_ids(ids)  # bad input is refused before anything is reached
     if all_:
         _confirm(st, yes, "Replay every parked distribution?",
                  "replay --all puts every parked distribution back in the queue")
@@ -136,6 +138,8 @@ def purge(
     from ms07.ops import dlq
 
     st = common.state(ctx)
+    if ids:
+        ids = dlq.check_ids(ids)  # bad input is refused before anything is reached
     _confirm(st, yes, f"Purge {'these' if ids else 'every'} parked distribution(s) for good?",
              "purge deletes parked distributions for good")
 

@@ -43,7 +43,7 @@ async def list_dlq(conn: psycopg.AsyncConnection[Any], queue: Queue, limit: int 
     }
 
 
-def _check_ids(ids: Sequence[str]) -> list[str]:
+def check_ids(ids: Sequence[str]) -> list[str]:
     import uuid
 
     out = []
@@ -62,7 +62,7 @@ async def replay(
     (every parked job: ``ms07 replay``, through ms07.ops.replay)."""
     from ms07.ops.replay import budgets
 
-    wanted = _check_ids(ids)
+    wanted = check_ids(ids)
     async with conn.transaction():
         reset = await jobs.reset_for_replay(conn, wanted, *budgets(settings))
     await requeue(queue, reset)
@@ -85,14 +85,14 @@ async def not_replayed(
     """Each asked-for id that was not replayed -> its status (``delivered``, ``queued``...),
     or None when no distribution has that id: the answer names which is which."""
     done = set(replayed)
-    missing = [i for i in _check_ids(ids) if i not in done]
+    missing = [i for i in check_ids(ids) if i not in done]
     statuses = await jobs.job_statuses(conn, missing)
     return {i: statuses.get(i) for i in dict.fromkeys(missing)}
 
 
 async def purge(conn: psycopg.AsyncConnection[Any], queue: Queue, ids: Sequence[str] | None) -> dict[str, int]:
     """Forget parked jobs (and their DLQ entries) for good."""
-    wanted = None if ids is None else _check_ids(ids)
+    wanted = None if ids is None else check_ids(ids)
     async with conn.transaction():
         removed = await jobs.purge_parked(conn, wanted)
     stream_removed = await queue.dlq_remove(wanted)
