@@ -110,9 +110,8 @@ async def probe_full(url: str, *, timeout: float = 3.0, auth: Any = None) -> Ful
     loop = asyncio.get_running_loop()
     t0 = time.perf_counter()
     try:
-        infos = await asyncio.wait_for(
-            loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), timeout=timeout
-        )
+        async with asyncio.timeout(timeout):
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         out.addresses = sorted({i[4][0] for i in infos})
     except Exception as exc:
         out.dns_error = _describe(exc)
@@ -121,7 +120,8 @@ async def probe_full(url: str, *, timeout: float = 3.0, auth: Any = None) -> Ful
         out.dns_ms = _ms(t0)
     t0 = time.perf_counter()
     try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(out.addresses[0], port), timeout=timeout)
+        async with asyncio.timeout(timeout):
+            _, writer = await asyncio.open_connection(out.addresses[0], port)
         writer.close()
         try:
             await writer.wait_closed()

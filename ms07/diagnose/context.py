@@ -73,7 +73,8 @@ class Context:
             if self._pg_error is not None:
                 raise Unavailable("postgres", self._pg_error)
             try:
-                self._pool = await asyncio.wait_for(self.runtime.pool(), CONNECT_TIMEOUT * 2)
+                async with asyncio.timeout(CONNECT_TIMEOUT * 2):
+                    self._pool = await self.runtime.pool()
             except NoSchema as exc:
                 self._pg_error = _one_line(exc)
                 raise Unavailable("postgres", self._pg_error, "has no ms07 schema",
@@ -117,7 +118,8 @@ class Context:
             if self._redis_error is not None:
                 raise Unavailable("redis", self._redis_error)
             try:
-                self._queue = await asyncio.wait_for(self.runtime.queue(), CONNECT_TIMEOUT * 2)
+                async with asyncio.timeout(CONNECT_TIMEOUT * 2):
+                    self._queue = await self.runtime.queue()
             except (Ms07Error, RedisError, OSError, TimeoutError) as exc:
                 self._redis_error = _one_line(exc) if not isinstance(exc, TimeoutError) else (
                     f"no answer from Redis within {CONNECT_TIMEOUT * 2:g}s"

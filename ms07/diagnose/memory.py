@@ -159,8 +159,10 @@ async def _pods(ctx: Context, r: CheckResult) -> None:
               "no in-cluster service account and no kubeconfig (KUBECONFIG or ~/.kube/config)")
         return
     try:
-        pods = await asyncio.wait_for(kube.pods(), 15.0)
-        metrics = await asyncio.wait_for(kube.pod_metrics(), 15.0)
+        async with asyncio.timeout(15.0):
+            pods = await kube.pods()
+        async with asyncio.timeout(15.0):
+            metrics = await kube.pod_metrics()
     except Exception as exc:
         r.not_checked("kubernetes", "pods",
                       clip(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", 200),

@@ -45,9 +45,8 @@ async def _connect_only(url: str, stage_timeout: float) -> FullProbe:
     out = FullProbe(url, parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
     t0 = time.perf_counter()
     try:
-        infos = await asyncio.wait_for(
-            asyncio.get_running_loop().getaddrinfo(out.host, out.port, type=socket.SOCK_STREAM), stage_timeout
-        )
+        async with asyncio.timeout(stage_timeout):
+            infos = await asyncio.get_running_loop().getaddrinfo(out.host, out.port, type=socket.SOCK_STREAM)
         out.addresses = sorted({str(i[4][0]) for i in infos})
     except Exception as exc:
         out.dns_error = "timed out" if isinstance(exc, TimeoutError) else clip(str(exc), 200)
@@ -56,7 +55,8 @@ async def _connect_only(url: str, stage_timeout: float) -> FullProbe:
         out.dns_ms = round((time.perf_counter() - t0) * 1000, 2)
     t0 = time.perf_counter()
     try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(out.addresses[0], out.port), stage_timeout)
+        async with asyncio.timeout(stage_timeout):
+            _, writer = await asyncio.open_connection(out.addresses[0], out.port)
         writer.close()
     except Exception as exc:
         out.tcp_error = "timed out" if isinstance(exc, TimeoutError) else clip(str(exc) or type(exc).__name__, 200)

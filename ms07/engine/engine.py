@@ -283,12 +283,14 @@ class Engine:
         self.held.capacity.set()
         if self._reader is not None:
             try:
-                await asyncio.wait_for(asyncio.shield(self._reader), timeout=max(left(), 1.5))
+                async with asyncio.timeout(max(left(), 1.5)):
+                    await asyncio.shield(self._reader)
             except TimeoutError:
                 self._reader.cancel()
                 await asyncio.gather(self._reader, return_exceptions=True)
         try:
-            await asyncio.wait_for(self.held.idle.wait(), timeout=left())
+            async with asyncio.timeout(left()):
+                await self.held.idle.wait()
         except TimeoutError:
             unfinished = [t for t in [*self._tasks, *self._workers] if not t.done()]
             log.warning("grace period over; leaving deliveries pending for another worker",

@@ -46,7 +46,8 @@ def _failure(exc: BaseException) -> dict[str, Any]:
 
 
 async def _timed(coro: Any) -> Any:
-    return await asyncio.wait_for(coro, timeout=CHECK_TIMEOUT)
+    async with asyncio.timeout(CHECK_TIMEOUT):
+        return await coro
 
 
 async def _db(engine: Engine, fn: Any) -> Any:

@@ -132,7 +132,8 @@ class AuditTrail:
                 )
 
         try:
-            await asyncio.wait_for(insert(), DB_TIMEOUT)
+            async with asyncio.timeout(DB_TIMEOUT):
+                await insert()
         except (asyncio.CancelledError, KeyboardInterrupt):
             raise
         except Exception as exc:  # PostgreSQL down is exactly when db-connection runs
