@@ -169,6 +169,7 @@ class DistributionConfig:
     max_deliveries: int = 3
     reconcile_interval_seconds: float = 60.0
     reconcile_after_seconds: float = 300.0
+    replay_resume_interval_seconds: float = 10.0
     scheduler_interval_seconds: float = 0.5
     read_batch: int = 200
     default_priority: str = "default"
@@ -749,6 +750,9 @@ def validate(
     dist = settings.distribution
     for key, problem in range_problems(settings):
         fail(key, problem)
+    if not dist.replay_resume_interval_seconds > 0:
+        fail("distribution.replay_resume_interval_seconds",
+             f"must be positive, got {dist.replay_resume_interval_seconds:g}")
     if dist.claim_idle_seconds <= dist.timeout_seconds:
         fail(
             "distribution.claim_idle_seconds",

@@ -49,6 +49,7 @@ from ms07.engine.delivery import DestinationClient, ErrorCode
 from ms07.engine.held import Held, HeldEntries
 from ms07.engine.policy import DeliveryPolicy
 from ms07.engine.ratelimit import RateLimiter
+from ms07.engine.replays import ReplayRunner
 from ms07.engine.retry import RetryPolicy
 from ms07.engine.server import Server, start_server
 from ms07.engine.upkeep import Upkeep
@@ -110,6 +111,7 @@ class Engine:
         self._stopped = asyncio.Event()
         self._stopping = False
         self.upkeep: Upkeep | None = None  # from start(): it works on the pool and the queue
+        self.replays = ReplayRunner(self)  # replays run through the API or taken over (upkeep)
         self._started = False
         self._tasks: set[asyncio.Task[Any]] = set()
         # Claimed jobs wait here for one of ``concurrency`` delivery coroutines: a task
@@ -305,6 +307,7 @@ class Engine:
                     never_started.append(held)
             self.held.release(never_started)
         await self.committer.drain(timeout=FINAL_COMMIT_SECONDS)
+        await self.replays.stop()  # each marks itself interrupted, for another engine to continue
         await self._cancel_all([*self._loops, *self._workers, *([self._commit_task] if self._commit_task else [])])
         if self.upkeep is not None:
             await self.upkeep.farewell()

@@ -279,9 +279,6 @@ async def get_attempts(request: web.Request) -> web.Response:
     return _json(logs.scrub({"attempts": data["attempts"]}))
 
 
-REPLAY_TASKS = web.AppKey("replay_tasks", set)
-
-
 async def post_replay(request: web.Request) -> web.Response:
     """``POST /api/v1/replays``: a dry run (200: count and sample), or a replay run by this
     engine in the background (202; the same filter again resumes an unfinished one)."""
@@ -307,29 +304,14 @@ async def post_replay(request: web.Request) -> web.Response:
             if dry_run:
                 found = await replay.preview(conn, req)
                 return _json(logs.scrub({"replay_id": None, "status": "dry_run", **found}))
-            planned, _ = await replay.plan(conn, req, operator)
+            planned, _ = await replay.plan(conn, req, operator, runner="engine", rate=float(rate))
     except UsageError as exc:
         return _error(400, str(exc))
     if planned["status"] in ("running", "interrupted"):
-        task = asyncio.create_task(_run_replay(engine, planned["replay_id"], float(rate)))
-        request.app[REPLAY_TASKS].add(task)
-        task.add_done_callback(request.app[REPLAY_TASKS].discard)
+        # Run here; should this engine die, another one's upkeep continues it.
+        engine.replays.start(planned["replay_id"], float(rate))
     return _json({"replay_id": planned["replay_id"], "matched": planned["matched"], "status": planned["status"]},
                  202)
-
-
-async def _run_replay(engine: Engine, replay_id: str, rate: float) -> None:
-    from ms07.ops import replay
-
-    try:
-        async with engine.pool.connection() as conn:
-            await replay.run(conn, engine.queue, engine.settings, replay_id, rate=rate)
-    except replay.ReplayBusy:
-        log.info("replay already running elsewhere", replay_id=replay_id)
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        log.exception("replay failed; POST the same filter again to resume", replay_id=replay_id)
 
 
 async def replay_status(request: web.Request) -> web.Response:
@@ -349,14 +331,6 @@ async def replay_status(request: web.Request) -> web.Response:
         return _error(404, str(exc))
     except UsageError as exc:
         return _error(409, str(exc))
-
-
-async def _stop_replays(app: web.Application) -> None:
-    """Shutdown: each running replay marks itself interrupted (resumable) and stops."""
-    tasks = list(app[REPLAY_TASKS])
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class MemoryDebug:
@@ -439,8 +413,6 @@ def build_app(engine: Engine, memory: MemoryDebug | None = None) -> web.Applicat
     app = web.Application(middlewares=[_token_guard(token), _correlate, _json_errors], client_max_size=limit)
     app[ENGINE] = engine
     app[BODY_LIMIT] = limit
-    app[REPLAY_TASKS] = set()
-    app.on_cleanup.append(_stop_replays)
     app.add_routes([
         web.get("/health/live", live),
         web.get("/health/ready", ready),
