@@ -240,22 +240,26 @@ class Expunged:
     ``open`` (not finished: refused) or ``unknown``; bytes removed."""
 
     outcome: dict[str, str]
-    bytes: int
+    sizes: dict[str, int]  # bytes removed, per id expunged now
+
+    @property
+    def bytes(self) -> int:
+        return sum(self.sizes.values())
 
 
 async def expunge_ids(conn: psycopg.AsyncConnection[Any], ids: Sequence[str]) -> Expunged:
     """Expunge the payloads of these finished jobs (in the caller's transaction)."""
     cur = await conn.execute(_EXPUNGE_IDS.encode(), (list(ids),), prepare=False)
     outcome = {i: "unknown" for i in ids}
-    size = 0
+    sizes: dict[str, int] = {}
     for did, status, before, n, now in await cur.fetchall():
         if now:
-            outcome[did], size = "expunged", size + int(n)
+            outcome[did], sizes[did] = "expunged", int(n)
         elif before:
             outcome[did] = "already"
         else:
             outcome[did] = "already" if status in TERMINAL else "open"
-    return Expunged(outcome, size)
+    return Expunged(outcome, sizes)
 
 
 def check_ids(ids: Sequence[str]) -> list[str]:
