@@ -233,6 +233,30 @@ class EscalationConfig:
 
 
 @dataclass(frozen=True)
+class RetentionConfig:
+    """How long finished jobs, their attempts and their payloads are kept (issue 18).
+
+    An age is in days; ``0`` or ``null`` keeps forever. Open jobs are never removed."""
+
+    delivered_days: float | None = 7.0
+    dead_days: float | None = 30.0  # failed and dead (parked) jobs
+    # Attempts of finished jobs older than this go before their job; null: with their job.
+    attempts_days: float | None = None
+    # Payloads of finished jobs older than this are expunged (the row stays); null: with the row.
+    payload_days: float | None = None
+    interval_seconds: float = 300.0
+    batch_size: int = 1000
+    batch_pause_seconds: float = 0.1
+    lock_timeout_ms: int = 2000
+    statement_timeout_ms: int = 30000
+
+    @property
+    def off(self) -> bool:
+        """Nothing is ever removed: every age keeps forever."""
+        return all(not a for a in (self.delivered_days, self.dead_days, self.attempts_days, self.payload_days))
+
+
+@dataclass(frozen=True)
 class Settings:
     """Every setting of ms07, validated. Build with :func:`load_settings`."""
 
@@ -243,6 +267,7 @@ class Settings:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     diagnose: DiagnoseConfig = field(default_factory=DiagnoseConfig)
     escalation: EscalationConfig = field(default_factory=EscalationConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
     destinations: list[DestinationConfig] = field(default_factory=list)
     # Connection and process settings, normally from the environment.
     database_url: str | None = None
@@ -792,6 +817,7 @@ def validate(
         except ValueError:
             fail("network.allow_cidrs", f"{cidr!r} is not a CIDR range")
     _validate_diagnose(settings, fail, check_url)
+    _validate_retention(settings.retention, fail)
     seen: dict[str, int] = {}
     for i, dest in enumerate(settings.destinations):
         key = f"destinations.{dest.name}"
@@ -834,6 +860,20 @@ def _validate_diagnose(settings: Settings, fail: typing.Callable[[str, str], Any
             fail(f"escalation.priorities.{sev}", f"unknown severity (one of {', '.join(severities)})")
         if prio not in ("P1", "P2", "P3", "P4"):
             fail(f"escalation.priorities.{sev}", f"{prio!r} is not a priority P1-P4")
+
+
+def _validate_retention(ret: RetentionConfig, fail: typing.Callable[[str, str], Any]) -> None:
+    for name in ("delivered_days", "dead_days", "attempts_days", "payload_days"):
+        age = getattr(ret, name)
+        if age is not None and age < 0:
+            fail(f"retention.{name}", f"must be 0 or more days (0 or null: keep forever), got {age:g}")
+    for name in ("interval_seconds", "lock_timeout_ms", "statement_timeout_ms"):
+        if getattr(ret, name) <= 0:
+            fail(f"retention.{name}", "must be positive")
+    if not 1 <= ret.batch_size <= 100000:
+        fail("retention.batch_size", f"must be between 1 and 100000, got {ret.batch_size}")
+    if ret.batch_pause_seconds < 0:
+        fail("retention.batch_pause_seconds", "must be 0 or more")
 
 
 def _validate_auth(dest: DestinationConfig, fail: typing.Callable[[str, str], Any],

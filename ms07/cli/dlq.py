@@ -123,7 +123,8 @@ def replay(
         st.console.print(f"replayed {len(replayed)} distribution(s)")
     for did, state in skipped.items():
         st.err.print(f"no distribution {did}" if state is None
-                     else f"{did} not replayed: it is {state}, not parked", soft_wrap=True)
+                     else f"{did} not replayed: its payload was expunged, nothing is left to send"
+                     if state == dlq.EXPUNGED else f"{did} not replayed: it is {state}, not parked", soft_wrap=True)
     if skipped:
         raise typer.Exit(NotFound.exit_code if None in skipped.values() else 1)
 

@@ -75,3 +75,49 @@ def list_(
 
 
 app.command("show")(status_command.status)
+
+
+@app.command("expunge")
+def expunge(
+    ctx: typer.Context,
+    ids: list[str] = typer.Argument(..., help="Distribution ids whose payload to expunge."),
+    yes: bool = typer.Option(False, "--yes", help="Do not ask (required when not at a terminal)."),
+) -> None:
+    """Remove the payload of finished distributions now (an erasure request).
+
+    The record stays (status, timings, errors, attempts) with payload_expunged_at set;
+    the job can no longer be replayed. Each payload expunged is a recovery_audit row.
+    An open job is refused: its delivery still needs the payload. Exit codes: 0 every
+    payload expunged (or already gone), 1 a job is still open (named) or the question
+    was answered no, 2 bad input, 4 an id names no distribution."""
+    from ms07.cli.dlq import _confirm
+    from ms07.errors import NotFound
+    from ms07.ops import expunge as ops
+    from ms07.recover.audit import operator
+
+    st = common.state(ctx)
+    wanted = ops.check_ids(ids)  # bad input is refused before anything is reached
+    _confirm(st, yes, f"Expunge the payload of {len(wanted)} distribution(s)? This cannot be undone.",
+             "expunge removes payloads for good")
+    command = "ms07 jobs expunge " + " ".join(wanted)
+
+    async def go(rt):  # type: ignore[no-untyped-def]
+        async with rt.connection() as conn:
+            return await ops.expunge(conn, wanted, operator(), command)
+
+    result = common.with_runtime(st.settings, go, console=st.err)
+    done = [i for i, o in result.outcome.items() if o in ("expunged", "already")]
+    st.console.print(f"expunged {len(done)} payload(s), {result.bytes} bytes")
+    for did, outcome in result.outcome.items():
+        if outcome == "already":
+            st.console.print(f"{did}: already expunged", soft_wrap=True)
+        elif outcome == "open":
+            st.err.print(f"{did} not expunged: it is not finished (its delivery still needs the payload)",
+                         soft_wrap=True)
+        elif outcome == "unknown":
+            st.err.print(f"no distribution {did}", soft_wrap=True)
+    outcomes = set(result.outcome.values())
+    if "unknown" in outcomes:
+        raise typer.Exit(NotFound.exit_code)
+    if "open" in outcomes:
+        raise typer.Exit(1)

@@ -38,6 +38,8 @@ def status(
              f"next attempt {data['next_attempt_at'] or '-'}"]
     if data["completed_at"]:
         facts.append(f"completed {data['completed_at']}")
+    if data.get("payload_expunged_at"):
+        facts.append(f"payload expunged {data['payload_expunged_at']}")
     if data["correlation_id"]:
         facts.append(f"correlation {data['correlation_id']}")
     st.console.print("  ".join(facts), soft_wrap=True)

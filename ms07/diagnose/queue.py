@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from ms07 import keys, reconcile
+from ms07.diagnose import retention
 from ms07.diagnose.common import rows
 from ms07.diagnose.context import Context, part
 from ms07.diagnose.model import NOTHING_DELIVERS, CheckResult, fmt_duration, listing, plural
@@ -171,5 +172,6 @@ async def check(ctx: Context) -> CheckResult:
     await part(r, "redis settings", settings)
     await part(r, "stale workers", workers)
     await part(r, "lost messages", lost)
+    await part(r, "retention", lambda: retention.part(ctx, r))
     return r
 

@@ -279,6 +279,29 @@ async def get_attempts(request: web.Request) -> web.Response:
     return _json(logs.scrub({"attempts": data["attempts"]}))
 
 
+async def delete_payload(request: web.Request) -> web.Response:
+    """``DELETE /api/v1/distributions/{id}/payload``: expunge a finished job's payload now
+    (204, also when it was already gone); 404 unknown; 409 while the job is open."""
+    from ms07.ops import expunge
+
+    engine: Engine = request.app[ENGINE]  # type: ignore[assignment]
+    did = request.match_info["distribution_id"]
+    try:
+        ids = expunge.check_ids([did])
+    except UsageError:
+        return _error(404, "no such distribution")
+    operator = logs.clip(request.headers.get("X-Operator") or "api", 100)
+    async with engine.pool.connection() as conn:
+        result = await expunge.expunge(conn, ids, operator, f"DELETE {request.path}")
+    outcome = result.outcome[ids[0]]
+    if outcome == "unknown":
+        return _error(404, "no such distribution")
+    if outcome == "open":
+        return _error(409, "the distribution is not finished: its delivery still needs the payload; "
+                           "expunge it once it is delivered, failed or dead")
+    return web.Response(status=204)
+
+
 async def post_replay(request: web.Request) -> web.Response:
     """``POST /api/v1/replays``: a dry run (200: count and sample), or a replay run by this
     engine in the background (202; the same filter again resumes an unfinished one)."""
@@ -422,6 +445,7 @@ def build_app(engine: Engine, memory: MemoryDebug | None = None) -> web.Applicat
         web.get("/api/v1/distributions/{distribution_id}", get_distribution),
         web.get("/api/v1/distributions", list_distributions),
         web.get("/api/v1/distributions/{distribution_id}/attempts", get_attempts),
+        web.delete("/api/v1/distributions/{distribution_id}/payload", delete_payload),
         web.post("/api/v1/replays", post_replay),
         web.get("/api/v1/replays/{replay_id}", replay_status),
         web.delete("/api/v1/replays/{replay_id}", replay_status),

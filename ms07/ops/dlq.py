@@ -87,7 +87,15 @@ async def not_replayed(
     done = set(replayed)
     missing = [i for i in check_ids(ids) if i not in done]
     statuses = await jobs.job_statuses(conn, missing)
+    cur = await conn.execute("SELECT distribution_id::text FROM distribution_jobs"
+                             " WHERE distribution_id = ANY(%s::uuid[]) AND payload_expunged_at IS NOT NULL", (missing,))
+    for (did,) in await cur.fetchall():
+        statuses[did] = EXPUNGED
     return {i: statuses.get(i) for i in dict.fromkeys(missing)}
+
+
+# What ``not_replayed`` says of a job whose payload was expunged: nothing left to send.
+EXPUNGED = "payload_expunged"
 
 
 async def purge(conn: psycopg.AsyncConnection[Any], queue: Queue, ids: Sequence[str] | None) -> dict[str, int]:

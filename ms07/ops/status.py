@@ -48,6 +48,9 @@ def job_shape(job: dict[str, Any]) -> dict[str, Any]:
         "created_at": _iso(job["created_at"]),
         "updated_at": _iso(job["updated_at"]),
         "completed_at": _iso(job["completed_at"]),
+        # Set when the payload was expunged (retention, DELETE .../payload): the record
+        # stays, the job can no longer be replayed.
+        "payload_expunged_at": _iso(job.get("payload_expunged_at")),
     }
 
 

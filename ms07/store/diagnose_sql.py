@@ -10,7 +10,7 @@ at millions of rows. Parameters are named: ``since`` and ``stuck`` are seconds.
 from __future__ import annotations
 
 from ms07.store import lost
-from ms07.store.status import AttemptStatus, JobStatus
+from ms07.store.status import PARKED_SQL, AttemptStatus, JobStatus
 
 _PROCESSING = f"'{JobStatus.PROCESSING}'"
 _SUCCESS = f"'{AttemptStatus.SUCCESS}'"
@@ -162,6 +162,39 @@ SELECT name, url, health_url, health_status, last_health_check, last_health_late
  ORDER BY name
 """
 
+# Retention (issue 18). Sizes from the catalog: no table is read.
+TABLE_SIZES = """
+SELECT c.relname AS table_name, greatest(c.reltuples, 0)::bigint AS estimated_rows,
+       pg_table_size(c.oid) AS table_bytes, pg_indexes_size(c.oid) AS index_bytes
+  FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace
+ WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p')
+   AND c.relname IN ('distribution_jobs', 'distribution_attempts', 'recovery_audit', 'worker_heartbeat_samples',
+                     'replay_items', 'retention_runs')
+ ORDER BY pg_total_relation_size(c.oid) DESC
+"""
+
+# The oldest row each table keeps: each the first entry of an index (created_idx,
+# completed_idx, attempts started_idx, recovery_audit_at_idx, worker_heartbeat_samples_time_idx).
+OLDEST_ROWS = f"""
+SELECT (SELECT min(created_at) FROM distribution_jobs) AS distribution_jobs,
+       (SELECT min(completed_at) FROM distribution_jobs
+         WHERE completed_at IS NOT NULL AND status = '{JobStatus.DELIVERED}') AS delivered_job,
+       (SELECT min(completed_at) FROM distribution_jobs
+         WHERE completed_at IS NOT NULL AND status IN {PARKED_SQL}) AS parked_job,
+       (SELECT min(started_at) FROM distribution_attempts) AS distribution_attempts,
+       (SELECT min(at) FROM recovery_audit) AS recovery_audit,
+       (SELECT min(sampled_at) FROM worker_heartbeat_samples) AS worker_heartbeat_samples
+"""
+
+# retention_runs keeps its newest 1,000 rows.
+LAST_RETENTION = """
+SELECT max(finished_at) FILTER (WHERE outcome = 'done' AND NOT dry_run) AS last_success,
+       max(finished_at) AS last_run,
+       EXTRACT(EPOCH FROM (now() - max(finished_at) FILTER (WHERE outcome = 'done' AND NOT dry_run)))
+           AS seconds_since_success
+  FROM retention_runs
+"""
+
 # (name, sql, params, tables whose every row it may read) for the index test and the bench.
 SAMPLE_PARAMS = {"since": 3600.0, "stuck": 1800.0, "older_than": 120.0, "limit": 5000,
                  "names": ["d1", "d2"], "ids": ["00000000-0000-0000-0000-000000000000"],
@@ -179,6 +212,8 @@ BIG_TABLE_QUERIES = {
     "open jobs": lost.SCAN,
     "still open": lost.UNCHANGED,
     "rss trend": RSS_TREND,
+    "oldest rows": OLDEST_ROWS,
 }
 # Small tables (one row per destination or worker) are read whole on purpose.
-SMALL_TABLE_QUERIES = {"workers": WORKERS, "destinations": DESTINATIONS}
+SMALL_TABLE_QUERIES = {"workers": WORKERS, "destinations": DESTINATIONS, "table sizes": TABLE_SIZES,
+                       "last retention": LAST_RETENTION}

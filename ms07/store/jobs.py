@@ -356,6 +356,7 @@ _RESET_FOR_REPLAY = f"""UPDATE distribution_jobs
    SET status = '{JobStatus.QUEUED}', next_attempt_at = NULL, updated_at = now(), completed_at = NULL,
        max_attempts = attempts + COALESCE((%s::jsonb ->> destination_name)::int, %s)
  WHERE status IN {PARKED_SQL} AND distribution_id = ANY(%s::uuid[])
+   AND payload_expunged_at IS NULL  -- nothing left to send (retention, expunge)
 RETURNING distribution_id::text, destination_name, priority"""
 
 
@@ -374,7 +375,7 @@ async def reset_for_replay(
 JOB_COLUMNS = """distribution_id::text, destination_name AS destination, correlation_id,
        status, priority, content_type, attempts AS attempt_count, max_attempts,
        next_attempt_at, last_error_code, last_error, created_at, updated_at,
-       started_at, completed_at, octet_length(payload) AS payload_bytes"""
+       started_at, completed_at, octet_length(payload) AS payload_bytes, payload_expunged_at"""
 
 
 async def get_job(conn: psycopg.AsyncConnection[Any], distribution_id: str) -> dict[str, Any] | None:

@@ -126,6 +126,7 @@ WITH batch AS (
            max_attempts = j.attempts + COALESCE((%(budgets)s::jsonb ->> j.destination_name)::int, %(budget)s)
       FROM batch AS b
      WHERE j.distribution_id = b.distribution_id AND j.status = ANY(%(statuses)s::text[])
+       AND j.payload_expunged_at IS NULL  -- its payload was expunged: nothing to send
  RETURNING j.distribution_id, j.destination_name, j.priority
 ), marked AS (
     UPDATE replay_items AS i
