@@ -169,9 +169,10 @@ async def edit(conn: psycopg.AsyncConnection[Any], settings: Settings, name: str
         others = [destspec.from_spec(r["spec"]) for n, r in current.items() if n != name]
         dest = destspec.parse_one(settings, merged, source, others)
         keys = destspec.changed_keys(current[name]["spec"], destspec.to_spec(dest))
-        result = {"name": name, "changed": keys, "dry_run": dry_run}
-        if dry_run or not keys:
-            return result
+        if dry_run:
+            return {"name": name, "changed": keys, "dry_run": True}
+        if not keys:
+            return {**view(current[name]), "changed": []}
         await _write(conn, dest, operator)
         await _audit(conn, operator, "edit", name, {"changed": keys})
         return {**view((await rows(conn))[name]), "changed": keys}
