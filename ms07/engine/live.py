@@ -169,7 +169,7 @@ class LiveDestinations:
         while True:
             conn: psycopg.AsyncConnection[Any] | None = None
             try:
-                conn = await db.connect(url, autocommit=True)
+                conn = await db.connect(url, autocommit=True, application_name="ms07-destination-updates")
                 await conn.execute(f"LISTEN {store.CHANNEL}")
                 self.listening.set()
                 await self.reload(conn)  # what was sent while nobody listened
