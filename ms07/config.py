@@ -153,6 +153,12 @@ class ServiceConfig:
     max_batch_bytes: int | None = None
     api_token_file: str | None = None
     worker_id: str | None = None
+    # PostgreSQL holds the destinations (docs/operations.md, "Destinations at runtime"):
+    # true applies this file's destinations: list at every start (GitOps); false lets the
+    # database win, the list only seeding an empty table (an API-driven team).
+    apply_config: bool = False
+    # Held jobs of a resumed destination are released at most this fast, per engine.
+    resume_rate_per_second: float = 200.0
 
 
 @dataclass(frozen=True)
@@ -800,6 +806,8 @@ def validate(
         fail("service.concurrency", "must be between 1 and 10000")
     if not 1 <= settings.service.prefetch <= 64:
         fail("service.prefetch", "must be between 1 and 64")
+    if not settings.service.resume_rate_per_second > 0:
+        fail("service.resume_rate_per_second", f"must be positive, got {settings.service.resume_rate_per_second:g}")
     if not 1 <= settings.service.max_batch_items <= 1000:
         fail("service.max_batch_items", f"must be between 1 and 1000, got {settings.service.max_batch_items}")
     batch_bytes = settings.service.max_batch_bytes

@@ -24,6 +24,11 @@ def run(
     log_format: str = typer.Option(
         None, "--log-format", help="auto (console at a terminal, else json), json or console \\[env: MS07_LOG_FORMAT]"
     ),
+    apply_config: bool = typer.Option(
+        False, "--apply-config",
+        help="Apply the config's destinations: list to the database at start (service.apply_config); "
+        "without it the database's destinations win \\[env: MS07_SERVICE__APPLY_CONFIG]"
+    ),
 ) -> None:
     """Run the delivery engine until SIGTERM/SIGINT (uses the embedded servers when no URLs are set)."""
     import dataclasses
@@ -40,6 +45,8 @@ def run(
         service = dataclasses.replace(service, concurrency=concurrency)
     if http_port is not None:
         service = dataclasses.replace(service, http_port=http_port)
+    if apply_config:
+        service = dataclasses.replace(service, apply_config=True)
     settings = dataclasses.replace(settings, service=service)
     if log_format:
         settings = dataclasses.replace(settings, log_format=log_format)

@@ -452,6 +452,9 @@ def build_app(engine: Engine, memory: MemoryDebug | None = None) -> web.Applicat
         web.get("/debug/memory", memory.handle),
         web.get("/api/v1/openapi.json", openapi.handle),
     ])
+    from ms07.engine import dest_api  # destinations at runtime (issue 20)
+
+    app.add_routes(dest_api.routes())
     return app
 
 
