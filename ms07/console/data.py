@@ -89,19 +89,26 @@ async def rates(conn: psycopg.AsyncConnection[Any], destination: str | None = No
         await cur.execute(_TOTALS, params)
         total = await cur.fetchone() or {}
     seconds = minutes * 60
+    # Every minute of the window, the quiet ones as 0 (no latency): a chart of one point
+    # has no time axis.
+    by_minute = {int(r["t"]): r for r in rows}
+    last = int(time.time()) // 60 * 60
+    minutes_t = list(range(last - (minutes - 1) * 60, last + 60, 60))
+    empty = {"delivered": 0, "errors": 0, "p50_ms": None, "p99_ms": None}
+    filled = [by_minute.get(t, empty) for t in minutes_t]
     return {
         "window_minutes": minutes,
         "series": {
-            "t": [int(r["t"]) for r in rows],
-            "delivered_per_s": [round(r["delivered"] / 60, 3) for r in rows],
-            "errors_per_s": [round(r["errors"] / 60, 3) for r in rows],
-            "p50_ms": [_ms(r["p50_ms"]) for r in rows],
-            "p99_ms": [_ms(r["p99_ms"]) for r in rows],
+            "t": minutes_t,
+            "delivered_per_s": [round(r["delivered"] / 60, 3) for r in filled],
+            "errors_per_s": [round(r["errors"] / 60, 3) for r in filled],
+            "p50_ms": [_ms(r["p50_ms"]) for r in filled],
+            "p99_ms": [_ms(r["p99_ms"]) for r in filled],
         },
         "delivered": int(total.get("delivered") or 0),
         "errors": int(total.get("errors") or 0),
-        "delivered_per_s": round(int(total.get("delivered") or 0) / seconds, 3),
-        "errors_per_s": round(int(total.get("errors") or 0) / seconds, 3),
+        "delivered_per_s": round(int(total.get("delivered") or 0) / seconds, 4),
+        "errors_per_s": round(int(total.get("errors") or 0) / seconds, 4),
         "p50_ms": _ms(total.get("p50_ms")),
         "p99_ms": _ms(total.get("p99_ms")),
     }
@@ -176,16 +183,23 @@ class Verdict:
     async def _refresh(self, src: Source) -> None:
         from ms07.diagnose.runner import run_checks_async
 
+        from ms07.diagnose.model import HEALTHY
+
+        settings = src.settings
+        port = getattr(src.engine, "http_port", None)
+        if src.engine is not None and not settings.health_url and port and port != settings.service.http_port:
+            # http_port 0 (a free port): diagnose health must ask the port this engine bound.
+            settings = settings.with_overrides(health_url=f"http://127.0.0.1:{port}")
         try:
-            report = await run_checks_async(src.settings, runtime=src.runtime)
+            report = await run_checks_async(settings, runtime=src.runtime)
         except Exception as exc:  # a verdict that cannot be had is shown as such, never a 500
             self.report = {"status": "UNKNOWN", "findings": [], "error": logs.clip(logs.redact(str(exc)), 300)}
         else:
             ranked = [f for _, f in report.ranked()]
-            self.report = {"status": report.status, "error": None,
-                           "findings": [{"status": f.status, "id": f.id, "summary": f.summary,
+            self.report = {"status": str(report.status), "error": None, "checks": len(report.results),
+                           "findings": [{"status": str(f.status), "id": f.id, "summary": f.summary,
                                          "evidence": f.evidence, "remedy": f.remedy, "command": f.command}
-                                        for f in ranked if f.status != "OK"][:12]}
+                                        for f in ranked if f.status != HEALTHY][:12]}
         self.at = time.monotonic()
 
     async def aclose(self) -> None:

@@ -15,7 +15,8 @@
   (or with another session's) is refused with 403, as is one whose ``Origin`` is not this
   host. The login form carries a token bound to a short-lived pre-login cookie.
 - **Headers**: a strict Content-Security-Policy (only this origin's scripts and styles, no
-  inline ones, no frames), ``nosniff``, no referrer, ``no-store`` on pages.
+  inline ones, no frames), ``nosniff``, no referrer to other sites (``same-origin``: with ``no-referrer`` a browser
+  sends ``Origin: null`` and the Origin check would refuse its own forms), ``no-store`` on pages.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ HEADERS = {
     "Content-Security-Policy": CSP,
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",
     "Cross-Origin-Opener-Policy": "same-origin",
 }
 
