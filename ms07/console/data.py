@@ -181,9 +181,8 @@ class Verdict:
         return {**self.report, "age_s": round(time.monotonic() - self.at, 1)}
 
     async def _refresh(self, src: Source) -> None:
-        from ms07.diagnose.runner import run_checks_async
-
         from ms07.diagnose.model import HEALTHY
+        from ms07.diagnose.runner import run_checks_async
 
         settings = src.settings
         port = getattr(src.engine, "http_port", None)
