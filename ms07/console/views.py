@@ -34,6 +34,7 @@ PREFIX = "/console"
 OPEN = frozenset({f"{PREFIX}/login"})
 SEARCH_FIELDS = ("destination", "status", "since", "until", "correlation_id")
 OPERATOR_NAME = "console"
+PAGE_TIMEOUT = 15.0
 
 
 def _age(value: Any) -> str:
@@ -132,7 +133,8 @@ async def _guard(request: web.Request, handler: Any) -> web.StreamResponse:
     else:
         request[SESSION] = session
     try:
-        response = await handler(request)
+        async with asyncio.timeout(PAGE_TIMEOUT):  # a hung PostgreSQL or Redis: an answer, not a hung page
+            response = await handler(request)
     except web.HTTPException as exc:
         if fresh is not None:
             guard.set_session(request, exc, fresh)
@@ -145,7 +147,12 @@ async def _guard(request: web.Request, handler: Any) -> web.StreamResponse:
         import psycopg
         from redis.exceptions import RedisError
 
-        if not isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError | RedisError | OSError):
+        from ms07.errors import DependencyUnavailable
+
+        # OSError takes in TimeoutError (PAGE_TIMEOUT), OperationalError the pool's timeout;
+        # DependencyUnavailable is the Runtime's "cannot connect" (ms07 console).
+        if not isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError | RedisError | OSError
+                          | DependencyUnavailable):
             raise
         log.warning("storage unavailable; console page refused", path=request.path,
                     error=logs.clip(logs.redact(str(exc)), 200))

@@ -53,3 +53,18 @@ async def test_ms07_console_refuses_to_start_without_a_token(env_for: dict[str, 
     assert "no API token" in result.output and "Traceback" not in result.output
     result = await acli(["console", "--http-port", "70000"], env_for)
     assert result.exit_code != 0 and "is not a TCP port" in result.output
+
+
+async def test_a_store_out_of_reach_is_a_503_page_not_a_traceback(make_settings: Any,
+                                                                   client: aiohttp.ClientSession) -> None:
+    from ms07.console import standalone
+
+    settings = make_settings(redis_url="redis://127.0.0.1:9/0")  # nothing listens on the discard port
+    running = await standalone.start(settings, 0, "127.0.0.1")
+    try:
+        async with client.get(f"http://127.0.0.1:{running.port}/console/") as resp:
+            page = await resp.text()
+        assert resp.status == 503 and "does not answer" in page and "Traceback" not in page
+        assert resp.headers["Content-Security-Policy"].startswith("default-src 'none'")
+    finally:
+        await running.close()
