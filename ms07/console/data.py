@@ -197,7 +197,8 @@ class Verdict:
             ranked = [f for _, f in report.ranked()]
             self.report = {"status": str(report.status), "error": None, "checks": len(report.results),
                            "findings": [{"status": str(f.status), "id": f.id, "summary": f.summary,
-                                         "evidence": f.evidence, "remedy": f.remedy, "command": f.command}
+                                         "evidence": f.evidence, "remedy": f.remedy, "command": f.command,
+                                         "subject": f.subject}
                                         for f in ranked if f.status != HEALTHY][:12]}
         self.at = time.monotonic()
 

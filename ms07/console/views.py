@@ -245,7 +245,8 @@ async def overview(request: web.Request) -> web.Response:
     src = request.app[SOURCE]
     numbers = await data.overview(src)
     verdict = await src.verdict.get(src)
-    return render(request, "overview.html", o=numbers, verdict=verdict)
+    return render(request, "overview.html", o=numbers, verdict=verdict,
+                  destination_names=set(src.settings.destination_names))
 
 
 async def overview_json(request: web.Request) -> web.Response:

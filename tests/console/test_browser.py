@@ -107,6 +107,8 @@ async def test_an_operator_reads_the_overview_searches_and_opens_a_distribution(
         cell = page.locator(f'tr[data-queue="{name}"] [data-col="length"]')
         assert await cell.inner_text() == str(q["length"])
     await page.wait_for_selector("#verdict")
+    # The verdict's DLQ finding links to the console's DLQ page.
+    assert await page.locator('#verdict a[href="/console/dlq"]').count() == 1
     await page.screenshot(path=str(shots / "overview.png"), full_page=True)
 
     # Search by destination and time: the filters land in the URL, a link to paste.

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import aiohttp
+import pytest
 
 from tests.console.conftest import OPERATOR_TOKEN, VIEWER_TOKEN, base, csrf_of, log_in
 from tests.support import submit_n, wait_for
@@ -121,3 +122,36 @@ async def _job_status(engine: Any, did: str, want: str) -> bool:
         cur = await conn.execute("SELECT status FROM distribution_jobs WHERE distribution_id = %s", (did,))
         row = await cur.fetchone()
     return bool(row) and row[0] == want
+
+
+async def test_the_read_only_token_from_a_file_follows_its_rotation(
+        make_settings: Any, start_engine: Any, tmp_path: Any, monkeypatch: Any) -> None:
+    from ms07.engine.server import ApiToken
+    from ms07.errors import ConfigError
+
+    monkeypatch.setenv("MS07_API_TOKEN", OPERATOR_TOKEN)
+    monkeypatch.delenv("MS07_API_READ_TOKEN", raising=False)
+    monkeypatch.setattr(ApiToken, "RECHECK_SECONDS", 0.0)
+    secret = tmp_path / "read-token"
+    secret.write_text("first-read-token-0a1b2c\n")
+    engine = await start_engine(make_settings(service={"read_only_token_file": str(secret)}))
+    api = f"{base(engine)}/api/v1/distributions"
+
+    async def get(token: str) -> int:
+        async with aiohttp.ClientSession() as s, s.get(api, headers={"Authorization": f"Bearer {token}"}) as r:
+            return r.status
+
+    assert await get("first-read-token-0a1b2c") == 200
+    async with aiohttp.ClientSession() as s, s.post(api, json={}, headers={
+            "Authorization": "Bearer first-read-token-0a1b2c"}) as r:
+        assert r.status == 403
+    secret.write_text("second-read-token-3d4e5f-longer\n")
+
+    async def rotated() -> bool:
+        return await get("second-read-token-3d4e5f-longer") == 200
+
+    await wait_for(rotated, what="the rotated read token in force")
+    assert await get("first-read-token-0a1b2c") == 401
+    secret.write_text("")
+    with pytest.raises(ConfigError, match="read_only_token_file"):
+        ApiToken(make_settings(service={"read_only_token_file": str(secret)}), read_only=True)
