@@ -217,24 +217,30 @@ SELECT destination_name AS name, count(*) AS attempts,
        percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM completed_at - started_at)) * 1000 AS p50_ms,
        percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM completed_at - started_at)) * 1000 AS p99_ms
   FROM distribution_attempts
- WHERE started_at >= now() - make_interval(mins => %(minutes)s)
+ WHERE started_at >= now() - make_interval(mins => %(minutes)s) AND destination_name = ANY(%(names)s)
  GROUP BY destination_name"""
 
+# Per destination, newest first along (destination_name, started_at) until the first
+# failure: a few rows each, however long the day's history.
 _LAST_ERRORS = """
-SELECT DISTINCT ON (destination_name) destination_name AS name, error_code, error_message,
-       response_status_code, started_at
-  FROM distribution_attempts
- WHERE status <> %(success)s AND started_at >= now() - make_interval(mins => %(minutes)s)
- ORDER BY destination_name, started_at DESC"""
+SELECT d.name, e.error_code, e.error_message, e.response_status_code, e.started_at
+  FROM unnest(%(names)s::text[]) AS d(name)
+  CROSS JOIN LATERAL (
+        SELECT error_code, error_message, response_status_code, started_at
+          FROM distribution_attempts a
+         WHERE a.destination_name = d.name AND a.status <> %(success)s
+           AND a.started_at >= now() - make_interval(mins => %(minutes)s)
+         ORDER BY a.started_at DESC LIMIT 1) e"""
 
 
-async def destinations(src: Source) -> list[dict[str, Any]]:
-    """Each configured destination: circuit, health, success rate and p50/p99 over the
-    last hour, its last error of the day. Never a secret: auth is its type only."""
+async def destinations(src: Source, names: list[str] | None = None) -> list[dict[str, Any]]:
+    """Each configured destination (or those of ``names``): circuit, health, success rate
+    and p50/p99 over the last hour, its last error of the day. Never a secret: auth is
+    its type only."""
     from ms07.ops.destinations import listing
 
-    rows = await listing(src.runtime)
-    params = {"success": AttemptStatus.SUCCESS.value, "minutes": WINDOW_MINUTES}
+    rows = [d for d in await listing(src.runtime) if names is None or d["name"] in names]
+    params = {"success": AttemptStatus.SUCCESS.value, "minutes": WINDOW_MINUTES, "names": [d["name"] for d in rows]}
     async with src.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(_DEST_STATS, params)
         stats = {r["name"]: r for r in await cur.fetchall()}

@@ -429,7 +429,7 @@ async def destinations(request: web.Request) -> web.Response:
 async def destination(request: web.Request, probe: list[dict[str, Any]] | None = None) -> web.Response:
     src = request.app[SOURCE]
     name = request.match_info["name"]
-    rows = [d for d in await data.destinations(src) if d["name"] == name]
+    rows = await data.destinations(src, [name])
     if not rows:
         raise NotFound(f"no destination {name}")
     async with src.connection() as conn:

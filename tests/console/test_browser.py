@@ -179,7 +179,10 @@ async def test_a_dead_job_is_replayed_from_the_dlq_page_and_delivered(
     # Destinations: the list, a destination's page, check now.
     await page.click("nav >> text=Destinations")
     row = page.locator('tr[data-destination="flaky"]')
-    assert "closed" in await row.inner_text()
+    text = await row.inner_text()
+    # Circuit, success rate of the hour (two 500s, two deliveries), the last error.
+    assert "closed" in text and "50.0%" in text and "HTTP_5XX" in text
+    assert "HTTP_5XX" not in await page.locator('tr[data-destination="hooks"]').inner_text()
     await page.screenshot(path=str(shots / "destinations.png"), full_page=True)
     await page.click('a[href="/console/destinations/flaky"]')
     await page.click("#check-now")
