@@ -152,6 +152,11 @@ class ServiceConfig:
     max_batch_items: int = 100
     max_batch_bytes: int | None = None
     api_token_file: str | None = None
+    # A second token that may read the API and the console but not act (403 on every
+    # state-changing route); MS07_API_READ_TOKEN overrides the file.
+    read_only_token_file: str | None = None
+    # The console's session cookie lives this long (then the login form again).
+    console_session_hours: float = 8.0
     worker_id: str | None = None
     # PostgreSQL holds the destinations (docs/operations.md, "Destinations at runtime"):
     # true applies this file's destinations: list at every start (GitOps); false lets the
@@ -327,6 +332,21 @@ class Settings:
             token = _read_secret_file(self.service.api_token_file, "service.api_token_file")
             if not token and strict:
                 raise ConfigError(f"service.api_token_file: {self.service.api_token_file} is empty")
+            return token or None
+        return None
+
+    def read_token(self, *, strict: bool = False) -> str | None:
+        """The read-only token (``MS07_API_READ_TOKEN`` or ``service.read_only_token_file``):
+        it may read the API and the console, never act. Same rules as :meth:`api_token`."""
+        env = os.environ.get("MS07_API_READ_TOKEN")
+        if env is not None and (env.strip() or strict):
+            if not env.strip():
+                raise ConfigError("MS07_API_READ_TOKEN is set but empty: set the token, or unset the variable")
+            return env.strip()
+        if self.service.read_only_token_file:
+            token = _read_secret_file(self.service.read_only_token_file, "service.read_only_token_file")
+            if not token and strict:
+                raise ConfigError(f"service.read_only_token_file: {self.service.read_only_token_file} is empty")
             return token or None
         return None
 
@@ -542,7 +562,7 @@ _ENV_TOP = {
 # pick one), the load fails naming both.
 ENV_ALIASES = {"MS07_HTTP_PORT": "MS07_SERVICE__HTTP_PORT", "MS07_HTTP_HOST": "MS07_SERVICE__HTTP_HOST",
                "MS07_CONCURRENCY": "MS07_SERVICE__CONCURRENCY"}
-_ENV_IGNORED = {"MS07_CONFIG", "MS07_API_TOKEN"}  # read where they are used, never stored
+_ENV_IGNORED = {"MS07_CONFIG", "MS07_API_TOKEN", "MS07_API_READ_TOKEN"}  # read where they are used, never stored
 
 
 def _env_overlay(data: dict[str, Any], environ: typing.Mapping[str, str]) -> dict[str, str]:
@@ -815,6 +835,8 @@ def validate(
         fail("service.max_batch_bytes", f"must be between 1024 and {1024**3} (1 GiB), got {batch_bytes}")
     if not 0 <= settings.service.http_port <= 65535:
         fail("service.http_port", "must be a TCP port")
+    if not 0.05 <= settings.service.console_session_hours <= 24 * 30:
+        fail("service.console_session_hours", "must be between 0.05 and 720 (30 days)")
     if settings.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         fail("log_level", f"{settings.log_level!r} is not a log level")
     if settings.log_format not in ("auto", "json", "console"):

@@ -43,6 +43,7 @@ BODY_LIMIT = web.AppKey("body_limit", int)
 
 
 OPEN_PATHS = frozenset({"/health/live", "/metrics"})
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 TRACE_FRAMES = 10
 
 
@@ -74,12 +75,15 @@ class ApiToken:
 
     RECHECK_SECONDS = 1.0
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, read_only: bool = False) -> None:
+        # read_only: the second token (MS07_API_READ_TOKEN, service.read_only_token_file).
         self._settings = settings
-        token = settings.api_token(strict=True)
+        self._read = settings.read_token if read_only else settings.api_token
+        token = self._read(strict=True)
         self.value: bytes | None = token.encode() if token else None
-        env = bool(os.environ.get("MS07_API_TOKEN"))
-        self._path = settings.service.api_token_file if self.value is not None and not env else None
+        env = bool(os.environ.get("MS07_API_READ_TOKEN" if read_only else "MS07_API_TOKEN"))
+        file = settings.service.read_only_token_file if read_only else settings.service.api_token_file
+        self._path = file if self.value is not None and not env else None
         self._stamp = self._stat()
         self._checked = time.monotonic()
 
@@ -97,7 +101,7 @@ class ApiToken:
             if stamp is not None and stamp != self._stamp:
                 self._stamp = stamp
                 try:
-                    token = self._settings.api_token()
+                    token = self._read()
                 except ConfigError as exc:
                     log.warning("cannot re-read the API token file; keeping the previous token", error=str(exc))
                     return self.value
@@ -108,16 +112,26 @@ class ApiToken:
         return self.value
 
 
-def _token_guard(token: ApiToken) -> Any:
+def _console_path(path: str) -> bool:
+    return path == "/console" or path.startswith("/console/")
+
+
+def _token_guard(token: ApiToken, read_token: ApiToken) -> Any:
     @web.middleware
     async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
         # Deny by default: only the two probe paths are open, whatever the router knows.
+        # The console has its own guard (session cookie, CSRF: ms07/console/security.py).
         expected = token.current()
-        if expected is not None and request.path not in OPEN_PATHS:
+        if expected is not None and request.path not in OPEN_PATHS and not _console_path(request.path):
             scheme, _, given = request.headers.get("Authorization", "").strip().partition(" ")
-            ok = hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"), expected)
-            if not (ok and scheme.lower() == "bearer"):
+            raw = given.strip().encode("utf-8", "surrogateescape")
+            ok = hmac.compare_digest(raw, expected)
+            viewer = read_token.current()
+            read_only = viewer is not None and hmac.compare_digest(raw, viewer)
+            if not ((ok or read_only) and scheme.lower() == "bearer"):
                 return _json({"error": "unauthorized"}, 401, {"WWW-Authenticate": "Bearer"})
+            if read_only and not ok and request.method not in READ_METHODS:
+                return _error(403, "the read-only token may read, not act")
         return await handler(request)
 
     return guard
@@ -430,10 +444,12 @@ class Server:
 
 def build_app(engine: Engine, memory: MemoryDebug | None = None) -> web.Application:
     token = ApiToken(engine.settings)
+    read_token = ApiToken(engine.settings, read_only=True)
     logs.register_settings(engine.settings)
     memory = memory or MemoryDebug(engine.settings.service.debug_memory)
     limit = body_limit(engine.settings)
-    app = web.Application(middlewares=[_token_guard(token), _correlate, _json_errors], client_max_size=limit)
+    app = web.Application(middlewares=[_token_guard(token, read_token), _correlate, _json_errors],
+                          client_max_size=limit)
     app[ENGINE] = engine
     app[BODY_LIMIT] = limit
     app.add_routes([
@@ -452,9 +468,11 @@ def build_app(engine: Engine, memory: MemoryDebug | None = None) -> web.Applicat
         web.get("/debug/memory", memory.handle),
         web.get("/api/v1/openapi.json", openapi.handle),
     ])
-    from ms07.engine import dest_api  # destinations at runtime (issue 20)
+    from ms07.console import mount_engine
+    from ms07.engine import dest_api  # destinations at runtime
 
     app.add_routes(dest_api.routes())
+    mount_engine(app, engine, token, read_token)
     return app
 
 

@@ -161,3 +161,10 @@ async def step(
 
 def _lock_key(replay_id: str) -> int:
     return zlib.crc32(replay_id.encode()) - 2**31
+
+
+async def recent(conn: psycopg.AsyncConnection[Any], limit: int = 20) -> list[dict[str, Any]]:
+    """The newest replays first (the console's list; unfinished ones among them)."""
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(f"SELECT {_COLUMNS} FROM replays ORDER BY created_at DESC LIMIT %s", (limit,))
+        return list(await cur.fetchall())
