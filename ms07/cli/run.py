@@ -21,6 +21,11 @@ def run(
         help="Port of the health/metrics/API server (service.http_port) "
         "\\[env: MS07_HTTP_PORT or MS07_SERVICE__HTTP_PORT]"
     ),
+    workers: int = typer.Option(
+        1, "--workers",
+        help="Engine processes under one supervisor, sharing the HTTP port (1: no supervisor; "
+        "in Kubernetes keep 1 and scale the pods)"
+    ),
     log_format: str = typer.Option(
         None, "--log-format", help="auto (console at a terminal, else json), json or console \\[env: MS07_LOG_FORMAT]"
     ),
@@ -51,4 +56,8 @@ def run(
     if log_format:
         settings = dataclasses.replace(settings, log_format=log_format)
     validate(settings, "command line")
-    raise typer.Exit(run_engine(settings))
+    if not 1 <= workers <= 256:
+        from ms07.errors import UsageError
+
+        raise UsageError(f"--workers must be between 1 and 256, got {workers}")
+    raise typer.Exit(run_engine(settings, workers))

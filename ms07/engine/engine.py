@@ -95,6 +95,10 @@ class Engine:
         self._http_slots = asyncio.Semaphore(self.concurrency)
         self._dispatch_slots = asyncio.Semaphore(2)
         self.http_port = settings.service.http_port if http_port is None else http_port
+        # Set by ``ms07 run --workers N`` (supervisor.py): which child this is, and the
+        # listening socket the supervisor bound for all of them.
+        self.worker_index: int | None = None
+        self.listen_socket: socket.socket | None = None
         self.metrics = Metrics()
         self.clients: dict[str, DestinationClient] = {}
         self.paused: set[str] = set()  # destinations whose new deliveries are held (live.py)
@@ -171,6 +175,7 @@ class Engine:
         """Connect, migrate, sync destinations, open clients, start every loop."""
         if self._started:
             return
+        crash.point("engine_start")
         # Refused before anything is opened: an API that would answer without a token.
         serve_http = self.http_port is not None and self.http_port >= 0
         if serve_http:
@@ -204,10 +209,13 @@ class Engine:
         self._loops = self.upkeep.start()
         self._loops += [asyncio.create_task(self.live.run(), name="destination-updates"),
                         asyncio.create_task(self.live.release_loop(), name="held-release")]
+        self.metrics.worker_info.labels(self.worker_id, str(os.getpid()),
+                                        "" if self.worker_index is None else str(self.worker_index)).set(1)
         self.ready = True
         log.info(
             "engine started",
             worker_id=self.worker_id,
+            pid=os.getpid(),
             concurrency=self.concurrency,
             destinations=len(self.clients),
             http_port=self.http_port,
@@ -217,7 +225,7 @@ class Engine:
     async def _listen(self) -> None:
         host, port = self.settings.api_listen()[1], self.http_port
         try:
-            self.server = await start_server(self, host, port)
+            self.server = await start_server(self, host, port, sock=self.listen_socket)
         except OSError as exc:
             if self.submitter is not None:
                 await self.submitter.close()

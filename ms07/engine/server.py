@@ -21,6 +21,7 @@ import hmac
 import json
 import logging
 import os
+import socket
 import time
 import tracemalloc
 from typing import TYPE_CHECKING, Any
@@ -433,7 +434,7 @@ class MemoryDebug:
 class Server:
     """The running server; ``port`` is the one bound (``http_port: 0`` picks a free one)."""
 
-    def __init__(self, runner: web.AppRunner, site: web.TCPSite, memory: MemoryDebug) -> None:
+    def __init__(self, runner: web.AppRunner, site: web.BaseSite, memory: MemoryDebug) -> None:
         self.runner, self.site, self.memory = runner, site, memory
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
@@ -493,7 +494,8 @@ class _MalformedRequests(logging.Filter):
         return True
 
 
-async def start_server(engine: Engine, host: str, port: int) -> Server:
+async def start_server(engine: Engine, host: str, port: int, sock: socket.socket | None = None) -> Server:
+    """``sock``: a listening socket bound already (``ms07 run --workers N`` shares one)."""
     server_log = logging.getLogger("aiohttp.server")
     if not any(isinstance(f, _MalformedRequests) for f in server_log.filters):
         server_log.addFilter(_MalformedRequests())
@@ -504,7 +506,8 @@ async def start_server(engine: Engine, host: str, port: int) -> Server:
     runner = web.AppRunner(build_app(engine, memory), access_log=None, handle_signals=False, shutdown_timeout=2.0,
                            auto_decompress=False)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True)
+    site: web.BaseSite = (web.SockSite(runner, sock) if sock is not None
+                          else web.TCPSite(runner, host, port, reuse_address=True))
     await site.start()
     memory.start()
     server = Server(runner, site, memory)

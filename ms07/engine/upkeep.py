@@ -53,6 +53,15 @@ if TYPE_CHECKING:
 log = logs.get("upkeep")
 _process = psutil.Process()
 
+
+def _forked() -> None:
+    """A child of ``ms07 run --workers N`` measures itself, not the supervisor."""
+    global _process
+    _process = psutil.Process()
+
+
+os.register_at_fork(after_in_child=_forked)
+
 EXIT_MEMORY_GUARD = 75  # EX_TEMPFAIL: the orchestrator should restart this process
 
 
