@@ -1,6 +1,7 @@
 """Ingestion through the HTTP API, end to end, against the bare-client ceiling (issue 19).
 
     python -m bench.ingest [--rounds 5] [-n 20000] [-c 64] [--inflight 32] [--batch 100] [--json FILE]
+                           [--base OTHER_TREE]
 
 One run starts one PostgreSQL, one Redis (loopback TCP) and one sink process
 (bench/sink.py), then, round after round:
@@ -20,6 +21,10 @@ which the client, this process and the sink share. Engine CPU (user+sys of the
 1,000 over the same span. Each round's ratio is against that round's ceiling; the
 median and the spread (min-max) over the rounds are printed as a Markdown table. This
 machine is shared: read the ratios, not the absolute numbers.
+
+``--base OTHER_TREE`` (another checkout, e.g. ``git archive`` of an older commit) also
+runs the single and batch modes with that tree's engine in every round, right after this
+tree's: a change's effect, measured against the same ceilings (as bench/ab.py does).
 """
 
 from __future__ import annotations
@@ -100,11 +105,11 @@ def _finish(client: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
 
 
 def api_run(system: systems.System, srv: common.Servers, sink_port: int, n: int, inflight: int, batch: int,
-            log: Path) -> dict[str, Any]:
+            log: Path, tree: Path | None = None) -> dict[str, Any]:
     """A warm engine fed through its API: enqueue -> delivered, end to end."""
     system.reset()
     http_port = common.free_port()
-    engine = common.start_engine(system.config, srv, http_port, log=log)
+    engine = common.start_engine(system.config, srv, http_port, log=log, tree=tree)
     watch = common.ProcessWatch(engine.pid)
     pg = common.ProcessWatch(pid) if (pid := common.postmaster_pid(srv)) else None
     try:
@@ -145,38 +150,44 @@ def api_run(system: systems.System, srv: common.Servers, sink_port: int, n: int,
 def run(a: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {"n": a.n, "concurrency": a.concurrency, "inflight": a.inflight, "batch": a.batch,
                                "rounds": a.rounds, "machine": common.machine(os.getloadavg())}
-    raw: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
+    modes = [*MODES, *(["single (base)", "batch (base)"] if a.base else [])]
+    raw: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
     tmp = Path(tempfile.mkdtemp(prefix="ms07-ingest-"))
     with common.sink_process() as (sink_port, _), common.servers(redis_tcp=True) as srv:
         url = f"http://127.0.0.1:{sink_port}/in"
         system = systems.System("ms07", srv, sink_port, a.concurrency, tmp)
         for r in range(a.rounds):
-            for mode in MODES:
-                log = tmp / f"{mode}-{r}.log"
+            for mode in modes:
+                log = tmp / f"{mode.split()[0]}-{r}{'-base' if 'base' in mode else ''}.log"
                 if mode == "ceiling":
                     res = compare.client_run("aiohttp", url, a.n, a.concurrency, sink_port)
                 elif mode == "prefilled":
                     res = compare.queue_run(system, a.n, sink_port, tmp, r)
                 else:
-                    batch = 1 if mode == "single" else a.batch
-                    res = api_run(system, srv, sink_port, a.n, a.inflight, batch, log)
+                    batch = 1 if mode.startswith("single") else a.batch
+                    res = api_run(system, srv, sink_port, a.n, a.inflight, batch, log,
+                                  a.base if "base" in mode else None)
                 if res["unique"] != a.n or res["duplicates"]:
                     raise RuntimeError(f"{mode}: {res['unique']:,} of {a.n:,} delivered, "
                                        f"{res['duplicates']} duplicates")
                 raw[mode].append(res)
             ceiling = raw["ceiling"][-1]["rate"]
-            for mode in MODES:
+            for mode in modes:
                 raw[mode][-1]["ratio"] = raw[mode][-1]["rate"] / ceiling
             print(f"[round {r + 1}] " + ", ".join(
-                f"{m} {raw[m][-1]['rate']:,.0f}/s ({raw[m][-1]['ratio']:.2f}x)" for m in MODES), flush=True)
+                f"{m} {raw[m][-1]['rate']:,.0f}/s ({raw[m][-1]['ratio']:.2f}x)" for m in modes), flush=True)
     results["modes"] = {m: {"rounds": rs, **{f"{k}_median": statistics.median(x[k] for x in rs)
                                              for k in ("rate", "ratio", "cpu_per_1000")}}
                         for m, rs in raw.items()}
-    for m in ("single", "batch"):
-        results["modes"][m]["pg_cpu_per_1000_median"] = statistics.median(
-            x["pg_cpu_per_1000"] for x in raw[m])
+    for m in modes:
+        if m.split()[0] not in ("single", "batch"):
+            continue
+        for k in ("pg_cpu_per_1000", "client_cpu_per_1000"):
+            results["modes"][m][f"{k}_median"] = statistics.median(x[k] for x in raw[m])
     results["machine"]["load_after"] = os.getloadavg()
     results["logs"] = str(tmp)
+    if a.base:
+        results["base"] = str(a.base)
     return results
 
 
@@ -188,6 +199,12 @@ LABELS = {
 }
 
 
+def _label(mode: str, results: dict[str, Any]) -> str:
+    name, _, base = mode.partition(" ")
+    label = LABELS[name].format(batch=results["batch"])
+    return f"{label}, base tree" if base else label
+
+
 def markdown(results: dict[str, Any]) -> str:
     m = results["machine"]
     lines = [
@@ -197,17 +214,18 @@ def markdown(results: dict[str, Any]) -> str:
         f"{m['load_after'][0]:.1f} after (shared machine).",
         "",
         "| mode | × ceiling per round | median × ceiling (min-max) | median /s | engine CPU s / 1k "
-        "| PostgreSQL CPU s / 1k |",
-        "|---|---|---:|---:|---:|---:|",
+        "| PostgreSQL CPU s / 1k | API client CPU s / 1k |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     for mode, res in results["modes"].items():
         ratios = [x["ratio"] for x in res["rounds"]]
         pg = res.get("pg_cpu_per_1000_median")
+        client = res.get("client_cpu_per_1000_median")
         lines.append(
-            f"| {LABELS[mode].format(batch=results['batch'])} | {', '.join(f'{x:.2f}' for x in ratios)} | "
+            f"| {_label(mode, results)} | {', '.join(f'{x:.2f}' for x in ratios)} | "
             f"{res['ratio_median']:.2f} ({min(ratios):.2f}-{max(ratios):.2f}) | {res['rate_median']:,.0f} | "
             f"{res['cpu_per_1000_median']:.3f}{' (client)' if mode == 'ceiling' else ''} | "
-            f"{'–' if pg is None else f'{pg:.3f}'} |")
+            f"{'–' if pg is None else f'{pg:.3f}'} | {'–' if client is None else f'{client:.3f}'} |")
     return "\n".join(lines)
 
 
@@ -222,12 +240,19 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=100, help="distributions per request in the batch mode")
     p.add_argument("--rounds", type=int, default=5, help="rounds; medians and min-max are reported")
     p.add_argument("--json", type=Path, help="write every round's numbers here")
+    p.add_argument("--base", type=Path, help="another source tree: its engine runs the API modes too, each round")
     a = p.parse_args()
     for name in ("n", "concurrency", "inflight", "batch", "rounds"):
         if getattr(a, name) < 1:
             p.error(f"--{name} must be at least 1")
     if a.batch > 100:
         p.error("--batch must be at most 100 (the engine's service.max_batch_items)")
+    if a.base is not None:
+        a.base = a.base.resolve()
+        if not (a.base / "ms07" / "engine" / "engine.py").is_file():
+            p.error(f"--base {a.base} has no ms07/engine/engine.py")
+        if common.ms07_origin(a.base) != a.base / "ms07":
+            p.error(f"--base {a.base}: its engine would not import its own ms07")
     results = run(a)
     if a.json:
         a.json.write_text(json.dumps(results, indent=2) + "\n")
