@@ -190,7 +190,9 @@ class Verdict:
             # http_port 0 (a free port): diagnose health must ask the port this engine bound.
             settings = settings.with_overrides(health_url=f"http://127.0.0.1:{port}")
         try:
-            report = await run_checks_async(settings, runtime=src.runtime)
+            # Its own connections, opened and closed per run: diagnose sets a statement
+            # timeout on the sessions it uses, which must not stay on the engine's pool.
+            report = await run_checks_async(settings)
         except Exception as exc:  # a verdict that cannot be had is shown as such, never a 500
             self.report = {"status": "UNKNOWN", "findings": [], "error": logs.clip(logs.redact(str(exc)), 300)}
         else:
