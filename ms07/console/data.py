@@ -257,6 +257,7 @@ async def destinations(src: Source, names: list[str] | None = None) -> list[dict
             "last_health_check": d["last_health_check"],
             "last_health_error": logs.redact(d["last_health_error"]) if d["last_health_error"] else None,
             "rate_limit_per_second": d["rate_limit_per_second"], "auth": d["auth"],
+            "paused": d.get("paused"),  # None until the registry says (runtime destinations)
             "attempts": attempts,
             "success_rate": round(int(s.get("success") or 0) / attempts, 4) if attempts else None,
             "p50_ms": _ms(s.get("p50_ms")), "p99_ms": _ms(s.get("p99_ms")),
