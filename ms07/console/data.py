@@ -53,25 +53,18 @@ class Source:
 
 # ---------------------------------------------------------------------------- rates
 
+# One pass over the window's attempts (started_at index): a row per minute, and the
+# window's totals as the row whose minute is NULL (the empty grouping set).
 _RATES = """
-SELECT floor(extract(epoch FROM started_at) / 60)::bigint * 60 AS t,
+SELECT floor(date_part('epoch', started_at) / 60)::bigint * 60 AS t,
        count(*) FILTER (WHERE status = %(success)s) AS delivered,
        count(*) FILTER (WHERE status <> %(success)s) AS errors,
-       percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM completed_at - started_at)) * 1000 AS p50_ms,
-       percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM completed_at - started_at)) * 1000 AS p99_ms
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY date_part('epoch', completed_at - started_at)) * 1000 AS p50_ms,
+       percentile_cont(0.99) WITHIN GROUP (ORDER BY date_part('epoch', completed_at - started_at)) * 1000 AS p99_ms
   FROM distribution_attempts
  WHERE started_at >= now() - make_interval(mins => %(minutes)s)
    AND (%(destination)s::text IS NULL OR destination_name = %(destination)s::text)
- GROUP BY 1 ORDER BY 1"""
-
-_TOTALS = """
-SELECT count(*) FILTER (WHERE status = %(success)s) AS delivered,
-       count(*) FILTER (WHERE status <> %(success)s) AS errors,
-       percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM completed_at - started_at)) * 1000 AS p50_ms,
-       percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM completed_at - started_at)) * 1000 AS p99_ms
-  FROM distribution_attempts
- WHERE started_at >= now() - make_interval(mins => %(minutes)s)
-   AND (%(destination)s::text IS NULL OR destination_name = %(destination)s::text)"""
+ GROUP BY GROUPING SETS ((floor(date_part('epoch', started_at) / 60)::bigint * 60), ())"""
 
 
 def _ms(value: Any) -> float | None:
@@ -85,9 +78,9 @@ async def rates(conn: psycopg.AsyncConnection[Any], destination: str | None = No
     params = {"success": AttemptStatus.SUCCESS.value, "minutes": minutes, "destination": destination}
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(_RATES, params)
-        rows = await cur.fetchall()
-        await cur.execute(_TOTALS, params)
-        total = await cur.fetchone() or {}
+        found = await cur.fetchall()
+    rows = [r for r in found if r["t"] is not None]
+    total = next((r for r in found if r["t"] is None), {})
     seconds = minutes * 60
     # Every minute of the window, the quiet ones as 0 (no latency): a chart of one point
     # has no time axis.
@@ -190,7 +183,9 @@ class Verdict:
             # http_port 0 (a free port): diagnose health must ask the port this engine bound.
             settings = settings.with_overrides(health_url=f"http://127.0.0.1:{port}")
         try:
-            report = await run_checks_async(settings, runtime=src.runtime)
+            # Its own connections, opened and closed per run: diagnose sets a statement
+            # timeout on the sessions it uses, which must not stay on the engine's pool.
+            report = await run_checks_async(settings)
         except Exception as exc:  # a verdict that cannot be had is shown as such, never a 500
             self.report = {"status": "UNKNOWN", "findings": [], "error": logs.clip(logs.redact(str(exc)), 300)}
         else:
@@ -214,23 +209,28 @@ class Verdict:
 _DEST_STATS = """
 SELECT destination_name AS name, count(*) AS attempts,
        count(*) FILTER (WHERE status = %(success)s) AS success,
-       percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM completed_at - started_at)) * 1000 AS p50_ms,
-       percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM completed_at - started_at)) * 1000 AS p99_ms
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY date_part('epoch', completed_at - started_at)) * 1000 AS p50_ms,
+       percentile_cont(0.99) WITHIN GROUP (ORDER BY date_part('epoch', completed_at - started_at)) * 1000 AS p99_ms
   FROM distribution_attempts
  WHERE started_at >= now() - make_interval(mins => %(minutes)s) AND destination_name = ANY(%(names)s)
  GROUP BY destination_name"""
 
-# Per destination, newest first along (destination_name, started_at) until the first
-# failure: a few rows each, however long the day's history.
+# Per destination, the newest failure among its LAST_ERROR_SCAN newest attempts of the
+# day, read down (destination_name, started_at): bounded work per destination, however
+# busy and however healthy it is (no index holds failures by destination).
+LAST_ERROR_SCAN = 500
 _LAST_ERRORS = """
 SELECT d.name, e.error_code, e.error_message, e.response_status_code, e.started_at
   FROM unnest(%(names)s::text[]) AS d(name)
   CROSS JOIN LATERAL (
         SELECT error_code, error_message, response_status_code, started_at
-          FROM distribution_attempts a
-         WHERE a.destination_name = d.name AND a.status <> %(success)s
-           AND a.started_at >= now() - make_interval(mins => %(minutes)s)
-         ORDER BY a.started_at DESC LIMIT 1) e"""
+          FROM (SELECT status, error_code, error_message, response_status_code, started_at
+                  FROM distribution_attempts a
+                 WHERE a.destination_name = d.name
+                   AND a.started_at >= now() - make_interval(mins => %(minutes)s)
+                 ORDER BY a.started_at DESC LIMIT %(scan)s) recent
+         WHERE status <> %(success)s
+         ORDER BY started_at DESC LIMIT 1) e"""
 
 
 async def destinations(src: Source, names: list[str] | None = None) -> list[dict[str, Any]]:
@@ -244,7 +244,7 @@ async def destinations(src: Source, names: list[str] | None = None) -> list[dict
     async with src.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(_DEST_STATS, params)
         stats = {r["name"]: r for r in await cur.fetchall()}
-        await cur.execute(_LAST_ERRORS, {**params, "minutes": 24 * 60})
+        await cur.execute(_LAST_ERRORS, {**params, "minutes": 24 * 60, "scan": LAST_ERROR_SCAN})
         errors = {r["name"]: r for r in await cur.fetchall()}
     out = []
     for d in rows:
@@ -257,6 +257,7 @@ async def destinations(src: Source, names: list[str] | None = None) -> list[dict
             "last_health_check": d["last_health_check"],
             "last_health_error": logs.redact(d["last_health_error"]) if d["last_health_error"] else None,
             "rate_limit_per_second": d["rate_limit_per_second"], "auth": d["auth"],
+            "paused": d.get("paused"),  # None until the registry says (runtime destinations)
             "attempts": attempts,
             "success_rate": round(int(s.get("success") or 0) / attempts, 4) if attempts else None,
             "p50_ms": _ms(s.get("p50_ms")), "p99_ms": _ms(s.get("p99_ms")),
@@ -272,7 +273,7 @@ async def recent_attempts(conn: psycopg.AsyncConnection[Any], destination: str,
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
             """SELECT distribution_id::text, attempt, status, response_status_code, error_code, error_message,
-                      started_at, round((extract(epoch FROM completed_at - started_at) * 1000)::numeric, 1)
+                      started_at, round((date_part('epoch', completed_at - started_at) * 1000)::numeric, 1)
                       AS latency_ms
                  FROM distribution_attempts WHERE destination_name = %s
                 ORDER BY started_at DESC LIMIT %s""",

@@ -48,8 +48,8 @@ def shots(tmp_path: Path) -> Path:
     return target
 
 
-async def _page(browser: Any, width: int = 1280, height: int = 900) -> tuple[Any, list[str]]:
-    context = await browser.new_context(viewport={"width": width, "height": height})
+async def _page(browser: Any, width: int = 1280, height: int = 900, js: bool = True) -> tuple[Any, list[str]]:
+    context = await browser.new_context(viewport={"width": width, "height": height}, java_script_enabled=js)
     page = await context.new_page()
     problems: list[str] = []
     # A CSP violation or a script error shows up on the console: none is allowed.
@@ -219,6 +219,28 @@ async def test_the_read_only_token_sees_no_action_and_is_refused_every_post(
             [path, body])
         assert code == 403, path
     assert await _status_of(console_engine, dead) == "dead"
+
+
+async def test_everything_but_live_updates_works_with_javascript_off(
+        console_engine: Any, sink: Sink, browser: Any) -> None:
+    url = base(console_engine)
+    sink.on("/flaky", status(500))
+    [dead] = await submit_n(console_engine, "flaky", 1)
+    await wait_for(lambda: _is(console_engine, dead, "dead"), what="the job dead")
+    sink.on("/flaky", ok)
+    page, problems = await _page(browser, js=False)
+    await _login(page, url, OPERATOR_TOKEN)
+    assert await _field(page, "dlq_size") == "1"  # rendered by the server, not the script
+    await page.goto(f"{url}/console/dlq?destination=flaky")
+    await page.check(f'input[name="id"][value="{dead}"]')
+    await page.click("#replay-selected")
+    await page.click("#confirm")
+    await page.wait_for_selector('p.notice[role="status"]')
+    await wait_for(lambda: _is(console_engine, dead, "delivered"), what="the job delivered")
+    await page.goto(f"{url}/console/destinations/flaky")
+    await page.click("#check-now")
+    await page.wait_for_selector("#probe")
+    assert not problems, problems
 
 
 async def test_the_pages_fit_a_phone(console_engine: Any, browser: Any, shots: Path) -> None:
