@@ -77,12 +77,14 @@ def parse_file(settings: Settings, path: str) -> list[DestinationConfig]:
 
 
 def check(settings: Settings, dests: Sequence[DestinationConfig], source: str,
-          lines: dict[str, int] | None = None) -> None:
+          lines: dict[str, int] | None = None, *, addresses: bool = True) -> None:
     """The config's rules over ``dests`` with this installation's global sections, and
-    the SSRF guard's: with ``network.deny_private`` an address it would refuse is refused
-    now, not at the first delivery."""
+    (``addresses``: at the doors, the API and ``apply``) the SSRF guard's: with
+    ``network.deny_private`` an address it would refuse is refused now, not at the first
+    delivery. Rows read back from the table are not refused for their address: the guard
+    in the connector refuses each delivery (DESTINATION_FORBIDDEN), as for the config's."""
     validate(dataclasses.replace(settings, destinations=list(dests)), source, lines)
-    if settings.network.deny_private:
+    if addresses and settings.network.deny_private:
         from ms07.engine import ssrf
 
         allow = ssrf.allowed_networks(settings.network)

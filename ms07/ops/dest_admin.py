@@ -47,7 +47,7 @@ def in_force(settings: Settings, managed: dict[str, dict[str, Any]]) -> tuple[Se
     for name, row in managed.items():
         try:
             dest = destspec.from_spec(row["spec"])
-            destspec.check(settings, [dest], "database")
+            destspec.check(settings, [dest], "database", addresses=False)
         except ConfigError as exc:
             bad.append(f"{name}: {exc}")
             continue
@@ -95,10 +95,12 @@ async def _write(conn: psycopg.AsyncConnection[Any], dest: DestinationConfig, op
 
 
 async def apply(conn: psycopg.AsyncConnection[Any], settings: Settings, wanted: Sequence[DestinationConfig], *,
-                prune: bool, dry_run: bool, operator: str, command: str | None = None) -> destspec.Diff:
+                prune: bool, dry_run: bool, operator: str, command: str | None = None,
+                audited: bool = True) -> destspec.Diff:
     """Make the managed set what ``wanted`` says (``kubectl apply``): add and change;
     with ``prune``, remove what it no longer lists. A pruned destination with unfinished
-    jobs refuses the whole apply: nothing is written."""
+    jobs refuses the whole apply: nothing is written. ``audited=False`` only for the seed
+    of an empty set from the config at start: the config itself, nobody's change."""
     async with conn.transaction():
         await store.lock(conn)
         current = await rows(conn)
@@ -115,8 +117,9 @@ async def apply(conn: psycopg.AsyncConnection[Any], settings: Settings, wanted: 
             await _write(conn, by_name[name], operator)
         for name in plan.removed:
             await store.remove(conn, name)
-        await _audit(conn, operator, "apply", ",".join([*plan.added, *plan.changed, *plan.removed]),
-                     plan.as_dict(), command)
+        if audited:
+            await _audit(conn, operator, "apply", ",".join([*plan.added, *plan.changed, *plan.removed]),
+                         plan.as_dict(), command)
     return plan
 
 
@@ -132,7 +135,8 @@ async def start(conn: psycopg.AsyncConnection[Any], settings: Settings, *, apply
     if not (apply_config or empty) or not settings.destinations:
         return None
     plan = await apply(conn, settings, settings.destinations, prune=False, dry_run=False, operator=operator,
-                       command="ms07 run --apply-config" if apply_config else "ms07 run (seed)")
+                       command="ms07 run --apply-config" if apply_config else "ms07 run (seed)",
+                       audited=apply_config)
     return plan
 
 

@@ -36,6 +36,8 @@ OTHER_VOCABULARIES = {
     "ops/dest_admin.py": {"paused", "dead"},  # a destination's paused flag; the open=dead action
     "ops/destinations.py": {"paused"},  # a destination's paused flag
     "cli/destinations.py": {"paused"},  # a destination's paused flag
+    "console/data.py": {"delivered"},  # the overview's per-minute count of successful attempts
+    "diagnose/retention.py": {"delivered"},  # a finding's label for the delivered jobs' age
 }
 
 _QUOTED = re.compile("'(" + "|".join(s.value for s in JobStatus) + ")'")
