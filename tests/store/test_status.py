@@ -36,7 +36,8 @@ OTHER_VOCABULARIES = {
     "ops/dest_admin.py": {"paused", "dead"},  # a destination's paused flag; the open=dead action
     "ops/destinations.py": {"paused"},  # a destination's paused flag
     "cli/destinations.py": {"paused"},  # a destination's paused flag
-    "console/data.py": {"delivered", "paused"},  # a per-minute count of successful attempts; a destination's paused flag
+    # a per-minute count of successful attempts; a destination's paused flag
+    "console/data.py": {"delivered", "paused"},
     "diagnose/retention.py": {"delivered"},  # a finding's label for the delivered jobs' age
 }
 
