@@ -112,10 +112,14 @@ async def test_draining_hands_back_the_batches_not_yet_sent(make_settings, sink:
         counts = dict(await cur.fetchall())
     # The batch in flight finished; the batches waiting for the slot went back to the
     # queue (retrying, no attempt) instead of being sent during the drain.
+    # The first batch holds 2 items, or 1 when the second was claimed after its 10 ms wait
+    # (a loaded machine): whatever it held is what was delivered.
     assert len(sink.received) == 1
-    assert counts.get("delivered") == 2 and "processing" not in counts, counts
+    sent = len(json.loads(sink.received[0].body))
+    assert sent in (1, 2)
+    assert counts.get("delivered") == sent and "processing" not in counts, counts
     assert engine.handed_back == counts.get("retrying", 0) > 0, (engine.handed_back, counts)
-    assert counts.get("retrying", 0) + counts.get("queued", 0) == 8, counts
+    assert counts.get("retrying", 0) + counts.get("queued", 0) == 10 - sent, counts
 
 
 # ---------------------------------------------------------------------- signing
