@@ -3,7 +3,7 @@
     python -m bench.profile [-n 20000] [-c 64] [--rate 1000] [--seconds 10] [--format flamegraph|raw]
                             [--out docs/benchmarks]
 
-py-spy (``pip install py-spy``) attaches to the engine once it has started delivering
+py-spy (in the ``bench`` extra) attaches to the engine once it has started delivering
 (``record --pid --nonblocking``, 200 samples/s, idle frames left out) and stops when the
 sink has seen every delivery: ``profile-drain.svg`` is N queued distributions drained,
 ``profile-paced.svg`` the same warm engine taking distributions submitted at ``--rate``/s.

@@ -209,7 +209,8 @@ def targets(r: dict[str, Any]) -> list[tuple[str, bool | None, str]]:
             (
                 "ms07 p99 at 500/s offered <= 20 ms and no worse than the best peer's",
                 mine <= 20 and (best is None or mine <= best),
-                f"ms07 {mine:.1f} ms; " + ", ".join(f"{q} {v:.1f}" for q, v in peers.items()),
+                f"ms07 {mine:.1f} ms; "
+                + (", ".join(f"{q} {v:.1f}" for q, v in peers.items()) if peers else "no peer keeps up with 500/s"),
             )
         )
     return out

@@ -226,13 +226,14 @@ class Committer:
     def _account(self, batch: list[tuple[Held, jobs.Outcome | None]]) -> None:
         m = self.metrics
         now = _utc()
+        observe = m.end_to_end.observe
+        delivered = 0
         for held, outcome in batch:
             if outcome is None or held.job is None:
                 continue
             if outcome.status == JobStatus.DELIVERED:
-                self.delivered += 1
-                self._delivered_total.inc()
-                m.end_to_end.observe((now - held.job.created_at).total_seconds())
+                delivered += 1
+                observe((now - held.job.created_at).total_seconds())
             elif outcome.status in PARKED:
                 self.failed += 1
                 m.requests.labels("failed").inc()
@@ -254,6 +255,9 @@ class Committer:
                 log.debug("delivery deferred", distribution_id=outcome.distribution_id,
                           destination=outcome.destination, error_code=outcome.error_code,
                           correlation_id=held.job.correlation_id, next_attempt_at=outcome.next_attempt_at)
+        if delivered:  # one locked increment per commit, not one per delivery
+            self.delivered += delivered
+            self._delivered_total.inc(delivered)
 
     def _log_url(self, destination: str) -> str | None:
         client = self.clients.get(destination)

@@ -19,7 +19,9 @@ the same for N engines on one port:
 - SIGTERM or SIGINT to the supervisor is forwarded to every child as SIGTERM: each drains
   within ``service.drain_grace_seconds``; the supervisor exits 0 when every child did,
   else with the first non-zero exit code (and SIGKILLs a child still running a bounded
-  time past the grace).
+  time past the grace);
+- a child whose supervisor dies (SIGKILL, the OOM killer) gets SIGTERM from the kernel
+  (Linux ``PR_SET_PDEATHSIG``) and drains: no engine runs on unsupervised.
 
 The supervisor is synchronous and single-threaded: it blocks SIGCHLD/SIGTERM/SIGINT and
 takes them with ``sigtimedwait``, so no signal is lost between a check and a wait, and
@@ -173,6 +175,7 @@ class Supervisor:
     def _spawn(self, child: _Child, old_mask: set[signal.Signals]) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # the child: never returns into the supervisor's code
             code = 1
@@ -180,6 +183,7 @@ class Supervisor:
                 signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
                 for signo in _STOP:
                     signal.signal(signo, signal.SIG_DFL)
+                _die_with(parent)
                 code = self.child_main(self.settings, child.index, self.sock)
             except Ms07Error as exc:
                 sys.stderr.write(f"error: worker {child.index}: {exc}\n")
@@ -250,6 +254,21 @@ class Supervisor:
                             pid=child.pid)
                 _signal(child.pid, signal.SIGKILL)
         self.stop_deadline = float("inf")  # once: the reap follows
+
+
+def _die_with(parent: int) -> None:
+    """SIGTERM to this process when ``parent`` dies (Linux; elsewhere a no-op)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # it died before the prctl
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _signal(pid: int, signo: signal.Signals) -> None:

@@ -267,9 +267,9 @@ WITH attempts AS (
     INSERT INTO distribution_attempts (distribution_id, destination_name, attempt, worker_id, status,
                                        response_status_code, error_code, error_message, started_at,
                                        completed_at)
-    SELECT a.i, a.d, a.n, a.w, a.s, a.h, a.c, a.e, a.t0, a.t1
+    SELECT a.i, a.d, a.n, a.w, a.s, a.h, a.c, a.e, to_timestamp(a.t0 / 1e6::float8), to_timestamp(a.t1 / 1e6::float8)
       FROM json_to_recordset(%s::json)
-           AS a(i uuid, d text, n int, w text, s text, h int, c text, e text, t0 timestamptz, t1 timestamptz)
+           AS a(i uuid, d text, n int, w text, s text, h int, c text, e text, t0 int8, t1 int8)
 )
 UPDATE distribution_jobs AS j
    SET status = u.s,
@@ -286,6 +286,17 @@ UPDATE distribution_jobs AS j
 
 def _iso(when: dt.datetime | None) -> str | None:
     return when.isoformat() if when is not None else None
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_MICROSECOND = dt.timedelta(microseconds=1)
+
+
+def _micros(when: dt.datetime) -> int:
+    """Microseconds since the epoch, exact: ~0.9 us against isoformat's ~2 us, twice per
+    attempt row (PostgreSQL's to_timestamp gets the same instant back: a double holds
+    every microsecond of this era exactly, and it rounds to the microsecond)."""
+    return (when - _EPOCH) // _MICROSECOND
 
 
 def _text(value: str | None) -> str | None:
@@ -318,7 +329,7 @@ async def record_outcomes(conn: psycopg.AsyncConnection[Any], outcomes: Sequence
     attempts = _json([
         {"i": o.distribution_id, "d": o.destination, "n": a.attempt, "w": o.worker_id,
          "s": AttemptStatus.SUCCESS if a.success else AttemptStatus.FAILED, "h": a.http_status, "c": a.error_code,
-         "e": _text(a.error_message), "t0": a.started_at.isoformat(), "t1": a.completed_at.isoformat()}
+         "e": _text(a.error_message), "t0": _micros(a.started_at), "t1": _micros(a.completed_at)}
         for o in outcomes for a in o.attempts
     ])
     updates = _json([

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -156,3 +157,32 @@ async def test_a_worker_that_dies_at_once_repeatedly_makes_the_supervisor_give_u
     assert "Traceback" not in text
     restarts = [r for r in _lines(proc) if r.get("message") == "worker exited; restarting it"]
     assert [r["restart_in"] for r in restarts if r["worker"] == 0][:4] == [0.5, 1.0, 2.0, 4.0]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+async def test_children_of_a_sigkilled_supervisor_drain_and_exit(tmp_path: Path, sink: Sink,
+                                                                  env_for: dict[str, str]) -> None:
+    """The supervisor SIGKILLed (the OOM killer, kill -9): its children get SIGTERM from the
+    kernel (PR_SET_PDEATHSIG) and drain, rather than run on with nobody to stop them."""
+    config = engine_config(tmp_path, [destination("a", sink.url("/in"))])
+    proc = EngineProcess(config, env_for, tmp_path / "engine.log", args=["--workers", "2"]).start()
+    try:
+        await wait_for(lambda: _engines_started(proc) == 2, timeout=40, what="both engines started")
+        children = list(_children(proc))
+        proc.kill()
+        await wait_for(lambda: not any(_running(pid) for pid in children), timeout=20,
+                       what="both children gone after their supervisor")
+    finally:
+        for pid in _children(proc):
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)
+    stopped = [r for r in _lines(proc) if r.get("message") == "engine stopped"]
+    assert sorted(r["worker"] for r in stopped) == [0, 1]
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except FileNotFoundError:
+        return False

@@ -136,3 +136,23 @@ async def test_lookups_by_id_probe_the_primary_key_whatever_the_statistics(datab
             await jobs.job_statuses(conn, ids)
         cur = await conn.execute("SELECT statement FROM pg_prepared_statements")
         assert [s for (s,) in await cur.fetchall() if "distribution_jobs" in s] == []
+
+
+async def test_attempt_timestamps_keep_every_microsecond(database_url: str) -> None:
+    """The attempt rows travel as microseconds since the epoch (to_timestamp of a double):
+    no instant of this era or the next may come back a microsecond off."""
+    import random
+
+    rng = random.Random(7)
+    base = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+    instants = [base + dt.timedelta(microseconds=rng.randrange(0, 4_102_444_800 * 10**6)) for _ in range(300)]
+    instants += [dt.datetime(2026, 12, 3, 23, 59, 59, 999999, tzinfo=dt.UTC),
+                 dt.datetime(2026, 12, 3, 18, 0, 0, 1, tzinfo=dt.timezone(dt.timedelta(hours=5)))]
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        job = await _claimed(conn)
+        rows = [jobs.AttemptRow(i + 1, t, t, False, 503, "HTTP_5XX", "busy") for i, t in enumerate(instants)]
+        await jobs.record_outcomes(conn, [jobs.Outcome(job.distribution_id, "a", "retrying", "w1", rows,
+                                                       "HTTP_5XX", "busy", _now())])
+        cur = await conn.execute("SELECT started_at, completed_at FROM distribution_attempts "
+                                 "WHERE distribution_id = %s ORDER BY attempt", (job.distribution_id,))
+        assert await cur.fetchall() == [(t, t) for t in instants]
