@@ -103,6 +103,7 @@ async def prune(conn: psycopg.AsyncConnection[Any], ret: RetentionConfig, *, red
     cur = await conn.execute("SELECT pg_try_advisory_lock(%s)", (LOCK,))
     row = await cur.fetchone()
     if not (row and row[0]):
+        await conn.set_autocommit(was_autocommit)
         raise Busy("another retention run is in progress (an engine replica or ms07 db prune); try again later")
     try:
         return await _prune(conn, ret, redis, dry_run, archive, runner, should_stop, on_plan, on_removed)
