@@ -26,7 +26,7 @@ from tests.support import acli
 
 
 def _ret(settings: Any, **changes: Any) -> Any:
-    return dataclasses.replace(settings.retention, batch_size=4, batch_pause_seconds=0, **changes)
+    return dataclasses.replace(settings.retention, **{"batch_size": 4, "batch_pause_seconds": 0, **changes})
 
 
 async def _connect(url: str) -> psycopg.AsyncConnection[Any]:
@@ -254,4 +254,27 @@ async def test_cli_unwritable_archive_dir(env_for: dict[str, str], database_url:
         assert len(result.output.strip().splitlines()) == 1
         assert await job_ids(conn) == before
     finally:
+        await conn.close()
+
+
+async def test_a_batch_that_waits_past_its_lock_timeout_ends_partial(make_settings, database_url: str) -> None:
+    settings = make_settings()
+    conn = await _connect(database_url)
+    holder = await db.connect(database_url)
+    try:
+        made = await seed(conn, per_cell=1)
+        victim = made[("delivered", "forty_days")][0]
+        # Someone holds an attempt row of a job retention wants (a long report, a migration).
+        await holder.execute("SELECT id FROM distribution_attempts WHERE distribution_id = %s FOR UPDATE", (victim,))
+        t0 = time.monotonic()
+        run = await retention.prune(conn, _ret(settings, lock_timeout_ms=200, batch_size=100))
+        assert time.monotonic() - t0 < 10
+        assert run.outcome == "partial" and "LockNotAvailable" in (run.note or "")
+        assert victim in await job_ids(conn)  # the whole batch rolled back
+        assert (await attempt_jobs(conn))[victim] == ATTEMPTS_PER_JOB
+        await holder.rollback()
+        again = await retention.prune(conn, _ret(settings))
+        assert again.outcome == "done" and victim not in await job_ids(conn)
+    finally:
+        await holder.close()
         await conn.close()
