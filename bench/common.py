@@ -374,13 +374,14 @@ def ms07_origin(tree: Path | None = None) -> Path:
 
 
 def start_engine(config: Path, srv: Servers, http_port: int, extra_env: dict[str, str] | None = None,
-                 log: Path | None = None, wait: bool = True, tree: Path | None = None) -> subprocess.Popen[bytes]:
+                 log: Path | None = None, wait: bool = True, tree: Path | None = None,
+                 args: list[str] | None = None) -> subprocess.Popen[bytes]:
     """``ms07 run`` as a subprocess, of ``tree``'s source (default: this checkout); ``wait``
     until /health/live answers (it answers once the engine is already delivering: callers
     that count CPU from the first delivery pass ``wait=False`` and watch the sink instead)."""
     cwd, env = engine_env(srv, config, extra_env, tree)
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "ms07", "run", "--http-port", str(http_port)],  # noqa: S603
+    proc = subprocess.Popen([sys.executable, "-m", "ms07", "run", "--http-port", str(http_port), *(args or [])],  # noqa: S603
                             env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
     if wait:
         wait_http(f"http://127.0.0.1:{http_port}/health/live", timeout=60)

@@ -1,14 +1,20 @@
 """ms07 side by side with Celery, arq and taskiq, against the bare-client ceiling.
 
-    python -m bench.compare [-n 20000] [-c 64] [--runs 3] [--systems ms07,celery,arq,taskiq]
+    python -m bench.compare [-n 20000] [-c 64] [--rounds 5] [--systems ms07,ms07-w2,celery,arq,taskiq]
+                            [--rates 250,500,1000,2000,4000]
 
 One run starts one PostgreSQL, one Redis (loopback TCP, AOF everysec) and one sink
-process (bench/sink.py), then, round after round (``--runs``, medians reported):
+process (bench/sink.py), then, round after round (``--rounds``, default 5):
 
 1. ceiling: a bare aiohttp loop posting N payloads at concurrency C; references: bare
    httpx (default transport) and httpx on the httpx-aiohttp transport (``--ref-n``);
 2. each queue in turn: its producer (a subprocess) enqueues N jobs, then one worker
-   process (tree) at concurrency C delivers them all to the sink.
+   process (tree) at concurrency C delivers them all to the sink (``ms07-w2``: ms07 under
+   ``ms07 run --workers 2``, C per engine).
+
+Every target is judged on the median of the per-round ratios (a round runs every system
+within minutes, under the same load from the machine's other tenants) and reported with
+their spread (min-max); fewer than 5 rounds judge nothing.
 
 Deliveries/s is measured by the receiver, from its first request to its N-th unique
 Idempotency-Key, so worker start-up is excluded for everyone; CPU is user+sys of the
@@ -17,7 +23,11 @@ apart. Then, once per queue, latency: a warm worker, and a producer paced at hal
 queue's own median rate for ``--latency-seconds`` (``--latency-runs`` rounds, medians
 reported); every payload carries its enqueue time and the sink records now - enqueue at
 arrival (same method for all four); the first ``WARMUP_SECONDS`` of each paced run (a new
-producer process warming up) are left out of the percentiles, for every system.
+producer process warming up) are left out of the percentiles, for every system. And
+latency at common offered rates (``--rates``): every system paced at the same rates for
+``--rate-seconds`` (``--rate-runs`` rounds, medians), each rate only where it is at most
+``KEEPS_UP`` of that system's median peak (a system paced past its peak measures its
+backlog, not its latency).
 
 Writes docs/benchmarks/compare.{md,png,json} and the table into the README between the
 ``<!-- bench:compare -->`` markers. Peers install into their own virtual environments
@@ -39,7 +49,9 @@ from typing import Any
 
 from bench import common, report, systems
 
-QUEUES = ("ms07", "celery", "arq", "taskiq")
+QUEUES = ("ms07", "ms07-w2", "celery", "arq", "taskiq")
+MIN_ROUNDS = 5  # fewer per-round ratios judge no target
+KEEPS_UP = 0.8  # a common rate is run for a system whose median peak is at least rate / KEEPS_UP
 # Each paced run starts a new producer process: its first second (connections opened,
 # first statements planned on fresh PostgreSQL backends) is its warm-up, not the steady
 # state the latency target is about. Left out for every system alike; the percentiles
@@ -159,6 +171,37 @@ def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
         if runs and key in runs[0]:
             out[key] = (min if key == "unique" else max)(r[key] for r in runs)
     out["runs"] = [r["rate"] for r in runs]
+    out["cpu_runs"] = [r["cpu_per_1000"] for r in runs]
+    return out
+
+
+def common_rates(a: argparse.Namespace, results: dict[str, Any], queues: dict[str, systems.System],
+                 sink_port: int, tmp: Path) -> dict[str, dict[str, Any]]:
+    """{rate: {system: medians of its paced runs, or {"skipped": why}}}: every system at the same
+    offered rates, rounds alternating the systems."""
+    rates = [float(x) for x in a.rates.split(",") if x.strip()]
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {f"{r:g}": {n: [] for n in queues} for r in rates}
+    for rnd in range(a.rate_runs):
+        for rate in rates:
+            for name, system in queues.items():
+                if results["systems"][name]["rate"] * KEEPS_UP < rate:
+                    continue
+                x = latency_run(system, rate, a.rate_seconds, sink_port, tmp)
+                runs[f"{rate:g}"][name].append(x)
+                print(f"[rates {rnd + 1}] {name} at {rate:,.0f}/s: p50 {x['p50_ms']:.1f} p99 {x['p99_ms']:.1f} ms",
+                      flush=True)
+    out: dict[str, dict[str, Any]] = {}
+    for rate, by in runs.items():
+        out[rate] = {}
+        for name, xs in by.items():
+            if not xs:
+                peak = results["systems"][name]["rate"]
+                out[rate][name] = {"skipped": f"peak {peak:,.0f}/s < rate / {KEEPS_UP:g}"}
+                continue
+            out[rate][name] = {k: statistics.median(x[k] for x in xs) for k in
+                               ("achieved_rate", "p50_ms", "p95_ms", "p99_ms", "max_ms")
+                               if all(x[k] is not None for x in xs)}
+            out[rate][name]["p99_runs"] = [x["p99_ms"] for x in xs]
     return out
 
 
@@ -173,6 +216,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         "n": a.n,
         "concurrency": a.concurrency,
         "runs": a.runs,
+        "min_rounds": MIN_ROUNDS,
         "ref_n": a.ref_n,
         "machine": common.machine(os.getloadavg()),
         "settings": {k: v for k, v in systems.SETTINGS.items() if k in names},
@@ -209,6 +253,9 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                     "n": runs[0]["n"],
                     "p99_runs": [x["p99_ms"] for x in runs],
                 }
+        if a.rates and a.rate_seconds > 0:
+            results["common_rates"] = common_rates(a, results, queues, sink_port, tmp)
+            results["rate_seconds"], results["rate_runs"] = a.rate_seconds, a.rate_runs
     results["machine"]["load_after"] = os.getloadavg()
     results["logs"] = str(tmp)
     return results
@@ -220,7 +267,8 @@ def main() -> None:
     p.add_argument(
         "-c", "--concurrency", type=int, default=64, help="deliveries in flight, every system"
     )
-    p.add_argument("--runs", type=int, default=3, help="rounds; medians are reported")
+    p.add_argument("--rounds", "--runs", dest="runs", type=int, default=MIN_ROUNDS,
+                   help=f"rounds; targets are judged on the median of the per-round ratios (at least {MIN_ROUNDS})")
     p.add_argument(
         "--ref-n", type=int, default=3000, help="N for the httpx references (httpx is slow)"
     )
@@ -230,6 +278,10 @@ def main() -> None:
     p.add_argument(
         "--latency-runs", type=int, default=3, help="paced runs per system; medians are reported"
     )
+    p.add_argument("--rates", default="250,500,1000,2000,4000",
+                   help="common offered rates (per second) every system is paced at; empty skips them")
+    p.add_argument("--rate-seconds", type=float, default=5.0, help="paced run length at each common rate")
+    p.add_argument("--rate-runs", type=int, default=3, help="paced runs per system and common rate; medians")
     p.add_argument("--systems", default=",".join(QUEUES))
     p.add_argument("--out", type=Path, default=common.ROOT / "docs" / "benchmarks")
     p.add_argument("--no-readme", action="store_true", help="do not update the README's table")

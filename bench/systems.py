@@ -39,7 +39,11 @@ VERSIONS_OF = {
     "taskiq": ["taskiq", "taskiq-redis", "redis", "aiohttp"],
 }
 
+WORKERS = {"ms07": 1, "ms07-w2": 2}  # ms07 as `ms07 run --workers N`
+
 SETTINGS = {
+    "ms07-w2": "as ms07, with `ms07 run --workers 2`: a supervisor and 2 engine processes, each "
+    "with `service.concurrency` C (2C in flight in all); CPU is the whole tree's",
     "ms07": "`ms07 run`, 1 process, `service.concurrency` C, `prefetch` 16 (C x 16 entries held), "
     "`read_batch` 256, aiohttp pool of C connections, uvloop; every job and attempt in "
     "PostgreSQL; producer: `ms07.ops.submit` per distribution, group-committed (`SubmitBatcher`)",
@@ -74,7 +78,7 @@ def peer_python(name: str) -> Path:
 
 
 def versions(name: str) -> dict[str, str]:
-    if name == "ms07":
+    if name in WORKERS:
         from importlib.metadata import version
 
         return {p: version(p) for p in ("ms07", "aiohttp", "redis", "psycopg")}
@@ -110,7 +114,8 @@ class System:
             concurrency,
             tmp,
         )
-        self.python = Path(sys.executable) if name == "ms07" else peer_python(name)
+        self.workers = WORKERS.get(name)  # None: a peer
+        self.python = Path(sys.executable) if self.workers else peer_python(name)
         self.worker: subprocess.Popen[bytes] | None = None
         self.config = common.write_config(tmp / "ms07.yaml", sink_port, concurrency)
         self.env = {
@@ -133,6 +138,7 @@ class System:
     ) -> Produced:
         module = {
             "ms07": "bench.peers.ms07_producer",
+            "ms07-w2": "bench.peers.ms07_producer",
             "celery": "bench.peers.celery_app",
             "arq": "bench.peers.arq_app",
             "taskiq": "bench.peers.taskiq_app",
@@ -150,7 +156,7 @@ class System:
             "--concurrency",
             str(concurrency),
         ]
-        if self.name == "ms07":
+        if self.workers:
             cmd += ["--config", str(self.config)]
         out = subprocess.run(
             cmd,
@@ -167,9 +173,10 @@ class System:
     def start(self, log: Path) -> subprocess.Popen[bytes]:
         """Start the worker without waiting for it: callers watch the sink."""
         c = str(self.concurrency)
-        if self.name == "ms07":
+        if self.workers:
             self.worker = common.start_engine(
-                self.config, self.srv, common.free_port(), log=log, wait=False
+                self.config, self.srv, common.free_port(), log=log, wait=False,
+                args=["--workers", str(self.workers)] if self.workers > 1 else None,
             )
             return self.worker
         cmd = {
@@ -228,7 +235,7 @@ class System:
         try:
             return proc.wait(60)
         except subprocess.TimeoutExpired:
-            if self.name != "ms07":
+            if not self.workers:
                 os.killpg(proc.pid, signal.SIGKILL)
             else:
                 proc.kill()
@@ -236,7 +243,7 @@ class System:
 
     def recorded(self) -> dict[str, Any]:
         """ms07 only: what PostgreSQL holds (every delivery must be recorded)."""
-        if self.name != "ms07":
+        if not self.workers:
             return {}
         import psycopg
 

@@ -152,7 +152,18 @@ class ServiceConfig:
     max_batch_items: int = 100
     max_batch_bytes: int | None = None
     api_token_file: str | None = None
+    # A second token that may read the API and the console but not act (403 on every
+    # state-changing route); MS07_API_READ_TOKEN overrides the file.
+    read_only_token_file: str | None = None
+    # The console's session cookie lives this long (then the login form again).
+    console_session_hours: float = 8.0
     worker_id: str | None = None
+    # PostgreSQL holds the destinations (docs/operations.md, "Destinations at runtime"):
+    # true applies this file's destinations: list at every start (GitOps); false lets the
+    # database win, the list only seeding an empty table (an API-driven team).
+    apply_config: bool = False
+    # Held jobs of a resumed destination are released at most this fast, per engine.
+    resume_rate_per_second: float = 200.0
 
 
 @dataclass(frozen=True)
@@ -169,6 +180,7 @@ class DistributionConfig:
     max_deliveries: int = 3
     reconcile_interval_seconds: float = 60.0
     reconcile_after_seconds: float = 300.0
+    replay_resume_interval_seconds: float = 10.0
     scheduler_interval_seconds: float = 0.5
     read_batch: int = 200
     default_priority: str = "default"
@@ -320,6 +332,21 @@ class Settings:
             token = _read_secret_file(self.service.api_token_file, "service.api_token_file")
             if not token and strict:
                 raise ConfigError(f"service.api_token_file: {self.service.api_token_file} is empty")
+            return token or None
+        return None
+
+    def read_token(self, *, strict: bool = False) -> str | None:
+        """The read-only token (``MS07_API_READ_TOKEN`` or ``service.read_only_token_file``):
+        it may read the API and the console, never act. Same rules as :meth:`api_token`."""
+        env = os.environ.get("MS07_API_READ_TOKEN")
+        if env is not None and (env.strip() or strict):
+            if not env.strip():
+                raise ConfigError("MS07_API_READ_TOKEN is set but empty: set the token, or unset the variable")
+            return env.strip()
+        if self.service.read_only_token_file:
+            token = _read_secret_file(self.service.read_only_token_file, "service.read_only_token_file")
+            if not token and strict:
+                raise ConfigError(f"service.read_only_token_file: {self.service.read_only_token_file} is empty")
             return token or None
         return None
 
@@ -535,7 +562,7 @@ _ENV_TOP = {
 # pick one), the load fails naming both.
 ENV_ALIASES = {"MS07_HTTP_PORT": "MS07_SERVICE__HTTP_PORT", "MS07_HTTP_HOST": "MS07_SERVICE__HTTP_HOST",
                "MS07_CONCURRENCY": "MS07_SERVICE__CONCURRENCY"}
-_ENV_IGNORED = {"MS07_CONFIG", "MS07_API_TOKEN"}  # read where they are used, never stored
+_ENV_IGNORED = {"MS07_CONFIG", "MS07_API_TOKEN", "MS07_API_READ_TOKEN"}  # read where they are used, never stored
 
 
 def _env_overlay(data: dict[str, Any], environ: typing.Mapping[str, str]) -> dict[str, str]:
@@ -774,6 +801,9 @@ def validate(
     dist = settings.distribution
     for key, problem in range_problems(settings):
         fail(key, problem)
+    if not dist.replay_resume_interval_seconds > 0:
+        fail("distribution.replay_resume_interval_seconds",
+             f"must be positive, got {dist.replay_resume_interval_seconds:g}")
     if dist.claim_idle_seconds <= dist.timeout_seconds:
         fail(
             "distribution.claim_idle_seconds",
@@ -796,6 +826,8 @@ def validate(
         fail("service.concurrency", "must be between 1 and 10000")
     if not 1 <= settings.service.prefetch <= 64:
         fail("service.prefetch", "must be between 1 and 64")
+    if not settings.service.resume_rate_per_second > 0:
+        fail("service.resume_rate_per_second", f"must be positive, got {settings.service.resume_rate_per_second:g}")
     if not 1 <= settings.service.max_batch_items <= 1000:
         fail("service.max_batch_items", f"must be between 1 and 1000, got {settings.service.max_batch_items}")
     batch_bytes = settings.service.max_batch_bytes
@@ -803,6 +835,8 @@ def validate(
         fail("service.max_batch_bytes", f"must be between 1024 and {1024**3} (1 GiB), got {batch_bytes}")
     if not 0 <= settings.service.http_port <= 65535:
         fail("service.http_port", "must be a TCP port")
+    if not 0.05 <= settings.service.console_session_hours <= 24 * 30:
+        fail("service.console_session_hours", "must be between 0.05 and 720 (30 days)")
     if settings.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         fail("log_level", f"{settings.log_level!r} is not a log level")
     if settings.log_format not in ("auto", "json", "console"):

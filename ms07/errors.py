@@ -57,3 +57,10 @@ class RunbookError(Ms07Error):
     """A runbook file is invalid: the message names the file, the line and what is wrong."""
 
     exit_code = 2
+
+
+class Conflict(Ms07Error):
+    """The change would contradict the current state (a destination with open jobs
+    removed without saying what becomes of them, one added twice)."""
+
+    exit_code = 1

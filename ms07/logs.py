@@ -169,10 +169,11 @@ def register_settings(settings: Any) -> None:
     """Register the secrets a Settings object knows of: API token, database and Redis
     passwords. Secrets of destinations register themselves when they are resolved."""
     # An unreadable token file is reported by whoever needs the token, not here.
-    try:
-        register_secret(settings.api_token())
-    except Exception:  # nosec B110
-        pass
+    for read in ("api_token", "read_token"):
+        try:
+            register_secret(getattr(settings, read)())
+        except Exception:  # nosec B110
+            pass
     register_url_secrets(getattr(settings, "database_url", None))
     register_url_secrets(getattr(settings, "redis_url", None))
 

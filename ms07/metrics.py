@@ -55,6 +55,12 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.worker_info = Gauge(
+            "zenia_distribution_worker_info",
+            "Always 1: which engine process answered this scrape (worker: its index under ms07 run --workers N).",
+            ["worker_id", "pid", "worker"],
+            registry=r,
+        )
         self.queue_depth = Gauge(
             "zenia_distribution_queue_depth", "Entries in the queue stream (backlog).", ["queue"], registry=r
         )

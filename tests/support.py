@@ -169,8 +169,10 @@ class EngineProcess:
     """``python -m ms07 run`` in a subprocess, for crash and signal tests (on loopback,
     without an API token unless ``env`` names one or turns ``allow_unauthenticated`` off)."""
 
-    def __init__(self, config: Path, env: dict[str, str], log: Path, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(self, config: Path, env: dict[str, str], log: Path, extra_env: dict[str, str] | None = None,
+                 args: list[str] | None = None) -> None:
         self.config = config
+        self.args = args or []
         self.env = {**os.environ, "MS07_SERVICE__ALLOW_UNAUTHENTICATED": "true", **env, **(extra_env or {}),
                     "MS07_CONFIG": str(config)}
         self.log = log
@@ -179,7 +181,7 @@ class EngineProcess:
     def start(self) -> EngineProcess:
         out = self.log.open("ab")
         self.proc = subprocess.Popen(  # noqa: S603
-            [sys.executable, "-m", "ms07", "run", "--http-port", "0"],
+            [sys.executable, "-m", "ms07", "run", "--http-port", "0", *self.args],
             env=self.env,
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -65,6 +65,7 @@ def root(
 
 def _register() -> None:
     from ms07.cli import (
+        console,
         db,
         destinations,
         diagnose,
@@ -97,6 +98,7 @@ def _register() -> None:
     app.add_typer(queue.app, name="queue")
     app.add_typer(embedded.app, name="embedded")
     app.add_typer(workers.app, name="workers")
+    app.command("console")(console.console)
 
 
 _register()

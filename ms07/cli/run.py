@@ -21,8 +21,18 @@ def run(
         help="Port of the health/metrics/API server (service.http_port) "
         "\\[env: MS07_HTTP_PORT or MS07_SERVICE__HTTP_PORT]"
     ),
+    workers: int = typer.Option(
+        1, "--workers",
+        help="Engine processes under one supervisor, sharing the HTTP port (1: no supervisor; "
+        "in Kubernetes keep 1 and scale the pods)"
+    ),
     log_format: str = typer.Option(
         None, "--log-format", help="auto (console at a terminal, else json), json or console \\[env: MS07_LOG_FORMAT]"
+    ),
+    apply_config: bool = typer.Option(
+        False, "--apply-config",
+        help="Apply the config's destinations: list to the database at start (service.apply_config); "
+        "without it the database's destinations win \\[env: MS07_SERVICE__APPLY_CONFIG]"
     ),
 ) -> None:
     """Run the delivery engine until SIGTERM/SIGINT (uses the embedded servers when no URLs are set)."""
@@ -40,8 +50,14 @@ def run(
         service = dataclasses.replace(service, concurrency=concurrency)
     if http_port is not None:
         service = dataclasses.replace(service, http_port=http_port)
+    if apply_config:
+        service = dataclasses.replace(service, apply_config=True)
     settings = dataclasses.replace(settings, service=service)
     if log_format:
         settings = dataclasses.replace(settings, log_format=log_format)
     validate(settings, "command line")
-    raise typer.Exit(run_engine(settings))
+    if not 1 <= workers <= 256:
+        from ms07.errors import UsageError
+
+        raise UsageError(f"--workers must be between 1 and 256, got {workers}")
+    raise typer.Exit(run_engine(settings, workers))

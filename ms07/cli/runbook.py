@@ -81,7 +81,7 @@ def export(
     ctx: typer.Context,
     name: Name,
     fmt: Annotated[
-        str, typer.Option("--format", "-f", help="markdown (for a wiki, unchanged) or json.")
+        str, typer.Option("--format", help="markdown (for a wiki, unchanged) or json.")
     ] = "markdown",
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Write to FILE instead of stdout.")

@@ -4,6 +4,7 @@
 if SIGKILLed: no drain, no ack, no farewell) the first time it reaches that point;
 ``MS07_CRASH_SKIP=N`` lets N passes go by first. The points:
 
+- ``engine_start``: an engine is starting (nothing opened yet): a worker that dies at once;
 - ``after_http``: a delivery got its HTTP 2xx; its outcome is not yet in Postgres;
 - ``after_commit``: outcomes are committed in Postgres; their entries are not yet acked;
 - ``mid_batch``: a batch request was answered; none of its outcomes is recorded;
@@ -22,7 +23,7 @@ from __future__ import annotations
 import os
 
 CRASH_EXIT = 137
-POINTS = ("after_http", "after_commit", "mid_batch", "scheduler_move", "scheduler_moved")
+POINTS = ("engine_start", "after_http", "after_commit", "mid_batch", "scheduler_move", "scheduler_moved")
 _armed = frozenset(p.strip() for p in os.environ.get("MS07_CRASH_AT", "").split(",") if p.strip())
 _skip = int(os.environ.get("MS07_CRASH_SKIP", "0") or 0)
 _poison = os.environ.get("MS07_CRASH_ON_PAYLOAD", "").encode() or None

@@ -6,6 +6,7 @@ import asyncio
 import gc
 import os
 import signal
+import socket
 from typing import Any
 
 from ms07 import logs
@@ -15,8 +16,9 @@ from ms07.engine.engine import Engine
 log = logs.get("daemon")
 
 
-async def _main(settings: Settings) -> int:
+async def _main(settings: Settings, worker: int | None = None, sock: socket.socket | None = None) -> int:
     engine = Engine(settings)
+    engine.worker_index, engine.listen_socket = worker, sock
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, engine.request_stop, sig.name)
@@ -32,18 +34,47 @@ async def _main(settings: Settings) -> int:
             loop.remove_signal_handler(sig)
 
 
-def run_engine(settings: Settings) -> int:
+def run_engine(settings: Settings, workers: int = 1) -> int:
     """Run until SIGTERM/SIGINT; 0 after a clean drain, 75 after the memory guard.
 
-    The loop is uvloop when installed (MS07_EVENT_LOOP=asyncio opts out): it cuts the
-    engine's CPU per delivery by about a sixth (bench/throughput.py)."""
+    ``workers`` > 1: a supervisor and that many engine processes on one port
+    (``supervisor.py``). The loop is uvloop when installed (MS07_EVENT_LOOP=asyncio opts
+    out): it cuts the engine's CPU per delivery by about a sixth (bench/throughput.py)."""
     fmt = settings.log_format
     if fmt == "auto":
         import sys
 
         fmt = "console" if sys.stdout.isatty() else "json"
     logs.configure(settings.log_level, fmt)
+    if workers > 1:
+        return _supervise(settings, workers)
     return run_loop(_main(settings))
+
+
+def _supervise(settings: Settings, workers: int) -> int:
+    import dataclasses
+
+    from ms07.engine.supervisor import Supervisor
+    from ms07.runtime import Runtime
+
+    # Resolved once here: N children must not race to start the embedded servers.
+    runtime = Runtime(settings, create=True)
+    database_url, redis_url = runtime.database_url, runtime.redis_url
+    for name, url in runtime.embedded_used.items():
+        log.info(f"using embedded {name}", url=url, state_dir=str(settings.resolved_state_dir()))
+    settings = dataclasses.replace(settings, database_url=database_url, redis_url=redis_url)
+    return Supervisor(settings, workers, _child).run()
+
+
+def _child(settings: Settings, worker: int, sock: socket.socket | None) -> int:
+    """One engine of ``--workers N`` (in a fork of the supervisor)."""
+    import dataclasses
+
+    if settings.service.worker_id:
+        service = dataclasses.replace(settings.service, worker_id=f"{settings.service.worker_id}-{worker}")
+        settings = dataclasses.replace(settings, service=service)
+    with logs.bind(worker=worker):
+        return int(run_loop(_main(settings, worker, sock)))
 
 
 def _tune_gc() -> None:

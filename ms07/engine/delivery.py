@@ -172,6 +172,10 @@ class DestinationClient:
         self.network = network
         self._static = {"User-Agent": USER_AGENT, **config.headers}
         self.session: aiohttp.ClientSession | None = None
+        # Deliveries running on this client: a client replaced at runtime (engine/live.py)
+        # is closed only once they are done.
+        self.users = 0
+        self.idle: asyncio.Event | None = None  # set by the last of them once it is retired
 
     async def open(self) -> None:
         pool = self.config.pool

@@ -41,24 +41,25 @@ from redis.exceptions import RedisError
 
 from ms07 import __version__, logs
 from ms07.config import Settings
-from ms07.engine import auth, batching, crash, signing
+from ms07.engine import batching, crash
 from ms07.engine.backoff import Backoff, with_db
 from ms07.engine.breaker import CircuitBreaker
 from ms07.engine.committer import LINGER_SECONDS, SMALL_BATCH, Committer
 from ms07.engine.delivery import DestinationClient, ErrorCode
 from ms07.engine.held import Held, HeldEntries
+from ms07.engine.live import LiveDestinations
 from ms07.engine.policy import DeliveryPolicy
-from ms07.engine.ratelimit import RateLimiter
+from ms07.engine.replays import ReplayRunner
 from ms07.engine.retry import RetryPolicy
 from ms07.engine.server import Server, start_server
 from ms07.engine.upkeep import Upkeep
 from ms07.errors import ConfigError
 from ms07.metrics import Metrics
+from ms07.ops import dest_admin
 from ms07.ops.submit import SubmitBatcher
 from ms07.queue import Entry, InvalidMessage, Queue, parse_entry
 from ms07.runtime import Runtime
 from ms07.store import db, jobs
-from ms07.store import destinations as dest_store
 from ms07.store.status import JobStatus
 
 log = logs.get("DistributionWorker")
@@ -94,8 +95,13 @@ class Engine:
         self._http_slots = asyncio.Semaphore(self.concurrency)
         self._dispatch_slots = asyncio.Semaphore(2)
         self.http_port = settings.service.http_port if http_port is None else http_port
+        # Set by ``ms07 run --workers N`` (supervisor.py): which child this is, and the
+        # listening socket the supervisor bound for all of them.
+        self.worker_index: int | None = None
+        self.listen_socket: socket.socket | None = None
         self.metrics = Metrics()
         self.clients: dict[str, DestinationClient] = {}
+        self.paused: set[str] = set()  # destinations whose new deliveries are held (live.py)
         self.batchers: dict[str, batching.Batcher] = {}
         self.policy = DeliveryPolicy(settings.effective.values(), self.worker_id, self.metrics)
         self.started_at = _utc()
@@ -110,6 +116,7 @@ class Engine:
         self._stopped = asyncio.Event()
         self._stopping = False
         self.upkeep: Upkeep | None = None  # from start(): it works on the pool and the queue
+        self.replays = ReplayRunner(self)  # replays run through the API or taken over (upkeep)
         self._started = False
         self._tasks: set[asyncio.Task[Any]] = set()
         # Claimed jobs wait here for one of ``concurrency`` delivery coroutines: a task
@@ -125,6 +132,7 @@ class Engine:
         self._reader: asyncio.Task[Any] | None = None
         self._commit_task: asyncio.Task[Any] | None = None
         self.server: Server | None = None
+        self.live = LiveDestinations(self)
         self.submitter: SubmitBatcher | None = None
         self.queue: Queue | None = None
         self.pool: AsyncConnectionPool | None = None
@@ -167,6 +175,7 @@ class Engine:
         """Connect, migrate, sync destinations, open clients, start every loop."""
         if self._started:
             return
+        crash.point("engine_start")
         # Refused before anything is opened: an API that would answer without a token.
         serve_http = self.http_port is not None and self.http_port >= 0
         if serve_http:
@@ -183,26 +192,11 @@ class Engine:
             await self._listen()
         await self.queue.join(self.worker_id)
         async with self.pool.connection() as conn:
-            await dest_store.sync_destinations(conn, self.settings.destinations)
-        for dest in self.settings.effective.values():
-            client = DestinationClient(
-                dest,
-                self.dist,
-                auth=auth.provider_for(dest, self.settings.network),
-                signer=signing.signer_for(dest),
-                network=self.settings.network,
-            )
-            if dest.rate_limit is not None:
-                client.limiter = RateLimiter(self.queue.redis, dest.name, dest.rate_limit.per_second,
-                                             dest.rate_limit.burst)
-            await client.open()
-            self.clients[dest.name] = client
-            batcher = batching.batcher_for(self.policy, client, self._is_draining)
-            if batcher is not None:
-                self.batchers[dest.name] = batcher
-            if batcher is not None or client.limiter is not None:
-                self._own_tasks.add(dest.name)
-            self.metrics.circuit_state.labels(dest.name).set(0)
+            # PostgreSQL holds the destinations: the config's list is applied only when
+            # asked (service.apply_config / --apply-config) or to seed an empty table.
+            await dest_admin.start(conn, self.settings, apply_config=self.settings.service.apply_config,
+                                   operator=f"engine:{self.worker_id}")
+            await self.live.reload(conn)
         self.metrics.memory_threshold.set(self.settings.memory.threshold_mb * 1024 * 1024)
         self.held.capacity.set()
         self.held.idle.set()
@@ -213,10 +207,15 @@ class Engine:
                              metrics=self.metrics, held=self.held, max_held=self.max_held, policy=self.policy,
                              clients=self.clients, committer=self.committer)
         self._loops = self.upkeep.start()
+        self._loops += [asyncio.create_task(self.live.run(), name="destination-updates"),
+                        asyncio.create_task(self.live.release_loop(), name="held-release")]
+        self.metrics.worker_info.labels(self.worker_id, str(os.getpid()),
+                                        "" if self.worker_index is None else str(self.worker_index)).set(1)
         self.ready = True
         log.info(
             "engine started",
             worker_id=self.worker_id,
+            pid=os.getpid(),
             concurrency=self.concurrency,
             destinations=len(self.clients),
             http_port=self.http_port,
@@ -226,7 +225,7 @@ class Engine:
     async def _listen(self) -> None:
         host, port = self.settings.api_listen()[1], self.http_port
         try:
-            self.server = await start_server(self, host, port)
+            self.server = await start_server(self, host, port, sock=self.listen_socket)
         except OSError as exc:
             if self.submitter is not None:
                 await self.submitter.close()
@@ -305,13 +304,14 @@ class Engine:
                     never_started.append(held)
             self.held.release(never_started)
         await self.committer.drain(timeout=FINAL_COMMIT_SECONDS)
+        await self.replays.stop()  # each marks itself interrupted, for another engine to continue
         await self._cancel_all([*self._loops, *self._workers, *([self._commit_task] if self._commit_task else [])])
         if self.upkeep is not None:
             await self.upkeep.farewell()
         closers = [*(b.close() for b in self.batchers.values()),
                    *([self.server.close()] if self.server is not None else []),
                    *([self.submitter.close()] if self.submitter is not None else []),
-                   *(c.close() for c in self.clients.values())]
+                   *(c.close() for c in self.clients.values()), self.live.close()]
         for result in await asyncio.gather(*closers, return_exceptions=True):
             if isinstance(result, BaseException):
                 log.warning("error while closing", error=logs.clip(f"{type(result).__name__}: {result}", 200))
@@ -480,10 +480,28 @@ class Engine:
     async def deliver(self, job: jobs.ClaimedJob) -> jobs.Outcome:
         """Make the HTTP attempt(s) for one claimed job and decide what happens next."""
         policy = self.policy
+        if job.destination in self.paused:
+            return self._hold(job)
         client = self.clients.get(job.destination)
         if client is None:
             return policy.outcome(job, JobStatus.FAILED, ErrorCode.UNKNOWN_DESTINATION,
                                  f"destination {job.destination!r} is not configured on this worker")
+        # Counted while it runs: a client replaced meanwhile (live.py) is closed only after.
+        client.users += 1
+        try:
+            return await self._deliver_on(client, job)
+        finally:
+            client.users -= 1
+            if client.idle is not None and not client.users:
+                client.idle.set()
+
+    def _hold(self, job: jobs.ClaimedJob) -> jobs.Outcome:
+        """A paused destination: the job waits as ``paused``, no attempt counted, until
+        a resume releases it (live.py)."""
+        return self.policy.outcome(job, JobStatus.PAUSED, None, "destination paused; held until resumed")
+
+    async def _deliver_on(self, client: DestinationClient, job: jobs.ClaimedJob) -> jobs.Outcome:
+        policy = self.policy
         batcher = self.batchers.get(job.destination)
         if batcher is not None:
             return await batcher.deliver(job)
@@ -495,6 +513,8 @@ class Engine:
         async with self._http_slots:
             if self.draining:
                 return policy.hand_back(job)
+            if job.destination in self.paused:  # paused while this one waited for a slot
+                return self._hold(job)
             # Asked only now: while this delivery waited for a slot the circuit may have opened.
             if not breaker.allow():
                 return policy.defer_for_circuit(job)

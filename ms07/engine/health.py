@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
 import statistics
 import time
 from typing import TYPE_CHECKING, Any
@@ -225,7 +226,7 @@ async def detailed(engine: Engine) -> dict[str, Any]:
     report.update({
         "worker_id": engine.worker_id,
         "uptime_seconds": round((dt.datetime.now(dt.UTC) - engine.started_at).total_seconds(), 1),
-        "process": {"rss_bytes": rss_bytes(),
+        "process": {"pid": os.getpid(), "worker": engine.worker_index, "rss_bytes": rss_bytes(),
                     "memory_threshold_bytes": int(engine.settings.memory.threshold_mb * 1048576),
                     "in_flight": engine.in_flight, "concurrency": engine.concurrency, "max_held": engine.max_held,
                     "delivered": engine.delivered, "failed": engine.failed},

@@ -21,6 +21,7 @@ import hmac
 import json
 import logging
 import os
+import socket
 import time
 import tracemalloc
 from typing import TYPE_CHECKING, Any
@@ -43,6 +44,7 @@ BODY_LIMIT = web.AppKey("body_limit", int)
 
 
 OPEN_PATHS = frozenset({"/health/live", "/metrics"})
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 TRACE_FRAMES = 10
 
 
@@ -74,12 +76,15 @@ class ApiToken:
 
     RECHECK_SECONDS = 1.0
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, read_only: bool = False) -> None:
+        # read_only: the second token (MS07_API_READ_TOKEN, service.read_only_token_file).
         self._settings = settings
-        token = settings.api_token(strict=True)
+        self._read = settings.read_token if read_only else settings.api_token
+        token = self._read(strict=True)
         self.value: bytes | None = token.encode() if token else None
-        env = bool(os.environ.get("MS07_API_TOKEN"))
-        self._path = settings.service.api_token_file if self.value is not None and not env else None
+        env = bool(os.environ.get("MS07_API_READ_TOKEN" if read_only else "MS07_API_TOKEN"))
+        file = settings.service.read_only_token_file if read_only else settings.service.api_token_file
+        self._path = file if self.value is not None and not env else None
         self._stamp = self._stat()
         self._checked = time.monotonic()
 
@@ -97,7 +102,7 @@ class ApiToken:
             if stamp is not None and stamp != self._stamp:
                 self._stamp = stamp
                 try:
-                    token = self._settings.api_token()
+                    token = self._read()
                 except ConfigError as exc:
                     log.warning("cannot re-read the API token file; keeping the previous token", error=str(exc))
                     return self.value
@@ -108,16 +113,26 @@ class ApiToken:
         return self.value
 
 
-def _token_guard(token: ApiToken) -> Any:
+def _console_path(path: str) -> bool:
+    return path == "/console" or path.startswith("/console/")
+
+
+def _token_guard(token: ApiToken, read_token: ApiToken) -> Any:
     @web.middleware
     async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
         # Deny by default: only the two probe paths are open, whatever the router knows.
+        # The console has its own guard (session cookie, CSRF: ms07/console/security.py).
         expected = token.current()
-        if expected is not None and request.path not in OPEN_PATHS:
+        if expected is not None and request.path not in OPEN_PATHS and not _console_path(request.path):
             scheme, _, given = request.headers.get("Authorization", "").strip().partition(" ")
-            ok = hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"), expected)
-            if not (ok and scheme.lower() == "bearer"):
+            raw = given.strip().encode("utf-8", "surrogateescape")
+            ok = hmac.compare_digest(raw, expected)
+            viewer = read_token.current()
+            read_only = viewer is not None and hmac.compare_digest(raw, viewer)
+            if not ((ok or read_only) and scheme.lower() == "bearer"):
                 return _json({"error": "unauthorized"}, 401, {"WWW-Authenticate": "Bearer"})
+            if read_only and not ok and request.method not in READ_METHODS:
+                return _error(403, "the read-only token may read, not act")
         return await handler(request)
 
     return guard
@@ -302,9 +317,6 @@ async def delete_payload(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-REPLAY_TASKS = web.AppKey("replay_tasks", set)
-
-
 async def post_replay(request: web.Request) -> web.Response:
     """``POST /api/v1/replays``: a dry run (200: count and sample), or a replay run by this
     engine in the background (202; the same filter again resumes an unfinished one)."""
@@ -330,29 +342,14 @@ async def post_replay(request: web.Request) -> web.Response:
             if dry_run:
                 found = await replay.preview(conn, req)
                 return _json(logs.scrub({"replay_id": None, "status": "dry_run", **found}))
-            planned, _ = await replay.plan(conn, req, operator)
+            planned, _ = await replay.plan(conn, req, operator, runner="engine", rate=float(rate))
     except UsageError as exc:
         return _error(400, str(exc))
     if planned["status"] in ("running", "interrupted"):
-        task = asyncio.create_task(_run_replay(engine, planned["replay_id"], float(rate)))
-        request.app[REPLAY_TASKS].add(task)
-        task.add_done_callback(request.app[REPLAY_TASKS].discard)
+        # Run here; should this engine die, another one's upkeep continues it.
+        engine.replays.start(planned["replay_id"], float(rate))
     return _json({"replay_id": planned["replay_id"], "matched": planned["matched"], "status": planned["status"]},
                  202)
-
-
-async def _run_replay(engine: Engine, replay_id: str, rate: float) -> None:
-    from ms07.ops import replay
-
-    try:
-        async with engine.pool.connection() as conn:
-            await replay.run(conn, engine.queue, engine.settings, replay_id, rate=rate)
-    except replay.ReplayBusy:
-        log.info("replay already running elsewhere", replay_id=replay_id)
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        log.exception("replay failed; POST the same filter again to resume", replay_id=replay_id)
 
 
 async def replay_status(request: web.Request) -> web.Response:
@@ -372,14 +369,6 @@ async def replay_status(request: web.Request) -> web.Response:
         return _error(404, str(exc))
     except UsageError as exc:
         return _error(409, str(exc))
-
-
-async def _stop_replays(app: web.Application) -> None:
-    """Shutdown: each running replay marks itself interrupted (resumable) and stops."""
-    tasks = list(app[REPLAY_TASKS])
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class MemoryDebug:
@@ -445,7 +434,7 @@ class MemoryDebug:
 class Server:
     """The running server; ``port`` is the one bound (``http_port: 0`` picks a free one)."""
 
-    def __init__(self, runner: web.AppRunner, site: web.TCPSite, memory: MemoryDebug) -> None:
+    def __init__(self, runner: web.AppRunner, site: web.BaseSite, memory: MemoryDebug) -> None:
         self.runner, self.site, self.memory = runner, site, memory
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
@@ -456,14 +445,14 @@ class Server:
 
 def build_app(engine: Engine, memory: MemoryDebug | None = None) -> web.Application:
     token = ApiToken(engine.settings)
+    read_token = ApiToken(engine.settings, read_only=True)
     logs.register_settings(engine.settings)
     memory = memory or MemoryDebug(engine.settings.service.debug_memory)
     limit = body_limit(engine.settings)
-    app = web.Application(middlewares=[_token_guard(token), _correlate, _json_errors], client_max_size=limit)
+    app = web.Application(middlewares=[_token_guard(token, read_token), _correlate, _json_errors],
+                          client_max_size=limit)
     app[ENGINE] = engine
     app[BODY_LIMIT] = limit
-    app[REPLAY_TASKS] = set()
-    app.on_cleanup.append(_stop_replays)
     app.add_routes([
         web.get("/health/live", live),
         web.get("/health/ready", ready),
@@ -480,6 +469,11 @@ def build_app(engine: Engine, memory: MemoryDebug | None = None) -> web.Applicat
         web.get("/debug/memory", memory.handle),
         web.get("/api/v1/openapi.json", openapi.handle),
     ])
+    from ms07.console import mount_engine
+    from ms07.engine import dest_api  # destinations at runtime
+
+    app.add_routes(dest_api.routes())
+    mount_engine(app, engine, token, read_token)
     return app
 
 
@@ -500,7 +494,8 @@ class _MalformedRequests(logging.Filter):
         return True
 
 
-async def start_server(engine: Engine, host: str, port: int) -> Server:
+async def start_server(engine: Engine, host: str, port: int, sock: socket.socket | None = None) -> Server:
+    """``sock``: a listening socket bound already (``ms07 run --workers N`` shares one)."""
     server_log = logging.getLogger("aiohttp.server")
     if not any(isinstance(f, _MalformedRequests) for f in server_log.filters):
         server_log.addFilter(_MalformedRequests())
@@ -511,7 +506,8 @@ async def start_server(engine: Engine, host: str, port: int) -> Server:
     runner = web.AppRunner(build_app(engine, memory), access_log=None, handle_signals=False, shutdown_timeout=2.0,
                            auto_decompress=False)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True)
+    site: web.BaseSite = (web.SockSite(runner, sock) if sock is not None
+                          else web.TCPSite(runner, host, port, reuse_address=True))
     await site.start()
     memory.start()
     server = Server(runner, site, memory)

@@ -5,6 +5,8 @@
   (delivered more than ``max_deliveries`` times) parked; long deliveries kept alive;
 - reconciler: open jobs Postgres holds that Redis lost are enqueued again (one replica
   at a time, under a Redis lock);
+- replays: API replays whose engine is gone are continued (one replica each, under the
+  replay's PostgreSQL session lock);
 - heartbeat: ``worker:heartbeat:<id>`` with a TTL and a ``worker_heartbeats`` row;
 - health probes, queue metrics, the memory guard, circuit transitions.
 
@@ -50,6 +52,15 @@ if TYPE_CHECKING:
 
 log = logs.get("upkeep")
 _process = psutil.Process()
+
+
+def _forked() -> None:
+    """A child of ``ms07 run --workers N`` measures itself, not the supervisor."""
+    global _process
+    _process = psutil.Process()
+
+
+os.register_at_fork(after_in_child=_forked)
 
 EXIT_MEMORY_GUARD = 75  # EX_TEMPFAIL: the orchestrator should restart this process
 
@@ -109,6 +120,7 @@ class Upkeep:
             ("scheduler", d.scheduler_interval_seconds, self.move_due),
             ("reclaimer", self.reclaim_interval(), self.reclaim),
             ("reconciler", d.reconcile_interval_seconds, self.reconcile),
+            ("replays", d.replay_resume_interval_seconds, self.resume_replays),
             ("heartbeat", s.service.heartbeat_interval_seconds, self.heartbeat),
             ("health", s.service.health_check_interval_seconds, self.probe_health),
             ("metrics", 5.0, self.refresh_metrics),
@@ -262,6 +274,13 @@ class Upkeep:
 
     async def reconcile(self) -> int:
         return await reconcile(self.engine)
+
+    # ------------------------------------------------------------------ replays
+
+    async def resume_replays(self) -> int:
+        """API replays whose engine is gone (its session lock let go): one replica
+        continues each (ms07/engine/replays.py)."""
+        return await self.engine.replays.adopt()
 
     # ------------------------------------------------------------------ heartbeat
 

@@ -18,17 +18,26 @@ from ms07.store import destinations as dest_store
 
 
 async def sync(rt: Runtime) -> list[str]:
+    """The config's destinations applied to the database (added and changed, none
+    removed: ``ms07 destinations apply --prune`` does that)."""
+    from ms07.ops import dest_admin
+    from ms07.recover.audit import operator
+
     async with rt.connection() as conn:
-        await dest_store.sync_destinations(conn, rt.settings.destinations)
+        await dest_admin.apply(conn, rt.settings, rt.settings.destinations, prune=False, dry_run=False,
+                               operator=operator(), command="ms07 destinations sync")
     return rt.settings.destination_names
 
 
 async def listing(rt: Runtime) -> list[dict[str, Any]]:
-    """Every configured destination with its health, circuit state, pool and auth type."""
-    settings = rt.settings
+    """Every destination in force (the database's, else the config's) with its health,
+    circuit state, pool, auth type and paused state."""
+    from ms07.ops import dest_admin
+
     async with rt.connection() as conn:
-        await dest_store.sync_destinations(conn, settings.destinations)
+        settings = await dest_admin.settings_in_force(conn, rt.settings)
         rows = {r["name"]: r for r in await dest_store.list_destinations(conn)}
+        managed = await dest_admin.rows(conn)
     redis = await rt.redis()
     out = []
     for dest in settings.effective.values():
@@ -53,6 +62,8 @@ async def listing(rt: Runtime) -> list[dict[str, Any]]:
             "auth": dest.auth.type,
             "auth_reference": dest.auth.redacted(),
             "signing": dest.signing is not None,
+            "paused": bool(managed.get(dest.name, {}).get("paused")),
+            "version": managed.get(dest.name, {}).get("version"),
         })
     return out
 

@@ -106,16 +106,18 @@ async def preview(conn: psycopg.AsyncConnection[Any], req: ReplayRequest) -> dic
             "resumes": shape(pending) if pending else None, "notes": list(req.filter.notes)}
 
 
-async def plan(conn: psycopg.AsyncConnection[Any], req: ReplayRequest, operator: str) -> tuple[dict[str, Any], bool]:
+async def plan(conn: psycopg.AsyncConnection[Any], req: ReplayRequest, operator: str, *,
+               runner: str = "cli", rate: float = DEFAULT_RATE) -> tuple[dict[str, Any], bool]:
     """The replay to run: the unfinished one of this filter (resumed: True), else a new
-    one with its selection frozen and audited."""
+    one with its selection frozen and audited. ``runner`` 'engine' (the API): should its
+    engine die, another engine's upkeep continues it at ``rate``."""
     async with conn.transaction():
         found = await replays.unfinished(conn, req.key())
         if found is not None:
             return shape(found), True
         replay_id = uuid.uuid4().hex[:12]
         doc = req.doc()
-        matched = await replays.create(conn, replay_id, req.filter, doc, req.key(), operator)
+        matched = await replays.create(conn, replay_id, req.filter, doc, req.key(), operator, runner, rate)
         await audit.record(conn, operator=operator, plan_id=replay_id, plan="replay", step="plan",
                            outcome="planned", detail=logs.scrub({"filter": doc, "matched": matched}))
     row = await replays.get(conn, replay_id)
@@ -160,11 +162,13 @@ def budgets(settings: Settings) -> tuple[dict[str, int], int]:
 async def run(
     conn: psycopg.AsyncConnection[Any], queue: Queue, settings: Settings, replay_id: str, *,
     rate: float = DEFAULT_RATE, on_progress: Callable[[dict[str, Any]], None] | None = None,
-    on_enqueued: Callable[[list[str]], None] | None = None,
+    on_enqueued: Callable[[list[str]], None] | None = None, runner: str = "cli", taken_over_by: str | None = None,
 ) -> dict[str, Any]:
     """Enqueue the replay's pending jobs, ``rate`` a second at most, until none is left or
     it is cancelled. ``conn`` is held for the whole run (its session lock keeps a second
-    runner out)."""
+    runner out, and goes with the connection when the process dies). ``runner`` ('cli',
+    'engine') is who resumes it if it stops; ``taken_over_by`` (a worker id): an engine
+    continuing a replay whose runner is gone, audited as a resume."""
     from ms07.ops.dlq import requeue
 
     if not rate > 0:
@@ -180,6 +184,16 @@ async def run(
                              f"follow it with GET /api/v1/replays/{replay_id}")
         statuses = tuple(row["filter"]["status"])
         try:
+            # Read again under the lock: finished or cancelled while we waited, it stays so.
+            row = await replays.get(conn, replay_id)
+            if row is None or row["status"] not in replays.UNFINISHED:
+                return await get(conn, replay_id)
+            await replays.take(conn, replay_id, runner, rate)
+            if taken_over_by is not None:
+                await audit.record(conn, operator=row["operator"], plan_id=replay_id, plan="replay", step="run",
+                                   outcome="resumed",
+                                   detail={"by": taken_over_by, "was": row["status"], "matched": row["matched"],
+                                           "enqueued": row["enqueued"], "skipped": row["skipped"]})
             await replays.set_status(conn, replay_id, "running", only_from=("interrupted",))
             while True:
                 started = time.monotonic()

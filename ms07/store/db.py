@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -12,12 +13,14 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
+from ms07 import logs
 from ms07.config import redact_url
 from ms07.errors import DependencyUnavailable
 
 # Serialises migrations when several pods start at once.
 _MIGRATION_LOCK = 0x6D733037  # "ms07"
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+log = logs.get("migrations")
 
 
 def describe_pg_error(exc: BaseException) -> str:
@@ -91,11 +94,67 @@ def migrations() -> list[tuple[int, str, str]]:
     return sorted(found)
 
 
+# A migration whose first line is this runs outside a transaction, one statement at a
+# time: for CREATE INDEX CONCURRENTLY, which builds an index on a big table while writes
+# go on (in a transaction, a plain CREATE INDEX holds them back for the whole build). Such
+# a migration holds only ``CREATE [UNIQUE] INDEX CONCURRENTLY IF NOT EXISTS`` statements,
+# so that one stopped half-way (a crash, a cancel, a deploy) can simply run again.
+NO_TRANSACTION = "-- ms07: no-transaction"
+_CONCURRENT_INDEX = re.compile(
+    r"^CREATE\s+(?:UNIQUE\s+)?INDEX\s+CONCURRENTLY\s+IF\s+NOT\s+EXISTS\s+([a-z0-9_]+)\s+ON\s", re.I)
+
+
+def outside_transaction(sql: str) -> bool:
+    return sql.lstrip().startswith(NO_TRANSACTION)
+
+
+def concurrent_statements(name: str, sql: str) -> list[tuple[str, str]]:
+    """(index name, statement) of a no-transaction migration, in order; anything but a
+    concurrent, idempotent index build is refused (ValueError)."""
+    text = "\n".join(line for line in sql.splitlines() if not line.lstrip().startswith("--"))
+    out = []
+    for statement in (s.strip() for s in text.split(";")):
+        if not statement:
+            continue
+        match = _CONCURRENT_INDEX.match(statement)
+        if match is None:
+            raise ValueError(f"migration {name} runs outside a transaction and may only hold "
+                             f"CREATE INDEX CONCURRENTLY IF NOT EXISTS statements: {statement[:80]!r}")
+        out.append((match.group(1), statement))
+    return out
+
+
+async def _build_concurrently(conn: psycopg.AsyncConnection[Any], index: str, statement: str) -> None:
+    """One concurrent index build. A build that was interrupted (its connection killed,
+    cancelled, a deadlock) leaves the index in the catalog marked INVALID: written to,
+    never read, and IF NOT EXISTS would take it for done. Drop it and build it again."""
+    cur = await conn.execute(
+        "SELECT i.indisvalid FROM pg_index i WHERE i.indexrelid = to_regclass(%s)", (index,))
+    row = await cur.fetchone()
+    if row is not None and not row[0]:
+        log.warning("dropping an index an interrupted build left invalid, to build it again", index=index)
+        await conn.execute(f'DROP INDEX CONCURRENTLY IF EXISTS "{index}"'.encode())
+    await conn.execute(statement.encode())
+
+
+async def _lock(conn: psycopg.AsyncConnection[Any]) -> None:
+    """The migration lock, asked for again every 0.2 s rather than waited for: a session
+    blocked in pg_advisory_lock() holds a snapshot, and a concurrent index build (which
+    waits for every older snapshot) under the lock holder would wait for it: a deadlock."""
+    while True:
+        cur = await conn.execute("SELECT pg_try_advisory_lock(%s)", (_MIGRATION_LOCK,))
+        row = await cur.fetchone()
+        if row and row[0]:
+            return
+        await asyncio.sleep(0.2)
+
+
 async def migrate(conn: psycopg.AsyncConnection[Any]) -> list[str]:
-    """Apply pending migrations, each in its own transaction; return what was applied."""
+    """Apply pending migrations, each in its own transaction (or, marked
+    ``NO_TRANSACTION``, statement by statement); return what was applied."""
     applied: list[str] = []
     await conn.set_autocommit(True)
-    await conn.execute("SELECT pg_advisory_lock(%s)", (_MIGRATION_LOCK,))
+    await _lock(conn)
     try:
         await conn.execute(
             """CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -107,6 +166,14 @@ async def migrate(conn: psycopg.AsyncConnection[Any]) -> list[str]:
         done = {row[0] for row in await cur.fetchall()}
         for version, name, sql in migrations():
             if version in done:
+                continue
+            if outside_transaction(sql):
+                for index, statement in concurrent_statements(f"{version:04d}_{name}", sql):
+                    await _build_concurrently(conn, index, statement)
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", (version, name)
+                )
+                applied.append(f"{version:04d}_{name}")
                 continue
             async with conn.transaction():
                 await conn.execute(sql.encode())

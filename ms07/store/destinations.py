@@ -67,3 +67,82 @@ async def set_circuit(conn: psycopg.AsyncConnection[Any], name: str, state: str)
             WHERE name = %s AND circuit_state <> %s""",
         (state, name, state),
     )
+
+
+# ------------------------------------------------------------ managed destinations (0004)
+#
+# Rows with a ``spec`` are the destinations in force (PostgreSQL is their source of truth;
+# docs/operations.md, "Destinations at runtime"). Every change bumps ``version`` and
+# notifies CHANNEL in the same transaction: the engines LISTEN and rebuild what changed.
+
+CHANNEL = "ms07_destinations"
+
+
+async def managed(conn: psycopg.AsyncConnection[Any]) -> list[dict[str, Any]]:
+    """Every managed destination: name, spec, version, paused state, timestamps."""
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            """SELECT name, spec, version, paused, paused_at, paused_reason, created_at, updated_at, changed_by
+                 FROM destinations WHERE spec IS NOT NULL ORDER BY name"""
+        )
+        return list(await cur.fetchall())
+
+
+async def upsert(conn: psycopg.AsyncConnection[Any], spec: dict[str, Any], public: dict[str, Any],
+                 changed_by: str) -> int | None:
+    """Write one destination's spec; the new version, or None when nothing changed."""
+    cur = await conn.execute(
+        """INSERT INTO destinations (name, url, health_url, configuration, enabled, spec, version, changed_by)
+           VALUES (%(name)s, %(url)s, %(health_url)s, %(public)s, %(enabled)s, %(spec)s, 1, %(by)s)
+           ON CONFLICT (name) DO UPDATE
+              SET url = EXCLUDED.url, health_url = EXCLUDED.health_url, configuration = EXCLUDED.configuration,
+                  enabled = EXCLUDED.enabled, spec = EXCLUDED.spec, version = destinations.version + 1,
+                  changed_by = EXCLUDED.changed_by, updated_at = now()
+            WHERE destinations.spec IS DISTINCT FROM EXCLUDED.spec
+           RETURNING version""",
+        {"name": spec["name"], "url": spec["url"], "health_url": spec.get("health_url"), "public": Jsonb(public),
+         "enabled": spec.get("enabled", True), "spec": Jsonb(spec), "by": changed_by},
+    )
+    row = await cur.fetchone()
+    if row is None:
+        return None
+    await notify(conn, spec["name"])
+    return int(row[0])
+
+
+async def remove(conn: psycopg.AsyncConnection[Any], name: str) -> bool:
+    cur = await conn.execute("DELETE FROM destinations WHERE name = %s AND spec IS NOT NULL", (name,))
+    if cur.rowcount:
+        await notify(conn, name)
+    return bool(cur.rowcount)
+
+
+async def set_paused(conn: psycopg.AsyncConnection[Any], name: str, paused: bool, reason: str | None,
+                     changed_by: str) -> bool | None:
+    """Pause or resume; True when the state changed, False when it already was, None when
+    there is no such destination."""
+    cur = await conn.execute(
+        """UPDATE destinations SET paused = %s, paused_at = CASE WHEN %s THEN now() END, paused_reason = %s,
+                  version = version + 1, changed_by = %s, updated_at = now()
+            WHERE name = %s AND spec IS NOT NULL AND paused <> %s RETURNING name""",
+        (paused, paused, reason if paused else None, changed_by, name, paused),
+    )
+    if cur.rowcount:
+        await notify(conn, name)
+        return True
+    cur = await conn.execute("SELECT 1 FROM destinations WHERE name = %s AND spec IS NOT NULL", (name,))
+    return False if await cur.fetchone() else None
+
+
+async def notify(conn: psycopg.AsyncConnection[Any], name: str) -> None:
+    """Sent when the caller's transaction commits (PostgreSQL holds NOTIFY until then)."""
+    await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, name))
+
+
+async def lock(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Serialise changes of the managed set (two replicas seeding it at once, an apply
+    racing an API call) until the caller's transaction ends."""
+    await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK,))
+
+
+_LOCK = 0x6D733038  # "ms08": beside the migration lock "ms07"

@@ -53,14 +53,15 @@ async def unfinished(conn: psycopg.AsyncConnection[Any], filter_key: str) -> dic
 
 async def create(
     conn: psycopg.AsyncConnection[Any], replay_id: str, flt: JobFilter, filter_doc: dict[str, Any],
-    filter_key: str, operator: str,
+    filter_key: str, operator: str, runner: str = "cli", rate: float | None = None,
 ) -> int:
     """Insert the replay and freeze its selection, oldest first (call in a transaction).
     Returns how many jobs it selected."""
     clause, params = where(flt)
     await conn.execute(
-        "INSERT INTO replays (id, filter, filter_key, operator, matched) VALUES (%s, %s, %s, %s, 0)",
-        (replay_id, Jsonb(filter_doc), filter_key, operator))
+        "INSERT INTO replays (id, filter, filter_key, operator, matched, runner, rate)"
+        " VALUES (%s, %s, %s, %s, 0, %s, %s)",
+        (replay_id, Jsonb(filter_doc), filter_key, operator, runner, rate))
     cur = await conn.execute(
         f"""INSERT INTO replay_items (replay_id, seq, distribution_id)
             SELECT %s, row_number() OVER (ORDER BY created_at, distribution_id), distribution_id
@@ -82,6 +83,20 @@ async def set_status(conn: psycopg.AsyncConnection[Any], replay_id: str, status:
         "UPDATE replays SET status = %s, updated_at = now() WHERE id = %s AND status = ANY(%s)",
         (status, replay_id, list(only_from)))
     return cur.rowcount == 1
+
+
+async def take(conn: psycopg.AsyncConnection[Any], replay_id: str, runner: str, rate: float) -> None:
+    """Whoever runs a replay now resumes it if it stops: an engine, or the command."""
+    await conn.execute("UPDATE replays SET runner = %s, rate = %s WHERE id = %s", (runner, rate, replay_id))
+
+
+async def engine_unfinished(conn: psycopg.AsyncConnection[Any]) -> list[tuple[str, float | None]]:
+    """(id, rate) of the unfinished replays an engine runs, oldest first: those whose
+    runner is gone are for the upkeep to take over."""
+    cur = await conn.execute(
+        """SELECT id, rate FROM replays WHERE runner = 'engine' AND status IN ('running', 'interrupted')
+            ORDER BY created_at""")
+    return [(r[0], r[1]) for r in await cur.fetchall()]
 
 
 async def try_lock(conn: psycopg.AsyncConnection[Any], replay_id: str) -> bool:
@@ -146,3 +161,10 @@ async def step(
 
 def _lock_key(replay_id: str) -> int:
     return zlib.crc32(replay_id.encode()) - 2**31
+
+
+async def recent(conn: psycopg.AsyncConnection[Any], limit: int = 20) -> list[dict[str, Any]]:
+    """The newest replays first (the console's list; unfinished ones among them)."""
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(f"SELECT {_COLUMNS} FROM replays ORDER BY created_at DESC LIMIT %s", (limit,))
+        return list(await cur.fetchall())

@@ -1,7 +1,7 @@
 """Job and attempt statuses: the one home of their names and groups.
 
 The values are the strings ``distribution_jobs.status`` and ``distribution_attempts.status``
-hold (the CHECK constraints of migrations/0001_initial.sql; tests/store/test_status.py
+hold (the CHECK constraints of migrations/0001_initial.sql, ``paused`` added by 0004; tests/store/test_status.py
 keeps the two in step). Code compares and writes members, never string literals; SQL
 embeds the groups through the fragments below, built once at import so every statement
 stays a static text (some run unprepared on purpose: docs/architecture.md, "Data model").
@@ -19,6 +19,7 @@ class JobStatus(StrEnum):
     DELIVERED = "delivered"
     FAILED = "failed"  # parked: a permanent error
     DEAD = "dead"  # parked: retries exhausted, poison or unprocessable
+    PAUSED = "paused"  # held for a paused destination: not attempted, not retried (0004)
 
 
 class AttemptStatus(StrEnum):
@@ -30,6 +31,9 @@ class AttemptStatus(StrEnum):
 
 # Still to be delivered: the reconciler watches these.
 OPEN = frozenset({JobStatus.QUEUED, JobStatus.RETRYING, JobStatus.PROCESSING})
+# Held while their destination is paused: not finished, yet not "open" either (the
+# reconciler must not re-enqueue them); resume sets them queued again.
+HELD = frozenset({JobStatus.PAUSED})
 # In the DLQ; ``dlq replay`` puts them back to queued.
 PARKED = frozenset({JobStatus.FAILED, JobStatus.DEAD})
 # ``completed_at`` set; never claimed again.

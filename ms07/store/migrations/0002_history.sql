@@ -1,25 +1,11 @@
 -- Issue 19: search the history (GET /api/v1/distributions, ms07 jobs list) and replay by
 -- filter (ms07 replay, POST /api/v1/replays).
 --
--- Every search filter reaches its rows through an index, newest first (ORDER BY
--- created_at DESC, distribution_id DESC, or completed_at for on=finished: the keyset of
--- the cursor), so a page costs the same at 10 million jobs as at ten. correlation_id and
--- idempotency_key already have one. Built in the migration's transaction: on a big table
--- that holds writes back while they build (minutes at 10 million rows); build them first
--- with CREATE INDEX CONCURRENTLY under the same names and the migration finds them
--- (IF NOT EXISTS).
-CREATE INDEX IF NOT EXISTS distribution_jobs_created_idx
-    ON distribution_jobs (created_at, distribution_id);
-CREATE INDEX IF NOT EXISTS distribution_jobs_destination_created_idx
-    ON distribution_jobs (destination_name, created_at, distribution_id);
-CREATE INDEX IF NOT EXISTS distribution_jobs_status_created_idx
-    ON distribution_jobs (status, created_at, distribution_id);
-CREATE INDEX IF NOT EXISTS distribution_jobs_error_created_idx
-    ON distribution_jobs (last_error_code, created_at) WHERE last_error_code IS NOT NULL;
--- since/until on the finished time (on=finished), newest finished first (parked_idx
--- covers failed/dead only).
-CREATE INDEX IF NOT EXISTS distribution_jobs_completed_idx
-    ON distribution_jobs (completed_at, distribution_id) WHERE completed_at IS NOT NULL;
+-- The search's indexes are in 0006_history_indexes.sql, built CONCURRENTLY outside a
+-- transaction. They were created here at first, in this migration's transaction, which
+-- holds writes to distribution_jobs back for the whole build (minutes at 10 million
+-- rows). A database that applied this migration in that form has them already (0006
+-- then finds them: IF NOT EXISTS); any other gets them from 0006. Same end state.
 
 -- A replay: its filter, who asked, and its progress. The selection is frozen when it is
 -- planned (replay_items), so a resumed replay never picks a job twice.

@@ -1,0 +1,20 @@
+-- Issue 20: destinations managed at runtime. PostgreSQL is their source of truth: the
+-- whole destination as given (the config's shape, secret *references* included, never a
+-- secret value) lives in ``spec``; ``version`` grows on every change, so a replica
+-- compares versions to know what to rebuild. A row whose spec is NULL predates this
+-- migration (written by the old config sync): it is not managed, and the engine seeds
+-- the managed set from its config on the first start after the upgrade.
+ALTER TABLE destinations ADD COLUMN IF NOT EXISTS spec jsonb;
+ALTER TABLE destinations ADD COLUMN IF NOT EXISTS version bigint NOT NULL DEFAULT 0;
+ALTER TABLE destinations ADD COLUMN IF NOT EXISTS paused boolean NOT NULL DEFAULT false;
+ALTER TABLE destinations ADD COLUMN IF NOT EXISTS paused_at timestamptz;
+ALTER TABLE destinations ADD COLUMN IF NOT EXISTS paused_reason text;
+ALTER TABLE destinations ADD COLUMN IF NOT EXISTS changed_by text;
+
+-- Job status 'paused': accepted for a paused destination, held, not attempted.
+ALTER TABLE distribution_jobs DROP CONSTRAINT IF EXISTS distribution_jobs_status_check;
+ALTER TABLE distribution_jobs ADD CONSTRAINT distribution_jobs_status_check
+    CHECK (status IN ('queued', 'processing', 'retrying', 'delivered', 'failed', 'dead', 'paused'));
+-- Resume releases the held jobs of one destination oldest first, a chunk at a time.
+CREATE INDEX IF NOT EXISTS distribution_jobs_paused_idx
+    ON distribution_jobs (destination_name, created_at) WHERE status = 'paused';
