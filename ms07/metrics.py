@@ -108,6 +108,30 @@ class Metrics:
         self.requeued = Counter(
             "zenia_distribution_requeued_total", "Jobs the reconciler put back from Postgres.", registry=r
         )
+        # Retention (issue 18): what this process removed, and the last success of any replica.
+        self.retention_rows = Counter(
+            "zenia_distribution_retention_removed_rows_total",
+            "Rows retention removed (payloads: expunged), by table.", ["table"], registry=r,
+        )
+        self.retention_bytes = Counter(
+            "zenia_distribution_retention_removed_bytes_total",
+            "Bytes of the rows retention removed (payloads: expunged), by table.", ["table"], registry=r,
+        )
+        self.retention_last_success = Gauge(
+            "zenia_distribution_retention_last_success_timestamp_seconds",
+            "When a retention run last succeeded (any replica; 0: never).", registry=r,
+        )
+        self.retention_enabled = Gauge(
+            "zenia_distribution_retention_enabled", "1 when a retention age is set, 0 when retention is off.",
+            registry=r,
+        )
+        for table in ("distribution_jobs", "distribution_attempts", "payloads", "dlq_entries"):
+            self.retention_rows.labels(table)
+            self.retention_bytes.labels(table)
+
+    def retention_removed(self, table: str, rows: int, size: int) -> None:
+        self.retention_rows.labels(table).inc(rows)
+        self.retention_bytes.labels(table).inc(size)
 
     def track(self, destinations: Iterable[str], queues: Iterable[str]) -> None:
         """Create the zero-valued series of these destinations and queues (idempotent)."""

@@ -16,6 +16,10 @@ from ms07.diagnose.common import rows
 from ms07.diagnose.context import Context
 from ms07.diagnose.model import CheckResult, fmt_duration
 from ms07.store import diagnose_sql as sql
+from ms07.store.status import JobStatus
+
+# Its findings are the queue check's: the runbook validator reads them from here too.
+CHECK_PART = True
 
 
 def human(n: float) -> str:
@@ -71,7 +75,7 @@ async def part(ctx: Context, r: CheckResult) -> None:
               "the engine runs it on one replica at a time: check the engine runs and its logs "
               "(component retention), or run it by hand", "ms07 db prune --dry-run")
     behind = []
-    for label, when, days in (("delivered", oldest["delivered_job"], ret.delivered_days),
+    for label, when, days in ((JobStatus.DELIVERED.value, oldest["delivered_job"], ret.delivered_days),
                               ("failed/dead", oldest["parked_job"], ret.dead_days)):
         if days and when is not None and (now - when).total_seconds() > days * 86400 + margin:
             behind.append(f"a {label} job finished {fmt_duration((now - when).total_seconds())} ago "

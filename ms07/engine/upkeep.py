@@ -109,6 +109,9 @@ class Upkeep:
         self.stopping = False
         # (queue, entry id) of the suspect entry this worker is trying alone, if any
         self._suspect: tuple[str, str] | None = None
+        # The first retention run one interval after start: a rollout restarting every
+        # replica does not start as many runs (one would win the lock, the rest would wait).
+        self._retention_due = time.monotonic() + settings.retention.interval_seconds
 
     def start(self) -> list[asyncio.Task[Any]]:
         s = self.settings
@@ -123,6 +126,7 @@ class Upkeep:
             ("metrics", 5.0, self.refresh_metrics),
             ("memory", s.memory.check_interval_seconds, self.memory_guard),
             ("circuits", 1.0, self.publish_circuits),
+            ("retention", min(s.retention.interval_seconds, 60.0), self.retention),
         ]
         return [asyncio.create_task(self._forever(*spec), name=spec[0]) for spec in loops]
 
@@ -410,6 +414,33 @@ class Upkeep:
                 threshold_mb=self.settings.memory.threshold_mb,
             )
             self.engine.request_stop("memory guard", EXIT_MEMORY_GUARD)
+
+    async def retention(self) -> None:
+        """Retention (ms07/ops/retention.py) when due, on one replica at a time (a
+        PostgreSQL advisory lock: the others find it taken and skip); then the last
+        success of any replica into the gauge, so that every replica reports it."""
+        from ms07.ops import retention
+        from ms07.store import retention as retention_store
+
+        ret = self.settings.retention
+        self.metrics.retention_enabled.set(0 if ret.off else 1)
+        if ret.off or self.engine.draining or time.monotonic() < self._retention_due:
+            return
+        self._retention_due = time.monotonic() + ret.interval_seconds
+        async with self.pool.connection() as conn:
+            try:
+                run = await retention.prune(conn, ret, redis=self.queue.redis, runner=self.worker_id,
+                                            should_stop=lambda: self.stopping or self.engine.draining,
+                                            on_removed=self.metrics.retention_removed)
+                removed = {t: c["rows"] for t, c in run.removed.items() if c["rows"]}
+                if removed or run.outcome != "done":
+                    log.info("retention run", outcome=run.outcome, removed=removed, note=run.note)
+            except retention.Busy:
+                pass  # another replica runs it
+            last = await retention_store.last_run(conn, succeeded=True)
+            await conn.rollback()
+        if last is not None:
+            self.metrics.retention_last_success.set(last["finished_at"].timestamp())
 
     async def publish_circuits(self) -> None:
         """Circuit transitions to Redis (read by every process) and the destinations row."""

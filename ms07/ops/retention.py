@@ -103,6 +103,7 @@ async def prune(conn: psycopg.AsyncConnection[Any], ret: RetentionConfig, *, red
     cur = await conn.execute("SELECT pg_try_advisory_lock(%s)", (LOCK,))
     row = await cur.fetchone()
     if not (row and row[0]):
+        await conn.set_autocommit(was_autocommit)
         raise Busy("another retention run is in progress (an engine replica or ms07 db prune); try again later")
     try:
         return await _prune(conn, ret, redis, dry_run, archive, runner, should_stop, on_plan, on_removed)
@@ -147,12 +148,18 @@ async def _prune(conn: psycopg.AsyncConnection[Any], ret: RetentionConfig, redis
             on_removed("dlq_entries", removed, 0)
     except ArchiveError as exc:
         run.outcome, run.note = "error", str(exc)
+    except BaseException as exc:
+        run.outcome, run.note = "error", logs.clip(f"{type(exc).__name__}: {exc}", 300)
+        raise
     finally:
-        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-            await conn.rollback()
-        async with conn.transaction():
-            await store.record_run(conn, started_at=run.started_at, runner=runner, dry_run=False,
-                                   outcome=run.outcome, removed=run.removed)
+        try:
+            if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                await conn.rollback()
+            async with conn.transaction():
+                await store.record_run(conn, started_at=run.started_at, runner=runner, dry_run=False,
+                                       outcome=run.outcome, removed=run.removed)
+        except psycopg.Error as exc:  # the connection the run failed with: the run's own error wins
+            log.warning("could not record the retention run", error=logs.clip(str(exc), 200))
     return run
 
 

@@ -261,19 +261,23 @@ def _check_options(command: Command) -> None:
 @functools.cache
 def known_findings() -> dict[str, set[str]] | None:
     """Every finding id each diagnose check can report, read from the checks' source
-    (``r.add("name", ...)``, ``not_checked("dependency", ...)``, ``part(r, "name", ...)``).
+    (``r.add("name", ...)``, ``not_checked("dependency", ...)``, ``part(r, "name", ...)``),
+    and from the modules a check imports that say ``CHECK_PART = True`` (a part of a check
+    kept in a module of its own, such as diagnose/retention.py for the queue check).
 
     ``None`` when the source is not available (then ids are not checked at load)."""
     from ms07.diagnose.runner import CHECKS
 
     out: dict[str, set[str]] = {}
     for check, fn in CHECKS.items():
+        module = sys.modules[fn.__module__]
+        parts = [m for m in vars(module).values() if inspect.ismodule(m) and getattr(m, "CHECK_PART", False)]
         try:
-            tree = ast.parse(inspect.getsource(sys.modules[fn.__module__]))
+            trees = [ast.parse(inspect.getsource(m)) for m in (module, *parts)]
         except (OSError, TypeError):
             return None
         names = {"failed", "postgres_unavailable", "redis_unavailable"}
-        for node in ast.walk(tree):
+        for node in (n for tree in trees for n in ast.walk(tree)):
             if not (isinstance(node, ast.Call) and node.args):
                 continue
             callee = (

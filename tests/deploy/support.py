@@ -37,6 +37,7 @@ RUNBOOK_IDS = {
     "queue-full",
     "db-connection-loss",
     "worker-crash",
+    "retention",
 }
 RUNBOOK_BASE_URL = "https://github.com/ms07/ms07/blob/main/runbooks/"
 

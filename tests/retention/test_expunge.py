@@ -132,3 +132,16 @@ async def test_cli_expunge_bad_input(make_settings, sink: Sink, start_engine, en
     assert mixed.exit_code == 4
     assert f"no distribution {unknown}" in mixed.output and f"{open_job} not expunged" in mixed.output
     assert (await _row(engine, open_job))[1] == 2
+
+
+async def test_the_read_only_token_cannot_expunge(make_settings, sink: Sink, start_engine, http: httpx.AsyncClient,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MS07_API_TOKEN", "operator-token-5d1e")
+    monkeypatch.setenv("MS07_API_READ_TOKEN", "viewer-token-8c2a")
+    engine, delivered, _, _ = await _engine_with_jobs(make_settings, sink, start_engine)
+    url = f"http://127.0.0.1:{engine.http_port}/api/v1/distributions/{delivered}/payload"
+    r = await http.delete(url, headers={"Authorization": "Bearer viewer-token-8c2a"})
+    assert r.status_code == 403
+    assert (await _row(engine, delivered))[2] is None and await _audit(engine) == []
+    r = await http.delete(url, headers={"Authorization": "Bearer operator-token-5d1e"})
+    assert r.status_code == 204 and (await _row(engine, delivered))[1] == 0

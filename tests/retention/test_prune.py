@@ -19,14 +19,14 @@ import redis as redis_sync
 from ms07 import keys
 from ms07.ops import retention
 from ms07.store import db
-from ms07.store.status import JobStatus
+from ms07.store.status import TERMINAL, JobStatus
 from tests.retention.seed import ATTEMPTS_PER_JOB, attempt_jobs, expected_gone, job_ids, seed
 from tests.store.test_migrations import GUIDE_QUERIES
 from tests.support import acli
 
 
 def _ret(settings: Any, **changes: Any) -> Any:
-    return dataclasses.replace(settings.retention, batch_size=4, batch_pause_seconds=0, **changes)
+    return dataclasses.replace(settings.retention, **{"batch_size": 4, "batch_pause_seconds": 0, **changes})
 
 
 async def _connect(url: str) -> psycopg.AsyncConnection[Any]:
@@ -51,9 +51,9 @@ async def test_prune_removes_exactly_the_finished_jobs_past_their_age(make_setti
         assert run.outcome == "done"
         left = await job_ids(conn)
         assert left == everything - gone
-        for status in (JobStatus.QUEUED, JobStatus.RETRYING, JobStatus.PROCESSING):
+        for status in (s for s in JobStatus if s not in TERMINAL):  # open or held (paused)
             for label in ("young", "week_and_a_half", "forty_days"):
-                assert set(made[(status.value, label)]) <= left  # open: kept whatever its age
+                assert set(made[(status.value, label)]) <= left  # not finished: kept whatever its age
         attempts = await attempt_jobs(conn)
         assert {i: attempts.get(i) for i in left} == {i: ATTEMPTS_PER_JOB for i in left}
         assert not set(attempts) & gone
@@ -254,4 +254,27 @@ async def test_cli_unwritable_archive_dir(env_for: dict[str, str], database_url:
         assert len(result.output.strip().splitlines()) == 1
         assert await job_ids(conn) == before
     finally:
+        await conn.close()
+
+
+async def test_a_batch_that_waits_past_its_lock_timeout_ends_partial(make_settings, database_url: str) -> None:
+    settings = make_settings()
+    conn = await _connect(database_url)
+    holder = await db.connect(database_url)
+    try:
+        made = await seed(conn, per_cell=1)
+        victim = made[("delivered", "forty_days")][0]
+        # Someone holds an attempt row of a job retention wants (a long report, a migration).
+        await holder.execute("SELECT id FROM distribution_attempts WHERE distribution_id = %s FOR UPDATE", (victim,))
+        t0 = time.monotonic()
+        run = await retention.prune(conn, _ret(settings, lock_timeout_ms=200, batch_size=100))
+        assert time.monotonic() - t0 < 10
+        assert run.outcome == "partial" and "LockNotAvailable" in (run.note or "")
+        assert victim in await job_ids(conn)  # the whole batch rolled back
+        assert (await attempt_jobs(conn))[victim] == ATTEMPTS_PER_JOB
+        await holder.rollback()
+        again = await retention.prune(conn, _ret(settings))
+        assert again.outcome == "done" and victim not in await job_ids(conn)
+    finally:
+        await holder.close()
         await conn.close()
