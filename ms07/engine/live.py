@@ -66,6 +66,7 @@ class LiveDestinations:
         self.listening = asyncio.Event()  # set while LISTEN is in force (tests wait on it)
         self._retiring: set[asyncio.Task[None]] = set()
         self._lock = asyncio.Lock()
+        self._bad: set[str] = set()
 
     # ------------------------------------------------------------------ building
 
@@ -132,8 +133,10 @@ class LiveDestinations:
                 settings, bad = dest_admin.in_force(e.settings, rows)
             else:  # none left (or none yet: start() seeded the config's, if it had any)
                 settings, bad = destspec.with_destinations(e.settings, []), []
-            for line in bad:
-                log.error("stored destination skipped: it does not validate", detail=logs.clip(line, 300))
+            for line in set(bad) - self._bad:  # once, not at every reload
+                log.warning("stored destination does not validate under the current settings",
+                            detail=logs.clip(line, 300))
+            self._bad = set(bad)
             wanted = {d.name: d for d in settings.destinations}
             changed = []
             for name, dest in wanted.items():

@@ -37,20 +37,21 @@ async def rows(conn: psycopg.AsyncConnection[Any]) -> dict[str, dict[str, Any]]:
 
 
 def in_force(settings: Settings, managed: dict[str, dict[str, Any]]) -> tuple[Settings, list[str]]:
-    """``settings`` with the managed destinations in place of the config's, and the
-    names of stored destinations that no longer pass validation under these global
-    settings (skipped: logged by the caller). No managed rows: the config's list."""
+    """``settings`` with the managed destinations in place of the config's (those the
+    config lists first, in its order, then the others by name), and a line for each
+    stored destination that no longer passes validation under these global settings
+    (still used, as stored: the caller logs the line). No managed rows: the config's list."""
     if not managed:
         return settings, []
+    order = {d.name: i for i, d in enumerate(settings.destinations)}
     good: list[DestinationConfig] = []
     bad: list[str] = []
-    for name, row in managed.items():
+    for name in sorted(managed, key=lambda n: (order.get(n, len(order)), n)):
+        dest = destspec.from_spec(managed[name]["spec"])
         try:
-            dest = destspec.from_spec(row["spec"])
             destspec.check(settings, [dest], "database")
         except ConfigError as exc:
             bad.append(f"{name}: {exc}")
-            continue
         good.append(dest)
     return destspec.with_destinations(settings, good), bad
 
@@ -59,7 +60,7 @@ async def settings_in_force(conn: psycopg.AsyncConnection[Any], settings: Settin
     """The settings every process should work with: the database's destinations."""
     current, bad = in_force(settings, await rows(conn))
     for line in bad:
-        log.error("stored destination skipped: it does not validate", detail=logs.clip(line, 300))
+        log.warning("stored destination does not validate under the current settings", detail=logs.clip(line, 300))
     return current
 
 
@@ -95,10 +96,12 @@ async def _write(conn: psycopg.AsyncConnection[Any], dest: DestinationConfig, op
 
 
 async def apply(conn: psycopg.AsyncConnection[Any], settings: Settings, wanted: Sequence[DestinationConfig], *,
-                prune: bool, dry_run: bool, operator: str, command: str | None = None) -> destspec.Diff:
+                prune: bool, dry_run: bool, operator: str, command: str | None = None,
+                audited: bool = True) -> destspec.Diff:
     """Make the managed set what ``wanted`` says (``kubectl apply``): add and change;
     with ``prune``, remove what it no longer lists. A pruned destination with unfinished
-    jobs refuses the whole apply: nothing is written."""
+    jobs refuses the whole apply: nothing is written. ``audited`` False (the engine's
+    start): a log line instead of an audit row, the audit being the operators' record."""
     async with conn.transaction():
         await store.lock(conn)
         current = await rows(conn)
@@ -115,8 +118,11 @@ async def apply(conn: psycopg.AsyncConnection[Any], settings: Settings, wanted: 
             await _write(conn, by_name[name], operator)
         for name in plan.removed:
             await store.remove(conn, name)
-        await _audit(conn, operator, "apply", ",".join([*plan.added, *plan.changed, *plan.removed]),
-                     plan.as_dict(), command)
+        if audited:
+            await _audit(conn, operator, "apply", ",".join([*plan.added, *plan.changed, *plan.removed]),
+                         plan.as_dict(), command)
+        else:
+            log.info("destinations applied from the config", command=command, **plan.as_dict())
     return plan
 
 
@@ -132,7 +138,7 @@ async def start(conn: psycopg.AsyncConnection[Any], settings: Settings, *, apply
     if not (apply_config or empty) or not settings.destinations:
         return None
     plan = await apply(conn, settings, settings.destinations, prune=False, dry_run=False, operator=operator,
-                       command="ms07 run --apply-config" if apply_config else "ms07 run (seed)")
+                       command="ms07 run --apply-config" if apply_config else "ms07 run (seed)", audited=False)
     return plan
 
 

@@ -146,3 +146,17 @@ async def lock(conn: psycopg.AsyncConnection[Any]) -> None:
 
 
 _LOCK = 0x6D733038  # "ms08": beside the migration lock "ms07"
+
+
+async def paused_with_held(conn: psycopg.AsyncConnection[Any]) -> list[dict[str, Any]]:
+    """Each paused destination, when and why, and how many of its jobs are held."""
+    from ms07.store.status import JobStatus
+
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            f"""SELECT d.name, d.paused_at, d.paused_reason,
+                       (SELECT count(*) FROM distribution_jobs j
+                         WHERE j.destination_name = d.name AND j.status = '{JobStatus.PAUSED}') AS held
+                  FROM destinations d WHERE d.paused AND d.spec IS NOT NULL ORDER BY d.name"""
+        )
+        return list(await cur.fetchall())
