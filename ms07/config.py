@@ -115,6 +115,7 @@ class DestinationConfig:
     retry_backoff_multiplier: float | None = None
     max_retry_delay: float | None = None
     max_payload_bytes: int | None = None
+    auto_pause_after: float | None = None
     # None: the global section. From a file, the keys a destination leaves out are the
     # global section's (load_settings fills them in).
     circuit_breaker: CircuitBreakerConfig | None = None
@@ -170,6 +171,9 @@ class DistributionConfig:
     max_retry_delay: float = 300.0
     max_attempts: int = 5
     max_payload_bytes: int = 10 * 1024 * 1024
+    # Seconds in which every attempt to a destination failed before it is paused by
+    # itself (issue 20); None: never.
+    auto_pause_after: float | None = None
     stream_threshold_bytes: int = 1024 * 1024
     claim_idle_seconds: float = 90.0
     max_deliveries: int = 3

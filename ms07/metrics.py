@@ -102,6 +102,11 @@ class Metrics:
         self.requeued = Counter(
             "zenia_distribution_requeued_total", "Jobs the reconciler put back from Postgres.", registry=r
         )
+        self.auto_paused = Counter(
+            "zenia_destination_auto_paused_total",
+            "Destinations this process paused after auto_pause_after of failing attempts.", ["destination"],
+            registry=r,
+        )
 
     def track(self, destinations: Iterable[str], queues: Iterable[str]) -> None:
         """Create the zero-valued series of these destinations and queues (idempotent)."""

@@ -176,8 +176,11 @@ async def check(ctx: Context) -> CheckResult:
         r.details["paused_destinations"] = found
         for p in found:
             since = f" since {p['paused_at']:%Y-%m-%d %H:%M:%S %Z}" if p["paused_at"] else ""
-            r.add("paused_destination", "warning",
-                  f"destination {p['name']} is paused{since}: {plural(int(p['held']), 'delivery', 'deliveries')} held",
+            auto = (p["paused_reason"] or "").startswith("auto-paused")
+            # Paused by itself: nobody decided it, so it is an alert (diagnose --notify).
+            r.add("auto_paused_destination" if auto else "paused_destination", "critical" if auto else "warning",
+                  f"destination {p['name']} is {'auto-' if auto else ''}paused{since}: "
+                  f"{plural(int(p['held']), 'delivery', 'deliveries')} held",
                   f"reason: {p['paused_reason'] or 'none given'}; new submissions are accepted and held, "
                   "nothing is sent to it",
                   "resume it once the destination is ready; what is held is then delivered at a bounded rate",

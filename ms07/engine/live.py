@@ -156,6 +156,7 @@ class LiveDestinations:
                             reason=rows[name].get("paused_reason"))
             for name in self.paused - paused:
                 log.info("destination resumed: held deliveries are released", destination=name)
+                e.policy.failing_since.pop(name, None)  # a fresh start for auto-pause
             self.paused.clear()
             self.paused.update(paused)
             self.reloads += 1
@@ -218,11 +219,38 @@ class LiveDestinations:
             log.info("held deliveries released", count=len(released))
         return len(released)
 
+    async def auto_pause(self) -> list[str]:
+        """Pause the destinations whose every attempt failed for their ``auto_pause_after``
+        (off by default); returns the names this call paused."""
+        e = self.engine
+        assert e.pool is not None, "started"  # nosec B101 - narrows a type
+        now, done = time.monotonic(), []
+        for name, since in list(e.policy.failing_since.items()):
+            client = e.clients.get(name)
+            after = client.config.auto_pause_after if client is not None else None
+            if after is None or name in self.paused or now - since < after:
+                continue
+            reason = f"auto-paused: every attempt failed for {after:g}s"
+            async with e.pool.connection() as conn:
+                out = await dest_admin.pause(conn, name, paused=True, operator=f"engine:{e.worker_id}",
+                                             reason=reason)
+            self.paused.add(name)  # at once: the NOTIFY tells the others
+            e.policy.failing_since.pop(name, None)
+            if out["changed"]:
+                done.append(name)
+                e.metrics.auto_paused.labels(name).inc()
+                log.error("destination paused automatically: every attempt failed", destination=name,
+                          failing_seconds=round(now - since, 1), auto_pause_after=after,
+                          resume=f"ms07 destinations resume {name} --yes")
+        return done
+
     async def release_loop(self) -> None:
+        """Once a second: auto-pause what keeps failing, release what a resume freed."""
         backoff = Backoff()
         while True:
             started = time.monotonic()
             try:
+                await self.auto_pause()
                 await self.release()
                 backoff.reset()
                 await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - started)))
