@@ -36,6 +36,7 @@ OTHER_VOCABULARIES = {
     "ops/dest_admin.py": {"paused", "dead"},  # a destination's paused flag; the open=dead action
     "ops/destinations.py": {"paused"},  # a destination's paused flag
     "cli/destinations.py": {"paused"},  # a destination's paused flag
+    "diagnose/queue.py": {"paused"},  # a destination's paused state, in a finding
 }
 
 _QUOTED = re.compile("'(" + "|".join(s.value for s in JobStatus) + ")'")
