@@ -148,7 +148,11 @@ async def test_cli_doors(engine: Any, env_for: dict[str, str], tmp_path: Path, d
     assert resumed.exit_code == 0 and "cli: resumed" in resumed.output
     listed = await acli(["destinations", "list", "--json"], env)
     assert [d["name"] for d in json.loads(listed.output)] == ["a", "cli"]
-    removed = await acli(["destinations", "remove", "cli", "--yes"], env)
-    assert removed.exit_code == 0 and "cli: removed" in removed.output
+    submitted = await acli(["submit", "--destination", "cli", "--data", "{}"], env)  # not in the config file
+    assert submitted.exit_code == 0, submitted.output
+    refused = await acli(["destinations", "remove", "cli", "--yes"], env)
+    assert refused.exit_code == 1 and "1 unfinished job(s)" in refused.output, refused.output
+    removed = await acli(["destinations", "remove", "cli", "--open", "dead", "--yes"], env)
+    assert removed.exit_code == 0 and "cli: removed; 1 job(s) parked in the DLQ" in removed.output
     unknown = await acli(["destinations", "pause", "nope", "--yes"], env)
     assert unknown.exit_code == 4 and "unknown destination 'nope'" in unknown.output
