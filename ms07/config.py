@@ -341,9 +341,21 @@ def _read_secret_file(path: str, key: str) -> str:
         raise ConfigError(f"{key}: cannot read secret file {path}: {exc.strerror}") from None
 
 
+# Secrets stored encrypted in PostgreSQL (ms07/secretbox.py), decrypted by the process that
+# uses them, by reference name (``ms07-stored:<destination>/<field>``): ms07.ops.dest_admin
+# fills it. Such a name can be no environment variable.
+STORED_SECRETS: dict[str, str] = {}
+STORED_PREFIX = "ms07-stored:"
+
+
 def resolve_secret(env: str | None, file: str | None, what: str) -> str | None:
     """Read a secret named by an env var or a mounted file. Never logs or returns the name
     of a missing secret's value; a reference that resolves to nothing is a ConfigError."""
+    if env and env.startswith(STORED_PREFIX):
+        if env in STORED_SECRETS:
+            return STORED_SECRETS[env]
+        raise ConfigError(f"{what}: the secret stored in PostgreSQL is not loaded in this process "
+                          "(is MS07_SECRET_KEY set?)")
     if env:
         value = os.environ.get(env)
         if value:

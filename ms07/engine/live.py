@@ -31,6 +31,7 @@ from ms07.engine.breaker import CircuitBreaker
 from ms07.engine.delivery import DestinationClient
 from ms07.engine.ratelimit import RateLimiter
 from ms07.engine.retry import RetryPolicy
+from ms07.errors import ConfigError
 from ms07.ops import dest_admin
 from ms07.resolved import ResolvedDestination
 from ms07.store import db
@@ -129,6 +130,13 @@ class LiveDestinations:
         async with self._lock:
             rows = await dest_admin.rows(conn)
             e = self.engine
+            problems = dest_admin.load_secrets(rows)
+            if problems and not self.reloads:
+                raise ConfigError(problems[0])  # at start: one clear line, the engine does not start
+            for line in set(problems) - self._bad:
+                log.error("stored secrets do not decrypt; the destination keeps its previous ones",
+                          detail=logs.clip(line, 300))
+            undecryptable = {line.split(":", 1)[0].removeprefix("destination ") for line in problems}
             if rows:
                 settings, bad = dest_admin.in_force(e.settings, rows)
             else:  # none left (or none yet: start() seeded the config's, if it had any)
@@ -136,11 +144,14 @@ class LiveDestinations:
             for line in set(bad) - self._bad:  # once, not at every reload
                 log.warning("stored destination does not validate under the current settings",
                             detail=logs.clip(line, 300))
-            self._bad = set(bad)
+            self._bad = set(bad) | set(problems)
             wanted = {d.name: d for d in settings.destinations}
             changed = []
             for name, dest in wanted.items():
-                spec = destspec.to_spec(dest)
+                if name in undecryptable and name in e.clients:
+                    continue
+                secrets = {f: s["fingerprint"] + s["changed_at"] for f, s in (rows[name].get("secrets") or {}).items()}
+                spec = {"spec": destspec.to_spec(dest), "secrets": secrets}
                 if self.specs.get(name) != spec or name not in e.clients:
                     await self.install(settings.resolved(name))
                     self.specs[name] = spec

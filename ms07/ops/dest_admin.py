@@ -26,6 +26,9 @@ from ms07.store.status import HELD, OPEN, JobStatus, sql_list
 log = logs.get("destinations")
 
 REMOVED_CODE = "DESTINATION_REMOVED"
+# Secret values a request may carry, by section; each is stored encrypted and named in
+# the spec by its reference ``<field>_env: ms07-stored:<destination>/<section>.<field>``.
+SECRET_FIELDS = {"auth": ("token", "value", "password", "client_secret"), "signing": ("secret", "previous_secret")}
 _UNFINISHED_SQL = sql_list(OPEN | HELD)
 
 
@@ -58,7 +61,10 @@ def in_force(settings: Settings, managed: dict[str, dict[str, Any]]) -> tuple[Se
 
 async def settings_in_force(conn: psycopg.AsyncConnection[Any], settings: Settings) -> Settings:
     """The settings every process should work with: the database's destinations."""
-    current, bad = in_force(settings, await rows(conn))
+    managed = await rows(conn)
+    current, bad = in_force(settings, managed)
+    for line in load_secrets(managed):
+        log.warning("stored secrets not loaded", detail=logs.clip(line, 300))
     for line in bad:
         log.warning("stored destination does not validate under the current settings", detail=logs.clip(line, 300))
     return current
@@ -66,10 +72,14 @@ async def settings_in_force(conn: psycopg.AsyncConnection[Any], settings: Settin
 
 def view(row: dict[str, Any]) -> dict[str, Any]:
     """The API's and ``--json``'s shape of one destination: its spec with secret
-    references only (env var and file names), never a secret value."""
+    references only (env var and file names), never a secret value; of a secret stored
+    encrypted, its fingerprint and when it changed."""
     spec = dict(row["spec"])
     spec["auth"] = {k: v for k, v in (spec.get("auth") or {}).items() if v is not None}
-    return {"name": row["name"], "config": spec, "version": row["version"], "paused": row["paused"],
+    secrets = {f: {"fingerprint": e["fingerprint"], "changed_at": e["changed_at"]}
+               for f, e in sorted((row.get("secrets") or {}).items())}
+    return {"name": row["name"], "config": spec, "secrets": secrets, "version": row["version"],
+            "paused": row["paused"],
             "paused_at": row.get("paused_at"), "paused_reason": row.get("paused_reason"),
             "created_at": row.get("created_at"), "updated_at": row.get("updated_at"),
             "changed_by": row.get("changed_by")}
@@ -80,6 +90,120 @@ async def open_counts(conn: psycopg.AsyncConnection[Any], name: str) -> dict[str
         f"SELECT status, count(*) FROM distribution_jobs WHERE destination_name = %s AND status IN {_UNFINISHED_SQL}"
         " GROUP BY status", (name,))
     return {r[0]: int(r[1]) for r in await cur.fetchall()}
+
+
+# ------------------------------------------------------------------ secrets
+
+
+def stored_ref(name: str, field: str) -> str:
+    from ms07.config import STORED_PREFIX
+
+    return f"{STORED_PREFIX}{name}/{field}"
+
+
+def _take_secrets(raw: dict[str, Any], name: str, source: str) -> dict[str, str]:
+    """Take the secret values out of a body (in place), leaving their references."""
+    out: dict[str, str] = {}
+    for section, fields in SECRET_FIELDS.items():
+        sec = raw.get(section)
+        if not isinstance(sec, dict):
+            continue
+        sec = raw[section] = dict(sec)
+        for f in fields:
+            if f not in sec:
+                continue
+            value, ref = sec.pop(f), stored_ref(name, f"{section}.{f}")
+            if not isinstance(value, str) or not value.strip():
+                raise UsageError(f"{source}: {section}.{f}: must be a non-empty string")
+            if sec.get(f"{f}_file") or sec.get(f"{f}_env") not in (None, ref):
+                raise UsageError(f"{source}: {section}.{f}: give the secret or a reference "
+                                 f"({f}_env, {f}_file), not both")
+            sec[f"{f}_env"], sec[f"{f}_file"] = ref, None
+            out[f"{section}.{f}"] = value
+    return out
+
+
+def _referenced(dest: DestinationConfig) -> list[str]:
+    """The fields whose stored secret the destination's spec still names."""
+    spec = destspec.to_spec(dest)
+    return [f"{section}.{f}" for section, fields in SECRET_FIELDS.items() for f in fields
+            if (spec.get(section) or {}).get(f"{f}_env") == stored_ref(dest.name, f"{section}.{f}")]
+
+
+async def _store_secrets(conn: psycopg.AsyncConnection[Any], dest: DestinationConfig, given: dict[str, str],
+                         current: dict[str, Any], operator: str) -> list[str]:
+    """Encrypt and store ``given``, drop the stored secrets no longer referenced; the
+    fields that changed."""
+    import datetime as dt
+
+    from ms07 import secretbox
+
+    keep = _referenced(dest)
+    if given:
+        ring = secretbox.keyring(required_for="a secret given in a request")
+        assert ring is not None  # nosec B101 - keyring() raised otherwise
+        now = dt.datetime.now(dt.UTC).isoformat()
+        entries = {f: {"ciphertext": ring.encrypt(v, f"{dest.name}/{f}"), "fingerprint": secretbox.fingerprint(v),
+                       "changed_at": now} for f, v in given.items()}
+        for value in given.values():
+            logs.register_secret(value)
+    else:
+        entries = {}
+    dropped = [f for f in current if f not in keep]
+    if entries or dropped:
+        await store.set_secrets(conn, dest.name, entries, keep, operator)
+    return sorted([*entries, *dropped])
+
+
+def load_secrets(managed: dict[str, dict[str, Any]]) -> list[str]:
+    """Decrypt the stored secrets into this process (``config.STORED_SECRETS``); a line
+    for each destination whose secrets do not decrypt (no key, a wrong key)."""
+    from ms07 import secretbox
+    from ms07.config import STORED_SECRETS
+
+    ring, problems = None, []
+    for name, row in managed.items():
+        if not row.get("secrets"):
+            continue
+        try:
+            ring = ring or secretbox.keyring(required_for=f"destination {name!r} (its secrets are stored encrypted)")
+            assert ring is not None  # nosec B101 - keyring() raised otherwise
+            values = {stored_ref(name, f): ring.decrypt(e["ciphertext"], f"{name}/{f}")
+                      for f, e in row["secrets"].items()}
+        except ConfigError as exc:
+            problems.append(f"destination {name}: {exc}")
+            continue
+        for value in values.values():
+            logs.register_secret(value)
+        STORED_SECRETS.update(values)
+    return problems
+
+
+async def rekey(conn: psycopg.AsyncConnection[Any], *, operator: str, dry_run: bool = False) -> dict[str, Any]:
+    """Re-encrypt every stored secret with the first key of MS07_SECRET_KEY."""
+    from ms07 import secretbox
+
+    ring = secretbox.keyring(required_for="ms07 secrets rekey")
+    assert ring is not None  # nosec B101 - keyring() raised otherwise
+    done: dict[str, list[str]] = {}
+    async with conn.transaction():
+        await store.lock(conn)
+        for name, row in (await rows(conn)).items():
+            secrets = row.get("secrets") or {}
+            stale = {f: e for f, e in secrets.items() if not ring.current(e["ciphertext"])}
+            if not stale:
+                continue
+            done[name] = sorted(stale)
+            if dry_run:  # still proves that every one of them decrypts
+                for f, e in stale.items():
+                    ring.decrypt(e["ciphertext"], f"{name}/{f}")
+                continue
+            fresh = {f: {**e, "ciphertext": ring.encrypt(ring.decrypt(e["ciphertext"], f"{name}/{f}"), f"{name}/{f}")}
+                     for f, e in stale.items()}
+            await store.set_secrets(conn, name, fresh, list(secrets), operator, bump=False)
+        if done and not dry_run:
+            await _audit(conn, operator, "rekey", ",".join(done), {"fields": done})
+    return {"reencrypted": done, "dry_run": dry_run, "key": secretbox.key_id(ring.keys[0])}
 
 
 # ------------------------------------------------------------------ changing
@@ -148,12 +272,15 @@ async def add(conn: psycopg.AsyncConnection[Any], settings: Settings, raw: Any, 
         await store.lock(conn)
         current = await rows(conn)
         others = [destspec.from_spec(r["spec"]) for r in current.values()]
+        raw = dict(raw) if isinstance(raw, dict) else raw
+        given = _take_secrets(raw, str(raw.get("name")), source) if isinstance(raw, dict) else {}
         dest = destspec.parse_one(settings, raw, source, others)
         if dest.name in current:
             raise Conflict(f"destination {dest.name!r} exists; change it with PATCH or `ms07 destinations edit`")
         if dry_run:
             return {"name": dest.name, "config": dest.public(), "dry_run": True}
         await _write(conn, dest, operator)
+        await _store_secrets(conn, dest, given, {}, operator)
         await _audit(conn, operator, "add", dest.name, {"url": logs.safe_url(dest.url)})
         return view((await rows(conn))[dest.name])
 
@@ -172,14 +299,16 @@ async def edit(conn: psycopg.AsyncConnection[Any], settings: Settings, name: str
         if name not in current:
             raise NotFound(f"unknown destination {name!r}")
         merged = _merge(_given(current[name]["spec"]), patch)
+        given = _take_secrets(merged, name, source)
         others = [destspec.from_spec(r["spec"]) for n, r in current.items() if n != name]
         dest = destspec.parse_one(settings, merged, source, others)
         keys = destspec.changed_keys(current[name]["spec"], destspec.to_spec(dest))
         if dry_run:
-            return {"name": name, "changed": keys, "dry_run": True}
+            return {"name": name, "changed": sorted({*keys, *given}), "dry_run": True}
+        await _write(conn, dest, operator)
+        keys = sorted({*keys, *await _store_secrets(conn, dest, given, current[name].get("secrets") or {}, operator)})
         if not keys:
             return {**view(current[name]), "changed": []}
-        await _write(conn, dest, operator)
         await _audit(conn, operator, "edit", name, {"changed": keys})
         return {**view((await rows(conn))[name]), "changed": keys}
 

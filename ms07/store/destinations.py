@@ -82,7 +82,8 @@ async def managed(conn: psycopg.AsyncConnection[Any]) -> list[dict[str, Any]]:
     """Every managed destination: name, spec, version, paused state, timestamps."""
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
-            """SELECT name, spec, version, paused, paused_at, paused_reason, created_at, updated_at, changed_by
+            """SELECT name, spec, version, paused, paused_at, paused_reason, created_at, updated_at, changed_by,
+                      secrets
                  FROM destinations WHERE spec IS NOT NULL ORDER BY name"""
         )
         return list(await cur.fetchall())
@@ -160,3 +161,20 @@ async def paused_with_held(conn: psycopg.AsyncConnection[Any]) -> list[dict[str,
                   FROM destinations d WHERE d.paused AND d.spec IS NOT NULL ORDER BY d.name"""
         )
         return list(await cur.fetchall())
+
+
+async def set_secrets(conn: psycopg.AsyncConnection[Any], name: str, given: dict[str, Any], keep: list[str],
+                      changed_by: str, *, bump: bool = True) -> None:
+    """Merge ``given`` ({field: {"ciphertext", "fingerprint", "changed_at"}}) into the
+    destination's stored secrets, dropping any field not in ``keep``; ``bump``: a new
+    version and a NOTIFY (a rekey changes no value: neither)."""
+    await conn.execute(
+        """UPDATE destinations
+              SET secrets = COALESCE((SELECT jsonb_object_agg(k, v) FROM jsonb_each(secrets || %s) AS e(k, v)
+                                       WHERE k = ANY(%s)), '{}'::jsonb),
+                  version = version + %s, changed_by = %s, updated_at = now()
+            WHERE name = %s""",
+        (Jsonb(given), keep, 1 if bump else 0, changed_by, name),
+    )
+    if bump:
+        await notify(conn, name)
