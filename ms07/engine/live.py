@@ -263,6 +263,10 @@ class LiveDestinations:
             try:
                 await self.auto_pause()
                 await self.release()
+                assert self.engine.pool is not None  # nosec B101 - narrows a type
+                async with self.engine.pool.connection() as conn:  # rotation windows that are over
+                    await dest_admin.drop_expired_previous(conn, self.engine.settings,
+                                                           f"engine:{self.engine.worker_id}")
                 backoff.reset()
                 await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - started)))
             except asyncio.CancelledError:

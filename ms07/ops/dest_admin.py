@@ -76,7 +76,8 @@ def view(row: dict[str, Any]) -> dict[str, Any]:
     encrypted, its fingerprint and when it changed."""
     spec = dict(row["spec"])
     spec["auth"] = {k: v for k, v in (spec.get("auth") or {}).items() if v is not None}
-    secrets = {f: {"fingerprint": e["fingerprint"], "changed_at": e["changed_at"]}
+    secrets = {f: {"fingerprint": e["fingerprint"], "changed_at": e["changed_at"],
+                   **({"expires_at": e["expires_at"]} if e.get("expires_at") else {})}
                for f, e in sorted((row.get("secrets") or {}).items())}
     return {"name": row["name"], "config": spec, "secrets": secrets, "version": row["version"],
             "paused": row["paused"],
@@ -177,6 +178,71 @@ def load_secrets(managed: dict[str, dict[str, Any]]) -> list[str]:
             logs.register_secret(value)
         STORED_SECRETS.update(values)
     return problems
+
+
+DEFAULT_KEEP_PREVIOUS = 86400.0
+
+
+async def rotate_signing(conn: psycopg.AsyncConnection[Any], settings: Settings, name: str, *, operator: str,
+                         secret: str | None = None, keep_previous: float = DEFAULT_KEEP_PREVIOUS,
+                         dry_run: bool = False) -> dict[str, Any]:
+    """A new signing secret (``secret``, or a fresh ``whsec_`` one) stored encrypted; the
+    current one becomes the previous, still signing beside it (both signatures sent, as
+    Standard Webhooks allows) for ``keep_previous`` seconds, then dropped by the engines.
+    The new value is never returned: the receiver is given it out of band, or ``secret``
+    is how the caller sets a value it knows."""
+    import base64
+    import datetime as dt
+    import os
+
+    from ms07.config import resolve_secret
+
+    if not keep_previous > 0:
+        raise UsageError(f"keep_previous: must be positive, got {keep_previous:g}")
+    if secret is not None and (not isinstance(secret, str) or not secret.strip()):
+        raise UsageError("secret: must be a non-empty string")
+    async with conn.transaction():
+        await store.lock(conn)
+        current = await rows(conn)
+        if name not in current:
+            raise NotFound(f"unknown destination {name!r}")
+        load_secrets({name: current[name]})
+        dest = destspec.from_spec(current[name]["spec"])
+        if dest.signing is None:
+            raise UsageError(f"destination {name!r} does not sign its deliveries: add signing first")
+        old = resolve_secret(dest.signing.secret_env, dest.signing.secret_file,
+                             f"destinations.{name}.signing.secret")
+        new = secret or "whsec_" + base64.b64encode(os.urandom(32)).decode()
+        if dry_run:
+            return {"name": name, "dry_run": True, "keep_previous_seconds": keep_previous}
+        patch = {"signing": {"secret": new, "previous_secret": old, "secret_env": None, "secret_file": None,
+                             "previous_secret_env": None, "previous_secret_file": None}}
+        merged = _merge(_given(current[name]["spec"]), patch)
+        given = _take_secrets(merged, name, "rotation")
+        dest = destspec.parse_one(settings, merged, "rotation",
+                                  [destspec.from_spec(r["spec"]) for n, r in current.items() if n != name])
+        await _write(conn, dest, operator)
+        await _store_secrets(conn, dest, given, current[name].get("secrets") or {}, operator)
+        expires = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=keep_previous)).isoformat()
+        await conn.execute(
+            """UPDATE destinations
+                  SET secrets = jsonb_set(secrets, '{signing.previous_secret,expires_at}', to_jsonb(%s::text))
+                WHERE name = %s""", (expires, name))
+        await _audit(conn, operator, "rotate-secret", name, {"keep_previous_seconds": keep_previous})
+        return view((await rows(conn))[name])
+
+
+async def drop_expired_previous(conn: psycopg.AsyncConnection[Any], settings: Settings, operator: str) -> list[str]:
+    """Drop the previous signing secrets whose window is over (every engine calls this
+    once a second; the lock makes one of them do it)."""
+    cur = await conn.execute(
+        "SELECT name FROM destinations WHERE (secrets -> 'signing.previous_secret' ->> 'expires_at')::timestamptz"
+        " < now()")
+    due = [r[0] for r in await cur.fetchall()]
+    for name in due:
+        await edit(conn, settings, name, {"signing": {"previous_secret_env": None, "previous_secret_file": None}},
+                   operator=operator, source="rotation window")
+    return due
 
 
 async def rekey(conn: psycopg.AsyncConnection[Any], *, operator: str, dry_run: bool = False) -> dict[str, Any]:

@@ -130,3 +130,46 @@ async def test_rekey_moves_every_secret_to_the_new_key(
     assert STORED_SECRETS["ms07-stored:r/signing.secret"] == SECRET_2
     table = await _table(database_url)
     assert SECRET not in table and secretbox.key_id(b"1" * 32) not in table
+
+
+async def test_signing_secret_rotation_signs_with_both_for_the_window_then_drops_the_old(
+    monkeypatch: pytest.MonkeyPatch, make_settings: Callable[..., Settings], start_engine: Callable[..., Any],
+    sink: Sink, database_url: str,
+) -> None:
+    from ms07.engine.signing import signature
+
+    monkeypatch.setenv("MS07_API_TOKEN", TOKEN)
+    monkeypatch.setenv("MS07_SECRET_KEY", KEY_1)
+    monkeypatch.setenv("OLD_SIGNING", "whsec_" + base64.b64encode(b"o" * 32).decode())
+    engine = await start_engine(make_settings(destinations=[
+        destination("w", sink.url("/w"), signing={"secret_env": "OLD_SIGNING"})]))
+    new = "whsec_" + base64.b64encode(b"n" * 32).decode()
+
+    def signed_by(r: Any) -> list[str]:
+        body, msg_id, ts = r.body, r.headers["webhook-id"], int(r.headers["webhook-timestamp"])
+        names = {signature(s, msg_id, ts, body): n for n, s in (("old", "whsec_" + base64.b64encode(b"o" * 32)
+                                                                 .decode()), ("new", new))}
+        return [names.get(sig, "?") for sig in r.headers["webhook-signature"].split(" ")]
+
+    rotated = await _call(engine, "POST", "/api/v1/destinations/w/secret/rotate",
+                          {"secret": new, "keep_previous_seconds": 2})
+    assert rotated.status_code == 200, rotated.text
+    assert new not in rotated.text and new not in await _table(database_url)
+    assert rotated.json()["secrets"]["signing.secret"]["fingerprint"] == secretbox.fingerprint(new)
+    assert "expires_at" in rotated.json()["secrets"]["signing.previous_secret"]
+    await wait_for(lambda: "secrets" in engine.live.specs["w"] and engine.live.specs["w"]["secrets"], timeout=2)
+    [during] = await submit_n(engine, "w", 1)
+    await wait_for(lambda: during in sink.unique_keys("/w"))
+    assert signed_by(sink.received[-1]) == ["new", "old"]  # both, for receivers on either
+
+    async def dropped() -> bool:
+        async with engine.pool.connection() as conn:
+            return "signing.previous_secret" not in (await dest_admin.rows(conn))["w"]["secrets"]
+
+    await wait_for(dropped, timeout=8, what="the previous secret dropped after its window")
+    await wait_for(lambda: not engine.live.specs["w"]["spec"]["signing"]["previous_secret_env"], timeout=2)
+    [after] = await submit_n(engine, "w", 1)
+    await wait_for(lambda: after in sink.unique_keys("/w"))
+    assert signed_by(sink.received[-1]) == ["new"]
+    unsigned = await _call(engine, "POST", "/api/v1/destinations/nope/secret/rotate")
+    assert unsigned.status_code == 404
