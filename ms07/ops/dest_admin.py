@@ -60,8 +60,12 @@ def in_force(settings: Settings, managed: dict[str, dict[str, Any]]) -> tuple[Se
 
 
 async def settings_in_force(conn: psycopg.AsyncConnection[Any], settings: Settings) -> Settings:
-    """The settings every process should work with: the database's destinations."""
-    managed = await rows(conn)
+    """The settings every process should work with: the database's destinations.
+
+    Read in a transaction of its own: left open, it would swallow the caller's next one
+    (a submit's commit must precede its XADD, and would have become a savepoint)."""
+    async with conn.transaction():
+        managed = await rows(conn)
     current, bad = in_force(settings, managed)
     for line in load_secrets(managed):
         log.warning("stored secrets not loaded", detail=logs.clip(line, 300))
