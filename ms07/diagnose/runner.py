@@ -78,7 +78,11 @@ async def _destinations_in_force(ctx: Context) -> None:
 
     try:
         async with ctx.connection() as conn:
-            ctx.settings = await settings_in_force(conn, ctx.settings)
+            # No schema (or one before 0004): the checks themselves say what to do.
+            cur = await conn.execute("SELECT 1 FROM information_schema.columns"
+                                     " WHERE table_name = 'destinations' AND column_name = 'spec'")
+            if await cur.fetchone() is not None:
+                ctx.settings = await settings_in_force(conn, ctx.settings)
     except Exception:  # noqa: S110 - reported by the checks themselves  # nosec B110
         pass
 

@@ -36,7 +36,6 @@ from ms07.ops import dest_admin
 from ms07.resolved import ResolvedDestination
 from ms07.store import db
 from ms07.store import destinations as store
-from ms07.store.status import JobStatus
 
 if TYPE_CHECKING:
     from ms07.engine.engine import Engine
@@ -45,14 +44,6 @@ log = logs.get("DistributionWorker")
 
 RESYNC_SECONDS = 30.0
 
-_RELEASE = f"""
-UPDATE distribution_jobs SET status = '{JobStatus.QUEUED}', next_attempt_at = NULL, updated_at = now()
- WHERE distribution_id IN (
-       SELECT distribution_id FROM distribution_jobs
-        WHERE destination_name = ANY(%s) AND status = '{JobStatus.PAUSED}'
-        ORDER BY destination_name, created_at LIMIT %s FOR UPDATE SKIP LOCKED)
-RETURNING distribution_id::text, destination_name, priority
-"""
 
 
 class LiveDestinations:
@@ -220,8 +211,7 @@ class LiveDestinations:
             return 0
         limit = max(1, int(e.settings.service.resume_rate_per_second))
         async with e.pool.connection() as conn, conn.transaction():
-            cur = await conn.execute(_RELEASE, (names, limit))
-            released = [tuple(r) for r in await cur.fetchall()]
+            released = await store.release_held(conn, names, limit)
         if released:
             queue = e.queue
             await queue.enqueue((p if p in queue.priorities else queue.priorities[0], did, dest)

@@ -21,7 +21,7 @@ from ms07.config import DestinationConfig, Settings
 from ms07.errors import ConfigError, Conflict, NotFound, UsageError
 from ms07.store import audit
 from ms07.store import destinations as store
-from ms07.store.status import HELD, OPEN, JobStatus, sql_list
+from ms07.store.status import JobStatus
 
 log = logs.get("destinations")
 
@@ -29,7 +29,6 @@ REMOVED_CODE = "DESTINATION_REMOVED"
 # Secret values a request may carry, by section; each is stored encrypted and named in
 # the spec by its reference ``<field>_env: ms07-stored:<destination>/<section>.<field>``.
 SECRET_FIELDS = {"auth": ("token", "value", "password", "client_secret"), "signing": ("secret", "previous_secret")}
-_UNFINISHED_SQL = sql_list(OPEN | HELD)
 
 
 # ------------------------------------------------------------------ reading
@@ -91,10 +90,7 @@ def view(row: dict[str, Any]) -> dict[str, Any]:
 
 
 async def open_counts(conn: psycopg.AsyncConnection[Any], name: str) -> dict[str, int]:
-    cur = await conn.execute(
-        f"SELECT status, count(*) FROM distribution_jobs WHERE destination_name = %s AND status IN {_UNFINISHED_SQL}"
-        " GROUP BY status", (name,))
-    return {r[0]: int(r[1]) for r in await cur.fetchall()}
+    return await store.unfinished_counts(conn, name)
 
 
 # ------------------------------------------------------------------ secrets
@@ -219,8 +215,8 @@ async def rotate_signing(conn: psycopg.AsyncConnection[Any], settings: Settings,
         new = secret or "whsec_" + base64.b64encode(os.urandom(32)).decode()
         if dry_run:
             return {"name": name, "dry_run": True, "keep_previous_seconds": keep_previous}
-        patch = {"signing": {"secret": new, "previous_secret": old, "secret_env": None, "secret_file": None,
-                             "previous_secret_env": None, "previous_secret_file": None}}
+        unset = dict.fromkeys(("secret_env", "secret_file", "previous_secret_env", "previous_secret_file"))
+        patch = {"signing": {"secret": new, "previous_secret": old, **unset}}
         merged = _merge(_given(current[name]["spec"]), patch)
         given = _take_secrets(merged, name, "rotation")
         dest = destspec.parse_one(settings, merged, "rotation",
@@ -244,7 +240,7 @@ async def drop_expired_previous(conn: psycopg.AsyncConnection[Any], settings: Se
         " < now()")
     due = [r[0] for r in await cur.fetchall()]
     for name in due:
-        await edit(conn, settings, name, {"signing": {"previous_secret_env": None, "previous_secret_file": None}},
+        await edit(conn, settings, name, {"signing": dict.fromkeys(("previous_secret_env", "previous_secret_file"))},
                    operator=operator, source="rotation window")
     return due
 
@@ -443,12 +439,7 @@ async def remove(conn: psycopg.AsyncConnection[Any], queue: Any, name: str, *, o
             return {"name": name, "removed": False, "dry_run": True, "unfinished": unfinished}
         parked: list[str] = []
         if unfinished:
-            cur = await conn.execute(
-                f"""UPDATE distribution_jobs SET status = '{JobStatus.DEAD}', last_error_code = %s, last_error = %s,
-                           updated_at = now(), completed_at = now()
-                     WHERE destination_name = %s AND status IN {_UNFINISHED_SQL} RETURNING distribution_id::text""",
-                (REMOVED_CODE, f"destination {name} removed by {operator}", name))
-            parked = [r[0] for r in await cur.fetchall()]
+            parked = await store.park_unfinished(conn, name, REMOVED_CODE, f"destination {name} removed by {operator}")
         await store.remove(conn, name)
         await _audit(conn, operator, "remove", name, {"parked": len(parked)})
     if parked:  # after the commit: a DLQ entry never names a job that is still open
