@@ -115,6 +115,7 @@ class DestinationConfig:
     retry_backoff_multiplier: float | None = None
     max_retry_delay: float | None = None
     max_payload_bytes: int | None = None
+    auto_pause_after: float | None = None
     # None: the global section. From a file, the keys a destination leaves out are the
     # global section's (load_settings fills them in).
     circuit_breaker: CircuitBreakerConfig | None = None
@@ -175,6 +176,9 @@ class DistributionConfig:
     max_retry_delay: float = 300.0
     max_attempts: int = 5
     max_payload_bytes: int = 10 * 1024 * 1024
+    # Seconds in which every attempt to a destination failed before it is paused by
+    # itself; None: never.
+    auto_pause_after: float | None = None
     stream_threshold_bytes: int = 1024 * 1024
     claim_idle_seconds: float = 90.0
     max_deliveries: int = 3
@@ -245,7 +249,7 @@ class EscalationConfig:
 
 @dataclass(frozen=True)
 class RetentionConfig:
-    """How long finished jobs, their attempts and their payloads are kept (issue 18).
+    """How long finished jobs, their attempts and their payloads are kept.
 
     An age is in days; ``0`` or ``null`` keeps forever. Open jobs are never removed."""
 
@@ -383,9 +387,21 @@ def _read_secret_file(path: str, key: str) -> str:
         raise ConfigError(f"{key}: cannot read secret file {path}: {exc.strerror}") from None
 
 
+# Secrets stored encrypted in PostgreSQL (ms07/secretbox.py), decrypted by the process that
+# uses them, by reference name (``ms07-stored:<destination>/<field>``): ms07.ops.dest_admin
+# fills it. Such a name can be no environment variable.
+STORED_SECRETS: dict[str, str] = {}
+STORED_PREFIX = "ms07-stored:"
+
+
 def resolve_secret(env: str | None, file: str | None, what: str) -> str | None:
     """Read a secret named by an env var or a mounted file. Never logs or returns the name
     of a missing secret's value; a reference that resolves to nothing is a ConfigError."""
+    if env and env.startswith(STORED_PREFIX):
+        if env in STORED_SECRETS:
+            return STORED_SECRETS[env]
+        raise ConfigError(f"{what}: the secret stored in PostgreSQL is not loaded in this process "
+                          "(is MS07_SECRET_KEY set?)")
     if env:
         value = os.environ.get(env)
         if value:

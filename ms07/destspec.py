@@ -49,7 +49,7 @@ def parse_one(settings: Settings, raw: Any, source: str, others: Iterable[Destin
     if dest.circuit_breaker is not None:  # the keys it leaves out are the global section's
         own = {k: getattr(dest.circuit_breaker, k) for k in conv.given.get("circuit_breaker", ())}
         dest = dataclasses.replace(dest, circuit_breaker=dataclasses.replace(settings.circuit_breaker, **own))
-    check(settings, [*(o for o in others if o.name != dest.name), dest], source)
+    check(settings, [*(o for o in others if o.name != dest.name), dest], source, guard=True)
     return dest  # type: ignore[no-any-return]
 
 
@@ -72,19 +72,19 @@ def parse_file(settings: Settings, path: str) -> list[DestinationConfig]:
     conv = _Converter(path)
     dests = conv.convert(list[DestinationConfig], items if items is not None else [], "destinations", None)
     dests = _inherit_breakers(dataclasses.replace(settings, destinations=dests), conv.given)
-    check(settings, dests, path, conv.lines)
+    check(settings, dests, path, conv.lines, guard=True)
     return dests
 
 
 def check(settings: Settings, dests: Sequence[DestinationConfig], source: str,
-          lines: dict[str, int] | None = None, *, addresses: bool = True) -> None:
-    """The config's rules over ``dests`` with this installation's global sections, and
-    (``addresses``: at the doors, the API and ``apply``) the SSRF guard's: with
-    ``network.deny_private`` an address it would refuse is refused now, not at the first
-    delivery. Rows read back from the table are not refused for their address: the guard
-    in the connector refuses each delivery (DESTINATION_FORBIDDEN), as for the config's."""
+          lines: dict[str, int] | None = None, *, guard: bool = False) -> None:
+    """The config's rules over ``dests`` with this installation's global sections; with
+    ``guard`` (the operator's doors: API, add, edit, apply) the SSRF guard's too: with
+    ``network.deny_private`` an IP literal it would refuse is refused now, not at the
+    first delivery. (The config file itself is not held to that: the guard refuses its
+    destinations at connect time, as before.)"""
     validate(dataclasses.replace(settings, destinations=list(dests)), source, lines)
-    if addresses and settings.network.deny_private:
+    if guard and settings.network.deny_private:
         from ms07.engine import ssrf
 
         allow = ssrf.allowed_networks(settings.network)

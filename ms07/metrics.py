@@ -108,7 +108,7 @@ class Metrics:
         self.requeued = Counter(
             "zenia_distribution_requeued_total", "Jobs the reconciler put back from Postgres.", registry=r
         )
-        # Retention (issue 18): what this process removed, and the last success of any replica.
+        # Retention: what this process removed, and the last success of any replica.
         self.retention_rows = Counter(
             "zenia_distribution_retention_removed_rows_total",
             "Rows retention removed (payloads: expunged), by table.", ["table"], registry=r,
@@ -128,6 +128,12 @@ class Metrics:
         for table in ("distribution_jobs", "distribution_attempts", "payloads", "dlq_entries"):
             self.retention_rows.labels(table)
             self.retention_bytes.labels(table)
+
+        self.auto_paused = Counter(
+            "zenia_destination_auto_paused_total",
+            "Destinations this process paused after auto_pause_after of failing attempts.", ["destination"],
+            registry=r,
+        )
 
     def retention_removed(self, table: str, rows: int, size: int) -> None:
         self.retention_rows.labels(table).inc(rows)

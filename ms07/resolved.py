@@ -57,6 +57,7 @@ class ResolvedDestination:
     max_retry_delay: float
     max_payload_bytes: int
     circuit_breaker: CircuitBreakerConfig
+    auto_pause_after: float | None = None  # None: never paused by itself
 
 
 def resolve(settings: Settings, dest: DestinationConfig) -> ResolvedDestination:
@@ -88,6 +89,7 @@ def resolve(settings: Settings, dest: DestinationConfig) -> ResolvedDestination:
         max_retry_delay=own(dest.max_retry_delay, dist.max_retry_delay),
         max_payload_bytes=own(dest.max_payload_bytes, dist.max_payload_bytes),
         circuit_breaker=dest.circuit_breaker or settings.circuit_breaker,
+        auto_pause_after=own(dest.auto_pause_after, dist.auto_pause_after),
     )
 
 
@@ -139,6 +141,7 @@ RANGES: dict[str, Range] = {
     "per_second": POSITIVE,
     "burst": Range(1),
     "refresh_margin_seconds": Range(0),
+    "auto_pause_after": POSITIVE,
 }
 
 

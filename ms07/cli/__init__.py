@@ -78,6 +78,7 @@ def _register() -> None:
         replay,
         run,
         runbook,
+        secrets,
         status,
         submit,
         workers,
@@ -91,6 +92,7 @@ def _register() -> None:
     app.command("replay")(replay.replay)
     app.add_typer(dlq.app, name="dlq")
     app.add_typer(destinations.app, name="destinations")
+    app.add_typer(secrets.app, name="secrets")
     app.add_typer(diagnose.app, name="diagnose")
     app.add_typer(recover.app, name="recover")
     app.add_typer(runbook.app, name="runbook")

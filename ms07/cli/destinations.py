@@ -85,7 +85,7 @@ app.command("check")(
 )
 
 
-# ------------------------------------------------------------------ runtime changes (issue 20)
+# ------------------------------------------------------------------ runtime changes
 
 DRY_RUN = typer.Option(False, "--dry-run", help="Show what would change; change nothing.")
 YES = typer.Option(False, "--yes", help="Make the change (audited).")
@@ -285,6 +285,45 @@ def remove(ctx: typer.Context, name: str = typer.Argument(..., help="Destination
     else:
         st.console.print(f"{name}: removed" + (f"; {out['parked']} job(s) parked in the DLQ" if out["parked"] else ""),
                          markup=False)
+
+
+@app.command("rotate-secret")
+def rotate_secret(ctx: typer.Context, name: str = typer.Argument(..., help="Destination."),
+                  keep_previous: str = typer.Option("24h", "--keep-previous",
+                                                    help="How long the old secret keeps signing too: 90s, 30m, 24h."),
+                  secret_file: str = typer.Option(None, "--secret-file",
+                                                  help="The new secret, from this file (default: a new whsec_ one)."),
+                  dry_run: bool = DRY_RUN, yes: bool = YES,
+                  as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Rotate a destination's signing secret: the new one is stored encrypted, the old one
+    keeps signing beside it (both signatures sent) for --keep-previous, then is dropped."""
+    from pathlib import Path
+
+    from ms07.diagnose.options import parse_duration
+    from ms07.errors import UsageError
+    from ms07.ops import dest_admin
+
+    _mode(dry_run, yes)
+    seconds = parse_duration(keep_previous, "--keep-previous")
+    secret = None
+    if secret_file:
+        try:
+            secret = Path(secret_file).expanduser().read_text().strip()
+        except OSError as exc:
+            raise UsageError(f"cannot read {secret_file}: {exc.strerror}") from None
+    st = common.state(ctx)
+    out = _change(ctx, dest_admin.rotate_signing, as_json, settings=st.settings, name=name, secret=secret,
+                  keep_previous=seconds, dry_run=dry_run)
+    assert isinstance(out, dict)  # nosec B101 - narrows a type
+    if as_json:
+        common.print_json(out)
+    elif dry_run:
+        st.console.print(f"{name}: would rotate its signing secret (the old one signs too for {keep_previous}); "
+                         "run again with --yes", markup=False)
+    else:
+        fp = out["secrets"]["signing.secret"]["fingerprint"]
+        st.console.print(f"{name}: new signing secret {fp}; the previous one signs too until "
+                         f"{out['secrets']['signing.previous_secret'].get('expires_at')}", markup=False)
 
 
 def _say(st: common.State, out: object, as_json: bool, message: str) -> None:

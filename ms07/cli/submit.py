@@ -31,6 +31,7 @@ def submit(
     accepted in one commit, or none is (the error names the line)."""
     import sys
 
+    from ms07.ops.dest_admin import settings_in_force
     from ms07.ops.submit import DirectRecorder, submit_many
     from ms07.ops.submit import submit as do_submit
 
@@ -53,7 +54,8 @@ def submit(
             async def many(rt):  # type: ignore[no-untyped-def]
                 queue = await rt.queue()
                 async with rt.connection() as conn:
-                    return await submit_many(DirectRecorder(conn, queue), st.settings, [i for _, i in items],
+                    settings = await settings_in_force(conn, st.settings)  # the database's destinations
+                    return await submit_many(DirectRecorder(conn, queue), settings, [i for _, i in items],
                                              correlation_id)
 
             results = _by_line(lambda: common.with_runtime(st.settings, many), [n for n, _ in items])
@@ -85,7 +87,7 @@ def submit(
         queue = await rt.queue()
         async with rt.connection() as conn:
             return await do_submit(
-                conn, queue, st.settings, destination, payload,
+                conn, queue, await settings_in_force(conn, st.settings), destination, payload,
                 correlation_id=correlation_id, priority=priority, idempotency_key=idempotency_key,
             )
 

@@ -58,6 +58,7 @@ class Context:
         self._pg_lock = asyncio.Lock()
         self._redis_lock = asyncio.Lock()
         self._pg_error: str | None = None
+        self._pg_detail: tuple[str, str, str] = ("unreachable", "", "")  # problem, remedy, command
         self._redis_error: str | None = None
         self._pool: Any = None
         self._queue: Queue | None = None
@@ -70,17 +71,18 @@ class Context:
         async with self._pg_lock:
             if self._pool is not None:
                 return self._pool
-            if self._pg_error is not None:
-                raise Unavailable("postgres", self._pg_error)
+            if self._pg_error is not None:  # every later caller hears what the first one did
+                raise Unavailable("postgres", self._pg_error, *self._pg_detail)
             try:
                 async with asyncio.timeout(CONNECT_TIMEOUT * 2):
                     self._pool = await self.runtime.pool()
             except NoSchema as exc:
                 self._pg_error = _one_line(exc)
-                raise Unavailable("postgres", self._pg_error, "has no ms07 schema",
-                                  "check MS07_DATABASE_URL / MS07_STATE_DIR point at the engine's database; "
-                                  "if they do, apply the schema (ms07 run does it at start)",
-                                  "ms07 db migrate") from None
+                self._pg_detail = ("has no ms07 schema",
+                                   "check MS07_DATABASE_URL / MS07_STATE_DIR point at the engine's database; "
+                                   "if they do, apply the schema (ms07 run does it at start)",
+                                   "ms07 db migrate")
+                raise Unavailable("postgres", self._pg_error, *self._pg_detail) from None
             except (Ms07Error, psycopg.Error, OSError, TimeoutError) as exc:
                 self._pg_error = _one_line(exc) if not isinstance(exc, TimeoutError) else (
                     f"no answer from PostgreSQL within {CONNECT_TIMEOUT * 2:g}s"

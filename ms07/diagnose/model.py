@@ -19,7 +19,7 @@ _RANK = {level: level.rank for level in Level}
 EXIT_CODES = {level: level.exit_code for level in Level}
 FINDING_KEYS = ("id", "severity", "summary", "evidence", "remedy", "command")
 
-# What matters most among findings of one status (issue 21: the headline after a crash
+# What matters most among findings of one status (the headline after a crash
 # was a dead consumer, the engine being down was the last row): nothing is delivering >
 # a destination is down > everything else. Checks may set ``impact`` on a finding; these
 # are the defaults by finding id.

@@ -168,10 +168,30 @@ async def check(ctx: Context) -> CheckResult:
                  f"{fmt_duration(heal_after)}"),
               "Postgres is the system of record: re-enqueue them from it", "ms07 recover requeue-from-db")
 
+    async def paused() -> None:
+        # Destinations paused at runtime: their jobs wait, on purpose or not.
+        from ms07.store import destinations as dest_store
+
+        async with ctx.connection() as conn:
+            found = await dest_store.paused_with_held(conn)
+        r.details["paused_destinations"] = found
+        for p in found:
+            since = f" since {p['paused_at']:%Y-%m-%d %H:%M:%S %Z}" if p["paused_at"] else ""
+            auto = (p["paused_reason"] or "").startswith("auto-paused")
+            # Paused by itself: nobody decided it, so it is an alert (diagnose --notify).
+            r.add("auto_paused_destination" if auto else "paused_destination", "critical" if auto else "warning",
+                  f"destination {p['name']} is {'auto-' if auto else ''}paused{since}: "
+                  f"{plural(int(p['held']), 'delivery', 'deliveries')} held",
+                  f"reason: {p['paused_reason'] or 'none given'}; new submissions are accepted and held, "
+                  "nothing is sent to it",
+                  "resume it once the destination is ready; what is held is then delivered at a bounded rate",
+                  f"ms07 destinations resume {p['name']} --yes", subject=p["name"])
+
     await part(r, "streams and consumers", streams)
     await part(r, "redis settings", settings)
     await part(r, "stale workers", workers)
     await part(r, "lost messages", lost)
     await part(r, "retention", lambda: retention.part(ctx, r))
+    await part(r, "paused destinations", paused)
     return r
 

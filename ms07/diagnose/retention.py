@@ -1,4 +1,4 @@
-"""The retention part of ``diagnose queue``: where the history goes (issue 18).
+"""The retention part of ``diagnose queue``: where the history goes.
 
 Table and index sizes (from the catalog), the oldest row each table keeps, the policy
 and its last successful run. Findings: ``queue.retention_off`` (nothing is ever

@@ -30,6 +30,7 @@ def routes() -> list[web.RouteDef]:
         web.delete(base + "/{name}", delete),
         web.post(base + "/{name}/pause", pause),
         web.post(base + "/{name}/resume", resume),
+        web.post(base + "/{name}/secret/rotate", rotate),
     ]
 
 
@@ -147,3 +148,21 @@ async def pause(request: web.Request) -> web.Response:
 
 async def resume(request: web.Request) -> web.Response:
     return await _pause(request, False)
+
+
+async def rotate(request: web.Request) -> web.Response:
+    """A new signing secret; the old one keeps signing beside it for ``keep_previous_seconds``."""
+    engine, name = _engine(request), request.match_info["name"]
+    body = await _body(request, optional=True)
+    if isinstance(body, web.Response):
+        return body
+    keep = body.get("keep_previous_seconds", dest_admin.DEFAULT_KEEP_PREVIOUS)
+    if isinstance(keep, bool) or not isinstance(keep, int | float):
+        return await _call(_raise, UsageError("keep_previous_seconds must be a number"))
+
+    async def run() -> dict[str, Any]:
+        async with engine.pool.connection() as conn:
+            return await dest_admin.rotate_signing(conn, engine.settings, name, operator=OPERATOR,
+                                                   secret=body.get("secret"), keep_previous=float(keep))
+
+    return await _call(run)

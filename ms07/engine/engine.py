@@ -191,12 +191,21 @@ class Engine:
             # clients and tasks: a port taken (a second `ms07 run`) leaves nothing behind.
             await self._listen()
         await self.queue.join(self.worker_id)
-        async with self.pool.connection() as conn:
-            # PostgreSQL holds the destinations: the config's list is applied only when
-            # asked (service.apply_config / --apply-config) or to seed an empty table.
-            await dest_admin.start(conn, self.settings, apply_config=self.settings.service.apply_config,
-                                   operator=f"engine:{self.worker_id}")
-            await self.live.reload(conn)
+        try:
+            async with self.pool.connection() as conn:
+                # PostgreSQL holds the destinations: the config's list is applied only when
+                # asked (service.apply_config / --apply-config) or to seed an empty table.
+                await dest_admin.start(conn, self.settings, apply_config=self.settings.service.apply_config,
+                                       operator=f"engine:{self.worker_id}")
+                await self.live.reload(conn)
+        except ConfigError:  # a stored secret no key decrypts: one line, nothing left open
+            closers = [*([self.server.close()] if self.server is not None else []),
+                       *([self.submitter.close()] if self.submitter is not None else []),
+                       *(c.close() for c in self.clients.values()), self.live.close()]
+            await asyncio.gather(*closers, return_exceptions=True)
+            if self._owns_runtime:
+                await self.runtime.aclose()
+            raise
         self.metrics.memory_threshold.set(self.settings.memory.threshold_mb * 1024 * 1024)
         self.held.capacity.set()
         self.held.idle.set()

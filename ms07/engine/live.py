@@ -1,4 +1,4 @@
-"""Destinations live on every replica: the engine's side of issue 20.
+"""Destinations live on every replica: the engine side of runtime destinations.
 
 PostgreSQL holds the destinations (``destinations.spec``); a change commits with a
 ``NOTIFY ms07_destinations``. Each engine keeps one connection that LISTENs on that
@@ -31,11 +31,11 @@ from ms07.engine.breaker import CircuitBreaker
 from ms07.engine.delivery import DestinationClient
 from ms07.engine.ratelimit import RateLimiter
 from ms07.engine.retry import RetryPolicy
+from ms07.errors import ConfigError
 from ms07.ops import dest_admin
 from ms07.resolved import ResolvedDestination
 from ms07.store import db
 from ms07.store import destinations as store
-from ms07.store.status import JobStatus
 
 if TYPE_CHECKING:
     from ms07.engine.engine import Engine
@@ -44,14 +44,6 @@ log = logs.get("DistributionWorker")
 
 RESYNC_SECONDS = 30.0
 
-_RELEASE = f"""
-UPDATE distribution_jobs SET status = '{JobStatus.QUEUED}', next_attempt_at = NULL, updated_at = now()
- WHERE distribution_id IN (
-       SELECT distribution_id FROM distribution_jobs
-        WHERE destination_name = ANY(%s) AND status = '{JobStatus.PAUSED}'
-        ORDER BY destination_name, created_at LIMIT %s FOR UPDATE SKIP LOCKED)
-RETURNING distribution_id::text, destination_name, priority
-"""
 
 
 class LiveDestinations:
@@ -66,6 +58,7 @@ class LiveDestinations:
         self.listening = asyncio.Event()  # set while LISTEN is in force (tests wait on it)
         self._retiring: set[asyncio.Task[None]] = set()
         self._lock = asyncio.Lock()
+        self._bad: set[str] = set()
 
     # ------------------------------------------------------------------ building
 
@@ -128,16 +121,28 @@ class LiveDestinations:
         async with self._lock:
             rows = await dest_admin.rows(conn)
             e = self.engine
+            problems = dest_admin.load_secrets(rows)
+            if problems and not self.reloads:
+                raise ConfigError(problems[0])  # at start: one clear line, the engine does not start
+            for line in set(problems) - self._bad:
+                log.error("stored secrets do not decrypt; the destination keeps its previous ones",
+                          detail=logs.clip(line, 300))
+            undecryptable = {line.split(":", 1)[0].removeprefix("destination ") for line in problems}
             if rows:
                 settings, bad = dest_admin.in_force(e.settings, rows)
             else:  # none left (or none yet: start() seeded the config's, if it had any)
                 settings, bad = destspec.with_destinations(e.settings, []), []
-            for line in bad:
-                log.error("stored destination skipped: it does not validate", detail=logs.clip(line, 300))
+            for line in set(bad) - self._bad:  # once, not at every reload
+                log.warning("stored destination does not validate under the current settings",
+                            detail=logs.clip(line, 300))
+            self._bad = set(bad) | set(problems)
             wanted = {d.name: d for d in settings.destinations}
             changed = []
             for name, dest in wanted.items():
-                spec = destspec.to_spec(dest)
+                if name in undecryptable and name in e.clients:
+                    continue
+                secrets = {f: s["fingerprint"] + s["changed_at"] for f, s in (rows[name].get("secrets") or {}).items()}
+                spec = {"spec": destspec.to_spec(dest), "secrets": secrets}
                 if self.specs.get(name) != spec or name not in e.clients:
                     await self.install(settings.resolved(name))
                     self.specs[name] = spec
@@ -153,6 +158,7 @@ class LiveDestinations:
                             reason=rows[name].get("paused_reason"))
             for name in self.paused - paused:
                 log.info("destination resumed: held deliveries are released", destination=name)
+                e.policy.failing_since.pop(name, None)  # a fresh start for auto-pause
             self.paused.clear()
             self.paused.update(paused)
             self.reloads += 1
@@ -205,8 +211,7 @@ class LiveDestinations:
             return 0
         limit = max(1, int(e.settings.service.resume_rate_per_second))
         async with e.pool.connection() as conn, conn.transaction():
-            cur = await conn.execute(_RELEASE, (names, limit))
-            released = [tuple(r) for r in await cur.fetchall()]
+            released = await store.release_held(conn, names, limit)
         if released:
             queue = e.queue
             await queue.enqueue((p if p in queue.priorities else queue.priorities[0], did, dest)
@@ -215,12 +220,43 @@ class LiveDestinations:
             log.info("held deliveries released", count=len(released))
         return len(released)
 
+    async def auto_pause(self) -> list[str]:
+        """Pause the destinations whose every attempt failed for their ``auto_pause_after``
+        (off by default); returns the names this call paused."""
+        e = self.engine
+        assert e.pool is not None, "started"  # nosec B101 - narrows a type
+        now, done = time.monotonic(), []
+        for name, since in list(e.policy.failing_since.items()):
+            client = e.clients.get(name)
+            after = client.config.auto_pause_after if client is not None else None
+            if after is None or name in self.paused or now - since < after:
+                continue
+            reason = f"auto-paused: every attempt failed for {after:g}s"
+            async with e.pool.connection() as conn:
+                out = await dest_admin.pause(conn, name, paused=True, operator=f"engine:{e.worker_id}",
+                                             reason=reason)
+            self.paused.add(name)  # at once: the NOTIFY tells the others
+            e.policy.failing_since.pop(name, None)
+            if out["changed"]:
+                done.append(name)
+                e.metrics.auto_paused.labels(name).inc()
+                log.error("destination paused automatically: every attempt failed", destination=name,
+                          failing_seconds=round(now - since, 1), auto_pause_after=after,
+                          resume=f"ms07 destinations resume {name} --yes")
+        return done
+
     async def release_loop(self) -> None:
+        """Once a second: auto-pause what keeps failing, release what a resume freed."""
         backoff = Backoff()
         while True:
             started = time.monotonic()
             try:
+                await self.auto_pause()
                 await self.release()
+                assert self.engine.pool is not None  # nosec B101 - narrows a type
+                async with self.engine.pool.connection() as conn:  # rotation windows that are over
+                    await dest_admin.drop_expired_previous(conn, self.engine.settings,
+                                                           f"engine:{self.engine.worker_id}")
                 backoff.reset()
                 await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - started)))
             except asyncio.CancelledError:

@@ -10,6 +10,7 @@ guarantees", "Outcomes").
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections import defaultdict, deque
 from collections.abc import Iterable
 from typing import Any
@@ -44,6 +45,8 @@ class DeliveryPolicy:
         self.circuit_updates: list[tuple[str, str]] = []
         self.recent_latency: dict[str, deque[float]] = defaultdict(lambda: deque(maxlen=1000))
         self.handed_back = 0
+        # Since when every attempt to a destination has failed (monotonic), for auto-pause.
+        self.failing_since: dict[str, float] = {}
         self._children: dict[str, tuple[Any, Any, Any, deque[float]]] = {}
         for dest in destinations:
             cb = dest.circuit_breaker
@@ -80,7 +83,14 @@ class DeliveryPolicy:
                 m.attempts.labels("success", destination), m.attempts.labels("failed", destination),
                 m.latency.labels(destination), self.recent_latency[destination])
         success, failed, latency, recent = children
-        (success if result.success else failed).inc()
+        if result.success:
+            success.inc()
+            if destination in self.failing_since:
+                del self.failing_since[destination]
+        else:
+            failed.inc()
+            if destination not in self.failing_since:
+                self.failing_since[destination] = time.monotonic()
         latency.observe(result.latency)
         recent.append(result.latency)
         if result.error_code:

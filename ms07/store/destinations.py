@@ -10,6 +10,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from ms07.config import DestinationConfig
+from ms07.store.status import JobStatus
 
 
 async def sync_destinations(
@@ -82,7 +83,8 @@ async def managed(conn: psycopg.AsyncConnection[Any]) -> list[dict[str, Any]]:
     """Every managed destination: name, spec, version, paused state, timestamps."""
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
-            """SELECT name, spec, version, paused, paused_at, paused_reason, created_at, updated_at, changed_by
+            """SELECT name, spec, version, paused, paused_at, paused_reason, created_at, updated_at, changed_by,
+                      secrets
                  FROM destinations WHERE spec IS NOT NULL ORDER BY name"""
         )
         return list(await cur.fetchall())
@@ -146,3 +148,74 @@ async def lock(conn: psycopg.AsyncConnection[Any]) -> None:
 
 
 _LOCK = 0x6D733038  # "ms08": beside the migration lock "ms07"
+
+
+async def paused_with_held(conn: psycopg.AsyncConnection[Any]) -> list[dict[str, Any]]:
+    """Each paused destination, when and why, and how many of its jobs are held."""
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            f"""SELECT d.name, d.paused_at, d.paused_reason,
+                       (SELECT count(*) FROM distribution_jobs j
+                         WHERE j.destination_name = d.name AND j.status = '{JobStatus.PAUSED}') AS held
+                  FROM destinations d WHERE d.paused AND d.spec IS NOT NULL ORDER BY d.name"""
+        )
+        return list(await cur.fetchall())
+
+
+async def set_secrets(conn: psycopg.AsyncConnection[Any], name: str, given: dict[str, Any], keep: list[str],
+                      changed_by: str, *, bump: bool = True) -> None:
+    """Merge ``given`` ({field: {"ciphertext", "fingerprint", "changed_at"}}) into the
+    destination's stored secrets, dropping any field not in ``keep``; ``bump``: a new
+    version and a NOTIFY (a rekey changes no value: neither)."""
+    await conn.execute(
+        """UPDATE destinations
+              SET secrets = COALESCE((SELECT jsonb_object_agg(k, v) FROM jsonb_each(secrets || %s) AS e(k, v)
+                                       WHERE k = ANY(%s)), '{}'::jsonb),
+                  version = version + %s, changed_by = %s, updated_at = now()
+            WHERE name = %s""",
+        (Jsonb(given), keep, 1 if bump else 0, changed_by, name),
+    )
+    if bump:
+        await notify(conn, name)
+
+
+def _unfinished() -> str:
+    from ms07.store.status import HELD, OPEN, sql_list
+
+    return sql_list(OPEN | HELD)
+
+
+_UNFINISHED_COUNTS = f"""SELECT status, count(*)
+  FROM distribution_jobs WHERE destination_name = %s AND status IN {_unfinished()} GROUP BY status"""
+_PARK_UNFINISHED = f"""UPDATE distribution_jobs
+   SET status = '{JobStatus.DEAD}', last_error_code = %s, last_error = %s, updated_at = now(), completed_at = now()
+ WHERE destination_name = %s AND status IN {_unfinished()} RETURNING distribution_id::text"""
+_RELEASE_HELD = f"""
+UPDATE distribution_jobs
+   SET status = '{JobStatus.QUEUED}', next_attempt_at = NULL, updated_at = now()
+ WHERE distribution_id IN (
+       SELECT distribution_id
+         FROM distribution_jobs
+        WHERE destination_name = ANY(%s) AND status = '{JobStatus.PAUSED}'
+        ORDER BY destination_name, created_at LIMIT %s FOR UPDATE SKIP LOCKED)
+RETURNING distribution_id::text, destination_name, priority
+"""
+
+
+async def unfinished_counts(conn: psycopg.AsyncConnection[Any], name: str) -> dict[str, int]:
+    """A destination's jobs still to deliver (open or held), by status."""
+    cur = await conn.execute(_UNFINISHED_COUNTS, (name,))
+    return {r[0]: int(r[1]) for r in await cur.fetchall()}
+
+
+async def park_unfinished(conn: psycopg.AsyncConnection[Any], name: str, code: str, message: str) -> list[str]:
+    """Mark a destination's unfinished jobs dead; their ids (for the DLQ)."""
+    cur = await conn.execute(_PARK_UNFINISHED, (code, message, name))
+    return [r[0] for r in await cur.fetchall()]
+
+
+async def release_held(conn: psycopg.AsyncConnection[Any], names: list[str], limit: int) -> list[tuple[str, str, str]]:
+    """Up to ``limit`` held jobs of these destinations, oldest first, set queued (each by
+    one caller: SKIP LOCKED); (id, destination, priority) of each, for the XADD."""
+    cur = await conn.execute(_RELEASE_HELD, (names, limit))
+    return [tuple(r) for r in await cur.fetchall()]  # type: ignore[misc]

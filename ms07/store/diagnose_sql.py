@@ -162,7 +162,7 @@ SELECT name, url, health_url, health_status, last_health_check, last_health_late
  ORDER BY name
 """
 
-# Retention (issue 18). Sizes from the catalog: no table is read.
+# Retention. Sizes from the catalog: no table is read.
 TABLE_SIZES = """
 SELECT c.relname AS table_name, greatest(c.reltuples, 0)::bigint AS estimated_rows,
        pg_table_size(c.oid) AS table_bytes, pg_indexes_size(c.oid) AS index_bytes

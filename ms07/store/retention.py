@@ -1,5 +1,5 @@
 """Retention's statements: what a policy would remove, removal in bounded batches, and
-the payload expunge (issue 18; the run itself is ms07/ops/retention.py).
+the payload expunge (the run itself is ms07/ops/retention.py).
 
 Only finished jobs (``status IN TERMINAL``) are ever removed or expunged: a job of any
 other status (open, or a status added later such as ``paused``) is kept whatever its age.

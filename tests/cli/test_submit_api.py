@@ -116,6 +116,10 @@ async def test_cli_submit_status_and_dlq(engine: Any, sink: Sink, env_for: dict[
     assert status_json["status"] == "delivered"
     assert set(status_json["attempts"][0]) >= {"attempt", "status", "response_status_code", "error_code",
                                                "started_at", "completed_at"}
+    # PostgreSQL holds the destinations: the file's "g" is applied first (issue 20).
+    result = await acli([*base, "destinations", "sync"], env_for)
+    assert result.exit_code == 0, result.output
+    await wait_for(lambda: "g" in engine.clients, timeout=2, what="g live on the engine")
     result = await acli([*base, "submit", "-d", "g", "--data", "{}", "--json"], env_for)
     gone = json.loads(result.output)["distributions"][0]["distribution_id"]
     await wait_for(lambda: _dlq_has(engine, gone), what="parked")

@@ -39,6 +39,7 @@ OTHER_VOCABULARIES = {
     # a per-minute count of successful attempts; a destination's paused flag
     "console/data.py": {"delivered", "paused"},
     "diagnose/retention.py": {"delivered"},  # a finding's label for the delivered jobs' age
+    "diagnose/queue.py": {"paused"},  # a destination's paused state, in a finding
 }
 
 _QUOTED = re.compile("'(" + "|".join(s.value for s in JobStatus) + ")'")

@@ -10,6 +10,10 @@ ALTER TABLE destinations ADD COLUMN IF NOT EXISTS paused boolean NOT NULL DEFAUL
 ALTER TABLE destinations ADD COLUMN IF NOT EXISTS paused_at timestamptz;
 ALTER TABLE destinations ADD COLUMN IF NOT EXISTS paused_reason text;
 ALTER TABLE destinations ADD COLUMN IF NOT EXISTS changed_by text;
+-- Secrets given through the API, AES-GCM ciphertext only (ms07/secretbox.py), by field
+-- ("auth.token"): {"ciphertext", "fingerprint", "changed_at"}. The spec names them with a
+-- reference of the form ms07-stored:<destination>/<field>.
+ALTER TABLE destinations ADD COLUMN IF NOT EXISTS secrets jsonb NOT NULL DEFAULT '{}'::jsonb;
 
 -- Job status 'paused': accepted for a paused destination, held, not attempted.
 ALTER TABLE distribution_jobs DROP CONSTRAINT IF EXISTS distribution_jobs_status_check;
