@@ -28,7 +28,6 @@ from ms07 import keys, logs
 from ms07.config import RetentionConfig
 from ms07.errors import Ms07Error, UsageError
 from ms07.store import retention as store
-from ms07.store.status import PARKED_SQL
 
 log = logs.get("retention")
 
@@ -239,7 +238,8 @@ class _Batcher:
         await self._batches(one)
 
     def _write(self, what: str, rows: list[dict[str, Any]], *, jobs: int, attempts: int) -> None:
-        assert self.archive is not None and self.run.archive is not None  # noqa: S101
+        if self.archive is None or self.run.archive is None:
+            raise RuntimeError("archive write without an archive directory")
         self.files += 1
         final = self.archive / f"ms07-prune-{self.stamp}-{self.files:05d}-{what}.jsonl.gz"
         part = final.with_name(final.name + ".part")
@@ -296,12 +296,7 @@ async def dlq_candidates(conn: psycopg.AsyncConnection[Any], redis: Any, age: fl
         entries = [(_text(eid), {_text(k): _text(v) for k, v in f.items()}) for eid, f in chunk]
         ids = [f.get("distribution_id", "") for _, f in entries]
         valid = [i for i in ids if _is_uuid(i)]
-        cur = await conn.execute(
-            f"SELECT distribution_id::text FROM distribution_jobs WHERE distribution_id = ANY(%s::uuid[])"
-            f" AND status IN {PARKED_SQL}"
-            " AND coalesce(completed_at >= now() - make_interval(secs => %s), true)".encode(), (valid, age),
-            prepare=False)
-        kept = {r[0] for r in await cur.fetchall()}
+        kept = await store.parked_within(conn, valid, age)
         await conn.rollback()
         doomed = [eid for eid, f in entries if f.get("distribution_id", "") not in kept]
         if doomed and remove:

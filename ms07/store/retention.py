@@ -21,7 +21,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from ms07.store.status import PARKED, TERMINAL, TERMINAL_SQL, JobStatus, sql_list
+from ms07.store.status import PARKED, PARKED_SQL, TERMINAL, TERMINAL_SQL, JobStatus, sql_list
 
 DELIVERED_SQL = sql_list(frozenset({JobStatus.DELIVERED}))
 _PARKED_SQL = sql_list(PARKED)
@@ -151,8 +151,7 @@ async def delete_jobs(conn: psycopg.AsyncConnection[Any], ids: Sequence[str]) ->
         SELECT (SELECT count(*) FROM gone), (SELECT coalesce(sum(size), 0) FROM gone),
                (SELECT count(*) FROM att), (SELECT coalesce(sum(size), 0) FROM att)""".encode(),
         (list(ids),), prepare=False)
-    row = await cur.fetchone()
-    assert row is not None  # noqa: S101 - an aggregate always answers one row
+    row = _row(await cur.fetchone())
     return int(row[0]), int(row[1]), int(row[2]), int(row[3])
 
 
@@ -181,8 +180,7 @@ async def delete_attempts(conn: psycopg.AsyncConnection[Any], ids: Sequence[int]
         """WITH gone AS (DELETE FROM distribution_attempts AS a WHERE a.id = ANY(%s)
                          RETURNING pg_column_size(a.*) AS size)
            SELECT count(*), coalesce(sum(size), 0) FROM gone""", (list(ids),), prepare=False)
-    row = await cur.fetchone()
-    assert row is not None  # noqa: S101
+    row = _row(await cur.fetchone())
     return int(row[0]), int(row[1])
 
 
@@ -210,8 +208,7 @@ async def expunge_old_payloads(conn: psycopg.AsyncConnection[Any], age: float | 
     if age is None:
         return 0, 0, None
     cur = await conn.execute(_EXPUNGE_BATCH.encode(), {"age": age, "after": after, "n": limit}, prepare=False)
-    row = await cur.fetchone()
-    assert row is not None  # noqa: S101
+    row = _row(await cur.fetchone())
     return int(row[0]), int(row[1]), row[2]
 
 
@@ -290,3 +287,21 @@ async def last_run(conn: psycopg.AsyncConnection[Any], *, succeeded: bool = Fals
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(f"SELECT * FROM retention_runs {where} ORDER BY id DESC LIMIT 1".encode())
         return await cur.fetchone()
+
+
+def _row(row: Any) -> Any:
+    """The one row an aggregate answers (a missing one is a driver fault, said plainly)."""
+    if row is None:
+        raise RuntimeError("PostgreSQL answered an aggregate with no row")
+    return row
+
+
+async def parked_within(conn: psycopg.AsyncConnection[Any], ids: list[str], age: float) -> set[str]:
+    """Of these job ids, those still parked and finished less than ``age`` seconds ago:
+    their DLQ entries stay."""
+    cur = await conn.execute(
+        f"SELECT distribution_id::text FROM distribution_jobs WHERE distribution_id = ANY(%s::uuid[])"
+        f" AND status IN {PARKED_SQL}"
+        " AND coalesce(completed_at >= now() - make_interval(secs => %s), true)".encode(), (ids, age),
+        prepare=False)
+    return {r[0] for r in await cur.fetchall()}
