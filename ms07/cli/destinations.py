@@ -50,7 +50,7 @@ def check(ctx: typer.Context, names: list[str] | None, timeout: float | None, as
     from ms07.ops import destinations as dest_ops
 
     st = common.state(ctx)
-    results = common.run(dest_ops.check(st.settings, names or None, timeout))
+    results = common.run(dest_ops.check_in_force(st.settings, names or None, timeout))
     if as_json:
         common.print_json(results)
     else:

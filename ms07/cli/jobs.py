@@ -9,7 +9,7 @@ from ms07.cli import status as status_command
 
 app = typer.Typer(help="Search the history of distributions.", no_args_is_help=True)
 
-DESTINATION = typer.Option(None, "--destination", help="Only this destination.")
+DESTINATION = typer.Option(None, "--destination", "-d", help="Only this destination.")
 STATUS = typer.Option(None, "--status", help="Statuses, comma-separated (dead,failed).")
 SINCE = typer.Option(None, "--since", help="From this time: ISO 8601 with an offset, an age (2h, 30m, 1d) "
                      "or HH:MM today in the local zone.")

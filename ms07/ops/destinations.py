@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from ms07 import keys
+from ms07 import keys, logs
 from ms07.config import Settings
 from ms07.errors import NotFound
 from ms07.probe import probe_full
 from ms07.runtime import Runtime
 from ms07.store import destinations as dest_store
+
+log = logs.get("destinations")
 
 
 async def sync(rt: Runtime) -> list[str]:
@@ -66,6 +68,23 @@ async def listing(rt: Runtime) -> list[dict[str, Any]]:
             "version": managed.get(dest.name, {}).get("version"),
         })
     return out
+
+
+async def check_in_force(
+    settings: Settings, names: list[str] | None = None, timeout: float | None = None
+) -> list[dict[str, Any]]:
+    """``check`` of the destinations in force: the database's when PostgreSQL answers
+    (a destination added at runtime is probed too), else the config's."""
+    from ms07.ops import dest_admin
+
+    try:
+        async with Runtime(settings, migrate=False) as rt, asyncio.timeout(15):
+            async with rt.connection() as conn:
+                settings = await dest_admin.settings_in_force(conn, settings)
+    except Exception as exc:  # PostgreSQL away or a schema before runtime destinations
+        log.info("destinations check: the config's list (the database's is out of reach)",
+                 error=logs.clip(str(exc), 200))
+    return await check(settings, names, timeout)
 
 
 async def check(

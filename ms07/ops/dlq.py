@@ -60,9 +60,11 @@ async def replay(
 ) -> list[str]:
     """Reset these parked jobs to ``queued`` with a fresh attempt budget and enqueue them
     (every parked job: ``ms07 replay``, through ms07.ops.replay)."""
+    from ms07.ops.dest_admin import settings_in_force
     from ms07.ops.replay import budgets
 
     wanted = check_ids(ids)
+    settings = await settings_in_force(conn, settings)  # a destination added at runtime has its budget
     async with conn.transaction():
         reset = await jobs.reset_for_replay(conn, wanted, *budgets(settings))
     await requeue(queue, reset)

@@ -174,6 +174,10 @@ async def run(
     if not rate > 0:
         raise UsageError(f"rate {rate} must be above 0 (jobs a second)")
     batch = max(1, min(MAX_BATCH, int(rate)))
+    if runner == "cli":  # an engine's settings already hold the database's destinations
+        from ms07.ops.dest_admin import settings_in_force
+
+        settings = await settings_in_force(conn, settings)
     per_dest, default = budgets(settings)
     async with db.autocommit(conn):
         row = await replays.get(conn, replay_id)

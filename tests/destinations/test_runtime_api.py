@@ -156,3 +156,37 @@ async def test_cli_doors(engine: Any, env_for: dict[str, str], tmp_path: Path, d
     assert removed.exit_code == 0 and "cli: removed; 1 job(s) parked in the DLQ" in removed.output
     unknown = await acli(["destinations", "pause", "nope", "--yes"], env)
     assert unknown.exit_code == 4 and "unknown destination 'nope'" in unknown.output
+
+
+async def test_cli_replay_and_check_know_a_destination_added_at_runtime(
+        engine: Any, sink: Sink, env_for: dict[str, str], tmp_path: Path, database_url: str) -> None:
+    """The operator's commands work on the destinations in force, not only the config's:
+    `destinations check` probes one added through the API, and a replay gives its jobs
+    that destination's attempt budget (7 here, the config's default is another)."""
+    env = {**env_for, "MS07_CONFIG": str(write_config(tmp_path / "c.yaml", {}))}
+    added = await _call(engine, "POST", "/api/v1/destinations",
+                        {"name": "crm", "url": sink.url("/crm"), "max_attempts": 7})
+    assert added.status_code == 201, added.text
+    submitted = await _call(engine, "POST", "/api/v1/distributions", {"destinations": ["crm"], "payload": {"n": 1}})
+    assert submitted.status_code == 202, submitted.text
+
+    async def delivered() -> bool:
+        async with await psycopg.AsyncConnection.connect(database_url) as conn:
+            cur = await conn.execute("SELECT count(*) FROM distribution_jobs WHERE destination_name = 'crm'"
+                                     " AND status = 'delivered'")
+            return (await cur.fetchone())[0] == 1
+
+    from tests.support import wait_for
+
+    await wait_for(delivered, what="the crm job delivered")
+    probe = await acli(["destinations", "check", "crm", "--json"], env)
+    assert probe.exit_code == 0, probe.output
+    assert [r["name"] for r in json.loads(probe.output)] == ["crm"]
+    replay = await acli(["replay", "-d", "crm", "--status", "delivered", "--include-delivered", "--yes",
+                         "--json"], env)
+    assert replay.exit_code == 0, replay.output
+    async with await psycopg.AsyncConnection.connect(database_url) as conn:
+        cur = await conn.execute("SELECT max_attempts FROM distribution_jobs WHERE destination_name = 'crm'")
+        [max_attempts] = await cur.fetchone()
+    assert max_attempts == 1 + 7  # its one attempt before the replay, then crm's budget
+
