@@ -14,7 +14,7 @@ import datetime as dt
 import json
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import jinja2
 from aiohttp import web
@@ -440,16 +440,36 @@ async def destination(request: web.Request, probe: list[dict[str, Any]] | None =
 
 
 async def destination_check(request: web.Request) -> web.Response:
-    from ms07.ops.destinations import check
+    from ms07.ops.destinations import check_in_force
 
     src = request.app[SOURCE]
     name = request.match_info["name"]
-    if name not in src.settings.destination_names:
-        raise NotFound(f"no destination {name}")
-    probe = await check(src.settings, [name])
+    probe = await check_in_force(src.settings, [name])  # NotFound for a name not in force
     for p in probe:
         p["url"] = logs.safe_url(p.get("url"))
     return await destination(request, probe)
+
+
+async def _set_paused(request: web.Request, paused: bool) -> web.StreamResponse:
+    """Pause or resume a destination (audited as the API's; every engine hears of it
+    within a second), then back to its page."""
+    from ms07.ops import dest_admin
+
+    src = request.app[SOURCE]
+    name = request.match_info["name"]
+    async with src.connection() as conn:
+        await dest_admin.pause(conn, name, paused=paused, operator="console",
+                               reason="paused from the console" if paused else None)
+    log.info("console paused a destination" if paused else "console resumed a destination", destination=name)
+    raise web.HTTPSeeOther(f"{PREFIX}/destinations/{quote(name, safe='')}")
+
+
+async def destination_pause(request: web.Request) -> web.StreamResponse:
+    return await _set_paused(request, True)
+
+
+async def destination_resume(request: web.Request) -> web.StreamResponse:
+    return await _set_paused(request, False)
 
 
 # ---------------------------------------------------------------------------- the app
@@ -491,8 +511,8 @@ def build(source: data.Source, guard: Guard) -> web.Application:
         web.get("/destinations", destinations),
         web.get("/destinations/{name}", destination),
         web.post("/destinations/{name}/check", destination_check),
-        # Pause/resume of a destination: the runtime-destinations issue adds
-        # POST /destinations/{name}/pause and /resume here (over its ms07.ops functions).
+        web.post("/destinations/{name}/pause", destination_pause),
+        web.post("/destinations/{name}/resume", destination_resume),
     ])
     app.router.add_static("/static", HERE / "static")
     return app

@@ -208,10 +208,11 @@ async def test_the_read_only_token_sees_no_action_and_is_refused_every_post(
         assert await page.locator(action).count() == 0, action
     await page.goto(f"{url}/console/destinations/flaky")
     assert await page.locator("#check-now").count() == 0
+    assert await page.locator("#pause").count() == 0 and await page.locator("#resume").count() == 0
     assert not problems, problems
     # Even with a valid CSRF token (the logout form's), every action is refused.
     for path, body in (("/console/dlq/replay", f"id={dead}&confirm=yes"), ("/console/destinations/flaky/check", ""),
-                       ("/console/replays", "destination=flaky")):
+                       ("/console/replays", "destination=flaky"), ("/console/destinations/flaky/pause", "")):
         code = await page.evaluate(
             """([path, body]) => fetch(path, {method: 'POST', headers: {'Content-Type':
                  'application/x-www-form-urlencoded'}, body: 'csrf=' + encodeURIComponent(
@@ -269,3 +270,30 @@ async def _is(engine: Any, did: str, want: str) -> bool:
 
 async def _all(engine: Any, ids: list[str], want: str) -> bool:
     return all([await _is(engine, d, want) for d in ids])
+
+
+async def test_a_destination_is_paused_and_resumed_from_its_page(
+        console_engine: Any, sink: Sink, browser: Any, shots: Path) -> None:
+    """Pause: what is submitted meanwhile is held (status paused, nothing sent); resume:
+    each held job is delivered once by the real sink."""
+    url = base(console_engine)
+    page, problems = await _page(browser)
+    await _login(page, url, OPERATOR_TOKEN)
+    await page.goto(f"{url}/console/destinations/hooks")
+    await page.click("#pause")
+    await page.wait_for_selector("#resume")
+    assert "yes" in await page.locator("dt:text('paused') + dd").inner_text()
+
+    async def paused_everywhere() -> bool:
+        return "hooks" in console_engine.paused
+
+    await wait_for(paused_everywhere, what="the engine hears of the pause")
+    held = await submit_n(console_engine, "hooks", 3)
+    await wait_for(lambda: _all(console_engine, held, "paused"), what="the jobs held")
+    assert not [k for k in sink.keys("/in") if k in held]
+    await page.screenshot(path=str(shots / "destination-paused.png"), full_page=True)
+    await page.click("#resume")
+    await page.wait_for_selector("#pause")
+    await wait_for(lambda: _all(console_engine, held, "delivered"), what="the held jobs delivered")
+    assert sorted(k for k in sink.keys("/in") if k in held) == sorted(held)
+    assert not problems, problems
