@@ -23,8 +23,9 @@ median and the spread (min-max) over the rounds are printed as a Markdown table.
 machine is shared: read the ratios, not the absolute numbers.
 
 ``--base OTHER_TREE`` (another checkout, e.g. ``git archive`` of an older commit) also
-runs the single and batch modes with that tree's engine in every round, right after this
-tree's: a change's effect, measured against the same ceilings (as bench/ab.py does).
+runs the single and batch modes with that tree's engine in every round, after this tree's
+in odd rounds and before them in even ones: a change's effect, measured against the same
+ceilings (as bench/ab.py does).
 """
 
 from __future__ import annotations
@@ -157,7 +158,10 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         url = f"http://127.0.0.1:{sink_port}/in"
         system = systems.System("ms07", srv, sink_port, a.concurrency, tmp)
         for r in range(a.rounds):
-            for mode in modes:
+            order = modes
+            if r % 2:  # the base tree first in every other round: a burst of load hits both alike
+                order = [*MODES[:1], *modes[len(MODES):], *MODES[1:]]
+            for mode in order:
                 log = tmp / f"{mode.split()[0]}-{r}{'-base' if 'base' in mode else ''}.log"
                 if mode == "ceiling":
                     res = compare.client_run("aiohttp", url, a.n, a.concurrency, sink_port)

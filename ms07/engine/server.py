@@ -15,6 +15,7 @@ the server so that the first snapshot already sees the engine's allocations.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import decimal
 import hmac
@@ -26,14 +27,17 @@ import time
 import tracemalloc
 from typing import TYPE_CHECKING, Any
 
+import psycopg
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from ms07 import __version__, logs
 from ms07.config import Settings
 from ms07.engine import health, openapi
-from ms07.engine.body import BodyError, body_limit, read_body
+from ms07.engine.body import BodyError, batch_limit, body_limit, read_body, single_limit, too_large
 from ms07.engine.upkeep import rss_bytes
 from ms07.errors import ConfigError, UsageError
+from ms07.ops.submit import BatchRefused, batch_from_json, from_json, submit_many, submit_with
 
 if TYPE_CHECKING:
     from ms07.engine.engine import Engine
@@ -117,11 +121,23 @@ def _console_path(path: str) -> bool:
     return path == "/console" or path.startswith("/console/")
 
 
-def _token_guard(token: ApiToken, read_token: ApiToken) -> Any:
+# PostgreSQL or Redis away: the client retries (with the same idempotency_key a submit
+# retried after an unknown outcome makes no second job).
+_UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, RedisError, OSError)
+
+
+def _front(token: ApiToken, read_token: ApiToken) -> Any:
+    """The one middleware every request passes (one layer, not three: it runs per request):
+
+    - the token guard: deny by default, only the two probe paths are open, whatever the
+      router knows; the console has its own guard (session cookie, CSRF:
+      ms07/console/security.py); the read-only token may read, not act (403);
+    - lines logged while serving a request carry its X-Correlation-ID;
+    - failures answer JSON too: PostgreSQL or Redis away is a 503, logged as a warning;
+      anything else a 500 with its traceback in the log."""
+
     @web.middleware
-    async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
-        # Deny by default: only the two probe paths are open, whatever the router knows.
-        # The console has its own guard (session cookie, CSRF: ms07/console/security.py).
+    async def front(request: web.Request, handler: Any) -> web.StreamResponse:
         expected = token.current()
         if expected is not None and request.path not in OPEN_PATHS and not _console_path(request.path):
             scheme, _, given = request.headers.get("Authorization", "").strip().partition(" ")
@@ -133,39 +149,25 @@ def _token_guard(token: ApiToken, read_token: ApiToken) -> Any:
                 return _json({"error": "unauthorized"}, 401, {"WWW-Authenticate": "Bearer"})
             if read_only and not ok and request.method not in READ_METHODS:
                 return _error(403, "the read-only token may read, not act")
-        return await handler(request)
+        correlation = request.headers.get("X-Correlation-ID")
+        bound = logs.bind(correlation_id=correlation) if correlation and 0 < len(correlation) <= 200 else _UNBOUND
+        with bound:
+            try:
+                return await handler(request)
+            except web.HTTPException:
+                raise
+            except _UNAVAILABLE as exc:
+                log.warning("storage unavailable; request refused", path=request.path,
+                            error=logs.clip(str(exc), 200))
+                return _error(503, "storage unavailable; retry later")
+            except Exception:
+                log.exception("request failed", path=request.path)
+                return _error(500, "internal error")
 
-    return guard
-
-
-@web.middleware
-async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Failures answer JSON too. PostgreSQL or Redis away is a 503 the client retries (with
-    the same idempotency_key a submit retried after an unknown outcome makes no second
-    job), logged as a warning; anything else a 500 with its traceback in the log."""
-    import psycopg
-    from redis.exceptions import RedisError
-
-    try:
-        return await handler(request)
-    except web.HTTPException:
-        raise
-    except (psycopg.OperationalError, psycopg.InterfaceError, RedisError, OSError) as exc:
-        log.warning("storage unavailable; request refused", path=request.path, error=logs.clip(str(exc), 200))
-        return _error(503, "storage unavailable; retry later")
-    except Exception:
-        log.exception("request failed", path=request.path)
-        return _error(500, "internal error")
+    return front
 
 
-@web.middleware
-async def _correlate(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Lines logged while serving a request carry its X-Correlation-ID."""
-    correlation = request.headers.get("X-Correlation-ID")
-    if correlation and 0 < len(correlation) <= 200:
-        with logs.bind(correlation_id=correlation):
-            return await handler(request)
-    return await handler(request)
+_UNBOUND = contextlib.nullcontext()
 
 
 async def live(request: web.Request) -> web.Response:
@@ -219,9 +221,6 @@ async def _json_object(request: web.Request) -> tuple[bytes, dict[str, Any]] | w
 async def submit(request: web.Request) -> web.Response:
     """One submission, or a batch (``{"distributions": [...]}``): all accepted in one
     commit, or none, with the index and reason of each bad item."""
-    from ms07.engine.body import batch_limit, single_limit, too_large
-    from ms07.ops.submit import BatchRefused, batch_from_json, from_json, submit_many, submit_with
-
     engine = request.app[ENGINE]
     if engine.draining:
         return _error(503, "draining: not accepting new distributions")
@@ -449,8 +448,7 @@ def build_app(engine: Engine, memory: MemoryDebug | None = None) -> web.Applicat
     logs.register_settings(engine.settings)
     memory = memory or MemoryDebug(engine.settings.service.debug_memory)
     limit = body_limit(engine.settings)
-    app = web.Application(middlewares=[_token_guard(token, read_token), _correlate, _json_errors],
-                          client_max_size=limit)
+    app = web.Application(middlewares=[_front(token, read_token)], client_max_size=limit)
     app[ENGINE] = engine
     app[BODY_LIMIT] = limit
     app.add_routes([

@@ -11,6 +11,7 @@ import pytest
 
 from ms07 import keys
 from ms07.queue import InvalidMessage, Queue, open_redis, parse_entry
+from tests.support import wait_for
 
 
 @pytest.fixture(params=["single", "cluster"])
@@ -41,6 +42,45 @@ async def test_enqueue_read_ack_empties_stream_and_pel(queue: Queue) -> None:
     stats = await queue.stats()
     assert stats["queues"]["default"]["length"] == 0  # XACK + XDEL: XLEN is the backlog
     assert stats["queues"]["default"]["pending"] == 0
+
+
+async def test_enqueue_answers_entry_ids_in_the_order_given_across_streams_and_chunks(queue: Queue) -> None:
+    from ms07.queue import SCRIPT_CHUNK
+
+    jobs = ids(SCRIPT_CHUNK + 3)  # more than one script call for "default"
+    items = [("high" if i % 7 == 0 else "default", j, f"dest-{i % 3}") for i, j in enumerate(jobs)]
+    entry_ids = await queue.enqueue(items)
+    assert len(entry_ids) == len(items) and len(set(entry_ids)) == len(items)
+    for queue_name in ("high", "default"):
+        stream = await queue.redis.xrange(keys.stream(queue_name))
+        mine = [(eid, (q, did, dest)) for eid, (q, did, dest) in zip(entry_ids, items, strict=True)
+                if q == queue_name]
+        # Each stream holds its items in the order given, under the ids enqueue answered.
+        assert [(eid, {"id": did, "destination": dest}) for eid, (_, did, dest) in mine] == stream
+    entries = await queue.read("w1", count=len(items), block_ms=100)
+    assert len(entries) == len(items)
+    for queue_name in ("high", "default"):
+        await queue.ack(queue_name, [e.entry_id for e in entries if e.queue == queue_name])
+    stats = await queue.stats()
+    assert all(stats["queues"][q]["length"] == 0 and stats["queues"][q]["pending"] == 0 for q in ("high", "default"))
+    assert await queue.enqueue([]) == []
+
+
+async def test_a_reader_blocked_on_the_stream_wakes_to_the_whole_enqueued_batch(queue: Queue) -> None:
+    jobs = ids(40)
+    reader = asyncio.create_task(queue.read("w1", count=100, block_ms=5000))
+    # The read blocks before the XADDs, or this tests nothing.
+    await wait_for(lambda: _blocked_clients(queue), timeout=5, interval=0.01, what="the read to block")
+    await queue.enqueue(("default", j, "dest") for j in jobs)
+    entries = await reader
+    assert [e.fields["id"] for e in entries] == jobs
+
+
+async def _blocked_clients(queue: Queue) -> int:
+    """Clients blocked in a command, over every node (a cluster answers per node)."""
+    info = await (queue.redis.info("clients", target_nodes="all") if queue.cluster else queue.redis.info("clients"))
+    nodes = info.values() if queue.cluster else [info]
+    return sum(int(n.get("blocked_clients", 0)) for n in nodes if isinstance(n, dict))
 
 
 async def test_read_takes_every_priority_stream(queue: Queue) -> None:
