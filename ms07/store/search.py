@@ -2,7 +2,7 @@
 ``on=finished``), one keyset page at a time.
 
 The WHERE clause is put together from fixed fragments (the values travel as parameters),
-each served by an index (migration 0006; tests/store/test_search_sql.py explains each).
+each served by an index (migrations 0006 and 0007; tests/store/test_search_sql.py explains each).
 """
 
 from __future__ import annotations
