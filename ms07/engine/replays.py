@@ -7,8 +7,10 @@ when that engine is SIGKILLed, loses its host or stops, PostgreSQL lets it go at
 upkeep's ``replays`` pass (``distribution.replay_resume_interval_seconds``) looks at the
 unfinished replays whose runner is an engine and tries each it does not already run: one
 replica gets the lock and continues the replay at the rate it was started at, the others
-find it taken and leave it. Exactly once per job still holds: a job leaves ``pending`` in
-``replay_items`` in the transaction that makes it ``queued``, whoever runs the batch.
+find it taken and leave it (a replay planned in the last ``FRESH_SECONDS`` is left to the
+engine that planned it, which takes its lock a moment after). Exactly once per job still
+holds: a job leaves ``pending`` in ``replay_items`` in the transaction that makes it
+``queued``, whoever runs the batch.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ if TYPE_CHECKING:
     from ms07.engine.engine import Engine
 
 log = logs.get("replay")
+# A replay planned this recently is left to the engine that planned it (it takes the lock
+# a moment after its plan commits); one whose engine died that soon is taken over after.
+FRESH_SECONDS = 5.0
 
 
 class ReplayRunner:
@@ -54,7 +59,7 @@ class ReplayRunner:
         if engine.draining or engine.pool is None:
             return 0
         async with engine.pool.connection() as conn:
-            candidates = await store.engine_unfinished(conn)
+            candidates = await store.engine_unfinished(conn, FRESH_SECONDS)
         tried = 0
         for replay_id, rate in candidates:
             if self.start(replay_id, rate or DEFAULT_RATE, taking_over=True):

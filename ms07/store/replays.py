@@ -90,12 +90,16 @@ async def take(conn: psycopg.AsyncConnection[Any], replay_id: str, runner: str, 
     await conn.execute("UPDATE replays SET runner = %s, rate = %s WHERE id = %s", (runner, rate, replay_id))
 
 
-async def engine_unfinished(conn: psycopg.AsyncConnection[Any]) -> list[tuple[str, float | None]]:
-    """(id, rate) of the unfinished replays an engine runs, oldest first: those whose
-    runner is gone are for the upkeep to take over."""
+async def engine_unfinished(conn: psycopg.AsyncConnection[Any], older_than: float) -> list[tuple[str, float | None]]:
+    """(id, rate) of the unfinished replays an engine runs, planned more than
+    ``older_than`` seconds ago, oldest first: those whose runner is gone are for the
+    upkeep to take over. (A younger one may not be locked by the engine that planned it
+    yet: taking it would be no harm, the job marks see to that, but would audit a
+    takeover where there was none.)"""
     cur = await conn.execute(
         """SELECT id, rate FROM replays WHERE runner = 'engine' AND status IN ('running', 'interrupted')
-            ORDER BY created_at""")
+              AND created_at < now() - make_interval(secs => %s)
+            ORDER BY created_at""", (older_than,))
     return [(r[0], r[1]) for r in await cur.fetchall()]
 
 

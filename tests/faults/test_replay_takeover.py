@@ -14,8 +14,9 @@ import psycopg
 from tests.cli.test_jobs import insert
 from tests.support import EngineProcess, Sink, destination, wait_for, write_config
 
+# Entries a killed engine held are reclaimed after 3 s, jobs Redis never got re-enqueued after 2 s.
 FAST = {"replay_resume_interval_seconds": 0.2, "reconcile_interval_seconds": 1, "reconcile_after_seconds": 2,
-        "scheduler_interval_seconds": 0.05}
+        "scheduler_interval_seconds": 0.05, "timeout_seconds": 2, "claim_idle_seconds": 3}
 
 
 def _port(proc: EngineProcess) -> int | None:
@@ -29,6 +30,12 @@ def _replay(database_url: str) -> dict[str, Any]:
     with psycopg.connect(database_url) as conn:
         row = conn.execute("SELECT id, status, enqueued, skipped, runner, rate FROM replays").fetchone()
     return dict(zip(("id", "status", "enqueued", "skipped", "runner", "rate"), row, strict=True)) if row else {}
+
+
+def _delivered(database_url: str) -> set[str]:
+    with psycopg.connect(database_url) as conn:
+        return {r[0] for r in conn.execute(
+            "SELECT distribution_id::text FROM distribution_jobs WHERE status = 'delivered'").fetchall()}
 
 
 def _settled(database_url: str, sink: Sink, ids: set[str]) -> bool:
@@ -61,6 +68,9 @@ async def test_api_replay_continues_on_another_engine_after_a_sigkill(
         await wait_for(lambda: _settled(database_url, sink, selected), timeout=30, interval=0.01,
                        what="a third of the replay delivered, between two batches")
         first.kill()  # SIGKILL: no chance to mark it interrupted
+        # Sent but not recorded as delivered when it died (if the kill fell inside a
+        # batch after all): at least once, these may reach the sink again.
+        in_flight = sink.unique_keys("/in") - _delivered(database_url)
         before = _replay(database_url)
         assert before["status"] == "running" and 20 <= before["enqueued"] < 60, before
         assert before["runner"] == "engine" and before["rate"] == 10
@@ -76,8 +86,11 @@ async def test_api_replay_continues_on_another_engine_after_a_sigkill(
             second.wait(30)
     assert first.returncode == -9
     counts = Counter(sink.keys("/in"))
-    assert set(counts) == selected and set(counts.values()) == {1}, \
-        f"delivered twice: {[k for k, n in counts.items() if n > 1][:5]}"
+    assert set(counts) == selected, "a selected job was not delivered, or another one was"
+    twice = {k for k, n in counts.items() if n > 1}
+    assert twice <= in_flight, f"delivered twice: {sorted(twice - in_flight)[:5]}"
+    # The replay's one attempt each (inserted with one used): a redelivery of the same.
+    assert {r.headers["X-Distribution-Attempt"] for r in sink.received if r.path == "/in"} == {"2"}
     assert not sink.keys("/b")
     final = _replay(database_url)
     assert (final["enqueued"], final["skipped"]) == (60, 0)

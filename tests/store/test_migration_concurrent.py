@@ -24,7 +24,7 @@ INDEXES = ["distribution_jobs_created_idx", "distribution_jobs_destination_creat
 def before_0006(database_url: str) -> Iterator[str]:
     """A database where 0006 has not run yet: the search's indexes missing, 5,000 jobs."""
     with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute("DELETE FROM schema_migrations WHERE version = 6")
+        conn.execute("DELETE FROM schema_migrations WHERE version >= 6")
         for name in INDEXES:
             conn.execute(f"DROP INDEX {name}".encode())
         conn.execute("""INSERT INTO distribution_jobs (distribution_id, destination_name, status, payload, created_at)
@@ -87,7 +87,7 @@ async def test_writes_go_on_during_the_build_and_an_interrupted_build_is_redone(
         reader.rollback()
         reader.close()
     # Run again: the invalid index is dropped and built again, the rest built, 0006 recorded.
-    assert await _migrate(url) == ["0006_history_indexes"]
+    assert await _migrate(url) == ["0006_history_indexes", "0007_search"]
     assert _validity(url) == dict.fromkeys(INDEXES, True)
     with psycopg.connect(url) as conn:
         definition = conn.execute("SELECT pg_get_indexdef('distribution_jobs_created_idx'::regclass)").fetchone()[0]
@@ -112,7 +112,7 @@ async def test_a_second_migrator_waits_for_the_build_without_deadlock(before_000
         reader.rollback()
         reader.close()
     results: list[Any] = await asyncio.gather(first, second)
-    assert results == [["0006_history_indexes"], []]
+    assert results == [["0006_history_indexes", "0007_search"], []]
     assert _validity(url) == dict.fromkeys(INDEXES, True)
 
 
@@ -125,5 +125,5 @@ def test_a_no_transaction_migration_holds_only_concurrent_index_builds() -> None
         with pytest.raises(ValueError, match="may only hold CREATE INDEX CONCURRENTLY IF NOT EXISTS"):
             db.concurrent_statements("0099_x", db.NO_TRANSACTION + "\n" + bad)
     bundled = [(v, n, s) for v, n, s in db.migrations() if db.outside_transaction(s)]
-    assert [v for v, _, _ in bundled] == [6]
+    assert [v for v, _, _ in bundled] == [6, 7]
     assert [i for i, _ in db.concurrent_statements("0006", bundled[0][2])] == INDEXES
