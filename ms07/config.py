@@ -158,6 +158,10 @@ class ServiceConfig:
     read_only_token_file: str | None = None
     # The console's session cookie lives this long (then the login form again).
     console_session_hours: float = 8.0
+    # The console's public base URL (https://ms07.example.com): put before the console path
+    # the log lines an operator acts on carry (a parked job, a paused destination); None:
+    # the path alone.
+    console_url: str | None = None
     worker_id: str | None = None
     # PostgreSQL holds the destinations (docs/operations.md, "Destinations at runtime"):
     # true applies this file's destinations: list at every start (GitOps); false lets the
@@ -853,6 +857,8 @@ def validate(
         fail("service.http_port", "must be a TCP port")
     if not 0.05 <= settings.service.console_session_hours <= 24 * 30:
         fail("service.console_session_hours", "must be between 0.05 and 720 (30 days)")
+    if settings.service.console_url is not None:
+        _check_console_url(settings.service.console_url, fail, check_url)
     if settings.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         fail("log_level", f"{settings.log_level!r} is not a log level")
     if settings.log_format not in ("auto", "json", "console"):
@@ -906,6 +912,16 @@ def _validate_diagnose(settings: Settings, fail: typing.Callable[[str, str], Any
             fail(f"escalation.priorities.{sev}", f"unknown severity (one of {', '.join(severities)})")
         if prio not in ("P1", "P2", "P3", "P4"):
             fail(f"escalation.priorities.{sev}", f"{prio!r} is not a priority P1-P4")
+
+
+def _check_console_url(url: str, fail: typing.Callable[[str, str], Any],
+                       check_url: typing.Callable[[str, str], Any]) -> None:
+    key = "service.console_url"
+    check_url(url, key)
+    parts = urlsplit(url)
+    if parts.path not in ("", "/") or parts.query or parts.fragment or url.endswith(("?", "#")):
+        fail(key, f"{url!r} must be the console's base URL, scheme and host only "
+                  f"(like https://ms07.example.com): no path, query or fragment")
 
 
 def _validate_retention(ret: RetentionConfig, fail: typing.Callable[[str, str], Any]) -> None:

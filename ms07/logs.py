@@ -178,6 +178,24 @@ def register_settings(settings: Any) -> None:
     register_url_secrets(getattr(settings, "redis_url", None))
 
 
+_console_base = ""
+
+
+def set_console_url(url: str | None) -> None:
+    """The console's public base URL (``service.console_url``), put before the console
+    path of :func:`console_link`; None: the path alone. Set by the engine at start."""
+    global _console_base
+    _console_base = (url or "").rstrip("/")
+
+
+def console_link(*segments: str) -> str:
+    """The console page of a thing, for the ``console`` field of the few log lines an
+    operator acts on: ``console_link("distributions", id)`` ->
+    ``https://ms07.example.com/console/distributions/<id>`` (``/console/...`` alone without
+    ``service.console_url``). Built only on those rare lines, never on the hot path."""
+    return f"{_console_base}/console/" + "/".join(quote(s, safe="") for s in segments)
+
+
 def redact(text: str) -> str:
     if _finder is not None and _finder.search(text):
         # Longest first, each everywhere: a leftmost regex replacement could take a short

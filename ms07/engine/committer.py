@@ -105,7 +105,8 @@ class Committer:
     def finish_without_job(self, entry: Entry, did: str | None, code: str, reason: str) -> None:
         """An entry with no job to deliver (invalid, unknown id): straight to the DLQ."""
         log.warning("entry parked in the DLQ", error_code=code, distribution_id=did, entry_id=entry.entry_id,
-                    reason=reason, destination=entry.fields.get("destination"), queue=entry.queue)
+                    reason=reason, destination=entry.fields.get("destination"), queue=entry.queue,
+                    console=logs.console_link("dlq"))  # no job row: the DLQ page lists the entry
         held = self.held.by_key[(entry.queue, entry.entry_id)]
         fake = jobs.Outcome(did or "", entry.fields.get("destination", ""), JobStatus.DEAD, self.worker_id, [],
                             code, reason)
@@ -242,7 +243,7 @@ class Committer:
                           correlation_id=held.job.correlation_id, last_error=outcome.error_message,
                           attempt=held.job.attempts + len(outcome.attempts),
                           total_attempts=held.job.max_attempts, destination_url=self._log_url(outcome.destination),
-                          outcome=outcome.status)
+                          outcome=outcome.status, console=logs.console_link("distributions", outcome.distribution_id))
             elif outcome.attempts:
                 fields = dict(distribution_id=outcome.distribution_id, destination=outcome.destination,
                               error_code=outcome.error_code, correlation_id=held.job.correlation_id,

@@ -85,6 +85,7 @@ class Engine:
     ) -> None:
         self.settings = settings
         self.dist = settings.distribution
+        logs.set_console_url(settings.service.console_url)  # the console links of its log lines
         self.runtime = runtime or Runtime(settings, pool_size=8, check_connections=False, create=True, migrate=True)
         self._owns_runtime = runtime is None
         self.worker_id = worker_id or settings.service.worker_id or (

@@ -155,7 +155,7 @@ class LiveDestinations:
             paused = {n for n, r in rows.items() if r["paused"] and n in wanted}
             for name in paused - self.paused:
                 log.warning("destination paused: new deliveries are held", destination=name,
-                            reason=rows[name].get("paused_reason"))
+                            reason=rows[name].get("paused_reason"), console=logs.console_link("destinations", name))
             for name in self.paused - paused:
                 log.info("destination resumed: held deliveries are released", destination=name)
                 e.policy.failing_since.pop(name, None)  # a fresh start for auto-pause
@@ -242,7 +242,8 @@ class LiveDestinations:
                 e.metrics.auto_paused.labels(name).inc()
                 log.error("destination paused automatically: every attempt failed", destination=name,
                           failing_seconds=round(now - since, 1), auto_pause_after=after,
-                          resume=f"ms07 destinations resume {name} --yes")
+                          resume=f"ms07 destinations resume {name} --yes",
+                          console=logs.console_link("destinations", name))
         return done
 
     async def release_loop(self) -> None:

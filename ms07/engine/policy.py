@@ -56,7 +56,8 @@ class DeliveryPolicy:
 
     def _on_circuit(self, name: str, state: str) -> None:
         self.metrics.circuit_state.labels(name).set(CIRCUIT_VALUES[state])
-        log.warning("circuit breaker changed state", destination=name, state=state)
+        log.warning("circuit breaker changed state", destination=name, state=state,
+                    console=logs.console_link("destinations", name))
         self.circuit_updates.append((name, state))
 
     def hand_back(self, job: jobs.ClaimedJob) -> jobs.Outcome:

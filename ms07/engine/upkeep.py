@@ -252,7 +252,9 @@ class Upkeep:
         for q, eids in by_queue.items():
             await self.queue.ack(q, eids)
         self.metrics.requests.labels("failed").inc(len(ids))
-        log.error("poison entries parked in the DLQ", count=len(entries), error_code=ErrorCode.POISON_MESSAGE)
+        log.error("poison entries parked in the DLQ", count=len(entries), error_code=ErrorCode.POISON_MESSAGE,
+                  distribution_id=ids[0] if len(ids) == 1 else None,
+                  console=logs.console_link("distributions", ids[0]) if len(ids) == 1 else logs.console_link("dlq"))
 
     async def keep_alive(self) -> None:
         """Deliveries running longer than half the claim idle time: reset their idle time and

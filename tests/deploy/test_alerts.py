@@ -110,3 +110,29 @@ def test_the_runbooks_alerts_link_to_exist() -> None:
         r["annotations"]["runbook_url"][len(RUNBOOK_BASE_URL) : -len(".yaml")] for r in _rules()
     }
     assert linked <= present, f"alerts link to missing runbooks: {sorted(linked - present)}"
+
+
+CONSOLE_DESTINATION = "/console/destinations/{{ $labels.destination }}"
+
+
+@pytest.mark.parametrize("rule", _rules(), ids=lambda r: r["alert"])
+def test_console_path_leads_to_the_page_of_the_alerts_subject(rule: dict[str, Any]) -> None:
+    notes = rule["annotations"]
+    path = notes.get("console_path")
+    if rule["alert"] == "Ms07RetentionNotRunning":  # no console page shows retention
+        assert path is None
+    elif "$labels.destination" in notes["summary"]:  # about one destination: its page
+        assert path == CONSOLE_DESTINATION
+    else:
+        assert path in ("/console/", "/console/dlq")
+    if rule["alert"] == "Ms07DeadLetterQueueGrowing":
+        assert path == "/console/dlq"
+
+
+def test_the_console_paths_are_console_routes() -> None:
+    from ms07.console import views
+
+    app = views.build(None, None)  # type: ignore[arg-type]  # the routes only; nothing is served
+    served = {f"{views.PREFIX}{r.canonical}" for r in app.router.resources()}
+    for path in {r["annotations"].get("console_path") for r in _rules()} - {None}:
+        assert path.replace("{{ $labels.destination }}", "{name}") in served, path

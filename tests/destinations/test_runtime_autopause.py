@@ -51,6 +51,7 @@ async def test_auto_pause_then_resume_loses_nothing_and_sends_nothing_twice(
     [logged] = [r for r in lines if r.get("message") == "destination paused automatically: every attempt failed"]
     assert logged["destination"] == "down" and logged["level"] == "ERROR"
     assert logged["metadata"]["resume"] == "ms07 destinations resume down --yes"
+    assert logged["metadata"]["console"] == "/console/destinations/down"  # no service.console_url: the path
     sent_while_paused = len(sink.keys("/down"))
 
     env = {**env_for, "MS07_CONFIG": str(write_config(tmp_path / "c.yaml", {}))}
