@@ -34,9 +34,9 @@ PAGES = {
     "overview": "/console/",
     "overview.json (live update)": "/console/overview.json",
     "destinations": "/console/destinations",
-    "a destination": "/console/destinations/dest-3",
+    "a destination": "/console/destinations/dest-03",
     "distributions, no filter": "/console/distributions",
-    "distributions, destination + 2 h": "/console/distributions?destination=dest-7&since=26h&until=24h",
+    "distributions, destination + 2 h": "/console/distributions?destination=dest-07&since=26h&until=24h",
     "distributions, correlation id": "/console/distributions?correlation_id=corr-4242",
     "a distribution": "/console/distributions/{one}",
     "DLQ": "/console/dlq",
@@ -61,7 +61,7 @@ def seed_attempts(url: str, recent: int) -> float:
         conn.execute(
             """INSERT INTO distribution_attempts (distribution_id, destination_name, attempt, status,
                       response_status_code, started_at, completed_at)
-               SELECT gen_random_uuid(), 'dest-' || (g %% %(d)s), 1,
+               SELECT gen_random_uuid(), 'dest-' || lpad((g %% %(d)s)::text, 2, '0'), 1,
                       CASE WHEN g %% 50 = 0 THEN 'failed' ELSE 'success' END,
                       CASE WHEN g %% 50 = 0 THEN 500 ELSE 200 END, s, s + random() * interval '200 milliseconds'
                  FROM (SELECT g, now() - random() * interval '1 hour' AS s
@@ -78,7 +78,7 @@ async def measure(srv: object, runs: int, tmp: Path) -> dict[str, list[float]]:
 
     config = tmp / "console.yaml"
     config.write_text("service: {allow_unauthenticated: true}\ndestinations:\n" + "".join(
-        f"  - {{name: dest-{i}, url: 'http://127.0.0.1:9/'}}\n" for i in range(DESTINATIONS)))
+        f"  - {{name: dest-{i:02d}, url: 'http://127.0.0.1:9/'}}\n" for i in range(DESTINATIONS)))
     os.environ.pop("MS07_API_TOKEN", None)
     settings = load_settings(config, environ={}, database_url=srv.database_url,  # type: ignore[attr-defined]
                              redis_url=srv.redis_url, state_dir=str(tmp))  # type: ignore[attr-defined]
@@ -119,7 +119,7 @@ def main() -> int:
     console = Console()
     with servers() as srv:
         reset_state(srv)
-        took = seed(srv.database_url, args.jobs, 30) + seed_attempts(srv.database_url, args.recent)
+        took = sum(seed(srv.database_url, args.jobs, 30)[:2]) + seed_attempts(srv.database_url, args.recent)
         console.print(f"seeded {args.jobs:,} jobs, {args.jobs + args.recent:,} attempts in {took:.0f}s")
         times = asyncio.run(measure(srv, args.runs, srv.state_dir))
     if srv.owned:
