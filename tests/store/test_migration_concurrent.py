@@ -87,7 +87,7 @@ async def test_writes_go_on_during_the_build_and_an_interrupted_build_is_redone(
         reader.rollback()
         reader.close()
     # Run again: the invalid index is dropped and built again, the rest built, 0006 recorded.
-    assert await _migrate(url) == ["0006_history_indexes", "0007_search"]
+    assert await _migrate(url) == ["0006_history_indexes", "0007_search", "0008_status_validate", "0009_paused_index"]
     assert _validity(url) == dict.fromkeys(INDEXES, True)
     with psycopg.connect(url) as conn:
         definition = conn.execute("SELECT pg_get_indexdef('distribution_jobs_created_idx'::regclass)").fetchone()[0]
@@ -112,7 +112,7 @@ async def test_a_second_migrator_waits_for_the_build_without_deadlock(before_000
         reader.rollback()
         reader.close()
     results: list[Any] = await asyncio.gather(first, second)
-    assert results == [["0006_history_indexes", "0007_search"], []]
+    assert results == [["0006_history_indexes", "0007_search", "0008_status_validate", "0009_paused_index"], []]
     assert _validity(url) == dict.fromkeys(INDEXES, True)
 
 
@@ -125,5 +125,5 @@ def test_a_no_transaction_migration_holds_only_concurrent_index_builds() -> None
         with pytest.raises(ValueError, match="may only hold CREATE INDEX CONCURRENTLY IF NOT EXISTS"):
             db.concurrent_statements("0099_x", db.NO_TRANSACTION + "\n" + bad)
     bundled = [(v, n, s) for v, n, s in db.migrations() if db.outside_transaction(s)]
-    assert [v for v, _, _ in bundled] == [6, 7]
+    assert [v for v, _, _ in bundled] == [6, 7, 9]
     assert [i for i, _ in db.concurrent_statements("0006", bundled[0][2])] == INDEXES
