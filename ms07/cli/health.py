@@ -8,6 +8,7 @@ from typing import Any
 import typer
 
 from ms07.cli import common, display
+from ms07.diagnose.model import fmt_bytes
 from ms07.levels import level_of
 from ms07.options import specs, typer_command
 from ms07.read_options import HealthOptions
@@ -37,17 +38,6 @@ command = typer_command(specs(HealthOptions), health, name="health", help=inspec
 def _s(state: Any) -> str:
     text = str(state)
     return display.markup(text) if level_of(text) is not None else text
-
-
-def _bytes(n: Any) -> str:
-    if n is None:
-        return "-"
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return str(n)  # pragma: no cover
 
 
 def _ms(v: Any) -> str:
@@ -82,8 +72,8 @@ def render(console: Any, result: dict[str, Any]) -> None:
 
 def _render_detailed(console: Any, r: dict[str, Any], Table: Any) -> None:  # noqa: N803
     p = r.get("process") or {}
-    console.print(f"worker {r.get('worker_id')}  up {r.get('uptime_seconds')} s  RSS {_bytes(p.get('rss_bytes'))}"
-                  f" (guard at {_bytes(p.get('memory_threshold_bytes'))})  in flight {p.get('in_flight')}"
+    console.print(f"worker {r.get('worker_id')}  up {r.get('uptime_seconds')} s  RSS {fmt_bytes(p.get('rss_bytes'))}"
+                  f" (guard at {fmt_bytes(p.get('memory_threshold_bytes'))})  in flight {p.get('in_flight')}"
                   f"/{p.get('concurrency')}  delivered {p.get('delivered')}  failed {p.get('failed')}")
 
     pools = Table(title="connection pools")
@@ -121,6 +111,6 @@ def _render_detailed(console: Any, r: dict[str, Any], Table: Any) -> None:  # no
         workers.add_column(col)
     for w in r.get("workers") or []:
         workers.add_row(str(w.get("worker_id")), _v(w.get("host")), _v(w.get("status")), _v(w.get("live")),
-                        _v(w.get("stale")), _v(w.get("in_flight")), _bytes(w.get("rss_bytes")),
+                        _v(w.get("stale")), _v(w.get("in_flight")), fmt_bytes(w.get("rss_bytes")),
                         _v(w.get("seconds_since_update")))
     console.print(workers)

@@ -22,6 +22,7 @@ from aiohttp import web
 from ms07 import __version__, logs
 from ms07.console import data
 from ms07.console.security import HEADERS, LOGIN_COOKIE, SESSION_COOKIE, Guard, Session, same_origin
+from ms07.diagnose.model import fmt_bytes
 from ms07.errors import NotFound, UsageError
 
 log = logs.get("console")
@@ -59,17 +60,6 @@ def data_age(seconds: float | None) -> str:
     return f"{seconds / 86400:.0f}d ago"
 
 
-def _bytes(n: Any) -> str:
-    if n is None:
-        return "-"
-    n = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
-
-
 def _time(value: Any) -> str:
     if value is None:
         return "-"
@@ -85,7 +75,7 @@ ENV = jinja2.Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
-ENV.filters.update(age=_age, bytes=_bytes, time=_time, seconds_ago=data_age)
+ENV.filters.update(age=_age, bytes=fmt_bytes, time=_time, seconds_ago=data_age)
 
 
 def render(request: web.Request, template: str, status: int = 200, **context: Any) -> web.Response:

@@ -223,14 +223,16 @@ def fmt_duration(seconds: float | None) -> str:
 
 
 def fmt_bytes(n: float | None) -> str:
+    """``1536`` -> ``1.5 KiB``; ``-`` for None. The one byte formatter (diagnose, the
+    console, ``ms07 health``)."""
     if n is None:
         return "-"
     n = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
-    return f"{n:.1f} GiB"  # pragma: no cover
+    return f"{n:.1f} TiB"  # pragma: no cover
 
 
 def listing(items: list[str], limit: int = 10) -> str:

@@ -14,20 +14,12 @@ from typing import Any
 
 from ms07.diagnose.common import rows
 from ms07.diagnose.context import Context
-from ms07.diagnose.model import CheckResult, fmt_duration
+from ms07.diagnose.model import CheckResult, fmt_bytes, fmt_duration
 from ms07.store import diagnose_sql as sql
 from ms07.store.status import JobStatus
 
 # Its findings are the queue check's: the runbook validator reads them from here too.
 CHECK_PART = True
-
-
-def human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)  # pragma: no cover
 
 
 def _age(when: Any, now: dt.datetime) -> str:
@@ -52,15 +44,15 @@ async def part(ctx: Context, r: CheckResult) -> None:
              "recovery_audit": oldest["recovery_audit"],
              "worker_heartbeat_samples": oldest["worker_heartbeat_samples"]}
     for s in sizes:
-        table.rows.append([s["table_name"], str(s["estimated_rows"]), human(s["table_bytes"]),
-                           human(s["index_bytes"]), _age(first.get(s["table_name"]), now)])
+        table.rows.append([s["table_name"], str(s["estimated_rows"]), fmt_bytes(s["table_bytes"]),
+                           fmt_bytes(s["index_bytes"]), _age(first.get(s["table_name"]), now)])
     total = sum(s["table_bytes"] + s["index_bytes"] for s in sizes)
     policy = ("off" if ret.off else
               f"delivered {ret.delivered_days or 'forever'} d, failed/dead {ret.dead_days or 'forever'} d, "
               f"attempts {ret.attempts_days or 'with their job'}, payloads {ret.payload_days or 'with their job'}")
-    evidence = (f"history tables {human(total)}; oldest job {_age(oldest['distribution_jobs'], now)}; "
+    evidence = (f"history tables {fmt_bytes(total)}; oldest job {_age(oldest['distribution_jobs'], now)}; "
                 f"last successful retention run {_age(last['last_success'], now)}")
-    r.add("storage", "info", f"retention {policy}; the history takes {human(total)}", evidence)
+    r.add("storage", "info", f"retention {policy}; the history takes {fmt_bytes(total)}", evidence)
     if ret.off:
         r.add("retention_off", "warning", "retention is off: every job, attempt and payload is kept forever",
               evidence, "the database grows with every delivery until the disk is full: set retention.delivered_days "
