@@ -8,7 +8,6 @@ from typing import Any
 import typer
 
 from ms07.cli import common, display
-from ms07.diagnose.model import fmt_bytes
 from ms07.levels import level_of
 from ms07.options import specs, typer_command
 from ms07.read_options import HealthOptions
@@ -71,6 +70,8 @@ def render(console: Any, result: dict[str, Any]) -> None:
 
 
 def _render_detailed(console: Any, r: dict[str, Any], Table: Any) -> None:  # noqa: N803
+    from ms07.diagnose.model import fmt_bytes  # here: `ms07 --help` imports no diagnose module
+
     p = r.get("process") or {}
     console.print(f"worker {r.get('worker_id')}  up {r.get('uptime_seconds')} s  RSS {fmt_bytes(p.get('rss_bytes'))}"
                   f" (guard at {fmt_bytes(p.get('memory_threshold_bytes'))})  in flight {p.get('in_flight')}"
