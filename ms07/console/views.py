@@ -358,12 +358,19 @@ async def replay_start(request: web.Request) -> web.StreamResponse:
     form = await request.post()
     raw = {k: str(v) for k, v in form.items() if k in ("destination", "status", "since", "until") and str(v)}
     req = replay.parse_request(raw)
+    # On an engine, the engine's replay runner runs it (as POST /api/v1/replays): should
+    # that engine die, another engine's upkeep continues it. `ms07 console` on its own
+    # runs it here, and the operator starts it again to resume.
+    runner = "engine" if src.engine is not None else "cli"
     async with src.connection() as conn:
-        planned, resumed = await replay.plan(conn, req, OPERATOR_NAME)
+        planned, resumed = await replay.plan(conn, req, OPERATOR_NAME, runner=runner)
     if planned["status"] in ("running", "interrupted"):
-        task = asyncio.create_task(_run_replay(src, planned["replay_id"]))
-        request.app[TASKS].add(task)
-        task.add_done_callback(request.app[TASKS].discard)
+        if src.engine is not None:
+            src.engine.replays.start(planned["replay_id"], replay.DEFAULT_RATE)
+        else:
+            task = asyncio.create_task(_run_replay(src, planned["replay_id"]))
+            request.app[TASKS].add(task)
+            task.add_done_callback(request.app[TASKS].discard)
     log.info("console replay started", replay_id=planned["replay_id"], matched=planned["matched"], resumed=resumed)
     raise web.HTTPSeeOther(f"{PREFIX}/replays/{planned['replay_id']}")
 
