@@ -437,11 +437,14 @@ async def destination(request: web.Request, probe: list[dict[str, Any]] | None =
 
 
 async def destination_check(request: web.Request) -> web.Response:
-    from ms07.ops.destinations import check_in_force
+    from ms07.ops.dest_admin import settings_in_force
+    from ms07.ops.destinations import check
 
     src = request.app[SOURCE]
     name = request.match_info["name"]
-    probe = await check_in_force(src.settings, [name])  # NotFound for a name not in force
+    async with src.connection() as conn:  # the destinations in force, on the console's own connections
+        settings = await settings_in_force(conn, src.settings)
+    probe = await check(settings, [name])  # NotFound for a name not in force
     for p in probe:
         p["url"] = logs.safe_url(p.get("url"))
     return await destination(request, probe)
